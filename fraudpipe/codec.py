@@ -1,0 +1,181 @@
+"""The one place where bytes become events and events become bytes.
+
+Topics carry UTF-8 JSON objects. :func:`decode` parses and validates in one pass (pydantic's JSON parser) and
+raises :class:`DecodeError` with a machine-readable :class:`~fraudpipe.contracts.Reason` for anything it refuses;
+:func:`dead_letter` wraps refused bytes into the envelope sent to ``<topic>.dlq.v1``. Nothing here does I/O.
+
+Reason precedence: size and emptiness are checked first, then JSON syntax, then the first failing field in field
+order. Duplicate keys are refused only once the event is otherwise valid (checked exactly, after a cheap scan).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from functools import cache
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+
+from fraudpipe.contracts import LATEST_EVENT_TIME_CONTEXT, DeadLetter, Event, Reason
+from fraudpipe.pan import mask_pans
+
+__all__ = ["MAX_PAYLOAD_BYTES", "DecodeError", "dead_letter", "decode", "encode"]
+
+MAX_PAYLOAD_BYTES = 64 * 1024
+"""Largest accepted event. A transaction is ~0.5 KB; anything near this is a producer bug or an attack."""
+_MAX_DETAIL_CHARS = 2_000
+
+E = TypeVar("E", bound=Event)
+
+
+class DecodeError(ValueError):
+    """An input refused by :func:`decode`: ``reason`` (stable code) and ``detail`` (human text, PAN-masked)."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def encode(event: Event) -> bytes:
+    """Compact UTF-8 JSON of ``event`` (datetimes as ISO-8601 with offset)."""
+    return event.__pydantic_serializer__.to_json(event)
+
+
+def decode(raw: bytes | None, kind: type[E], *, latest_event_time: datetime | None = None) -> E:
+    """Parse and validate ``raw`` as a ``kind`` event.
+
+    Args:
+        raw: the message value as received (``None`` for a tombstone).
+        kind: the contract to validate against (``Transaction``, ``Label``, ...).
+        latest_event_time: refuse event times at or after this instant (callers pass now + allowed clock skew);
+            without it only the fixed sane range applies.
+
+    Raises:
+        DecodeError: with the reason of the first problem found.
+    """
+    if not raw:
+        raise DecodeError(Reason.EMPTY_PAYLOAD, "empty message value")
+    if len(raw) > MAX_PAYLOAD_BYTES:
+        raise DecodeError(Reason.PAYLOAD_TOO_LARGE, f"{len(raw)} bytes > {MAX_PAYLOAD_BYTES}")
+    context = {LATEST_EVENT_TIME_CONTEXT: latest_event_time} if latest_event_time is not None else None
+    try:
+        event = kind.model_validate_json(raw, strict=True, context=context)
+    except ValidationError as error:
+        errors = error.errors(include_input=False, include_url=False)
+        raise DecodeError(_reason(errors[0], raw), _detail(errors)) from None
+    if _may_repeat_a_key(raw, kind) and (key := _repeated_key(raw)) is not None:
+        raise DecodeError(Reason.DUPLICATE_KEY, f"key {key!r} appears more than once")
+    return event
+
+
+def dead_letter(
+    raw: bytes | None,
+    *,
+    reason: Reason,
+    detail: str,
+    source_topic: str,
+    source_partition: int,
+    source_offset: int,
+    failed_at: datetime,
+) -> DeadLetter:
+    """The DLQ envelope for ``raw``: payload and detail PAN-masked, payload cut to ``DeadLetter.MAX_PAYLOAD_CHARS``."""
+    data = raw or b""
+    text = mask_pans(data).decode("utf-8", errors="backslashreplace")
+    truncated = len(text) > DeadLetter.MAX_PAYLOAD_CHARS
+    safe_detail = mask_pans(detail.encode("utf-8", errors="backslashreplace")).decode("utf-8", errors="replace")
+    return DeadLetter(
+        source_topic=source_topic,
+        source_partition=source_partition,
+        source_offset=source_offset,
+        reason=reason,
+        detail=safe_detail[:_MAX_DETAIL_CHARS],
+        payload=text[: DeadLetter.MAX_PAYLOAD_CHARS],
+        payload_bytes=len(data),
+        payload_truncated=truncated,
+        failed_at=failed_at,
+    )
+
+
+# --- error mapping ------------------------------------------------------------------------------------------
+
+_REASON_VALUES = frozenset(reason.value for reason in Reason)
+_BY_TYPE = {
+    "missing": Reason.MISSING_FIELD,
+    "extra_forbidden": Reason.EXTRA_FIELD,
+    "finite_number": Reason.INVALID_NUMBER,
+    "string_too_long": Reason.STRING_TOO_LONG,
+    "timezone_aware": Reason.NAIVE_DATETIME,
+    "model_type": Reason.NOT_AN_OBJECT,
+    "model_attributes_type": Reason.NOT_AN_OBJECT,
+}
+
+
+def _reason(error: ErrorDetails, raw: bytes) -> Reason:
+    kind, loc = error["type"], error["loc"]
+    if kind in _REASON_VALUES:
+        return Reason(kind)
+    if kind == "json_invalid":
+        return _json_reason(error["msg"], raw)
+    if kind in _BY_TYPE:
+        return _BY_TYPE[kind]
+    if loc == ("schema_version",):
+        return Reason.UNSUPPORTED_SCHEMA_VERSION
+    if loc and loc[-1] == "amount" and kind in {"greater_than", "greater_than_equal"}:
+        return Reason.AMOUNT_NOT_POSITIVE
+    if loc and loc[-1] == "amount" and kind in {"less_than", "less_than_equal"}:
+        return Reason.AMOUNT_TOO_LARGE
+    if kind.endswith("_type") or kind == "int_from_float":
+        return Reason.WRONG_TYPE
+    return Reason.INVALID_VALUE
+
+
+def _json_reason(message: str, raw: bytes) -> Reason:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return Reason.NOT_UTF8
+    if "number out of range" in message:
+        return Reason.INVALID_NUMBER
+    return Reason.INVALID_JSON
+
+
+def _detail(errors: list[ErrorDetails]) -> str:
+    parts = []
+    for error in errors[:5]:
+        where = ".".join(str(part) for part in error["loc"]) or "<event>"
+        parts.append(f"{where}: {error['msg']}")
+    if len(errors) > 5:
+        parts.append(f"... and {len(errors) - 5} more")
+    return "; ".join(parts)
+
+
+# --- duplicate keys -----------------------------------------------------------------------------------------
+
+
+@cache
+def _quoted_field_names(kind: type[Event]) -> tuple[bytes, ...]:
+    return tuple(b'"' + name.encode() + b'"' for name in kind.model_fields)
+
+
+def _may_repeat_a_key(raw: bytes, kind: type[Event]) -> bool:
+    """Cheap over-approximation: some field name appears twice quoted, or keys may hide behind escapes."""
+    return b"\\u" in raw or any(raw.count(name) > 1 for name in _quoted_field_names(kind))
+
+
+def _repeated_key(raw: bytes) -> str | None:
+    """The first key that appears twice in one JSON object of ``raw`` (exact check), else ``None``."""
+    repeated: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for key, _ in items:
+            if key in seen and not repeated:
+                repeated.append(key)
+            seen.add(key)
+        return dict(items)
+
+    json.loads(raw, object_pairs_hook=pairs)
+    return repeated[0] if repeated else None

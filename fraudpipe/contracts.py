@@ -1,0 +1,309 @@
+"""Event contracts: what travels on fraudpipe's topics.
+
+| model          | topic                    | key         |
+|----------------|--------------------------|-------------|
+| ``Transaction``| ``transactions.v1``      | card token  |
+| ``Label``      | ``labels.v1``            | card token  |
+| ``Decision``   | ``scores.v1`` (audit)    | card token  |
+| ``Alert``      | ``alerts.v1``            | card token  |
+| ``DeadLetter`` | ``<topic>.dlq.v1``       | source key  |
+
+Units: amounts are in the currency's *major* unit (12.34 EUR), times are timezone-aware and normalised to UTC,
+durations are milliseconds (``latency_ms``), scores are probabilities in [0, 1].
+
+Every model is strict (no type coercion: ``"12.5"`` is not a number), forbids unknown fields and carries a
+``schema_version``. Decoding from bytes goes through :mod:`fraudpipe.codec`, which turns validation errors into a
+machine-readable :class:`Reason`.
+
+PANs: ``card_token`` is the keyed token made at the ingestion edge (or an opaque card key from an external file);
+a value that *is* a PAN is refused there, and free-text fields refuse any PAN they contain. ``txn_id``,
+``terminal_id``, ``merchant_id`` are not scanned: 15-digit merchant ids and 19-digit snowflake ids pass the Luhn
+check one time in ten, and refusing them would drop real traffic.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from fraudpipe.currencies import CURRENCIES
+from fraudpipe.pan import contains_pan, is_pan
+
+__all__ = [
+    "EARLIEST_EVENT_TIME",
+    "LATEST_EVENT_TIME",
+    "MAX_AMOUNT",
+    "SCHEMA_VERSION",
+    "Alert",
+    "Channel",
+    "Contribution",
+    "DeadLetter",
+    "Decision",
+    "DecisionOutcome",
+    "Event",
+    "Label",
+    "LabelSource",
+    "ModelRef",
+    "Reason",
+    "Thresholds",
+    "Transaction",
+]
+
+SCHEMA_VERSION = 1
+MAX_AMOUNT = 1_000_000.0
+"""Upper bound of one card payment, major currency units. Larger values are input errors, not big spenders."""
+EARLIEST_EVENT_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST_EVENT_TIME = datetime(2100, 1, 1, tzinfo=UTC)
+LATEST_EVENT_TIME_CONTEXT = "latest_event_time"
+"""Validation-context key: a datetime after which event times are refused (the codec passes now + clock skew)."""
+
+
+class Reason(StrEnum):
+    """Why an input was refused. Stable strings: they are DLQ fields, metric labels and API error codes."""
+
+    EMPTY_PAYLOAD = "empty_payload"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    NOT_UTF8 = "not_utf8"
+    INVALID_JSON = "invalid_json"
+    DUPLICATE_KEY = "duplicate_key"
+    NOT_AN_OBJECT = "not_an_object"
+    MISSING_FIELD = "missing_field"
+    EXTRA_FIELD = "extra_field"
+    WRONG_TYPE = "wrong_type"
+    INVALID_NUMBER = "invalid_number"
+    AMOUNT_NOT_POSITIVE = "amount_not_positive"
+    AMOUNT_TOO_LARGE = "amount_too_large"
+    INVALID_CURRENCY = "invalid_currency"
+    NAIVE_DATETIME = "naive_datetime"
+    TIME_OUT_OF_RANGE = "time_out_of_range"
+    STRING_TOO_LONG = "string_too_long"
+    INVALID_VALUE = "invalid_value"
+    PAN_DETECTED = "pan_detected"
+    UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
+    PROCESSING_ERROR = "processing_error"
+
+
+# --- field types --------------------------------------------------------------------------------------------
+
+
+def _utc_in_range(value: datetime, info: ValidationInfo) -> datetime:
+    value = value.astimezone(UTC)
+    latest = LATEST_EVENT_TIME
+    if info.context and (context_latest := info.context.get(LATEST_EVENT_TIME_CONTEXT)) is not None:
+        latest = min(latest, context_latest)
+    if not EARLIEST_EVENT_TIME <= value < latest:
+        raise PydanticCustomError(
+            Reason.TIME_OUT_OF_RANGE.value,
+            "time must be in [{earliest}, {latest})",
+            {"earliest": EARLIEST_EVENT_TIME.isoformat(), "latest": latest.isoformat()},
+        )
+    return value
+
+
+def _currency(value: str) -> str:
+    if value not in CURRENCIES:
+        raise PydanticCustomError(Reason.INVALID_CURRENCY.value, "not an ISO 4217 code of a circulating currency")
+    return value
+
+
+def _not_a_pan(value: str) -> str:
+    if is_pan(value):
+        raise PydanticCustomError(Reason.PAN_DETECTED.value, "a PAN where a card token was expected")
+    return value
+
+
+def _no_pan_inside(value: str) -> str:
+    if contains_pan(value):
+        raise PydanticCustomError(Reason.PAN_DETECTED.value, "free text contains a PAN")
+    return value
+
+
+UtcTime = Annotated[AwareDatetime, AfterValidator(_utc_in_range)]
+Identifier = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]*$")
+]
+CardKey = Annotated[Identifier, AfterValidator(_not_a_pan)]
+FreeText = Annotated[str, StringConstraints(max_length=256), AfterValidator(_no_pan_inside)]
+Currency = Annotated[str, StringConstraints(min_length=3, max_length=3), AfterValidator(_currency)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+Channel = Literal["card_present", "ecommerce", "moto", "atm"]
+LabelSource = Literal["chargeback", "analyst"]
+DecisionOutcome = Literal["approve", "review", "decline"]
+
+
+class Event(BaseModel):
+    """Base of every contract: strict, frozen, unknown fields refused, NaN and infinities refused."""
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="forbid", allow_inf_nan=False)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+
+# --- inputs -------------------------------------------------------------------------------------------------
+
+
+class Transaction(Event):
+    """One card payment attempt, as scored. ``terminal_id`` or ``merchant_id`` (or both) must be present.
+
+    Optional context (device, channel, MCC, country, geo) may be absent: features that need it degrade to explicit
+    missing values. ``lat``/``lon`` are degrees (WGS84) and come together or not at all.
+    """
+
+    txn_id: Identifier
+    event_time: UtcTime
+    card_token: CardKey
+    card_bin: Annotated[str, StringConstraints(pattern=r"^\d{6,8}$")] | None = None
+    card_last4: Annotated[str, StringConstraints(pattern=r"^\d{4}$")] | None = None
+    amount: Annotated[float, Field(gt=0.0, le=MAX_AMOUNT)]
+    currency: Currency
+    terminal_id: Identifier | None = None
+    merchant_id: Identifier | None = None
+    merchant_name: FreeText | None = None
+    mcc: Annotated[str, StringConstraints(pattern=r"^\d{4}$")] | None = None
+    customer_id: Identifier | None = None
+    device_id: Identifier | None = None
+    channel: Channel | None = None
+    country: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")] | None = None
+    lat: Annotated[float, Field(ge=-90.0, le=90.0)] | None = None
+    lon: Annotated[float, Field(ge=-180.0, le=180.0)] | None = None
+
+    @model_validator(mode="after")
+    def _where_and_geo(self) -> Transaction:
+        if self.terminal_id is None and self.merchant_id is None:
+            raise PydanticCustomError(Reason.MISSING_FIELD.value, "terminal_id or merchant_id is required")
+        if (self.lat is None) != (self.lon is None):
+            raise PydanticCustomError(Reason.MISSING_FIELD.value, "lat and lon come together")
+        return self
+
+
+class Label(Event):
+    """What the bank learned about a transaction, and when (``known_at``; never before ``event_time``).
+
+    ``label_version`` grows when a verdict is revised (an analyst overturns a chargeback): consumers keep the
+    highest version per ``txn_id`` and de-duplicate on (``txn_id``, ``label_version``).
+    """
+
+    txn_id: Identifier
+    card_token: CardKey
+    event_time: UtcTime
+    known_at: UtcTime
+    is_fraud: bool
+    source: LabelSource
+    label_version: Annotated[int, Field(ge=1, le=1_000)] = 1
+    terminal_id: Identifier | None = None
+    merchant_id: Identifier | None = None
+    note: FreeText | None = None
+
+    @model_validator(mode="after")
+    def _known_after_event(self) -> Label:
+        if self.known_at < self.event_time:
+            raise PydanticCustomError(Reason.TIME_OUT_OF_RANGE.value, "known_at is before event_time")
+        return self
+
+
+# --- outputs ------------------------------------------------------------------------------------------------
+
+
+class ModelRef(Event):
+    """The model that produced a score: registry version and SHA-256 of its model file."""
+
+    version: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    sha256: Sha256Hex
+
+
+class Thresholds(Event):
+    """Score thresholds in force: ``review <= score < decline`` is a review, ``score >= decline`` a decline."""
+
+    review: Probability
+    decline: Probability
+
+
+class Contribution(Event):
+    """One reason code: a feature, its value, and its SHAP contribution (log-odds) to the score."""
+
+    feature: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    value: float | None
+    contribution: float
+    direction: Literal["raises", "lowers"]
+
+
+class Decision(Event):
+    """The scored record of one transaction — the audit record on ``scores.v1``.
+
+    ``features`` are the values as served (``None`` = missing), ``latency_ms`` runs from the event reaching the
+    worker to the decision being produced, ``degraded`` marks a fallback decision (features or model unavailable).
+    """
+
+    txn_id: Identifier
+    card_token: CardKey
+    event_time: UtcTime
+    decided_at: UtcTime
+    amount: Annotated[float, Field(gt=0.0, le=MAX_AMOUNT)]
+    currency: Currency
+    features: Annotated[dict[str, float | None], Field(max_length=512)]
+    model: ModelRef | None
+    score: Probability | None
+    decision: DecisionOutcome
+    thresholds: Thresholds
+    reason_codes: Annotated[list[Contribution], Field(max_length=16)] = []
+    latency_ms: Annotated[float, Field(ge=0.0)]
+    degraded: bool = False
+
+
+class Alert(Event):
+    """A review or decline sent to analysts and sinks; ``alert_id`` is stable per transaction (idempotency key)."""
+
+    alert_id: Identifier
+    txn_id: Identifier
+    card_token: CardKey
+    card_last4: Annotated[str, StringConstraints(pattern=r"^\d{4}$")] | None = None
+    event_time: UtcTime
+    raised_at: UtcTime
+    amount: Annotated[float, Field(gt=0.0, le=MAX_AMOUNT)]
+    currency: Currency
+    terminal_id: Identifier | None = None
+    merchant_id: Identifier | None = None
+    decision: Literal["review", "decline"]
+    score: Probability | None
+    model: ModelRef | None
+    reason_codes: Annotated[list[Contribution], Field(max_length=16)] = []
+    degraded: bool = False
+
+    @staticmethod
+    def id_for(txn_id: str) -> str:
+        """The alert id of a transaction: one alert per transaction, whatever the redeliveries."""
+        return f"alert:{txn_id}"
+
+
+class DeadLetter(Event):
+    """An input that could not be processed, with where it came from and why.
+
+    ``payload`` is the original bytes decoded as UTF-8 (undecodable bytes as ``\\xNN`` escapes), with every
+    possible PAN masked, cut to ``MAX_PAYLOAD_CHARS``; ``payload_bytes`` is the original size.
+    """
+
+    MAX_PAYLOAD_CHARS: ClassVar[int] = 8_192
+
+    source_topic: Annotated[str, StringConstraints(min_length=1, max_length=249)]
+    source_partition: Annotated[int, Field(ge=-1)]
+    source_offset: Annotated[int, Field(ge=-1)]
+    reason: Reason
+    detail: Annotated[str, StringConstraints(max_length=2_000)]
+    payload: Annotated[str, StringConstraints(max_length=8_192)]
+    payload_bytes: Annotated[int, Field(ge=0)]
+    payload_truncated: bool
+    failed_at: UtcTime

@@ -1,0 +1,222 @@
+"""Settings: one frozen object, read once at the edge.
+
+Every value comes from (highest first) the environment, a ``.env`` file in the working directory, then the defaults
+below. Variables are ``FRAUD_<SECTION>__<FIELD>`` (``FRAUD_KAFKA__BOOTSTRAP_SERVERS``), top-level ones
+``FRAUD_<FIELD>``. ``.env.example`` lists every variable with its default (``fraudpipe config env-example``
+regenerates it; a guard test keeps the two equal). Secrets are ``SecretStr``: they print as ``**********``.
+
+Only entry points (CLI commands, the Faust app module, test fixtures) call :func:`get_settings`; everything else
+receives the section it needs. Nothing here connects, creates folders or reads files beyond ``.env``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = [
+    "DEV_TOKENIZATION_KEY",
+    "KafkaSettings",
+    "PathSettings",
+    "PrivacySettings",
+    "RedisSettings",
+    "ScoringSettings",
+    "Settings",
+    "TopicSettings",
+    "WebSettings",
+    "env_example",
+    "get_settings",
+]
+
+DEV_TOKENIZATION_KEY = "dev-only-tokenization-key-change-me-in-production"
+Port = Annotated[int, Field(ge=1, le=65_535)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Section):
+    """Broker connection. ``app_id`` is the Faust application id, hence the workers' consumer group."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    client_id: str = "fraudpipe"
+    app_id: str = "fraudpipe"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    request_timeout_ms: Annotated[int, Field(ge=100)] = 10_000
+
+    def client_config(self) -> dict[str, str]:
+        """librdkafka (confluent-kafka) configuration for these settings; holds the password in clear."""
+        config = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "client.id": self.client_id,
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism is not None:
+            config["sasl.mechanism"] = self.sasl_mechanism
+            config["sasl.username"] = self.sasl_username or ""
+            config["sasl.password"] = self.sasl_password.get_secret_value() if self.sasl_password else ""
+        return config
+
+    def faust_broker_url(self) -> str:
+        """The broker list in Faust's ``kafka://host:port;host:port`` form."""
+        hosts = [server.strip() for server in self.bootstrap_servers.split(",") if server.strip()]
+        return ";".join(f"kafka://{host}" for host in hosts)
+
+
+class RedisSettings(_Section):
+    """Online feature store. Timeouts are short on purpose: a stalled call must not stall the consumer."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    username: str | None = None
+    password: SecretStr | None = None
+    socket_timeout_ms: Annotated[int, Field(ge=1)] = 250
+    connect_timeout_ms: Annotated[int, Field(ge=1)] = 500
+    key_prefix: str = "fp:v1:"
+
+
+class TopicSettings(_Section):
+    """Topic names, and how ``fraudpipe topics create`` makes them. ``prefix`` is prepended to every name."""
+
+    prefix: str = ""
+    transactions: str = "transactions.v1"
+    labels: str = "labels.v1"
+    scores: str = "scores.v1"
+    alerts: str = "alerts.v1"
+    registry_events: str = "model-events.v1"
+    partitions: Annotated[int, Field(ge=1, le=1_000)] = 6
+    replication_factor: Annotated[int, Field(ge=1, le=10)] = 1
+    retention_ms: Annotated[int, Field(ge=-1)] = 7 * 24 * 3_600_000
+    dlq_retention_ms: Annotated[int, Field(ge=-1)] = 30 * 24 * 3_600_000
+
+    def full(self, name: str) -> str:
+        """``name`` with the prefix applied."""
+        return f"{self.prefix}{name}"
+
+    @staticmethod
+    def dlq_of(name: str) -> str:
+        """Dead-letter topic of ``name``: ``transactions.v1`` -> ``transactions.dlq.v1``."""
+        base, dot, version = name.rpartition(".")
+        if dot and version.startswith("v") and version[1:].isdigit():
+            return f"{base}.dlq.{version}"
+        return f"{name}.dlq"
+
+    def consumed(self) -> tuple[str, ...]:
+        """Full names of the topics fraudpipe consumes from outside producers (each has a DLQ)."""
+        return tuple(self.full(name) for name in (self.transactions, self.labels, self.registry_events))
+
+    def produced(self) -> tuple[str, ...]:
+        """Full names of the topics fraudpipe's workers produce."""
+        return tuple(self.full(name) for name in (self.scores, self.alerts))
+
+
+class ScoringSettings(_Section):
+    """The hot path: micro-batches, thresholds, validation tolerance."""
+
+    batch_size: Annotated[int, Field(ge=1, le=10_000)] = 500
+    batch_within_ms: Annotated[int, Field(ge=1, le=10_000)] = 20
+    review_threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    decline_threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.9
+    max_clock_skew_s: Annotated[float, Field(ge=0.0)] = 300.0
+    model_threads: Annotated[int, Field(ge=1, le=64)] = 1
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ScoringSettings:
+        if self.review_threshold > self.decline_threshold:
+            raise ValueError("review_threshold must not exceed decline_threshold")
+        return self
+
+
+class PrivacySettings(_Section):
+    """PAN tokenization. The key must be set (>= 32 characters, not the dev key) when ``environment=prod``."""
+
+    tokenization_key: SecretStr = SecretStr(DEV_TOKENIZATION_KEY)
+
+
+class PathSettings(_Section):
+    """Where files go; relative paths are relative to the working directory. Nothing is created on import."""
+
+    data_dir: Path = Path("var/data")
+    models_dir: Path = Path("var/models")
+
+
+class WebSettings(_Section):
+    """Faust's own web server (it can serve table contents): off by default, loopback when on."""
+
+    enabled: bool = False
+    bind: str = "127.0.0.1"
+    port: Port = 6066
+
+
+class Settings(BaseSettings):
+    """All of fraudpipe's configuration. Frozen: build a new one to change anything."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FRAUD_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,
+        frozen=True,
+        extra="forbid",
+    )
+
+    environment: Literal["dev", "test", "prod"] = "dev"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    kafka: KafkaSettings = KafkaSettings()
+    redis: RedisSettings = RedisSettings()
+    topics: TopicSettings = TopicSettings()
+    scoring: ScoringSettings = ScoringSettings()
+    privacy: PrivacySettings = PrivacySettings()
+    paths: PathSettings = PathSettings()
+    web: WebSettings = WebSettings()
+
+    @model_validator(mode="after")
+    def _production_key(self) -> Settings:
+        key = self.privacy.tokenization_key.get_secret_value()
+        if self.environment == "prod" and (key == DEV_TOKENIZATION_KEY or len(key) < 32):
+            raise ValueError("FRAUD_PRIVACY__TOKENIZATION_KEY must be set to a secret of >= 32 characters in prod")
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once. Entry points only."""
+    return Settings()
+
+
+def _env_lines(model: type[BaseModel], prefix: str) -> list[str]:
+    lines: list[str] = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, _Section):
+            lines.extend(_env_lines(annotation, f"{prefix}{name.upper()}__"))
+            continue
+        lines.append(f"{prefix}{name.upper()}={_env_value(field.default)}")
+    return lines
+
+
+def _env_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def env_example() -> str:
+    """The text of ``.env.example``: every variable with its default, grouped by section."""
+    header = [
+        "# Every fraudpipe setting with its default. Copy to .env and change what you need.",
+        "# Generated by `fraudpipe config env-example`; a guard test keeps it equal to fraudpipe/settings.py.",
+    ]
+    return "\n".join([*header, *_env_lines(Settings, "FRAUD_")]) + "\n"

@@ -1,0 +1,206 @@
+#!/usr/bin/env bash
+# Local real services for machines without Docker: Apache Kafka (single-node KRaft, from its Maven Central jars)
+# and Redis (Debian's redis-server), both on loopback.
+#
+#   scripts/services.sh start|stop|status|restart [kafka|redis|all]
+#
+# Ports come from the same variables as fraudpipe's settings (environment first, then ./.env):
+#   FRAUD_KAFKA__BOOTSTRAP_SERVERS  (default 127.0.0.1:9092; the KRaft controller listens on port+1)
+#   FRAUD_REDIS__URL                (default redis://127.0.0.1:6379/0)
+# State (jars, data, logs, PID files) lives under FRAUDPIPE_SERVICES_DIR (default ./.services, git-ignored), so
+# two copies with different ports and folders run side by side. `start` is idempotent; `stop` signals only the
+# PIDs recorded in its own PID files.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+STATE_DIR="${FRAUDPIPE_SERVICES_DIR:-$ROOT/.services}"
+# shellcheck source=scripts/versions.env
+source "$ROOT/scripts/versions.env"
+
+say() { printf '%s\n' "$*"; }
+die() { printf 'services: %s\n' "$*" >&2; exit 1; }
+
+setting() {  # setting NAME DEFAULT: environment, then ./.env, then DEFAULT
+  local name="$1" default="$2" value=""
+  if [[ -n "${!name:-}" ]]; then value="${!name}"
+  elif [[ -f "$ROOT/.env" ]]; then value="$(sed -n "s/^${name}=//p" "$ROOT/.env" | tail -n1)"
+  fi
+  printf '%s' "${value:-$default}"
+}
+
+BOOTSTRAP="$(setting FRAUD_KAFKA__BOOTSTRAP_SERVERS 127.0.0.1:9092)"
+BOOTSTRAP="${BOOTSTRAP%%,*}"
+KAFKA_HOST="${BOOTSTRAP%:*}"
+KAFKA_PORT="${BOOTSTRAP##*:}"
+CONTROLLER_PORT=$((KAFKA_PORT + 1))
+REDIS_URL="$(setting FRAUD_REDIS__URL redis://127.0.0.1:6379/0)"
+REDIS_HOSTPORT="${REDIS_URL#*://}"; REDIS_HOSTPORT="${REDIS_HOSTPORT##*@}"; REDIS_HOSTPORT="${REDIS_HOSTPORT%%/*}"
+REDIS_HOST="${REDIS_HOSTPORT%:*}"
+REDIS_PORT="${REDIS_HOSTPORT##*:}"
+[[ "$REDIS_PORT" == "$REDIS_HOSTPORT" ]] && REDIS_PORT=6379
+
+KAFKA_DIR="$STATE_DIR/kafka"
+REDIS_DIR="$STATE_DIR/redis"
+KAFKA_LIB="$STATE_DIR/kafka-lib-$KAFKA_VERSION"
+
+for host in "$KAFKA_HOST" "$REDIS_HOST"; do
+  [[ "$host" == 127.0.0.1 || "$host" == localhost ]] || die "local services bind to loopback only; got host '$host'"
+done
+
+# --- process helpers ---------------------------------------------------------------------------------------
+
+pid_of() {  # pid_of NAME: the recorded PID if alive and ours (command line or working dir inside our state dir)
+  local file="$STATE_DIR/$1.pid" pid
+  [[ -f "$file" ]] || return 1
+  pid="$(cat "$file")"
+  [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
+  # redis-server rewrites its process title, but works inside --dir; the broker's classpath names the state dir.
+  if ! tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$STATE_DIR" \
+    && [[ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" != "$STATE_DIR"* ]]; then
+    return 1
+  fi
+  printf '%s' "$pid"
+}
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+stop_pid() {  # stop_pid NAME SECONDS: TERM, wait, then KILL — only the PID from our own file
+  local name="$1" grace="$2" pid
+  if ! pid="$(pid_of "$name")"; then
+    rm -f "$STATE_DIR/$name.pid"; say "$name: not running"; return 0
+  fi
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq $((grace * 10))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$pid" 2>/dev/null; then
+    say "$name: still running after ${grace}s, killing pid $pid"; kill -KILL "$pid" 2>/dev/null || true
+    sleep 0.5
+  fi
+  rm -f "$STATE_DIR/$name.pid"
+  say "$name: stopped (pid $pid)"
+}
+
+# --- Kafka -------------------------------------------------------------------------------------------------
+
+kafka_jars() {
+  [[ -f "$KAFKA_LIB/.complete" ]] && return 0
+  command -v java >/dev/null || die "java not found: install a JDK >= 17 (Debian: apt-get install openjdk-17-jre-headless)"
+  command -v mvn >/dev/null || die "mvn not found: install Maven (Debian: apt-get install maven)"
+  say "kafka: resolving Apache Kafka $KAFKA_VERSION jars from Maven Central (first start only)"
+  rm -rf "$KAFKA_LIB.tmp"
+  mvn -q -B -f "$ROOT/scripts/kafka/pom.xml" -Dkafka.version="$KAFKA_VERSION" \
+    dependency:copy-dependencies -DoutputDirectory="$KAFKA_LIB.tmp" >"$STATE_DIR/mvn.log" 2>&1 \
+    || { tail -n 20 "$STATE_DIR/mvn.log" >&2; die "kafka: could not resolve the jars (log: $STATE_DIR/mvn.log)"; }
+  touch "$KAFKA_LIB.tmp/.complete"
+  mv "$KAFKA_LIB.tmp" "$KAFKA_LIB"
+}
+
+kafka_config() {
+  cat >"$KAFKA_DIR/server.properties" <<EOF
+# Written by scripts/services.sh on each start; edit the script, not this file.
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$KAFKA_DIR/data
+num.partitions=6
+auto.create.topics.enable=false
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=12
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+EOF
+}
+
+kafka_start() {
+  local pid
+  if pid="$(pid_of kafka)"; then say "kafka: already running (pid $pid, 127.0.0.1:$KAFKA_PORT)"; return 0; fi
+  for port in "$KAFKA_PORT" "$CONTROLLER_PORT"; do
+    port_busy "$port" && die "kafka: port $port is in use by another process; set FRAUD_KAFKA__BOOTSTRAP_SERVERS"
+  done
+  kafka_jars
+  mkdir -p "$KAFKA_DIR/data"
+  kafka_config
+  local java_cmd=(java -Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true
+    "-Dlog4j2.configurationFile=$ROOT/scripts/kafka/log4j2.properties" -cp "$KAFKA_LIB/*")
+  if [[ ! -f "$KAFKA_DIR/data/meta.properties" ]]; then
+    local cluster_id
+    cluster_id="$(python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')"
+    "${java_cmd[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$KAFKA_DIR/server.properties" \
+      >"$KAFKA_DIR/format.log" 2>&1 || { cat "$KAFKA_DIR/format.log" >&2; die "kafka: storage format failed"; }
+  fi
+  : >"$KAFKA_DIR/server.log"
+  setsid nohup "${java_cmd[@]}" kafka.Kafka "$KAFKA_DIR/server.properties" >>"$KAFKA_DIR/server.log" 2>&1 </dev/null 9>&- &
+  echo $! >"$STATE_DIR/kafka.pid"
+  for _ in $(seq 900); do
+    if grep -q "Kafka Server started" "$KAFKA_DIR/server.log" 2>/dev/null && port_busy "$KAFKA_PORT"; then
+      say "kafka: started $KAFKA_VERSION (pid $(cat "$STATE_DIR/kafka.pid"), 127.0.0.1:$KAFKA_PORT)"; return 0
+    fi
+    pid_of kafka >/dev/null || { tail -n 30 "$KAFKA_DIR/server.log" >&2; rm -f "$STATE_DIR/kafka.pid"; die "kafka: exited during start"; }
+    sleep 0.1
+  done
+  tail -n 30 "$KAFKA_DIR/server.log" >&2
+  stop_pid kafka 10
+  die "kafka: not ready after 90s (log: $KAFKA_DIR/server.log)"
+}
+
+# --- Redis -------------------------------------------------------------------------------------------------
+
+redis_start() {
+  local pid
+  if pid="$(pid_of redis)"; then say "redis: already running (pid $pid, 127.0.0.1:$REDIS_PORT)"; return 0; fi
+  command -v redis-server >/dev/null \
+    || die "redis-server not found: install it (Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install redis)"
+  port_busy "$REDIS_PORT" && die "redis: port $REDIS_PORT is in use by another process; set FRAUD_REDIS__URL"
+  mkdir -p "$REDIS_DIR"
+  setsid nohup redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$REDIS_DIR" --daemonize no \
+    --appendonly yes --appendfsync everysec --save "" --protected-mode yes --logfile "$REDIS_DIR/redis.log" \
+    </dev/null >/dev/null 2>&1 9>&- &
+  echo $! >"$STATE_DIR/redis.pid"
+  for _ in $(seq 100); do
+    if [[ "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null)" == PONG ]]; then
+      say "redis: started $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p') (pid $(cat "$STATE_DIR/redis.pid"), 127.0.0.1:$REDIS_PORT)"
+      return 0
+    fi
+    pid_of redis >/dev/null || { tail -n 20 "$REDIS_DIR/redis.log" >&2; rm -f "$STATE_DIR/redis.pid"; die "redis: exited during start"; }
+    sleep 0.1
+  done
+  stop_pid redis 5
+  die "redis: not answering PING after 10s (log: $REDIS_DIR/redis.log)"
+}
+
+# --- commands ----------------------------------------------------------------------------------------------
+
+status_of() {
+  local pid port
+  case "$1" in kafka) port="$KAFKA_PORT" ;; redis) port="$REDIS_PORT" ;; esac
+  if pid="$(pid_of "$1")"; then say "$1: running (pid $pid, 127.0.0.1:$port)"; return 0; fi
+  say "$1: stopped"; return 3
+}
+
+main() {
+  local command="${1:-}" target="${2:-all}" services
+  case "$target" in
+    all) services=(kafka redis) ;;
+    kafka | redis) services=("$target") ;;
+    *) die "unknown service '$target' (kafka, redis or all)" ;;
+  esac
+  mkdir -p "$STATE_DIR"
+  exec 9>"$STATE_DIR/.lock"
+  flock -w 120 9 || die "another services.sh holds $STATE_DIR/.lock"
+  case "$command" in
+    start) for s in "${services[@]}"; do "${s}_start"; done ;;
+    stop) for s in "${services[@]}"; do case "$s" in kafka) stop_pid kafka 30 ;; redis) stop_pid redis 10 ;; esac; done ;;
+    restart) main stop "$target"; main start "$target" ;;
+    status) local rc=0; for s in "${services[@]}"; do status_of "$s" || rc=3; done; return "$rc" ;;
+    *) die "usage: scripts/services.sh start|stop|status|restart [kafka|redis|all]" ;;
+  esac
+}
+
+main "$@"

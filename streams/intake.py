@@ -1,0 +1,71 @@
+"""Intake: raw Kafka records in, validated events and dead letters out. Pure: no client, no clock.
+
+Used by every agent that consumes from outside producers (transactions, labels, model events). A record either
+becomes an event of the expected kind or a :class:`~fraudpipe.contracts.DeadLetter` carrying its coordinates and
+reason; nothing is dropped and nothing raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Generic, TypeVar
+
+from fraudpipe.codec import DecodeError, dead_letter, decode
+from fraudpipe.contracts import DeadLetter, Event, Reason
+
+__all__ = ["Intake", "RawRecord", "intake"]
+
+E = TypeVar("E", bound=Event)
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """A consumed Kafka record: coordinates, key and value bytes as received."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(slots=True)
+class Intake(Generic[E]):
+    """Result of :func:`intake`, each list in input order: ``valid`` pairs a record with its event, ``dead``
+    pairs a record with its dead letter."""
+
+    valid: list[tuple[RawRecord, E]] = field(default_factory=list)
+    dead: list[tuple[RawRecord, DeadLetter]] = field(default_factory=list)
+
+
+def intake(
+    records: Iterable[RawRecord], kind: type[E], *, latest_event_time: datetime, failed_at: datetime
+) -> Intake[E]:
+    """Decode each record as ``kind``; refused ones become dead letters stamped ``failed_at``.
+
+    ``latest_event_time`` is now + the allowed clock skew: events claiming to come from later are refused.
+    """
+    result: Intake[E] = Intake()
+    for record in records:
+        try:
+            result.valid.append((record, decode(record.value, kind, latest_event_time=latest_event_time)))
+        except DecodeError as error:
+            result.dead.append((record, _dead(record, error.reason, error.detail, failed_at)))
+        except Exception as error:  # noqa: BLE001 - a codec bug must dead-letter one record, not stop the stream
+            detail = f"{type(error).__name__} while decoding"
+            result.dead.append((record, _dead(record, Reason.PROCESSING_ERROR, detail, failed_at)))
+    return result
+
+
+def _dead(record: RawRecord, reason: Reason, detail: str, failed_at: datetime) -> DeadLetter:
+    return dead_letter(
+        record.value,
+        reason=reason,
+        detail=detail,
+        source_topic=record.topic,
+        source_partition=record.partition,
+        source_offset=record.offset,
+        failed_at=failed_at,
+    )

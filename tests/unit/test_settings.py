@@ -1,0 +1,114 @@
+"""Settings: env prefix and nesting, .env files, frozen, secrets masked, the .env.example guard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from fraudpipe.settings import DEV_TOKENIZATION_KEY, Settings, TopicSettings, env_example
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No FRAUD_ variable and no .env from the developer's shell leaks into these tests."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("FRAUD_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def test_defaults() -> None:
+    settings = Settings()
+    assert settings.kafka.bootstrap_servers == "127.0.0.1:9092"
+    assert settings.topics.full(settings.topics.transactions) == "transactions.v1"
+    assert settings.web.enabled is False and settings.web.bind == "127.0.0.1"
+
+
+def test_environment_variables_nest_with_double_underscore(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FRAUD_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:39092")
+    monkeypatch.setenv("FRAUD_SCORING__BATCH_SIZE", "64")
+    monkeypatch.setenv("FRAUD_TOPICS__PREFIX", "t1-")
+    settings = Settings()
+    assert settings.kafka.bootstrap_servers == "127.0.0.1:39092"
+    assert settings.scoring.batch_size == 64
+    assert settings.topics.full("alerts.v1") == "t1-alerts.v1"
+
+
+def test_dotenv_file_is_read_and_environment_wins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("FRAUD_REDIS__URL=redis://127.0.0.1:7000/1\nFRAUD_SCORING__BATCH_SIZE=10\n")
+    monkeypatch.setenv("FRAUD_SCORING__BATCH_SIZE", "20")
+    settings = Settings()
+    assert settings.redis.url == "redis://127.0.0.1:7000/1"
+    assert settings.scoring.batch_size == 20
+
+
+def test_a_typo_in_dotenv_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("FRAUD_SCORING__BATCHSIZE=10\n")
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_settings_are_frozen() -> None:
+    settings = Settings()
+    with pytest.raises(ValidationError):
+        settings.environment = "prod"  # type: ignore[misc]
+    with pytest.raises(ValidationError):
+        settings.kafka.app_id = "other"  # type: ignore[misc]
+
+
+def test_secrets_print_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FRAUD_PRIVACY__TOKENIZATION_KEY", "s3cr3t-key-that-must-never-be-printed")
+    monkeypatch.setenv("FRAUD_REDIS__PASSWORD", "redis-pass-never-printed")
+    monkeypatch.setenv("FRAUD_KAFKA__SASL_PASSWORD", "kafka-pass-never-printed")
+    settings = Settings()
+    for text in (repr(settings), str(settings), settings.model_dump_json(), repr(settings.privacy)):
+        assert "never" not in text
+    assert settings.privacy.tokenization_key.get_secret_value() == "s3cr3t-key-that-must-never-be-printed"
+
+
+def test_prod_refuses_the_dev_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FRAUD_ENVIRONMENT", "prod")
+    with pytest.raises(ValidationError, match="TOKENIZATION_KEY"):
+        Settings()
+    monkeypatch.setenv("FRAUD_PRIVACY__TOKENIZATION_KEY", "x" * 32)
+    assert Settings().privacy.tokenization_key.get_secret_value() != DEV_TOKENIZATION_KEY
+
+
+def test_thresholds_must_be_ordered(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FRAUD_SCORING__REVIEW_THRESHOLD", "0.95")
+    with pytest.raises(ValidationError, match="review_threshold"):
+        Settings()
+
+
+def test_kafka_client_config_and_faust_url() -> None:
+    settings = Settings(kafka={"bootstrap_servers": "127.0.0.1:1, 127.0.0.1:2"})  # type: ignore[arg-type]
+    assert settings.kafka.faust_broker_url() == "kafka://127.0.0.1:1;kafka://127.0.0.1:2"
+    assert settings.kafka.client_config()["bootstrap.servers"] == "127.0.0.1:1, 127.0.0.1:2"
+    sasl = Settings(
+        kafka={"sasl_mechanism": "SCRAM-SHA-512", "sasl_username": "u", "sasl_password": "p"}  # type: ignore[arg-type]
+    )
+    assert sasl.kafka.client_config()["sasl.password"] == "p"
+
+
+@pytest.mark.parametrize(
+    ("topic", "dlq"),
+    [("transactions.v1", "transactions.dlq.v1"), ("model-events.v12", "model-events.dlq.v12"), ("raw", "raw.dlq")],
+)
+def test_dlq_names(topic: str, dlq: str) -> None:
+    assert TopicSettings.dlq_of(topic) == dlq
+
+
+def test_env_example_lists_every_setting_with_its_default() -> None:
+    """Guard: .env.example == the settings model. Regenerate with `fraudpipe config env-example > .env.example`."""
+    assert (ROOT / ".env.example").read_text() == env_example()
+
+
+def test_every_line_of_env_example_is_a_valid_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(env_example())
+    assert Settings() == Settings(_env_file=None)
