@@ -62,7 +62,7 @@ __all__ = [
     "Transaction",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 MAX_AMOUNT = 1_000_000.0
 """Upper bound of one card payment, major currency units. Larger values are input errors, not big spenders."""
 EARLIEST_EVENT_TIME = datetime(2000, 1, 1, tzinfo=UTC)

@@ -35,7 +35,7 @@ __all__ = [
 
 PAN_MIN_DIGITS = 13
 PAN_MAX_DIGITS = 19
-TOKEN_PREFIX = "tok_"
+TOKEN_PREFIX = "tok_"  # noqa: S105 - a prefix, not a secret
 _TOKEN_HEX_CHARS = 32  # 128 bits of the HMAC: collision-free at any card population
 _LONG_RUN_DIGITS = 64
 
@@ -118,9 +118,7 @@ def contains_pan(text: str) -> bool:
     """True when ``text`` holds a Luhn-valid 13-19 digit number made of whole digit groups."""
     if len(text) < PAN_MIN_DIGITS:
         return False
-    return any(
-        _run_holds_pan_of_whole_groups(m.group()) for m in _DIGIT_RUN_STR.finditer(text) if len(m.group()) >= 13
-    )
+    return any(_run_holds_pan_of_whole_groups(m.group()) for m in _DIGIT_RUN_STR.finditer(text) if len(m.group()) >= 13)
 
 
 def _any_window_is_pan(digits: bytes) -> bool:

@@ -21,7 +21,9 @@ __all__ = ["app", "settings", "transactions_dlq_topic", "transactions_topic"]
 def build_app(settings: Settings) -> faust.App:
     """A Faust app configured from ``settings`` (no connection is made until a worker starts)."""
     if settings.kafka.security_protocol != "PLAINTEXT":
-        raise ValueError("the Faust worker supports PLAINTEXT Kafka only for now; SASL/TLS come with the security issue")
+        raise ValueError(
+            "the Faust worker supports PLAINTEXT Kafka only for now; SASL/TLS come with the security issue"
+        )
     return faust.App(
         settings.kafka.app_id,
         broker=settings.kafka.faust_broker_url(),

@@ -53,7 +53,7 @@ def intake(
             result.valid.append((record, decode(record.value, kind, latest_event_time=latest_event_time)))
         except DecodeError as error:
             result.dead.append((record, _dead(record, error.reason, error.detail, failed_at)))
-        except Exception as error:  # noqa: BLE001 - a codec bug must dead-letter one record, not stop the stream
+        except Exception as error:
             detail = f"{type(error).__name__} while decoding"
             result.dead.append((record, _dead(record, Reason.PROCESSING_ERROR, detail, failed_at)))
     return result

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from fraudpipe.settings import KafkaSettings, TopicSettings
 
@@ -45,7 +45,11 @@ def topic_specs(topics: TopicSettings) -> list[TopicSpec]:
     min_isr = str(min(2, max(1, topics.replication_factor - 1)))
 
     def spec(name: str, retention_ms: int) -> TopicSpec:
-        config = {"retention.ms": str(retention_ms), "cleanup.policy": "delete", "min.insync.replicas": min_isr}
+        config = {
+            "retention.ms": str(retention_ms),
+            "cleanup.policy": "delete",
+            "min.insync.replicas": min_isr,
+        }
         return TopicSpec(topics.full(name), topics.partitions, topics.replication_factor, config)
 
     main = [topics.transactions, topics.labels, topics.scores, topics.alerts, topics.registry_events]
@@ -63,9 +67,7 @@ def create_topics(kafka: KafkaSettings, specs: list[TopicSpec], *, timeout_s: fl
         KafkaException: the broker refused a creation for another reason (authorization, invalid config).
     """
     # log_level 2: librdkafka's per-retry connection errors would flood the terminal; the failure is reported once.
-    admin = AdminClient(
-        {**kafka.client_config(), "socket.timeout.ms": str(int(timeout_s * 1000)), "log_level": "2"}
-    )
+    admin = AdminClient({**kafka.client_config(), "socket.timeout.ms": str(int(timeout_s * 1000)), "log_level": "2"})
     try:
         metadata = admin.list_topics(timeout=timeout_s)
     except KafkaException as error:

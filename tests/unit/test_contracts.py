@@ -56,10 +56,22 @@ def test_times_are_normalised_to_utc() -> None:
 
 def test_optional_fields_may_be_absent() -> None:
     fields = transaction_fields()
-    for name in ("merchant_id", "merchant_name", "mcc", "customer_id", "device_id", "channel", "country", "lat", "lon"):
+    for name in (
+        "merchant_id",
+        "merchant_name",
+        "mcc",
+        "customer_id",
+        "device_id",
+        "channel",
+        "country",
+        "lat",
+        "lon",
+    ):
         del fields[name]
     event = decode(json.dumps(fields).encode(), Transaction)
-    assert event.device_id is None and event.lat is None and event.channel is None
+    assert event.device_id is None
+    assert event.lat is None
+    assert event.channel is None
 
 
 def test_unicode_merchant_names_are_valid() -> None:
@@ -132,7 +144,10 @@ INVALID_TRANSACTIONS: dict[str, tuple[bytes | None, Reason]] = {
     "null": (b"null", Reason.NOT_AN_OBJECT),
     "duplicate key": (transaction_json()[:-1] + b', "amount": 99999.0}', Reason.DUPLICATE_KEY),
     "PAN in merchant name": (transaction_json(merchant_name=f"refund {VISA_TEST_PAN}"), Reason.PAN_DETECTED),
-    "spaced PAN in name": (transaction_json(merchant_name="card 4111 1111 1111 1111 ok"), Reason.PAN_DETECTED),
+    "spaced PAN in name": (
+        transaction_json(merchant_name="card 4111 1111 1111 1111 ok"),
+        Reason.PAN_DETECTED,
+    ),
     "PAN as card token": (transaction_json(card_token=VISA_TEST_PAN), Reason.PAN_DETECTED),
     "schema version 2": (transaction_json(schema_version=2), Reason.UNSUPPORTED_SCHEMA_VERSION),
 }
@@ -204,8 +219,10 @@ def _letter(raw: bytes | None) -> DeadLetter:
 
 def test_dead_letter_masks_pans_in_payload_and_detail() -> None:
     letter = _letter(b'{"card_number": "4111111111111111", "also": "5555-5555-5555-4444"}')
-    assert VISA_TEST_PAN not in letter.payload and "5555555555554444" not in letter.payload
-    assert "411111******1111" in letter.payload and "555555******4444" in letter.payload
+    assert VISA_TEST_PAN not in letter.payload
+    assert "5555555555554444" not in letter.payload
+    assert "411111******1111" in letter.payload
+    assert "555555******4444" in letter.payload
     assert VISA_TEST_PAN not in letter.detail
     assert (letter.source_topic, letter.source_partition, letter.source_offset) == ("transactions.v1", 2, 41)
 

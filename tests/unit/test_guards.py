@@ -24,7 +24,11 @@ def test_packages_import_from_this_repository(package: str) -> None:
 
 @pytest.mark.parametrize(
     ("package", "forbidden"),
-    [("fraudpipe", ("features", "models", "streams")), ("features", ("models", "streams")), ("models", ("streams",))],
+    [
+        ("fraudpipe", ("features", "models", "streams")),
+        ("features", ("models", "streams")),
+        ("models", ("streams",)),
+    ],
 )
 def test_imports_go_one_way(package: str, forbidden: tuple[str, ...]) -> None:
     """streams -> models -> features -> fraudpipe. The CLI may import upward only inside its commands."""

@@ -35,7 +35,11 @@ def test_each_record_is_either_valid_or_dead_in_order() -> None:
     assert len(result.valid) + len(result.dead) == len(records)
     pan_letter = result.dead[1][1]
     assert VISA_TEST_PAN not in pan_letter.payload
-    assert (pan_letter.source_topic, pan_letter.source_partition, pan_letter.failed_at) == ("transactions.v1", 4, NOW)
+    assert (pan_letter.source_topic, pan_letter.source_partition, pan_letter.failed_at) == (
+        "transactions.v1",
+        4,
+        NOW,
+    )
 
 
 def test_an_unexpected_codec_failure_becomes_a_processing_error() -> None:

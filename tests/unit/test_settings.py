@@ -27,7 +27,8 @@ def test_defaults() -> None:
     settings = Settings()
     assert settings.kafka.bootstrap_servers == "127.0.0.1:9092"
     assert settings.topics.full(settings.topics.transactions) == "transactions.v1"
-    assert settings.web.enabled is False and settings.web.bind == "127.0.0.1"
+    assert settings.web.enabled is False
+    assert settings.web.bind == "127.0.0.1"
 
 
 def test_environment_variables_nest_with_double_underscore(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -98,7 +99,11 @@ def test_kafka_client_config_and_faust_url() -> None:
 
 @pytest.mark.parametrize(
     ("topic", "dlq"),
-    [("transactions.v1", "transactions.dlq.v1"), ("model-events.v12", "model-events.dlq.v12"), ("raw", "raw.dlq")],
+    [
+        ("transactions.v1", "transactions.dlq.v1"),
+        ("model-events.v12", "model-events.dlq.v12"),
+        ("raw", "raw.dlq"),
+    ],
 )
 def test_dlq_names(topic: str, dlq: str) -> None:
     assert TopicSettings.dlq_of(topic) == dlq

@@ -1,0 +1,39 @@
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+VENV := .venv/bin
+
+help: ## Show this help
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+install: ## Create .venv and install fraudpipe with its dev tools
+	test -x $(VENV)/python || python3 -m venv .venv
+	$(VENV)/python -m pip install -q -e ".[dev]"
+
+test: ## Run every test against real Kafka and Redis (sets everything up; ARGS="-k faust" to select)
+	bash scripts/test.sh $(ARGS)
+
+unit: ## Run the unit tests only (no services needed)
+	$(VENV)/python -m pytest tests/unit $(ARGS)
+
+lint: ## ruff (lint + format check) and mypy strict
+	$(VENV)/ruff check .
+	$(VENV)/ruff format --check .
+	$(VENV)/mypy
+
+format: ## Format and fix what ruff can
+	$(VENV)/ruff format .
+	$(VENV)/ruff check --fix .
+
+services-start: ## Start local Kafka and Redis (scripts/services.sh)
+	scripts/services.sh start
+
+services-stop: ## Stop the local Kafka and Redis this checkout started
+	scripts/services.sh stop
+
+services-status: ## Show whether local Kafka and Redis run
+	scripts/services.sh status
+
+topics: ## Create fraudpipe's topics on the configured broker
+	$(VENV)/fraudpipe topics create
+
+.PHONY: help install test unit lint format services-start services-stop services-status topics

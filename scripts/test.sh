@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The whole test suite from a fresh clone, in one command (`make test`; extra arguments go to pytest):
+#   1. a virtualenv in .venv with fraudpipe and its dev tools (re-installed when pyproject.toml changes);
+#   2. real Kafka and Redis from scripts/services.sh, on test ports and in their own state folder, so they never
+#      collide with services you run for the demo — unless FRAUDPIPE_TEST_KAFKA / FRAUDPIPE_TEST_REDIS already
+#      name running ones;
+#   3. pytest; then the services this script started are stopped, and its exit status is pytest's.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PYTHON="${PYTHON:-python3}"
+
+if [[ ! -x .venv/bin/python ]]; then
+  echo "test: creating .venv with $("$PYTHON" --version)"
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.fraudpipe-installed
+if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
+  echo "test: installing fraudpipe[dev] into .venv"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[dev]"
+  touch "$stamp"
+fi
+
+started=()
+cleanup() {
+  for service in "${started[@]}"; do scripts/services.sh stop "$service" || true; done
+}
+trap cleanup EXIT
+
+if [[ -z "${FRAUDPIPE_TEST_KAFKA:-}" || -z "${FRAUDPIPE_TEST_REDIS:-}" ]]; then
+  export FRAUDPIPE_SERVICES_DIR="${FRAUDPIPE_SERVICES_DIR:-$ROOT/.services/test}"
+  export FRAUD_KAFKA__BOOTSTRAP_SERVERS="${FRAUDPIPE_TEST_KAFKA:-127.0.0.1:19092}"
+  export FRAUD_REDIS__URL="${FRAUDPIPE_TEST_REDIS:-redis://127.0.0.1:16379/0}"
+  for service in kafka redis; do
+    var="FRAUDPIPE_TEST_${service^^}"
+    [[ -n "${!var:-}" ]] && continue
+    if ! scripts/services.sh status "$service" >/dev/null; then
+      started+=("$service")
+    fi
+    scripts/services.sh start "$service"
+  done
+  export FRAUDPIPE_TEST_KAFKA="$FRAUD_KAFKA__BOOTSTRAP_SERVERS" FRAUDPIPE_TEST_REDIS="$FRAUD_REDIS__URL"
+fi
+
+set +e
+.venv/bin/python -m pytest "$@"
+status=$?
+set -e
+exit "$status"

@@ -1,0 +1,96 @@
+"""Integration fixtures: real Kafka and real Redis (see tests/services.py for how they are found)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis as redis_lib
+from confluent_kafka.admin import AdminClient
+
+from fraudpipe.settings import KafkaSettings, Settings, TopicSettings
+from streams.topics import create_topics, topic_specs
+from tests.services import KAFKA_ENV, REDIS_ENV, _kafka_container, _redis_container, resolve
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """host:port of a live broker; fails (never skips) if one was named but does not answer."""
+    for bootstrap in resolve("Kafka", KAFKA_ENV, _kafka_container):
+        try:
+            AdminClient({"bootstrap.servers": bootstrap, "log_level": "2"}).list_topics(timeout=15)
+        except Exception as error:
+            pytest.fail(f"Kafka at {bootstrap} does not answer: {error}", pytrace=False)
+        yield bootstrap
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """URL of a live Redis; fails (never skips) if one was named but does not answer."""
+    for url in resolve("Redis", REDIS_ENV, _redis_container):
+        try:
+            redis_lib.Redis.from_url(url, socket_timeout=5).ping()
+        except Exception as error:
+            pytest.fail(f"Redis at {url} does not answer: {error}", pytrace=False)
+        yield url
+
+
+@pytest.fixture
+def settings(kafka_bootstrap: str, redis_url: str, unique: str, tmp_path: Path) -> Settings:
+    """Settings isolated to this test: own topic prefix, consumer group, Redis key prefix and data dir."""
+    return Settings(
+        _env_file=None,
+        environment="test",
+        kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, app_id=f"fp-test-{unique}", client_id=f"fp-{unique}"),
+        topics=TopicSettings(prefix=f"t{unique}-", partitions=3),
+        redis={"url": redis_url, "key_prefix": f"fp:test:{unique}:"},  # type: ignore[arg-type]
+        paths={"data_dir": tmp_path / "data", "models_dir": tmp_path / "models"},  # type: ignore[arg-type]
+    )
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment a subprocess needs to see ``settings`` (for CLI commands and workers started as users do)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FRAUD_")}
+    env.update(
+        {
+            "FRAUD_ENVIRONMENT": settings.environment,
+            "FRAUD_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+            "FRAUD_KAFKA__APP_ID": settings.kafka.app_id,
+            "FRAUD_KAFKA__CLIENT_ID": settings.kafka.client_id,
+            "FRAUD_TOPICS__PREFIX": settings.topics.prefix,
+            "FRAUD_TOPICS__PARTITIONS": str(settings.topics.partitions),
+            "FRAUD_REDIS__URL": settings.redis.url,
+            "FRAUD_REDIS__KEY_PREFIX": settings.redis.key_prefix,
+            "FRAUD_PATHS__DATA_DIR": str(settings.paths.data_dir),
+            "FRAUD_PATHS__MODELS_DIR": str(settings.paths.models_dir),
+        }
+    )
+    return env
+
+
+@pytest.fixture
+def topics(settings: Settings) -> Settings:
+    """``settings`` with every fraudpipe topic created under the test's prefix."""
+    create_topics(settings.kafka, topic_specs(settings.topics), timeout_s=15)
+    return settings
+
+
+def run_cli(settings: Settings, *args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``fraudpipe ARGS`` as a user would, in ``cwd`` (no .env there), with ``settings`` in the environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "fraudpipe", *args],
+        cwd=cwd,
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

@@ -1,0 +1,72 @@
+"""The CLI as users meet it: one-line errors, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(*args: str, env: dict[str, str] | None = None, cwd: Path) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FRAUD_")}
+    return subprocess.run(
+        [sys.executable, "-m", "fraudpipe", *args],
+        env={**clean, **(env or {})},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_unreachable_broker_is_one_clear_line(tmp_path: Path) -> None:
+    result = _run(
+        "topics",
+        "create",
+        "--timeout",
+        "1",
+        env={"FRAUD_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{_closed_port()}"},
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: Kafka at 127.0.0.1:"), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_setting_is_one_clear_line(tmp_path: Path) -> None:
+    result = _run("config", "show", env={"FRAUD_SCORING__BATCH_SIZE": "many"}, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("error: invalid setting scoring.batch_size")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_bad_argument_is_a_usage_error_not_a_traceback(tmp_path: Path) -> None:
+    result = _run("topics", "create", "--partitions", "zero", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Invalid value for '--partitions'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_config_show_masks_secrets(tmp_path: Path) -> None:
+    result = _run("config", "show", env={"FRAUD_PRIVACY__TOKENIZATION_KEY": "do-not-print-me-" * 3}, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "do-not-print-me" not in result.stdout
+    assert "**********" in result.stdout
+
+
+def test_env_example_command_matches_the_file(tmp_path: Path) -> None:
+    result = _run("config", "env-example", cwd=tmp_path)
+    assert result.stdout == (ROOT / ".env.example").read_text()
