@@ -41,7 +41,8 @@ REDIS_PORT="${REDIS_HOSTPORT##*:}"
 
 KAFKA_DIR="$STATE_DIR/kafka"
 REDIS_DIR="$STATE_DIR/redis"
-KAFKA_LIB="$STATE_DIR/kafka-lib-$KAFKA_VERSION"
+# The broker's jars are shared by every state folder of this checkout (resolved once per version).
+KAFKA_LIB="${FRAUDPIPE_KAFKA_LIB:-$ROOT/.services/kafka-lib-$KAFKA_VERSION}"
 
 for host in "$KAFKA_HOST" "$REDIS_HOST"; do
   [[ "$host" == 127.0.0.1 || "$host" == localhost ]] || die "local services bind to loopback only; got host '$host'"
@@ -49,16 +50,17 @@ done
 
 # --- process helpers ---------------------------------------------------------------------------------------
 
-pid_of() {  # pid_of NAME: the recorded PID if alive and ours (command line or working dir inside our state dir)
+pid_of() {  # pid_of NAME: the recorded PID if that process is alive and is ours
   local file="$STATE_DIR/$1.pid" pid
   [[ -f "$file" ]] || return 1
   pid="$(cat "$file")"
   [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
-  # redis-server rewrites its process title, but works inside --dir; the broker's classpath names the state dir.
-  if ! tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$STATE_DIR" \
-    && [[ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" != "$STATE_DIR"* ]]; then
-    return 1
-  fi
+  case "$1" in
+    # The broker carries -Dfraudpipe.state=<dir> on its command line.
+    kafka) tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "-Dfraudpipe.state=$STATE_DIR " || return 1 ;;
+    # redis-server rewrites its process title, but works inside its --dir.
+    redis) [[ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" == "$REDIS_DIR" ]] || return 1 ;;
+  esac
   printf '%s' "$pid"
 }
 
@@ -86,12 +88,14 @@ kafka_jars() {
   command -v java >/dev/null || die "java not found: install a JDK >= 17 (Debian: apt-get install openjdk-17-jre-headless)"
   command -v mvn >/dev/null || die "mvn not found: install Maven (Debian: apt-get install maven)"
   say "kafka: resolving Apache Kafka $KAFKA_VERSION jars from Maven Central (first start only)"
-  rm -rf "$KAFKA_LIB.tmp"
+  local staging
+  mkdir -p "$(dirname "$KAFKA_LIB")"
+  staging="$(mktemp -d "$KAFKA_LIB.XXXXXX")"
   mvn -q -B -f "$ROOT/scripts/kafka/pom.xml" -Dkafka.version="$KAFKA_VERSION" \
-    dependency:copy-dependencies -DoutputDirectory="$KAFKA_LIB.tmp" >"$STATE_DIR/mvn.log" 2>&1 \
-    || { tail -n 20 "$STATE_DIR/mvn.log" >&2; die "kafka: could not resolve the jars (log: $STATE_DIR/mvn.log)"; }
-  touch "$KAFKA_LIB.tmp/.complete"
-  mv "$KAFKA_LIB.tmp" "$KAFKA_LIB"
+    dependency:copy-dependencies -DoutputDirectory="$staging" >"$STATE_DIR/mvn.log" 2>&1 \
+    || { tail -n 20 "$STATE_DIR/mvn.log" >&2; rm -rf "$staging"; die "kafka: could not resolve the jars (log: $STATE_DIR/mvn.log)"; }
+  touch "$staging/.complete"
+  mv -T "$staging" "$KAFKA_LIB" 2>/dev/null || rm -rf "$staging"  # another start may have won the race
 }
 
 kafka_config() {
@@ -127,7 +131,7 @@ kafka_start() {
   kafka_jars
   mkdir -p "$KAFKA_DIR/data"
   kafka_config
-  local java_cmd=(java -Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true
+  local java_cmd=(java -Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true "-Dfraudpipe.state=$STATE_DIR"
     "-Dlog4j2.configurationFile=$ROOT/scripts/kafka/log4j2.properties" -cp "$KAFKA_LIB/*")
   if [[ ! -f "$KAFKA_DIR/data/meta.properties" ]]; then
     local cluster_id
