@@ -123,6 +123,8 @@ def _reason(error: ErrorDetails, raw: bytes) -> Reason:
         return _BY_TYPE[kind]
     if loc == ("schema_version",):
         return Reason.UNSUPPORTED_SCHEMA_VERSION
+    if loc and loc[-1] == "currency" and kind == "literal_error":
+        return Reason.INVALID_CURRENCY
     if loc and loc[-1] == "amount" and kind in {"greater_than", "greater_than_equal"}:
         return Reason.AMOUNT_NOT_POSITIVE
     if loc and loc[-1] == "amount" and kind in {"less_than", "less_than_equal"}:
@@ -146,7 +148,8 @@ def _detail(errors: list[ErrorDetails]) -> str:
     parts = []
     for error in errors[:5]:
         where = ".".join(str(part) for part in error["loc"]) or "<event>"
-        parts.append(f"{where}: {error['msg']}")
+        message = error["msg"] if len(error["msg"]) <= 160 else error["msg"][:157] + "..."
+        parts.append(f"{where}: {message}")
     if len(errors) > 5:
         parts.append(f"... and {len(errors) - 5} more")
     return "; ".join(parts)

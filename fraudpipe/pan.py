@@ -43,6 +43,7 @@ _LONG_RUN_DIGITS = 64
 _DIGIT_RUN = re.compile(rb"\d+(?:[ -]\d+)*")
 _DIGIT_RUN_STR = re.compile(r"\d+(?:[ -]\d+)*")
 _SEPARATORS = re.compile(r"[ -]")
+_CANDIDATE = re.compile(r"\d(?:[ -]?\d){12}")  # 13 digits with optional single separators: worth a closer look
 
 
 class InvalidPanError(ValueError):
@@ -79,6 +80,9 @@ def _normalize(pan: str) -> str:
 
 def is_pan(value: str) -> bool:
     """True when ``value`` (spaces and dashes allowed between digits) is 13-19 digits passing Luhn."""
+    stripped = value.lstrip()
+    if len(stripped) < PAN_MIN_DIGITS or not stripped[0].isdigit():
+        return False  # the hot path: card tokens and opaque keys start with a letter
     digits = _normalize(value)
     return PAN_MIN_DIGITS <= len(digits) <= PAN_MAX_DIGITS and luhn_valid(digits)
 
@@ -116,7 +120,7 @@ def _run_holds_pan_of_whole_groups(run: str) -> bool:
 
 def contains_pan(text: str) -> bool:
     """True when ``text`` holds a Luhn-valid 13-19 digit number made of whole digit groups."""
-    if len(text) < PAN_MIN_DIGITS:
+    if len(text) < PAN_MIN_DIGITS or _CANDIDATE.search(text) is None:
         return False
     return any(_run_holds_pan_of_whole_groups(m.group()) for m in _DIGIT_RUN_STR.finditer(text) if len(m.group()) >= 13)
 
