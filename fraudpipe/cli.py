@@ -9,6 +9,7 @@ broker) print one line to stderr and exit non-zero; they never end in a tracebac
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
@@ -92,6 +93,113 @@ def config_show() -> None:
 def config_env_example() -> None:
     """Print the text of .env.example: every variable with its default."""
     sys.stdout.write(env_example())
+
+
+_SCENARIO_NAMES = (
+    "amount_threshold",
+    "compromised_terminals",
+    "compromised_cards",
+    "card_testing",
+    "account_takeover",
+    "impossible_travel",
+)
+
+
+def _pairs(values: list[str], option: str) -> dict[str, str]:
+    pairs = {}
+    for value in values:
+        name, sep, setting = value.partition("=")
+        if not sep or name not in _SCENARIO_NAMES:
+            raise CliError(f"{option} expects NAME=VALUE with NAME one of {', '.join(_SCENARIO_NAMES)}; got {value!r}")
+        pairs[name] = setting
+    return pairs
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Option(help="Output folder (created; must be empty unless --overwrite).")],
+    preset: Annotated[str, typer.Option(help="handbook (the published simulator) or default (all scenarios).")] = (
+        "default"
+    ),
+    seed: Annotated[int, typer.Option(help="Random seed: same seed, same output.")] = 0,
+    days: Annotated[int | None, typer.Option(min=1, help="Days to simulate [183].")] = None,
+    customers: Annotated[int | None, typer.Option(min=1, help="Customers, one card each [5000].")] = None,
+    terminals: Annotated[int | None, typer.Option(min=1, help="Terminals [10000].")] = None,
+    start: Annotated[str | None, typer.Option(help="First day, YYYY-MM-DD [2018-04-01].")] = None,
+    output_format: Annotated[str, typer.Option("--format", help="parquet, jsonl or both.")] = "parquet",
+    disable: Annotated[list[str], typer.Option(help="Switch a scenario off (repeatable).")] = [],  # noqa: B006
+    per_day: Annotated[list[str], typer.Option(help="NAME=RATE: a scenario's events per day (repeatable).")] = [],  # noqa: B006
+    drift_start_day: Annotated[
+        int | None, typer.Option(min=0, help="Start a new card-testing campaign on this day.")
+    ] = None,
+    drift_cards_per_day: Annotated[float, typer.Option(min=0, help="Cards hit per day by the campaign.")] = 15.0,
+    config_file: Annotated[Path | None, typer.Option("--config", help="A SimulationConfig as JSON.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a previous simulation in OUT.")] = False,
+) -> None:
+    """Simulate customers, cards, terminals, payments, fraud scenarios and delayed labels."""
+    import json
+    import time
+    from datetime import date
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from fraudpipe.simulator import config as sim_config
+    from fraudpipe.simulator.generate import simulate as run
+    from fraudpipe.simulator.output import OutputExistsError, write_simulation
+
+    settings = _settings()
+    if preset not in {"handbook", "default"}:
+        raise CliError(f"--preset must be handbook or default; got {preset!r}")
+    if output_format not in {"parquet", "jsonl", "both"}:
+        raise CliError(f"--format must be parquet, jsonl or both; got {output_format!r}")
+    try:
+        base = sim_config.handbook() if preset == "handbook" else sim_config.default()
+        if config_file is not None:
+            base = sim_config.SimulationConfig.model_validate(json.loads(config_file.read_text()))
+        fields = base.model_dump()
+        fields.update({k: v for k, v in (("seed", seed), ("days", days), ("customers", customers),
+                                         ("terminals", terminals)) if v is not None})  # fmt: skip
+        if start is not None:
+            fields["start_date"] = date.fromisoformat(start)
+        for name in _pairs([f"{n}=off" for n in disable], "--disable"):
+            fields["scenarios"][name]["enabled"] = False
+        for name, rate in _pairs(per_day, "--per-day").items():
+            fields["scenarios"][name]["per_day"] = float(rate)
+        if drift_start_day is not None:
+            fields["drift"] = {**fields["drift"], "start_day": drift_start_day, "cards_per_day": drift_cards_per_day}
+        config = sim_config.SimulationConfig.model_validate(fields)
+    except (ValueError, OSError) as error:
+        raise CliError(f"invalid simulation settings: {str(error).splitlines()[0]}") from None
+
+    key = settings.privacy.tokenization_key.get_secret_value().encode()
+    began = time.perf_counter()
+    population, day_iter = run(config, key)
+    with Progress(
+        TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TextColumn("days"),
+        TextColumn("{task.fields[txns]:,} transactions"), TimeRemainingColumn(), console=err,
+    ) as progress:  # fmt: skip
+        task = progress.add_task("days", total=config.days, txns=0)
+        seen = [0]
+
+        def advance(day: object) -> None:
+            seen[0] += day.transactions.height  # type: ignore[attr-defined]
+            progress.update(task, advance=1, txns=seen[0])
+
+        try:
+            summary = write_simulation(
+                out, config, population, day_iter, output_format=output_format, overwrite=overwrite,  # type: ignore[arg-type]
+                on_day=advance,
+            )  # fmt: skip
+        except OutputExistsError as error:
+            raise CliError(str(error)) from None
+    elapsed = time.perf_counter() - began
+    out_console = Console(soft_wrap=True)
+    out_console.print(
+        f"{summary['transactions']:,} transactions, {summary['frauds']:,} frauds "
+        f"({100 * float(summary['fraud_rate']):.3f} %), {summary['labels']:,} labels in {elapsed:.1f} s -> {out}"
+    )
+    for name, count in summary["frauds_by_scenario"].items():
+        out_console.print(f"  {name:<24} {count:>9,}")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
