@@ -9,6 +9,7 @@ broker) print one line to stderr and exit non-zero; they never end in a tracebac
 from __future__ import annotations
 
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -105,6 +106,14 @@ _SCENARIO_NAMES = (
 )
 
 
+def _first_line(error: Exception) -> str:
+    """The useful line of an error: pydantic's "N validation errors" header is skipped."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if len(lines) > 1 and "validation error" in lines[0]:
+        return f"{lines[1]}: {lines[2]}" if len(lines) > 2 else lines[1]
+    return lines[0] if lines else type(error).__name__
+
+
 def _pairs(values: list[str], option: str) -> dict[str, str]:
     pairs = {}
     for value in values:
@@ -145,7 +154,7 @@ def simulate(
 
     from fraudpipe.simulator import config as sim_config
     from fraudpipe.simulator.generate import simulate as run
-    from fraudpipe.simulator.output import OutputExistsError, write_simulation
+    from fraudpipe.simulator.output import OutputExistsError, check_output, write_simulation
 
     settings = _settings()
     if preset not in {"handbook", "default"}:
@@ -169,7 +178,11 @@ def simulate(
             fields["drift"] = {**fields["drift"], "start_day": drift_start_day, "cards_per_day": drift_cards_per_day}
         config = sim_config.SimulationConfig.model_validate(fields)
     except (ValueError, OSError) as error:
-        raise CliError(f"invalid simulation settings: {str(error).splitlines()[0]}") from None
+        raise CliError(f"invalid simulation settings: {_first_line(error)}") from None
+    try:
+        check_output(out, overwrite)
+    except OutputExistsError as error:
+        raise CliError(str(error)) from None
 
     key = settings.privacy.tokenization_key.get_secret_value().encode()
     began = time.perf_counter()
@@ -190,8 +203,8 @@ def simulate(
                 out, config, population, day_iter, output_format=output_format, overwrite=overwrite,  # type: ignore[arg-type]
                 on_day=advance,
             )  # fmt: skip
-        except OutputExistsError as error:
-            raise CliError(str(error)) from None
+        except OSError as error:
+            raise CliError(f"cannot write {out}: {error.strerror or error}") from None
     elapsed = time.perf_counter() - began
     out_console = Console(soft_wrap=True)
     out_console.print(
@@ -200,6 +213,91 @@ def simulate(
     )
     for name, count in summary["frauds_by_scenario"].items():
         out_console.print(f"  {name:<24} {count:>9,}")
+
+
+def _duration(text: str) -> timedelta:
+    units = {"s": 1, "m": 60, "h": 3_600, "d": 86_400}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "d")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        raise CliError(f"--label-delay expects a duration like 7d, 12h, 30m or 45s; got {text!r}") from None
+    if seconds < 0:
+        raise CliError(f"--label-delay must not be negative; got {text!r}")
+    return timedelta(seconds=seconds)
+
+
+@app.command()
+def replay(
+    source: Annotated[Path, typer.Argument(help="Simulator output folder, or a .csv / .parquet / .jsonl file.")],
+    mapping: Annotated[
+        str | None, typer.Option("--map", help="target=column pairs: txn_id, event_time, card_id, amount, ...")
+    ] = None,
+    rate: Annotated[float | None, typer.Option(min=0.001, help="Messages per second.")] = None,
+    speedup: Annotated[float | None, typer.Option(min=0.001, help="Event time runs this many times faster.")] = None,
+    timezone: Annotated[str, typer.Option(help="Time zone of naive event times in the file.")] = "UTC",
+    currency: Annotated[str, typer.Option(help="Currency when the file has no currency column.")] = "EUR",
+    label_delay: Annotated[str, typer.Option(help="Delay of labels derived from a label column (7d, 12h...).")] = "7d",
+    rejects: Annotated[Path, typer.Option(help="Where rows that fail validation are written (JSON lines).")] = Path(
+        "replay-rejects.jsonl"
+    ),
+    checkpoint: Annotated[Path, typer.Option(help="Checkpoint file (position of the delivered prefix).")] = Path(
+        ".replay-checkpoint.json"
+    ),
+    resume: Annotated[bool, typer.Option(help="Continue from the checkpoint.")] = False,
+    from_position: Annotated[int, typer.Option(min=0, help="Skip this many messages first.")] = 0,
+    drain_labels: Annotated[bool, typer.Option(help="Send labels still in the future at the end.")] = True,
+    delivery_timeout: Annotated[
+        float, typer.Option(min=1, help="Seconds before an unacknowledged message fails.")
+    ] = 120,
+) -> None:
+    """Replay transactions (and their delayed labels) onto Kafka, keyed by card token."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from fraudpipe.files import SourceError, open_source, parse_mapping
+    from streams.replay import ReplayOptions, ReplayStats, read_checkpoint
+    from streams.replay import replay as run
+
+    if rate is not None and speedup is not None:
+        raise CliError("--rate and --speedup exclude each other")
+    settings = _settings()
+    try:
+        opened = open_source(
+            source,
+            parse_mapping(mapping),
+            key=settings.privacy.tokenization_key.get_secret_value().encode(),
+            timezone=timezone,
+            currency=currency,
+            label_delay=_duration(label_delay),
+        )
+        start = read_checkpoint(checkpoint, source) if resume else from_position
+    except (SourceError, ValueError) as error:
+        raise CliError(str(error)) from None
+    options = ReplayOptions(
+        rate=rate, speedup=speedup, start_position=start, checkpoint=checkpoint, rejects=rejects,
+        drain_labels=drain_labels, delivery_timeout_s=delivery_timeout,
+    )  # fmt: skip
+    with Progress(
+        TextColumn("replaying"), BarColumn(), TextColumn("{task.completed:,.0f} transactions"),
+        TextColumn("{task.fields[speed]:,.0f} msg/s"), TimeElapsedColumn(), TimeRemainingColumn(), console=err,
+    ) as progress:  # fmt: skip
+        task = progress.add_task("replay", total=opened.total_rows, speed=0.0)
+
+        def update(stats: ReplayStats) -> None:
+            progress.update(task, completed=stats.transactions + stats.rejected, speed=stats.rate)
+
+        try:
+            stats = run(opened, settings.kafka, settings.topics, options, on_progress=update)
+        except SourceError as error:
+            raise CliError(str(error)) from None
+    Console(soft_wrap=True).print(
+        f"{stats.transactions:,} transactions and {stats.labels:,} labels sent in {stats.elapsed_s:.1f} s "
+        f"({stats.rate:,.0f} msg/s), {stats.delivered:,} delivered, {stats.rejected:,} rows rejected"
+        + (f" (see {rejects})" if stats.rejected else "")
+        + (f", {stats.skipped:,} skipped before position {start:,}" if stats.skipped else "")
+    )
+    if stats.failed:
+        raise CliError(f"{stats.failed:,} messages were not delivered (first error: {stats.first_error})")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

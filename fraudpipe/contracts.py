@@ -145,7 +145,7 @@ DecisionOutcome = Literal["approve", "review", "decline"]
 class Event(BaseModel):
     """Base of every contract: strict, frozen, unknown fields refused, NaN and infinities refused."""
 
-    model_config = ConfigDict(strict=True, frozen=True, extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(strict=True, frozen=True, extra="forbid", allow_inf_nan=False, cache_strings="keys")
 
     schema_version: Literal[1] = SCHEMA_VERSION
 

@@ -40,8 +40,9 @@ _TOKEN_HEX_CHARS = 32  # 128 bits of the HMAC: collision-free at any card popula
 _LONG_RUN_DIGITS = 64
 
 # A run of digits, each group separated from the next by one space or dash.
-_DIGIT_RUN = re.compile(rb"\d+(?:[ -]\d+)*")
-_DIGIT_RUN_STR = re.compile(r"\d+(?:[ -]\d+)*")
+# Runs glued to letters ("tok_4bf7...", "ab12345...") are parts of identifiers, not card numbers.
+_DIGIT_RUN = re.compile(rb"(?<![0-9A-Za-z])\d+(?:[ -]\d+)*(?![0-9A-Za-z])")
+_DIGIT_RUN_STR = re.compile(r"(?<![0-9A-Za-z])\d+(?:[ -]\d+)*(?![0-9A-Za-z])")
 _SEPARATORS = re.compile(r"[ -]")
 _CANDIDATE = re.compile(r"\d(?:[ -]?\d){12}")  # 13 digits with optional single separators: worth a closer look
 

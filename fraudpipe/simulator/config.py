@@ -17,7 +17,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "AccountTakeover",
@@ -74,10 +74,16 @@ class CardTesting(_Frozen):
 
     enabled: bool = True
     per_day: Rate = 2.0
-    min_tests: Annotated[int, Field(ge=1)] = 3
-    max_tests: Annotated[int, Field(ge=1)] = 8
+    min_tests: Annotated[int, Field(ge=1, le=100)] = 3
+    max_tests: Annotated[int, Field(ge=1, le=100)] = 8
     tiny_amount: tuple[float, float] = (0.5, 3.0)
     large_amount: tuple[float, float] = (300.0, 1_500.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CardTesting:
+        if self.min_tests > self.max_tests:
+            raise ValueError("card_testing.min_tests must not exceed max_tests")
+        return self
 
 
 class AccountTakeover(_Frozen):
@@ -86,7 +92,7 @@ class AccountTakeover(_Frozen):
 
     enabled: bool = True
     per_day: Rate = 2.0
-    max_payments: Annotated[int, Field(ge=1)] = 3
+    max_payments: Annotated[int, Field(ge=1, le=20)] = 3
     amount_factor: tuple[float, float] = (5.0, 15.0)
     min_amount: Annotated[float, Field(gt=0)] = 250.0
 
@@ -147,7 +153,7 @@ class SimulationConfig(_Frozen):
     """One simulation run. Deterministic: the same config (seed included) gives byte-identical output."""
 
     preset: Literal["handbook", "default", "custom"] = "default"
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0)] = 0
     start_date: date = date(2018, 4, 1)
     days: Annotated[int, Field(ge=1, le=3_660)] = 183
     customers: Annotated[int, Field(ge=1)] = 5_000

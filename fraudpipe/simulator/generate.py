@@ -229,7 +229,8 @@ def _account_takeover(config: SimulationConfig, pop: Population, rng: np.random.
     for _ in range(_count(rng, ato.per_day)):
         customer = int(rng.integers(0, pop.customers))
         n = int(rng.integers(1, ato.max_payments + 1))
-        seconds = np.floor(rng.uniform(0, _DAY_S - 3_600) + np.cumsum(rng.uniform(60, 1_200, n)))
+        offsets = np.cumsum(rng.uniform(60, 1_200, n))
+        seconds = np.floor(rng.uniform(0, _DAY_S - offsets[-1] - 1) + offsets)
         amounts = np.round(
             np.maximum(rng.uniform(*ato.amount_factor, n) * pop.mean_amount[customer], ato.min_amount), 2
         )

@@ -28,7 +28,7 @@ from fraudpipe.simulator.config import SimulationConfig
 from fraudpipe.simulator.generate import Day
 from fraudpipe.simulator.population import AGE_BANDS, GRID_COUNTRIES, Population
 
-__all__ = ["OUTPUT_NAMES", "OutputExistsError", "Summary", "write_simulation"]
+__all__ = ["OUTPUT_NAMES", "OutputExistsError", "Summary", "check_output", "write_simulation"]
 
 OUTPUT_NAMES = ("manifest.json", "customers.parquet", "transactions", "labels", "transactions.jsonl", "labels.jsonl")
 Format = Literal["parquet", "jsonl", "both"]
@@ -49,7 +49,20 @@ def _atomic(path: Path, write: Callable[[Path], object]) -> None:
     os.replace(temporary, path)
 
 
+def check_output(out: Path, overwrite: bool) -> None:
+    """Raise if ``out`` cannot receive a simulation: it is a file, or a non-empty folder and not ``overwrite``.
+
+    Raises:
+        OutputExistsError: as above.
+    """
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out} exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise OutputExistsError(f"{out} is not empty (use --overwrite to replace a previous simulation)")
+
+
 def _prepare(out: Path, overwrite: bool) -> None:
+    check_output(out, overwrite)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise OutputExistsError(f"{out} is not empty (use --overwrite to replace a previous simulation)")

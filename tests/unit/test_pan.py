@@ -93,3 +93,10 @@ def test_mask_pans_handles_huge_digit_runs_quickly() -> None:
     masked = mask_pans(b"9" * 1_000_000)
     assert len(masked) == 1_000_000
     assert masked.count(b"*") == 1_000_000 - 10
+
+
+def test_digits_inside_an_identifier_are_not_a_pan() -> None:
+    token = "tok_4bf7282fc8189546275127247d28fe45"  # holds 8189546275127247, which passes Luhn
+    assert luhn_valid("8189546275127247")
+    assert not contains_pan(token)
+    assert mask_pans(token.encode()) == token.encode()
