@@ -24,15 +24,18 @@ from pydantic import ValidationError
 
 from fraudpipe.codec import DecodeError, decode
 from fraudpipe.contracts import Label, Reason, Transaction
+from fraudpipe.fastcheck import certainly_valid
 from fraudpipe.pan import is_pan, mask_pans, tokenize_pan
 
 __all__ = [
     "OPTIONAL_TARGETS",
     "REQUIRED_TARGETS",
     "Chunk",
+    "LabelBatch",
     "MappingError",
     "Reject",
     "SourceError",
+    "encode_transactions",
     "TransactionSource",
     "open_source",
     "parse_mapping",
@@ -97,6 +100,18 @@ class Chunk:
     fraud: np.ndarray
     frame: pl.DataFrame
     rejects: list[Reject] = field(default_factory=list)
+    labels: LabelBatch | None = None
+    """Labels derived from the chunk's label column (external files with ``label``), sorted by ``known_at``."""
+
+
+@dataclass(slots=True)
+class LabelBatch:
+    """Encoded Label events sorted by ``known_at``: values, keys (card tokens), known_at (µs since the epoch)."""
+
+    values: list[bytes]
+    keys: list[bytes]
+    known_us: np.ndarray
+    rejects: list[Reject] = field(default_factory=list)
 
 
 def parse_mapping(text: str | None) -> dict[str, str]:
@@ -138,7 +153,6 @@ class TransactionSource:
     chunk_rows: int = 100_000
     label_delay: timedelta = timedelta(days=7)
     total_rows: int | None = None
-    _derived_labels: list[pl.DataFrame] = field(default_factory=list)
 
     # --- reading ----------------------------------------------------------------------------------------------
 
@@ -301,43 +315,29 @@ class TransactionSource:
         bad: dict[int, tuple[Reason, str]] = {}
         for index, reason, detail in problems:
             bad.setdefault(index, (reason, detail))
-        encoded = (
-            frame.select(
-                pl.struct(
-                    [
-                        pl.col(name).dt.strftime(_TIME_FORMAT) if name == "event_time" else pl.col(name)
-                        for name in _CONTRACT_FIELDS
-                    ]
-                ).struct.json_encode()
-            )
-            .to_series()
-            .to_list()
-        )
-        values: list[bytes] = []
-        keep = np.zeros(frame.height, dtype=bool)
-        for index, text in enumerate(encoded):
-            if index in bad:
-                continue
-            value = text.encode()
+        encoded = encode_transactions(frame)
+        flagged = np.zeros(frame.height, dtype=bool)
+        flagged[list(bad)] = True
+        # Rows the vectorized pre-check vouches for skip per-row validation; the others ask the contract itself.
+        keep = certainly_valid(frame.select(_CONTRACT_FIELDS)).to_numpy() & ~flagged
+        for slow in np.flatnonzero(~keep & ~flagged).tolist():
+            index = int(slow)
+            value = encoded[index]
             try:  # keys come from frame columns and cannot repeat: the contract's validation is all that is needed
                 Transaction.model_validate_json(value, strict=True)
             except ValidationError as error:
                 refused = _as_decode_error(error, value)
-                bad[index] = (refused.reason, refused.detail)
+                bad[int(index)] = (refused.reason, refused.detail)
                 continue
-            values.append(value)
             keep[index] = True
         rejects = [
             Reject(first_line + index, reason, detail, _masked_row(raw, index))
             for index, (reason, detail) in sorted(bad.items())
         ]
-        valid = (
-            frame.filter(pl.Series(keep))
-            .with_columns(_value=pl.Series(values, dtype=pl.Binary))
-            .sort("event_time", maintain_order=True)
+        valid = frame.with_columns(_value=encoded).filter(pl.Series(keep)).sort("event_time", maintain_order=True)
+        derived = (
+            None if self.kind == "simulation" else _encode_labels(self._label_frame(valid.filter(pl.col("_fraud"))))
         )
-        if self.kind != "simulation":
-            self._derived_labels.append(valid.filter(pl.col("_fraud")))
         return Chunk(
             values=valid.get_column("_value").to_list(),
             keys=[token.encode() for token in valid.get_column("card_token").to_list()],
@@ -345,28 +345,18 @@ class TransactionSource:
             fraud=valid.get_column("_fraud").to_numpy(),
             frame=valid,
             rejects=rejects,
+            labels=derived,
         )
 
     # --- labels -----------------------------------------------------------------------------------------------
 
-    def labels(self) -> tuple[list[bytes], list[bytes], np.ndarray, list[Reject]]:
-        """Label events to publish, sorted by ``known_at``: (values, keys, known_at µs, rejects).
-
-        For a simulator folder: its label files. For a file with a label column: one chargeback per fraudulent row
-        read so far, known ``label_delay`` after the event (call after :meth:`chunks` is exhausted, or use
-        :meth:`labels_for_chunk` while streaming).
-        """
+    def labels(self) -> LabelBatch:
+        """The label files of a simulator folder, encoded and sorted by ``known_at`` (empty for other sources,
+        whose labels come with each chunk: :attr:`Chunk.labels`)."""
         if self.kind != "simulation":
-            frames = [self._label_frame(f) for f in self._derived_labels]
-            self._derived_labels.clear()
-            return _encode_labels(pl.concat(frames) if frames else _EMPTY_LABELS)
+            return _encode_labels(_EMPTY_LABELS)
         parts = sorted((self.path / "labels").glob("day=*/part-*.parquet"))
-        frame = pl.concat([pl.read_parquet(p) for p in parts]) if parts else _EMPTY_LABELS
-        return _encode_labels(frame)
-
-    def labels_for_chunk(self) -> tuple[list[bytes], list[bytes], np.ndarray, list[Reject]]:
-        """Labels derived from the label column of the chunks read since the last call (external files only)."""
-        return self.labels() if self.kind != "simulation" else ([], [], np.array([], dtype=np.int64), [])
+        return _encode_labels(pl.concat([pl.read_parquet(p) for p in parts]) if parts else _EMPTY_LABELS)
 
     def _label_frame(self, frauds: pl.DataFrame) -> pl.DataFrame:
         delay = pl.duration(microseconds=int(self.label_delay.total_seconds() * 1_000_000))
@@ -399,7 +389,7 @@ _EMPTY_LABELS = pl.DataFrame(
 _LABEL_FIELDS = tuple(name for name in Label.model_fields if name not in {"schema_version", "note"})
 
 
-def _encode_labels(frame: pl.DataFrame) -> tuple[list[bytes], list[bytes], np.ndarray, list[Reject]]:
+def _encode_labels(frame: pl.DataFrame) -> LabelBatch:
     frame = frame.sort("known_at", "txn_id", "label_version", maintain_order=True)
     encoded = (
         frame.select(
@@ -426,7 +416,13 @@ def _encode_labels(frame: pl.DataFrame) -> tuple[list[bytes], list[bytes], np.nd
         values.append(value)
         keys.append(tokens[index].encode())
         known.append(known_us[index])
-    return values, keys, np.array(known, dtype=np.int64), rejects
+    return LabelBatch(values, keys, np.array(known, dtype=np.int64), rejects)
+
+
+def encode_transactions(frame: pl.DataFrame) -> pl.Series:
+    """Contract JSON (Binary) of each row of ``frame``, whose columns include every Transaction field."""
+    fields = [pl.col(n).dt.strftime(_TIME_FORMAT) if n == "event_time" else pl.col(n) for n in _CONTRACT_FIELDS]
+    return frame.select(pl.struct(fields).struct.json_encode().cast(pl.Binary)).to_series()
 
 
 def _coalesce(first: pl.Series, second: pl.Series | None) -> pl.Series:

@@ -59,7 +59,10 @@ def test_a_minimal_handbook_style_csv(tmp_path: Path) -> None:
     )
     assert chunk.keys == [b"596", b"2", b"4961"]
     assert not chunk.rejects
-    values, keys, known_us, rejects = source.labels()
+    assert not source.labels().values  # an external file's labels come with its chunks
+    batch = chunk.labels
+    assert batch is not None
+    values, keys, known_us, rejects = batch.values, batch.keys, batch.known_us, batch.rejects
     (label,) = [decode(v, Label) for v in values]
     assert (label.txn_id, label.is_fraud, label.source) == ("1", True, "chargeback")
     assert label.known_at - label.event_time == timedelta(days=7)

@@ -1,0 +1,128 @@
+"""The vectorized fast path never accepts a row the contract refuses, and accepts ordinary valid rows."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import polars as pl
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fraudpipe.contracts import Transaction
+from fraudpipe.currencies import CURRENCIES
+from fraudpipe.fastcheck import certainly_valid
+from fraudpipe.files import encode_transactions
+from fraudpipe.simulator.config import default
+from fraudpipe.simulator.generate import simulate
+from tests.factories import VISA_TEST_PAN
+
+SCHEMA = {
+    "txn_id": pl.String,
+    "event_time": pl.Datetime("us", "UTC"),
+    "card_token": pl.String,
+    "card_bin": pl.String,
+    "card_last4": pl.String,
+    "amount": pl.Float64,
+    "currency": pl.String,
+    "terminal_id": pl.String,
+    "merchant_id": pl.String,
+    "merchant_name": pl.String,
+    "mcc": pl.String,
+    "customer_id": pl.String,
+    "device_id": pl.String,
+    "channel": pl.String,
+    "country": pl.String,
+    "lat": pl.Float64,
+    "lon": pl.Float64,
+}
+
+identifier_chars = st.sampled_from(list("abcXYZ019._:@/+=-") + [" ", "é", "٣", "\n", '"', "\\"])
+identifiers = st.one_of(
+    st.text(identifier_chars, min_size=0, max_size=70),
+    st.sampled_from(["tok_" + "a1" * 16, "T-1", "x" * 64, "x" * 65, VISA_TEST_PAN, "4111-1111-1111-1111", "٤١١١"]),
+    st.from_regex(r"\A[0-9]{12,20}\Z"),
+)
+optional = lambda strategy: st.one_of(st.none(), strategy)  # noqa: E731
+numbers = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0.0, -0.0, 0.01, -1.0, 1_000_000.0, 1_000_000.01, 90.0, 90.0001, -180.0, 180.5]),
+)
+texts = st.one_of(
+    st.text(max_size=260),
+    st.sampled_from([f"refund {VISA_TEST_PAN}", "4111 1111 1111 1111", "m" * 256, "m" * 257, "Café 東京"]),
+)
+wild_rows = st.fixed_dictionaries(
+    {
+        "txn_id": optional(identifiers),
+        "event_time": optional(
+            st.datetimes(min_value=datetime(1990, 1, 1), max_value=datetime(2110, 1, 1), timezones=st.just(UTC))
+        ),
+        "card_token": optional(identifiers),
+        "card_bin": optional(st.sampled_from(["411111", "41111", "411111111", "abcdef", "٤١١١١١", "41111111"])),
+        "card_last4": optional(st.sampled_from(["1111", "111", "11111", "٤١١١", "abcd"])),
+        "amount": optional(numbers),
+        "currency": optional(st.sampled_from([*sorted(CURRENCIES)[:20], "XYZ", "eur", "EURO", "XAU", ""])),
+        "terminal_id": optional(identifiers),
+        "merchant_id": optional(identifiers),
+        "merchant_name": optional(texts),
+        "mcc": optional(st.sampled_from(["5411", "541", "54111", "abcd", "٥٤١١"])),
+        "customer_id": optional(identifiers),
+        "device_id": optional(identifiers),
+        "channel": optional(st.sampled_from(["card_present", "ecommerce", "moto", "atm", "telepathy", ""])),
+        "country": optional(st.sampled_from(["DE", "de", "DEU", "D", "ÄÖ"])),
+        "lat": optional(numbers),
+        "lon": optional(numbers),
+    }
+)
+
+
+valid_identifiers = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,30}\Z")
+valid_rows = st.fixed_dictionaries(
+    {
+        "txn_id": valid_identifiers,
+        "event_time": st.datetimes(
+            min_value=datetime(2000, 1, 1), max_value=datetime(2099, 12, 31), timezones=st.just(UTC)
+        ),
+        "card_token": st.from_regex(r"\Atok_[0-9a-f]{32}\Z"),
+        "card_bin": optional(st.from_regex(r"\A[0-9]{6}\Z")),
+        "card_last4": optional(st.from_regex(r"\A[0-9]{4}\Z")),
+        "amount": st.floats(min_value=0.01, max_value=1_000_000.0),
+        "currency": st.sampled_from(sorted(CURRENCIES)),
+        "terminal_id": valid_identifiers,
+        "merchant_id": optional(valid_identifiers),
+        "merchant_name": optional(st.text(max_size=40)),
+        "mcc": optional(st.from_regex(r"\A[0-9]{4}\Z")),
+        "customer_id": optional(valid_identifiers),
+        "device_id": optional(valid_identifiers),
+        "channel": optional(st.sampled_from(["card_present", "ecommerce", "moto", "atm"])),
+        "country": optional(st.from_regex(r"\A[A-Z]{2}\Z")),
+        "lat": st.just(None),
+        "lon": st.just(None),
+    }
+)
+
+
+def _mutate(valid: dict[str, Any], wild: dict[str, Any], fields: set[str]) -> dict[str, Any]:
+    """A valid row with a few fields replaced by wild values: most rows stay valid, the rest sit near the edges."""
+    return {**valid, **{name: wild[name] for name in fields}}
+
+
+rows = st.builds(_mutate, valid_rows, wild_rows, st.sets(st.sampled_from(sorted(SCHEMA)), max_size=2))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.large_base_example])
+@given(st.lists(rows, min_size=1, max_size=40))
+def test_the_fast_path_accepts_only_what_the_contract_accepts(batch: list[dict[str, Any]]) -> None:
+    frame = pl.DataFrame(batch, schema=SCHEMA)
+    accepted = certainly_valid(frame).to_list()
+    encoded = encode_transactions(frame).to_list()
+    for ok, value in zip(accepted, encoded, strict=True):
+        if ok:
+            Transaction.model_validate_json(value, strict=True)  # raises if the fast path was wrong
+
+
+def test_ordinary_valid_rows_take_the_fast_path() -> None:
+    _, days = simulate(default(days=3, customers=200, terminals=400), b"k" * 32)
+    frame = pl.concat([day.transactions for day in days]).select(list(SCHEMA))
+    assert certainly_valid(frame).all()
