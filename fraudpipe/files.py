@@ -35,8 +35,8 @@ __all__ = [
     "MappingError",
     "Reject",
     "SourceError",
-    "encode_transactions",
     "TransactionSource",
+    "encode_transactions",
     "open_source",
     "parse_mapping",
 ]
