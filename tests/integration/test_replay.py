@@ -181,3 +181,20 @@ def test_undelivered_messages_make_the_command_fail(settings: Settings, simulati
     (line,) = result.stderr.strip().splitlines()[-1:]
     assert re.match(r"error: [\d,]+ messages were not delivered \(first error: ", line), result.stderr
     assert not (tmp_path / "ck.json").exists()
+
+
+def test_pacing_never_runs_ahead_of_the_chosen_rate(topics: Settings, tmp_path: Path) -> None:
+    """Lower bounds only: a slow machine may be slower than the pace, never faster."""
+    rows = ["id,when,card,terminal,amount"] + [
+        f"p{i},2024-05-01T10:00:{i // 10:02d}.{i % 10}Z,c{i % 7},T1,5" for i in range(300)
+    ]
+    path = tmp_path / "paced.csv"
+    path.write_text("\n".join(rows) + "\n")
+    mapping = parse_mapping("txn_id=id,event_time=when,card_id=card,terminal_id=terminal,amount=amount")
+    by_rate = replay(open_source(path, mapping, key=KEY), topics.kafka, topics.topics, ReplayOptions(rate=1_000))
+    assert by_rate.transactions == 300
+    assert by_rate.elapsed_s >= 0.29  # 300 messages at 1,000/s
+    # 29.9 s of event time at 30x: about a second.
+    by_time = replay(open_source(path, mapping, key=KEY), topics.kafka, topics.topics, ReplayOptions(speedup=30))
+    assert by_time.transactions == 300
+    assert by_time.elapsed_s >= 0.95
