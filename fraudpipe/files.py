@@ -44,21 +44,10 @@ __all__ = [
 REQUIRED_TARGETS = ("txn_id", "event_time", "card_id", "amount")
 """Plus ``terminal_id`` or ``merchant_id``."""
 OPTIONAL_TARGETS = (
-    "terminal_id",
-    "merchant_id",
-    "currency",
+    *(name for name in Transaction.model_fields if name not in {"schema_version", "card_token", *REQUIRED_TARGETS}),
     "label",
-    "merchant_name",
-    "mcc",
-    "customer_id",
-    "device_id",
-    "channel",
-    "country",
-    "lat",
-    "lon",
-    "card_bin",
-    "card_last4",
 )
+"""Every other contract field, and the label column (ground truth that becomes delayed Label events)."""
 _CONTRACT_FIELDS = tuple(name for name in Transaction.model_fields if name != "schema_version")
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%.6fZ"
 _TRUE = {"1", "true", "t", "yes", "y", "fraud", "1.0"}
@@ -274,17 +263,9 @@ class TransactionSource:
             "lat": cast("lat", pl.Float64()),
             "lon": cast("lon", pl.Float64()),
         }
-        for name in (
-            "terminal_id",
-            "merchant_id",
-            "merchant_name",
-            "mcc",
-            "customer_id",
-            "device_id",
-            "channel",
-            "country",
-        ):
-            columns[name] = cast(name, pl.String())
+        for name in OPTIONAL_TARGETS:
+            if name not in columns and name != "label":
+                columns[name] = cast(name, pl.String())
         frame = pl.DataFrame(
             {
                 name: (

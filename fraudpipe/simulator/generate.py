@@ -21,6 +21,7 @@ import numpy as np
 import polars as pl
 from numpy.typing import NDArray
 
+from fraudpipe.contracts import Transaction
 from fraudpipe.simulator.config import SimulationConfig
 from fraudpipe.simulator.population import GRID_COUNTRIES, Population, build_population
 
@@ -38,26 +39,11 @@ SCENARIOS = (
 )
 """Scenario names by code; code 0 (None) is a genuine payment."""
 TRANSACTION_COLUMNS = (
-    "txn_id",
-    "event_time",
-    "card_token",
-    "card_bin",
-    "card_last4",
-    "amount",
-    "currency",
-    "terminal_id",
-    "merchant_id",
-    "merchant_name",
-    "mcc",
-    "customer_id",
-    "device_id",
-    "channel",
-    "country",
-    "lat",
-    "lon",
+    *(name for name in Transaction.model_fields if name != "schema_version"),
     "is_fraud",
     "fraud_scenario",
 )
+"""The contract's fields in order, then the ground truth (never a model input)."""
 LABEL_COLUMNS = (
     "txn_id",
     "card_token",
@@ -191,6 +177,22 @@ def _fraud_device(state: _State) -> int:
     return -state.next_fraud_device
 
 
+def _online_fraud(customer: int, seconds: NDArray[np.float64], amounts: NDArray[np.float64],
+                  merchants: NDArray[np.int64], device: int, code: int) -> _Rows:  # fmt: skip
+    """Fraudulent online payments of one card from one fraudster device, labelled with scenario ``code``."""
+    n = len(seconds)
+    return _Rows(
+        customer=np.full(n, customer, np.int64),
+        seconds=seconds,
+        amount=amounts,
+        kind=np.full(n, _ONLINE, np.int8),
+        terminal=np.full(n, -1, np.int64),
+        online=merchants.astype(np.int64),
+        device=np.full(n, device, np.int64),
+        scenario=np.full(n, code, np.int8),
+    )
+
+
 def _bursts(pop: Population, rng: np.random.Generator, state: _State, cards: int, merchants: NDArray[np.int64],
             config_tests: tuple[int, int], tiny: tuple[float, float], large: tuple[float, float],
             code: int) -> _Rows:  # fmt: skip
@@ -204,19 +206,7 @@ def _bursts(pop: Population, rng: np.random.Generator, state: _State, cards: int
         seconds = np.floor(start + np.cumsum(gaps))
         amounts = np.round(np.concatenate([rng.uniform(*tiny, tests), rng.uniform(*large, 1)]), 2)
         where = rng.choice(merchants, size=tests + 1, replace=len(merchants) < tests + 1)
-        n = tests + 1
-        rows.extend(
-            _Rows(
-                customer=np.full(n, customer, np.int64),
-                seconds=seconds,
-                amount=amounts,
-                kind=np.full(n, _ONLINE, np.int8),
-                terminal=np.full(n, -1, np.int64),
-                online=where.astype(np.int64),
-                device=np.full(n, _fraud_device(state), np.int64),
-                scenario=np.full(n, code, np.int8),
-            )
-        )
+        rows.extend(_online_fraud(customer, seconds, amounts, where, _fraud_device(state), code))
     return rows
 
 
@@ -234,18 +224,7 @@ def _account_takeover(config: SimulationConfig, pop: Population, rng: np.random.
         amounts = np.round(
             np.maximum(rng.uniform(*ato.amount_factor, n) * pop.mean_amount[customer], ato.min_amount), 2
         )
-        rows.extend(
-            _Rows(
-                customer=np.full(n, customer, np.int64),
-                seconds=seconds,
-                amount=amounts,
-                kind=np.full(n, _ONLINE, np.int8),
-                terminal=np.full(n, -1, np.int64),
-                online=rng.choice(foreign, size=n).astype(np.int64),
-                device=np.full(n, _fraud_device(state), np.int64),
-                scenario=np.full(n, 5, np.int8),
-            )
-        )
+        rows.extend(_online_fraud(customer, seconds, amounts, rng.choice(foreign, size=n), _fraud_device(state), 5))
     return rows
 
 
