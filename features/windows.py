@@ -1,0 +1,65 @@
+"""Time buckets: the one definition of "a window" that the online store and the offline builder share.
+
+An entity keeps counters per bucket at three resolutions, each for a fixed number of buckets (bounded memory):
+
+| resolution | bucket  | kept | serves windows |
+|------------|---------|------|----------------|
+| ``m5``     | 300 s   | 12   | 1h             |
+| ``h``      | 3,600 s | 24   | 24h            |
+| ``d``      | 1 day   | 30   | 1d, 7d, 30d    |
+
+Bucket ``k`` of resolution ``r`` holds events with ``floor(epoch_seconds / size(r)) == k``. A window of ``n``
+buckets at time ``t`` covers buckets ``k(t) - n + 1 .. k(t)``: the current, partial bucket and the ``n - 1`` before
+it. A store keeps bucket ``j`` only while ``j > newest - kept`` (``newest`` = highest bucket index it has applied);
+a bucket that falls out is gone for good, and an event arriving for it later is not applied. Both sides implement
+exactly that rule, so late and out-of-order events give the same features online and offline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["KEPT", "RESOLUTIONS", "WINDOWS", "Window", "bucket_of", "window"]
+
+Resolution = Literal["m5", "h", "d"]
+RESOLUTIONS: dict[Resolution, int] = {"m5": 300, "h": 3_600, "d": 86_400}
+"""Bucket size in seconds."""
+KEPT: dict[Resolution, int] = {"m5": 12, "h": 24, "d": 30}
+"""Buckets kept per resolution (the longest window it serves)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A window: ``buckets`` consecutive buckets of ``resolution`` ending with the current one."""
+
+    resolution: Resolution
+    buckets: int
+
+
+WINDOWS: dict[str, Window] = {
+    "1h": Window("m5", 12),
+    "24h": Window("h", 24),
+    "1d": Window("d", 1),
+    "7d": Window("d", 7),
+    "30d": Window("d", 30),
+}
+
+
+def bucket_of(epoch_s: float, resolution: Resolution) -> int:
+    """Index of the bucket of ``resolution`` holding the instant ``epoch_s`` (seconds since the epoch, UTC)."""
+    return int(epoch_s // RESOLUTIONS[resolution])
+
+
+def window(epoch_s: float, name: str, newest: int | None = None) -> tuple[Resolution, int, int]:
+    """(resolution, first bucket, last bucket) read for window ``name`` at ``epoch_s``, both ends included.
+
+    ``newest`` is the highest bucket the store has applied at that resolution: buckets it has dropped
+    (``<= newest - kept``) are excluded, so the first bucket may be later than ``last - buckets + 1``.
+    """
+    spec = WINDOWS[name]
+    last = bucket_of(epoch_s, spec.resolution)
+    first = last - spec.buckets + 1
+    if newest is not None:
+        first = max(first, newest - KEPT[spec.resolution] + 1)
+    return spec.resolution, first, last
