@@ -4,8 +4,9 @@ The online store and the offline builder both produce these snapshots; this modu
 computed from them, which is what makes online == offline a property of the snapshots alone.
 
 Money is counted in integer cents so sums are exact on both sides: ``(count, cents, cents²)`` per bucket. Squares
-use amounts capped at ``SQUARE_CAP_CENTS`` (100,000.00) so a window's sum of squares stays far from 2^63 (Redis
-integers); standard deviations of windows holding larger payments are therefore understated, by design.
+use amounts capped at ``SQUARE_CAP_CENTS`` (10,000.00) so a window's sum of squares stays below 2^53 (exact as a
+double, which is how Redis' Lua adds them) for any realistic card; standard deviations of windows holding larger
+payments are therefore understated, by design.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from features.definitions import FEATURE_NAMES
-from features.windows import KEPT, Resolution, bucket_of, window
 
 __all__ = [
+    "CARD_WINDOWS",
+    "PLACE_WINDOWS",
     "RECENT_ITEMS",
     "SQUARE_CAP_CENTS",
-    "Buckets",
     "CardSnapshot",
     "Payment",
     "PlaceSnapshot",
@@ -31,10 +32,12 @@ __all__ = [
     "square",
 ]
 
-SQUARE_CAP_CENTS = 10_000_000
+SQUARE_CAP_CENTS = 1_000_000
 RECENT_ITEMS = 64
 """Items (terminals, merchants, countries, devices) a card remembers, most recently seen first."""
 _MIN_TRAVEL_S = 60.0
+CARD_WINDOWS = ("1h", "24h", "7d", "30d")
+PLACE_WINDOWS = ("1d", "7d", "30d")
 Counter = tuple[int, int, int]
 
 
@@ -47,28 +50,6 @@ def square(amount_cents: int) -> int:
     """The cents² a payment adds to a sum of squares (amount capped at SQUARE_CAP_CENTS)."""
     capped = min(abs(amount_cents), SQUARE_CAP_CENTS)
     return capped * capped
-
-
-@dataclass(frozen=True, slots=True)
-class Buckets:
-    """Counters of one entity at one resolution: bucket index -> (count, cents, cents²); ``newest`` is the highest
-    bucket index applied so far (``None`` before the first)."""
-
-    values: Mapping[int, Counter] = field(default_factory=dict)
-    newest: int | None = None
-
-    def total(self, epoch_s: float, name: str) -> Counter:
-        """Sum of the counters in window ``name`` at ``epoch_s`` (buckets the store dropped excluded)."""
-        _, first, last = window(epoch_s, name, self.newest)
-        count = amount = squares = 0
-        for index in range(first, last + 1):
-            if (value := self.values.get(index)) is not None:
-                count, amount, squares = count + value[0], amount + value[1], squares + value[2]
-        return count, amount, squares
-
-    def holds(self, epoch_s: float, resolution: Resolution) -> bool:
-        """Whether the bucket of ``epoch_s`` is still kept (an event there was applied, not dropped as too late)."""
-        return self.newest is not None and bucket_of(epoch_s, resolution) > self.newest - KEPT[resolution]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,30 +69,34 @@ class Payment:
 
 @dataclass(frozen=True, slots=True)
 class CardSnapshot:
-    """A card's state once the payment has been applied.
+    """A card's state as read right after the payment was applied (see :mod:`features.windows` for windows).
 
-    ``buckets`` per resolution (m5, h, d); ``frauds``: known frauds per day of the fraudulent payment (count in
-    the first slot); ``previous_time``: latest event time among the card's *other* applied payments;
-    ``previous_present``: (time, lat, lon) of the latest other card-present payment with geo; ``recent``: kind
-    (terminal, merchant, country, device) -> item -> last time seen, at most RECENT_ITEMS per kind;
-    ``device_seen`` / ``terminal_seen``: whether the item was among ``recent`` *before* this payment.
+    ``windows``: window name (1h, 24h, 7d, 30d) -> (count, cents, cents²) over the kept buckets of the window;
+    ``holds_payment``: the payment's day bucket is kept, so the payment is inside ``windows["30d"]``;
+    ``frauds_30d``: known frauds among the card's payments of the 30d window; ``previous_time``: latest event
+    time among the card's payments applied before this one; ``previous_present``: (time, lat, lon) of the latest
+    card-present payment with geo applied before this one; ``distinct_24h``: kind (terminal, merchant, country)
+    -> items the card used within the 24h before the payment's time, this one included (at most RECENT_ITEMS);
+    ``device_seen`` / ``terminal_seen``: the item was among the card's RECENT_ITEMS most recent before this one.
     """
 
-    buckets: Mapping[Resolution, Buckets]
-    frauds: Buckets = field(default_factory=Buckets)
+    windows: Mapping[str, Counter]
+    holds_payment: bool = True
+    frauds_30d: int = 0
     previous_time: float | None = None
     previous_present: tuple[float, float, float] | None = None
-    recent: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    distinct_24h: Mapping[str, int] = field(default_factory=dict)
     device_seen: bool | None = None
     terminal_seen: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class PlaceSnapshot:
-    """A terminal's or merchant's daily payment counts (payment applied) and known frauds per day of payment."""
+    """A terminal's or merchant's payment counts per window (1d, 7d, 30d; payment included) and known frauds among
+    the payments of the 7d and 30d windows."""
 
-    counts: Buckets
-    frauds: Buckets = field(default_factory=Buckets)
+    counts: Mapping[str, int]
+    frauds: Mapping[str, int] = field(default_factory=dict)
 
 
 def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
@@ -131,8 +116,8 @@ def _velocity(counter: Counter) -> list[float | None]:
 
 
 def _relative(payment: Payment, card: CardSnapshot) -> list[float | None]:
-    count, amount, squares = card.buckets["d"].total(payment.epoch_s, "30d")
-    if card.buckets["d"].holds(payment.epoch_s, "d"):  # this payment is in the window: take it out
+    count, amount, squares = card.windows["30d"]
+    if card.holds_payment:  # this payment is in the window: take it out
         own = cents(payment.amount)
         count, amount, squares = count - 1, amount - own, squares - square(own)
     if count < 1:
@@ -145,10 +130,8 @@ def _relative(payment: Payment, card: CardSnapshot) -> list[float | None]:
     return [ratio, (payment.amount * 100 - mean) / std if std > 0 else None]
 
 
-def _distinct(card: CardSnapshot, kind: str, present: bool, epoch_s: float) -> float | None:
-    if not present:
-        return None
-    return float(sum(1 for seen in card.recent.get(kind, {}).values() if seen > epoch_s - 86_400))
+def _distinct(card: CardSnapshot, kind: str, present: bool) -> float | None:
+    return float(card.distinct_24h.get(kind, 0)) if present else None
 
 
 def _speed(payment: Payment, card: CardSnapshot) -> float | None:
@@ -164,9 +147,8 @@ def _speed(payment: Payment, card: CardSnapshot) -> float | None:
 def _place(payment: Payment, place: PlaceSnapshot | None) -> list[float | None]:
     if place is None:
         return [None] * 5
-    counts = [place.counts.total(payment.epoch_s, w)[0] for w in ("1d", "7d", "30d")]
-    frauds = [place.frauds.total(payment.epoch_s, w)[0] for w in ("7d", "30d")]
-    rates = [f / c if c else 0.0 for f, c in zip(frauds, counts[1:], strict=True)]
+    counts = [place.counts.get(w, 0) for w in ("1d", "7d", "30d")]
+    rates = [place.frauds.get(w, 0) / c if c else 0.0 for w, c in (("7d", counts[1]), ("30d", counts[2]))]
     return [*map(float, counts), *rates]
 
 
@@ -190,20 +172,19 @@ def compute(
         float(moment.hour <= 6),
         None if channel is None else float(channel in {"ecommerce", "moto"}),
     ]
-    for name in ("1h", "24h", "7d", "30d"):
-        resolution: Resolution = "m5" if name == "1h" else "h" if name == "24h" else "d"
-        values += _velocity(card.buckets[resolution].total(payment.epoch_s, name))
+    for name in CARD_WINDOWS:
+        values += _velocity(card.windows.get(name, (0, 0, 0)))
     values += _relative(payment, card)
     previous = card.previous_time
     values.append(None if previous is None else max(0.0, payment.epoch_s - previous))
     values += [
-        _distinct(card, "terminal", payment.terminal_id is not None, payment.epoch_s),
-        _distinct(card, "merchant", payment.merchant_id is not None, payment.epoch_s),
-        _distinct(card, "country", payment.country is not None, payment.epoch_s),
+        _distinct(card, "terminal", payment.terminal_id is not None),
+        _distinct(card, "merchant", payment.merchant_id is not None),
+        _distinct(card, "country", payment.country is not None),
         _speed(payment, card),
         _flag(card.device_seen if payment.device_id is not None else None),
         _flag(card.terminal_seen if payment.terminal_id is not None else None),
-        float(card.frauds.total(payment.epoch_s, "30d")[0]),
+        float(card.frauds_30d),
     ]
     values += _place(payment, terminal)
     values += _place(payment, merchant)

@@ -9,24 +9,23 @@ from datetime import UTC, datetime
 import pytest
 
 from features.definitions import FEATURE_NAMES, FEATURES, feature_index
-from features.formulas import Buckets, CardSnapshot, Payment, PlaceSnapshot, cents, compute, square
+from features.formulas import CardSnapshot, Payment, PlaceSnapshot, cents, compute, square
 from features.windows import KEPT, bucket_of, window
 
 T = datetime(2024, 3, 2, 3, 0, tzinfo=UTC).timestamp()  # a Saturday, 03:00 UTC, on every bucket boundary
 COL = feature_index()
 
 
-def _buckets(resolution: str, payments: list[tuple[float, float]]) -> Buckets:
-    values: dict[int, tuple[int, int, int]] = {}
-    for epoch_s, amount in payments:
-        index = bucket_of(epoch_s, resolution)  # type: ignore[arg-type]
-        c, s, q = values.get(index, (0, 0, 0))
-        values[index] = (c + 1, s + cents(amount), q + square(cents(amount)))
-    return Buckets(values, max(values) if values else None)
+def _totals(payments: list[tuple[float, float]], at: float, name: str) -> tuple[int, int, int]:
+    """Window ``name`` at ``at`` summed by hand from (time, amount) pairs, every bucket kept."""
+    resolution, first, last = window(at, name)
+    inside = [cents(a) for when, a in payments if first <= bucket_of(when, resolution) <= last]
+    return len(inside), sum(inside), sum(square(c) for c in inside)
 
 
-def _card(payments: list[tuple[float, float]], **extra: object) -> CardSnapshot:
-    return CardSnapshot(buckets={r: _buckets(r, payments) for r in ("m5", "h", "d")}, **extra)  # type: ignore[arg-type]
+def _card(payments: list[tuple[float, float]], at: float = T, **extra: object) -> CardSnapshot:
+    windows = {name: _totals(payments, at, name) for name in ("1h", "24h", "7d", "30d")}
+    return CardSnapshot(windows=windows, holds_payment=bool(payments), **extra)  # type: ignore[arg-type]
 
 
 def _features(payment: Payment, card: CardSnapshot, terminal: PlaceSnapshot | None = None) -> dict[str, float | None]:
@@ -56,6 +55,12 @@ def test_dropped_buckets_are_excluded() -> None:
     newest = bucket_of(T, "d") + 25  # the store has seen events 25 days later: only 5 of these 30 days are kept
     _, first, last = window(T, "30d", newest)
     assert first == newest - KEPT["d"] + 1 and last == bucket_of(T, "d")
+
+
+def test_a_payment_outside_its_own_window_is_not_taken_out_twice() -> None:
+    late = CardSnapshot(windows={"30d": (2, 3_000, 500_000)}, holds_payment=False)
+    f = dict(zip(FEATURE_NAMES, compute(Payment(T, 40.0), late, None, None), strict=True))
+    assert f["card_amount_ratio_30d"] == pytest.approx(40 / 15)
 
 
 def test_velocity_counts_sums_means_and_population_std() -> None:
@@ -104,18 +109,16 @@ def test_seconds_since_last_and_geo_speed() -> None:
 
 
 def test_distinct_items_in_24h_and_novelty() -> None:
-    recent = {"terminal": {"a": T - 86_400, "b": T - 86_399, "c": T}}
-    card = _card([(T, 1.0)], recent=recent, terminal_seen=False, device_seen=True)
+    card = _card([(T, 1.0)], distinct_24h={"terminal": 2}, terminal_seen=False, device_seen=True)
     f = _features(Payment(T, 1.0, terminal_id="c", device_id="d1"), card)
-    assert f["card_distinct_terminals_24h"] == 2.0  # exactly 24h ago is out
+    assert f["card_distinct_terminals_24h"] == 2.0
     assert (f["card_new_terminal"], f["card_new_device"]) == (1.0, 0.0)
     assert f["card_distinct_merchants_24h"] is None  # no merchant on this payment
 
 
 def test_place_counts_and_fraud_rates() -> None:
-    counts = _buckets("d", [(T - 86_400 * i, 1.0) for i in range(4)])
-    frauds = _buckets("d", [(T - 86_400, 1.0), (T - 3 * 86_400, 1.0)])
-    f = _features(Payment(T, 1.0, terminal_id="t"), _card([(T, 1.0)]), PlaceSnapshot(counts, frauds))
+    place = PlaceSnapshot(counts={"1d": 1, "7d": 4, "30d": 4}, frauds={"7d": 2, "30d": 2})
+    f = _features(Payment(T, 1.0, terminal_id="t"), _card([(T, 1.0)]), place)
     assert (f["terminal_count_1d"], f["terminal_count_7d"], f["terminal_fraud_rate_7d"]) == (1.0, 4.0, 0.5)
     assert _features(Payment(T, 1.0), _card([(T, 1.0)]))["terminal_count_30d"] is None
 
@@ -123,4 +126,4 @@ def test_place_counts_and_fraud_rates() -> None:
 @pytest.mark.parametrize(("amount", "expected"), [(19.99, 1999), (0.125, 13), (1e6, 100_000_000), (-2.5, -250)])
 def test_cents_are_exact(amount: float, expected: int) -> None:
     assert cents(amount) == expected
-    assert square(cents(2e6)) == 10_000_000**2  # squares are capped at 100,000.00
+    assert square(cents(2e6)) == 1_000_000**2  # squares are capped at 10,000.00
