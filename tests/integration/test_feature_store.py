@@ -1,0 +1,231 @@
+"""The Redis feature store against real Redis: equal to its in-memory twin on generated sequences (duplicates,
+out-of-order and late events, late and revised labels), idempotent under replay and under two concurrent clients,
+bounded in memory."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from features.memory import InMemoryFeatureStore
+from features.store import RedisFeatureStore, StoreUnavailableError, redis_client
+from fraudpipe.contracts import Label, Transaction
+from fraudpipe.settings import RedisSettings, Settings
+
+START = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[redis.Redis]:
+    connection = redis_client(settings.redis)
+    yield connection
+    for key in connection.scan_iter(match=f"{settings.redis.key_prefix}*", count=1000):
+        connection.delete(key)
+    connection.close()
+
+
+def _txn(i: int, minutes: int, card: int, terminal: int | None, amount: float, extra: dict[str, Any]) -> Transaction:
+    return Transaction(
+        txn_id=f"t{i}",
+        event_time=START + timedelta(minutes=minutes),
+        card_token=f"card-{card}",
+        amount=amount,
+        currency="EUR",
+        terminal_id=None if terminal is None else f"T{terminal}",
+        merchant_id=f"M{(terminal or 0) % 2}",
+        **extra,
+    )
+
+
+extras = st.one_of(
+    st.just({}),
+    st.fixed_dictionaries(
+        {
+            "channel": st.just("card_present"),
+            "lat": st.floats(45, 55),
+            "lon": st.floats(2, 16),
+            "country": st.sampled_from(["DE", "FR"]),
+        }
+    ),
+    st.fixed_dictionaries({"channel": st.just("ecommerce"), "device_id": st.sampled_from(["d1", "d2", "d3"])}),
+)
+events = st.lists(
+    st.tuples(
+        st.one_of(  # minutes: bucket-aligned often, so events meet exactly at window and retention edges
+            st.sampled_from([0, 5, 55, 60, 65, 1_435, 1_440, 1_445, 2_880, 43_200, 43_205, 44_640, 47_520]),
+            st.integers(0, 40).map(lambda k: 5 * k),
+            st.integers(0, 60).map(lambda k: 60 * k),
+            st.integers(0, 45).map(lambda k: 1_440 * k),
+            st.integers(0, 60 * 24 * 45),
+        ),
+        st.integers(0, 1),
+        st.one_of(st.none(), st.integers(0, 4)),
+        st.floats(0.01, 25_000, allow_nan=False).map(lambda a: round(a, 2)),
+        extras,
+    ),
+    min_size=1,
+    max_size=60,
+)
+
+
+@st.composite
+def sequences(draw: st.DrawFn) -> list[list[Transaction] | list[Label]]:
+    """Batches in arrival order: transactions (some redelivered, out of order) and labels (late, revised, twice)."""
+    raw = draw(events)
+    for minutes, card, _, amount, extra in list(raw):  # echoes exactly one window or retention span later
+        if draw(st.booleans()):
+            offset = draw(st.sampled_from([5, 55, 60, 1_380, 1_440, 10_080, 43_200, 43_200 - 1_440]))
+            raw.append((minutes + offset, card, draw(st.one_of(st.none(), st.integers(0, 4))), amount, extra))
+    txns = [_txn(i, *event) for i, event in enumerate(raw)]
+    arrival = draw(st.permutations(txns)) if draw(st.booleans()) else sorted(txns, key=lambda t: t.event_time)
+    stream: list[Transaction | Label] = []
+    for txn in arrival:
+        stream.append(txn)
+        if draw(st.integers(0, 9)) == 0:
+            stream.append(draw(st.sampled_from(txns)))  # a redelivery
+        if draw(st.integers(0, 4)) == 0:
+            target = draw(st.sampled_from(txns))
+            label = Label(
+                txn_id=target.txn_id,
+                card_token=target.card_token,
+                event_time=target.event_time,
+                known_at=target.event_time + timedelta(days=draw(st.integers(0, 40))),
+                is_fraud=draw(st.booleans()),
+                source="chargeback",
+                label_version=draw(st.integers(1, 3)),
+                terminal_id=target.terminal_id,
+                merchant_id=target.merchant_id,
+            )
+            stream += [label] * draw(st.integers(1, 2))
+    batches: list[list[Transaction] | list[Label]] = []
+    for item in stream:  # consecutive items of one kind form a batch, cut at random sizes
+        if batches and type(batches[-1][0]) is type(item) and len(batches[-1]) < draw(st.integers(1, 8)):
+            batches[-1].append(item)  # type: ignore[arg-type]
+        else:
+            batches.append([item])  # type: ignore[list-item]
+    return batches
+
+
+def _run(store: RedisFeatureStore | InMemoryFeatureStore, batches: list[list[Transaction] | list[Label]]) -> list[Any]:
+    """One reply per batch: the flat transaction reply (bytes decoded), or the number of labels applied."""
+    replies: list[Any] = []
+    for batch in batches:
+        if isinstance(batch[0], Transaction):
+            replies.append([x.decode() if isinstance(x, bytes) else x for x in store.raw(batch)])  # type: ignore[arg-type]
+        else:
+            replies.append(store.apply_labels(batch))  # type: ignore[arg-type]
+    return replies
+
+
+def _dump(client: redis.Redis, prefix: str) -> dict[bytes, object]:
+    state: dict[bytes, object] = {}
+    for key in client.scan_iter(match=f"{prefix}*", count=1000):
+        kind = client.type(key)
+        state[key] = {
+            b"hash": lambda k: client.hgetall(k),
+            b"zset": lambda k: client.zrange(k, 0, -1, withscores=True),
+            b"string": lambda k: client.get(k),
+        }[kind](key)
+    return state
+
+
+def _twin_dump(twin: InMemoryFeatureStore) -> dict[bytes, object]:
+    state: dict[bytes, object] = {k.encode(): v.encode() for k, v in twin.strings.items()}
+    state |= {k.encode(): {f.encode(): v.encode() for f, v in h.items()} for k, h in twin.hashes.items() if h}
+    state |= {
+        k.encode(): [(m.encode(), float(s)) for m, s in sorted(z.items(), key=lambda i: (i[1], i[0]))]
+        for k, z in twin.zsets.items()
+        if z
+    }
+    return state
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=sequences())
+def test_redis_equals_its_twin_and_a_second_replay_changes_nothing(
+    client: redis.Redis, settings: Settings, batches: list[list[Transaction] | list[Label]]
+) -> None:
+    prefix = f"{settings.redis.key_prefix}{id(batches)}:"
+    online = RedisFeatureStore(client, prefix)
+    twin = InMemoryFeatureStore(prefix)
+    assert _run(online, batches) == _run(twin, batches)
+    before = _dump(client, prefix)
+    assert before == _twin_dump(twin)  # the same state, field by field, not just the same answers
+
+    again = _run(online, batches)
+    assert _dump(client, prefix) == before  # duplicates change nothing
+    assert all(flag == 0 for reply in again if isinstance(reply, list) for flag in reply[::32])  # nothing re-applied
+    assert all(reply == 0 for reply in again if isinstance(reply, int))  # no label re-applied
+    for key in client.scan_iter(match=f"{prefix}*", count=1000):
+        client.delete(key)
+
+
+def test_features_from_both_stores_are_identical(client: redis.Redis, settings: Settings) -> None:
+    txns = [
+        _txn(i, 13 * i, i % 2, i % 3, 10.0 + i, {"channel": "card_present", "lat": 48.0 + i / 10, "lon": 8.0})
+        for i in range(200)
+    ]
+    online = RedisFeatureStore(client, settings.redis.key_prefix).apply(txns)
+    offline = InMemoryFeatureStore(settings.redis.key_prefix).apply(txns)
+    for a, b in zip(online, offline, strict=True):
+        assert a.features() == b.features()
+    assert online[-1].features()[5] == 0 or online[-1].applied  # velocity of the last payment is populated
+    assert online[-1].card.windows["30d"][0] > 0
+
+
+def test_two_clients_delivering_the_same_batches_apply_each_transaction_once(
+    client: redis.Redis, settings: Settings
+) -> None:
+    txns = [_txn(i, 5 * i, i % 5, i % 4, 1.0 + i % 7, {}) for i in range(400)]
+    batches = [txns[i : i + 25] for i in range(0, len(txns), 25)]
+    applied = [0, 0]
+
+    def deliver(slot: int) -> None:
+        store = RedisFeatureStore(redis_client(settings.redis), settings.redis.key_prefix)
+        for batch in batches:
+            applied[slot] += sum(s.applied for s in store.apply(batch))
+
+    threads = [threading.Thread(target=deliver, args=(slot,)) for slot in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sum(applied) == len(txns)
+    twin = InMemoryFeatureStore(settings.redis.key_prefix)
+    twin.apply(txns)
+    probe = [_txn(10_000, 5 * 400, card, None, 1.0, {}) for card in range(5)]
+    online = RedisFeatureStore(client, settings.redis.key_prefix)
+    for card_probe in probe:  # each card's counters equal a single, sequential application
+        assert online.apply([card_probe])[0].card == twin.apply([card_probe])[0].card
+
+
+def test_memory_per_card_is_bounded(client: redis.Redis, settings: Settings) -> None:
+    """A card with 60 days of activity: fixed bucket counts and TTLs keep its state small."""
+    store = RedisFeatureStore(client, settings.redis.key_prefix)
+    txns = [
+        _txn(i, 90 * i, 0, i % 40, 12.5 + i % 30, {"channel": "ecommerce", "device_id": f"d{i % 3}", "country": "DE"})
+        for i in range(60 * 16)
+    ]
+    for i in range(0, len(txns), 100):
+        store.apply(txns[i : i + 100])
+    prefix = settings.redis.key_prefix
+    card_bytes = sum(client.memory_usage(k) or 0 for k in client.scan_iter(match=f"{prefix}card:card-0*"))
+    terminal_bytes = client.memory_usage(f"{prefix}terminal:T0") or 0
+    print(f"\nbytes per card: {card_bytes}, per terminal: {terminal_bytes}")
+    assert card_bytes < 16_384 and terminal_bytes < 4_096
+    assert client.ttl(f"{prefix}card:card-0") > 0
+
+
+def test_an_unreachable_redis_is_a_quick_clear_error() -> None:
+    dead = redis_client(RedisSettings(url="redis://127.0.0.1:1/0", socket_timeout_ms=100, connect_timeout_ms=100))
+    started = datetime.now(UTC)
+    with pytest.raises(StoreUnavailableError, match="Redis unavailable"):
+        RedisFeatureStore(dead).apply([_txn(0, 0, 0, 0, 1.0, {})])
+    assert datetime.now(UTC) - started < timedelta(seconds=5)
