@@ -24,45 +24,60 @@ class InMemoryFeatureStore:
         self.keys = Keys(prefix)
         self.recent_items = recent_items
         self.strings: dict[str, str] = {}
-        self.hashes: dict[str, dict[str, str]] = {}
+        self.hashes: dict[str, dict[str, Any]] = {}  # rings as lists of ints, other fields as strings
         self.zsets: dict[str, dict[str, float]] = {}
 
-    # --- the Redis commands the script uses -----------------------------------------------------------------
+    # --- the script's building blocks, on plain lists ----------------------------------------------------
 
-    def _hget(self, key: str, field: str) -> str | None:
+    def _hget(self, key: str, field: str) -> Any:
         return self.hashes.get(key, {}).get(field)
 
-    def _hincrby(self, key: str, field: str, amount: int) -> None:
-        table = self.hashes.setdefault(key, {})
-        table[field] = str(int(table.get(field, "0")) + int(amount))
+    def _load(self, key: str, field: str) -> list[int]:
+        return list(self._hget(key, field) or [])
 
-    def _newest(self, key: str, res: str) -> int | None:
-        value = self._hget(key, f"{res}:new")
-        return int(value) if value is not None else None
+    def _save(self, key: str, field: str, ring: list[int]) -> None:
+        self.hashes.setdefault(key, {})[field] = ring
 
-    def _bump(self, key: str, res: str, idx: int, kept: int, fields: dict[str, int]) -> None:
-        top = self._newest(key, res)
+    @staticmethod
+    def _newest(ring: list[int], width: int) -> int | None:
+        return ring[-width] if ring else None
+
+    @classmethod
+    def _add(cls, ring: list[int], width: int, idx: int, kept: int, deltas: list[int], advances: bool,
+             limit: int | None) -> tuple[list[int], bool]:  # fmt: skip
+        top = cls._newest(ring, width) if advances else limit
         if top is not None and idx <= top - kept:
-            return
-        for suffix, amount in fields.items():
-            self._hincrby(key, f"{res}{idx}:{suffix}", amount)
-        if top is None or idx > top:
-            self.hashes.setdefault(key, {})[f"{res}:new"] = str(idx)
-            if top is not None:
-                table = self.hashes[key]
-                for j in range(top - kept + 1, min(top, idx - kept) + 1):
-                    for suffix in ("n", "s", "q", "f"):
-                        table.pop(f"{res}{j}:{suffix}", None)
+            return ring, False
+        entries = [ring[i : i + width] for i in range(0, len(ring), width)]
+        for entry in entries:
+            if entry[0] == idx:
+                for d in range(1, width):
+                    entry[d] += deltas[d - 1]
+                break
+        else:
+            entries.append([idx, *deltas])
+            entries.sort(key=lambda entry: entry[0])
+        if advances and (top is None or idx > top):
+            entries = [entry for entry in entries if entry[0] > idx - kept]
+        return [value for entry in entries for value in entry], True
 
-    def _total(self, key: str, res: str, first: int, last: int, kept: int, suffixes: Sequence[str]) -> list[int]:
-        sums = [0] * len(suffixes)
-        top = self._newest(key, res)
+    @staticmethod
+    def _prune(ring: list[int], width: int, top: int | None, kept: int) -> tuple[list[int], bool]:
+        if top is None or not ring or ring[0] > top - kept:
+            return ring, False
+        kept_entries = [ring[i : i + width] for i in range(0, len(ring), width) if ring[i] > top - kept]
+        return [value for entry in kept_entries for value in entry], True
+
+    @staticmethod
+    def _sum(ring: list[int], width: int, first: int, last: int, kept: int, top: int | None) -> list[int]:
+        sums = [0] * (width - 1)
         if top is None:
             return sums
-        for j in range(max(first, top - kept + 1), last + 1):
-            for i, suffix in enumerate(suffixes):
-                if (value := self._hget(key, f"{res}{j}:{suffix}")) is not None:
-                    sums[i] += int(value)
+        low = max(first, top - kept + 1)
+        for i in range(0, len(ring), width):
+            if low <= ring[i] <= last:
+                for d in range(1, width):
+                    sums[d - 1] += ring[i + d]
         return sums
 
     def _zadd_gt(self, key: str, score: float, member: str) -> None:
@@ -89,26 +104,30 @@ class InMemoryFeatureStore:
             previous_time = self._hget(card, "pt") or ""
             previous_present = self._hget(card, "pcp") or ""
             seen = [int(r[1] in self.zsets.get(r[0], {})) for r in recents]
+            rings = {res: self._load(card, res) for res, _, _ in buckets}
+            table = self.hashes.setdefault(card, {})
             if applied:
                 for res, idx, kept in buckets:
-                    self._bump(card, res, idx, kept, {"n": 1, "s": amount, "q": square})
+                    rings[res], changed = self._add(rings[res], 4, idx, kept, [1, amount, square], True, None)
+                    if changed:
+                        self._save(card, res, rings[res])
                 if previous_time == "" or t > int(previous_time):
-                    self.hashes.setdefault(card, {})["pt"] = micros
+                    table["pt"] = micros
                 if geo:
                     stored = int(previous_present.split(",")[0]) if previous_present else None
                     if stored is None or t >= stored:
-                        self.hashes.setdefault(card, {})["pcp"] = f"{micros},{geo}"
+                        table["pcp"] = f"{micros},{geo}"
                 for key, item, _, _ in recents:
                     self._zadd_gt(key, t, item)
-                for place in places:
-                    if place:
-                        self._bump(place[0], "d", place[1], place[2], {"n": 1})
             out.append(int(applied))
             for res, first, last, kept in windows:
-                out += self._total(card, res, first, last, kept, ("n", "s", "q"))
-            top = self._newest(card, "d")
+                out += self._sum(rings[res], 4, first, last, kept, self._newest(rings[res], 4))
+            top = self._newest(rings["d"], 4)
             out.append(int(top is not None and own[0] > top - own[1]))
-            out.append(self._total(card, "d", frauds30[0], frauds30[1], own[1], ("f",))[0])
+            card_frauds, pruned = self._prune(self._load(card, "f"), 2, top, own[1])
+            if pruned:
+                self._save(card, "f", card_frauds)
+            out.append(self._sum(card_frauds, 2, frauds30[0], frauds30[1], own[1], top)[0])
             out += [previous_time, previous_present]
             distinct = {"terminal": -1, "merchant": -1, "country": -1}
             flags = {"device": -1, "terminal": -1}
@@ -123,8 +142,18 @@ class InMemoryFeatureStore:
                 if not place:
                     out += [-1] * 5
                     continue
-                out += [self._total(place[0], "d", f, last, place[2], ("n",))[0] for f, last in place[3]]
-                out += [self._total(place[0], "d", f, last, place[2], ("f",))[0] for f, last in place[4]]
+                key, day, kept, count_ranges, fraud_ranges = place
+                ring = self._load(key, "d")
+                if applied:
+                    ring, changed = self._add(ring, 2, day, kept, [1], True, None)
+                    if changed:
+                        self._save(key, "d", ring)
+                place_top = self._newest(ring, 2)
+                out += [self._sum(ring, 2, first, last, kept, place_top)[0] for first, last in count_ranges]
+                frauds, dropped = self._prune(self._load(key, "f"), 2, place_top, kept)
+                if dropped:
+                    self._save(key, "f", frauds)
+                out += [self._sum(frauds, 2, first, last, kept, place_top)[0] for first, last in fraud_ranges]
         return out
 
     def apply(self, txns: Sequence[Transaction]) -> list[Snapshot]:
@@ -141,10 +170,11 @@ class InMemoryFeatureStore:
                 continue
             delta = fraud - int(current.get("f", "0"))
             if delta:
-                for key in entities:
-                    top = self._newest(key, "d")
-                    if top is None or day > top - kept:
-                        self._hincrby(key, f"d{day}:f", delta)
+                for key, width in entities:
+                    top = self._newest(self._load(key, "d"), width)
+                    ring, changed = self._add(self._load(key, "f"), 2, day, kept, [delta], False, top)
+                    if changed:
+                        self._save(key, "f", ring)
             self.hashes[state] = {"v": str(version), "f": str(fraud)}
             applied += 1
         return applied

@@ -5,13 +5,14 @@ transaction id) and the reads that make its snapshot. Keys (``P`` = ``settings.r
 
     P seen:<txn_id>               marker: the transaction's increments were applied (TTL = replay horizon)
     P label:<txn_id>              hash v (label version), f (1 fraud / 0 genuine) of the last label applied
-    P card:<token>                hash: <res><bucket>:n|s|q counters (count, cents, cents²), d<bucket>:f frauds,
-                                  <res>:new newest bucket, pt latest event time (µs), pcp "µs,lat,lon"
+    P card:<token>                hash: rings m5, h, d (bucket, count, cents, cents²) and f (day, frauds),
+                                  pt latest event time (µs), pcp "µs,lat,lon"
     P card:<token>:<kind>         sorted set, kind in terminal|merchant|country|device: item -> last seen (µs),
                                   RECENT_ITEMS newest kept
-    P terminal:<id>, P merchant:<id>   hash: d<bucket>:n payments, d<bucket>:f frauds, d:new
+    P terminal:<id>, P merchant:<id>   hash: rings d (day, payments) and f (day, frauds)
 
-``<res>`` is m5, h or d and ``<bucket>`` the bucket index (see :mod:`features.windows`). Times travel as integer
+A ring is one hash field holding a MessagePack array (see ``features/apply.lua``): one field read and written per
+resolution instead of one per bucket. Bucket indexes are those of :mod:`features.windows`. Times travel as integer
 microseconds in decimal strings: exact in Redis' Lua doubles.
 """
 
@@ -119,8 +120,8 @@ def plan(txn: Transaction, keys: Keys) -> Plan:
 def label_plan(label: Label, keys: Keys) -> list[Any]:
     """The operations that apply ``label`` (fraud counters of its card, terminal and merchant, by payment day)."""
     day = bucket_of(label.event_time.timestamp(), "d")
-    entities = [keys.card(label.card_token)] + [
-        keys.place(kind, ident)
+    entities = [[keys.card(label.card_token), 4]] + [
+        [keys.place(kind, ident), 2]
         for kind, ident in (("terminal", label.terminal_id), ("merchant", label.merchant_id))
         if ident is not None
     ]

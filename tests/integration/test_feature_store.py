@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgpack
 import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
@@ -124,21 +125,31 @@ def _run(store: RedisFeatureStore | InMemoryFeatureStore, batches: list[list[Tra
     return replies
 
 
+RINGS = {b"m5", b"h", b"d", b"f"}
+
+
 def _dump(client: redis.Redis, prefix: str) -> dict[bytes, object]:
+    """Every key under ``prefix`` with its value; MessagePack rings decoded to lists."""
     state: dict[bytes, object] = {}
     for key in client.scan_iter(match=f"{prefix}*", count=1000):
         kind = client.type(key)
-        state[key] = {
-            b"hash": lambda k: client.hgetall(k),
-            b"zset": lambda k: client.zrange(k, 0, -1, withscores=True),
-            b"string": lambda k: client.get(k),
-        }[kind](key)
+        if kind == b"hash":
+            rings = RINGS if b":label:" not in key else set()
+            state[key] = {f: msgpack.unpackb(v) if f in rings else v for f, v in client.hgetall(key).items()}
+        elif kind == b"zset":
+            state[key] = client.zrange(key, 0, -1, withscores=True)
+        else:
+            state[key] = client.get(key)
     return state
 
 
 def _twin_dump(twin: InMemoryFeatureStore) -> dict[bytes, object]:
     state: dict[bytes, object] = {k.encode(): v.encode() for k, v in twin.strings.items()}
-    state |= {k.encode(): {f.encode(): v.encode() for f, v in h.items()} for k, h in twin.hashes.items() if h}
+    state |= {
+        k.encode(): {f.encode(): v if isinstance(v, list) else v.encode() for f, v in h.items()}
+        for k, h in twin.hashes.items()
+        if h
+    }
     state |= {
         k.encode(): [(m.encode(), float(s)) for m, s in sorted(z.items(), key=lambda i: (i[1], i[0]))]
         for k, z in twin.zsets.items()
