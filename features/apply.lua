@@ -1,34 +1,48 @@
 -- fraudpipe online features, one EVALSHA per micro-batch. Semantics are mirrored by features/memory.py and held
--- equal to it by a parity test. Keys travel in the plans (features/plan.py): standalone Redis, see features/store.py.
+-- equal to it by a parity test. Keys are built here from the prefix and ids in the plans (features/plan.py):
+-- standalone Redis, see features/store.py.
 --
---   ARGV[1] 'txns'   ARGV[2] JSON plans   ARGV[3] marker TTL s   ARGV[4] recent items kept   ARGV[5] entity TTL s
+--   ARGV[1] 'txns'    ARGV[2] JSON plans   ARGV[3] JSON layout (features/plan.py: layout())   ARGV[4] prefix
 --     apply each transaction once (marker SET NX) and return its snapshot (32 values per plan, snapshot.py decodes)
---   ARGV[1] 'labels' ARGV[2] JSON label plans   ARGV[3] label-state TTL s
+--   ARGV[1] 'labels'  ARGV[2] JSON label plans   ARGV[3] JSON layout   ARGV[4] prefix
 --     apply each label whose version is newer than the last applied for its transaction; return how many
 --
--- A ring is one hash field holding a MessagePack array, flat and sorted by bucket: idx, counter, counter, ...
--- (card m5 / h / d: idx, count, cents, cents²; terminal and merchant d: idx, count; f: idx, frauds). The newest
--- bucket of a payment ring is its last entry; buckets at or below newest - kept are dropped and never re-added.
+-- Each card, terminal and merchant is one string key holding a MessagePack map, read and written once per
+-- transaction. Rings are flat arrays sorted by bucket: idx, counters... (card m5 / h / d: count, cents, cents²;
+-- place d: count; f: frauds). A payment ring's newest bucket is its last entry; buckets at or below
+-- newest - kept are dropped and never re-added; a fraud ring follows its payment ring 'd'.
 
 local mode = ARGV[1]
 local plans = cjson.decode(ARGV[2])
-local ttl = tonumber(ARGV[3])
+local layout = cjson.decode(ARGV[3])
+local prefix = ARGV[4]
 local out = {}
 
-local function load(key, field)
-  local blob = redis.call('HGET', key, field)
+local function load(key)
+  local blob = redis.call('GET', key)
   if blob then return cmsgpack.unpack(blob) end
   return {}
 end
 
 local function newest(ring, width)
-  local n = #ring
-  if n == 0 then return nil end
-  return ring[n - width + 1]
+  if (not ring) or #ring == 0 then return nil end
+  return ring[#ring - width + 1]
 end
 
--- Add `deltas` to bucket `idx` of a ring; `limit` is the newest bucket retention counts from (nil: the ring's own,
--- which then advances). Returns the ring, changed or not.
+-- Drop the entries at or below top - kept.
+local function prune(ring, width, top, kept)
+  if (not top) or #ring == 0 or ring[1] > top - kept then return ring, false end
+  local keep = {}
+  for i = 0, #ring / width - 1 do
+    if ring[i * width + 1] > top - kept then
+      for d = 1, width do keep[#keep + 1] = ring[i * width + d] end
+    end
+  end
+  return keep, true
+end
+
+-- Add `deltas` to bucket `idx`; a payment ring (advances) moves its newest and drops what falls out, a fraud ring
+-- counts retention from `limit`. Returns the ring and whether it changed.
 local function add(ring, width, idx, kept, deltas, advances, limit)
   local top = limit
   if advances then top = newest(ring, width) end
@@ -45,19 +59,10 @@ local function add(ring, width, idx, kept, deltas, advances, limit)
     for d = 1, width - 1 do entry[d + 1] = deltas[d] end
     for d = width, 1, -1 do table.insert(ring, at * width + 1, entry[d]) end
   end
-  if advances and ((not top) or idx > top) then
-    local keep = {}
-    for i = 0, #ring / width - 1 do
-      if ring[i * width + 1] > idx - kept then
-        for d = 1, width do keep[#keep + 1] = ring[i * width + d] end
-      end
-    end
-    ring = keep
-  end
+  if advances and ((not top) or idx > top) then ring = select(1, prune(ring, width, idx, kept)) end
   return ring, true
 end
 
--- Sums of the counters of buckets first..last, those at or below top - kept excluded.
 local function sum(ring, width, first, last, kept, top)
   local sums = {}
   for d = 1, width - 1 do sums[d] = 0 end
@@ -72,124 +77,135 @@ local function sum(ring, width, first, last, kept, top)
   return sums
 end
 
--- Drop the entries at or below top - kept (a fraud ring follows its payment ring's newest bucket).
-local function prune(ring, width, top, kept)
-  if (not top) or #ring == 0 or ring[1] > top - kept then return ring, false end
-  local keep = {}
-  for i = 0, #ring / width - 1 do
-    if ring[i * width + 1] > top - kept then
-      for d = 1, width do keep[#keep + 1] = ring[i * width + d] end
-    end
-  end
-  return keep, true
+local function bucket(micros, res)
+  return math.floor(micros / layout.size[res])
 end
 
-local function save(key, field, ring)
-  redis.call('HSET', key, field, cmsgpack.pack(ring))
+local function save(key, state, ttl)
+  redis.call('SET', key, cmsgpack.pack(state), 'EX', ttl)
 end
+
+local DAY = 'd'
+local kept_day = layout.kept[DAY]
 
 if mode == 'labels' then
   local applied = 0
   for _, p in ipairs(plans) do
-    local state, version, fraud, day, kept, entities = p[1], p[2], p[3], p[4], p[5], p[6]
-    local current = redis.call('HMGET', state, 'v', 'f')
-    local last_version = current[1] and tonumber(current[1]) or 0
+    local txn, version, fraud, micros, entities = p[1], p[2], p[3], tonumber(p[4]), p[5]
+    local state_key = prefix .. 'label:' .. txn
+    local current = redis.call('GET', state_key)
+    local last_version, last_fraud = 0, 0
+    if current then
+      local v, f = string.match(current, '^(%d+),(%d+)$')
+      last_version, last_fraud = tonumber(v), tonumber(f)
+    end
     if version > last_version then
-      local delta = fraud - (current[2] and tonumber(current[2]) or 0)
+      local delta = fraud - last_fraud
       if delta ~= 0 then
+        local day = bucket(micros, DAY)
         for _, e in ipairs(entities) do
-          local key, width = e[1], e[2]
-          local top = newest(load(key, 'd'), width)
-          local ring, changed = add(load(key, 'f'), 2, day, kept, {delta}, false, top)
-          if changed then save(key, 'f', ring) end
+          local key = prefix .. e[1]
+          local state = load(key)
+          local ring, changed = add(state.f or {}, 2, day, kept_day, {delta}, false, newest(state.d, e[2]))
+          if changed then
+            state.f = ring
+            local ttl = redis.call('TTL', key)
+            save(key, state, ttl > 0 and ttl or layout.entity_ttl)
+          end
         end
       end
-      redis.call('HSET', state, 'v', version, 'f', fraud)
-      redis.call('EXPIRE', state, ttl)
+      redis.call('SET', state_key, version .. ',' .. fraud, 'EX', layout.label_ttl)
       applied = applied + 1
     end
   end
   return applied
 end
 
-local recent_items = tonumber(ARGV[4])
-local entity_ttl = tonumber(ARGV[5])
+local KINDS = {'terminal', 'merchant', 'country', 'device'}
 
 for _, p in ipairs(plans) do
-  local marker, card, micros, since = p[1], p[2], p[3], p[4]
-  local buckets, amount, square, windows = p[5], p[6], p[7], p[8]
-  local own, frauds30, geo, recents, places = p[9], p[10], p[11], p[12], p[13]
-  local t = tonumber(micros)
-  local applied = redis.call('SET', marker, '1', 'NX', 'EX', ttl) and 1 or 0
-  local previous_time = redis.call('HGET', card, 'pt') or ''
-  local previous_present = redis.call('HGET', card, 'pcp') or ''
+  local txn, card_id, micros_text, amount, square, geo = p[1], p[2], p[3], p[4], p[5], p[6]
+  local items = {terminal = p[7], merchant = p[8], country = p[9], device = p[10]}
+  local t = tonumber(micros_text)
+  local since = t - layout.size[DAY]
+  local card_key = prefix .. 'card:' .. card_id
+  local applied = redis.call('SET', prefix .. 'seen:' .. txn, '1', 'NX', 'EX', layout.marker_ttl) and 1 or 0
+  local card = load(card_key)
+  local previous_time = card.pt and string.format('%d', card.pt) or ''
+  local previous_present = card.pcp and string.format('%d,%.17g,%.17g', card.pcp[1], card.pcp[2], card.pcp[3]) or ''
+  local recent = card.r or {}
   local seen = {}
-  for i, r in ipairs(recents) do
-    seen[i] = redis.call('ZSCORE', r[1], r[2]) and 1 or 0
+  for _, kind in ipairs(KINDS) do
+    if items[kind] ~= '' then seen[kind] = (recent[kind] and recent[kind][items[kind]]) and 1 or 0 end
   end
-  local rings = {}
-  for _, b in ipairs(buckets) do rings[b[1]] = load(card, b[1]) end
   if applied == 1 then
-    for _, b in ipairs(buckets) do
-      local ring, changed = add(rings[b[1]], 4, b[2], b[3], {1, amount, square}, true, nil)
-      rings[b[1]] = ring
-      if changed then save(card, b[1], ring) end
+    for _, res in ipairs(layout.card_rings) do
+      card[res] = add(card[res] or {}, 4, bucket(t, res), layout.kept[res], {1, amount, square}, true, nil)
     end
-    if previous_time == '' or t > tonumber(previous_time) then redis.call('HSET', card, 'pt', micros) end
-    if geo ~= '' then
-      local stored = previous_present ~= '' and tonumber(string.match(previous_present, '^([^,]+)')) or nil
-      if (not stored) or t >= stored then redis.call('HSET', card, 'pcp', micros .. ',' .. geo) end
+    if card.f then card.f = prune(card.f, 2, newest(card[DAY], 4), kept_day) end
+    if (not card.pt) or t > card.pt then card.pt = t end
+    if #geo == 2 and ((not card.pcp) or t >= card.pcp[1]) then card.pcp = {t, geo[1], geo[2]} end
+    for _, kind in ipairs(KINDS) do
+      local item = items[kind]
+      if item ~= '' then
+        recent[kind] = recent[kind] or {}
+        local members = recent[kind]
+        if (not members[item]) or t > members[item] then members[item] = t end
+        local size, oldest, oldest_t = 0, nil, nil
+        for name, when in pairs(members) do
+          size = size + 1
+          if (not oldest) or when < oldest_t or (when == oldest_t and name < oldest) then oldest, oldest_t = name, when end
+        end
+        if size > layout.recent_items then members[oldest] = nil end
+      end
     end
-    for _, r in ipairs(recents) do
-      redis.call('ZADD', r[1], 'GT', t, r[2])
-      local size = redis.call('ZCARD', r[1])
-      if size > recent_items then redis.call('ZREMRANGEBYRANK', r[1], 0, size - recent_items - 1) end
-      redis.call('EXPIRE', r[1], entity_ttl)
-    end
-    redis.call('EXPIRE', card, entity_ttl)
+    if next(recent) then card.r = recent end
+    save(card_key, card, layout.entity_ttl)
   end
   out[#out + 1] = applied
-  for _, w in ipairs(windows) do
-    local ring = rings[w[1]]
-    local sums = sum(ring, 4, w[2], w[3], w[4], newest(ring, 4))
+  for _, w in ipairs(layout.card_windows) do
+    local res, length = w[1], w[2]
+    local ring = card[res] or {}
+    local last = bucket(t, res)
+    local sums = sum(ring, 4, last - length + 1, last, layout.kept[res], newest(ring, 4))
     out[#out + 1] = sums[1]; out[#out + 1] = sums[2]; out[#out + 1] = sums[3]
   end
-  local top = newest(rings['d'], 4)
-  out[#out + 1] = (top and own[1] > top - own[2]) and 1 or 0
-  local card_frauds, pruned = prune(load(card, 'f'), 2, top, own[2])
-  if pruned then save(card, 'f', card_frauds) end
-  out[#out + 1] = sum(card_frauds, 2, frauds30[1], frauds30[2], own[2], top)[1]
+  local top = newest(card[DAY], 4)
+  local day = bucket(t, DAY)
+  out[#out + 1] = (top and day > top - kept_day) and 1 or 0
+  out[#out + 1] = sum(card.f or {}, 2, day - layout.card_frauds + 1, day, kept_day, top)[1]
   out[#out + 1] = previous_time
   out[#out + 1] = previous_present
-  local distinct = {terminal = -1, merchant = -1, country = -1}
-  local flags = {device = -1, terminal = -1}
-  for i, r in ipairs(recents) do
-    local kind = string.match(r[1], ':([^:]+)$')
-    if r[3] == 1 then distinct[kind] = redis.call('ZCOUNT', r[1], '(' .. since, '+inf') end
-    if r[4] == 1 then flags[kind] = seen[i] end
+  for _, kind in ipairs({'terminal', 'merchant', 'country'}) do
+    if items[kind] == '' then
+      out[#out + 1] = -1
+    else
+      local count = 0
+      for _, when in pairs(recent[kind] or {}) do
+        if when > since then count = count + 1 end
+      end
+      out[#out + 1] = count
+    end
   end
-  out[#out + 1] = distinct.terminal; out[#out + 1] = distinct.merchant; out[#out + 1] = distinct.country
-  out[#out + 1] = flags.device; out[#out + 1] = flags.terminal
-  for _, place in ipairs(places) do
-    if place == '' then
+  out[#out + 1] = seen.device or -1
+  out[#out + 1] = seen.terminal or -1
+  for _, kind in ipairs({'terminal', 'merchant'}) do
+    if items[kind] == '' then
       for _ = 1, 5 do out[#out + 1] = -1 end
     else
-      local key, day, kept = place[1], place[2], place[3]
-      local ring = load(key, 'd')
+      local key = prefix .. kind .. ':' .. items[kind]
+      local place = load(key)
       if applied == 1 then
-        local changed
-        ring, changed = add(ring, 2, day, kept, {1}, true, nil)
-        if changed then save(key, 'd', ring) end
-        redis.call('EXPIRE', key, entity_ttl)
+        place.d = add(place.d or {}, 2, day, kept_day, {1}, true, nil)
+        if place.f then place.f = prune(place.f, 2, newest(place.d, 2), kept_day) end
+        save(key, place, layout.entity_ttl)
       end
-      local place_top = newest(ring, 2)
-      for _, range in ipairs(place[4]) do
-        out[#out + 1] = sum(ring, 2, range[1], range[2], kept, place_top)[1]
+      local place_top = newest(place.d, 2)
+      for _, length in ipairs(layout.place_windows) do
+        out[#out + 1] = sum(place.d or {}, 2, day - length + 1, day, kept_day, place_top)[1]
       end
-      local frauds, dropped = prune(load(key, 'f'), 2, place_top, kept)
-      if dropped then save(key, 'f', frauds) end
-      for _, range in ipairs(place[5]) do
-        out[#out + 1] = sum(frauds, 2, range[1], range[2], kept, place_top)[1]
+      for _, length in ipairs(layout.fraud_windows) do
+        out[#out + 1] = sum(place.f or {}, 2, day - length + 1, day, kept_day, place_top)[1]
       end
     end
   end

@@ -1,8 +1,9 @@
 """The in-memory twin of the Redis feature store: the same operations, in Python, on dicts.
 
 It mirrors ``features/apply.lua`` step by step (and returns the same 32 values per transaction), so unit tests can
-run without Redis and the parity test can hold the two equal on generated sequences. It is also the sequential
-reference the offline builder is checked against. Key expiry (wall-clock housekeeping in Redis) is not modelled.
+run without Redis and the parity test can hold the two equal on generated sequences, in replies and in state. It is
+also the sequential reference the offline builder is checked against. Key expiry (wall-clock housekeeping in Redis)
+is not modelled.
 """
 
 from __future__ import annotations
@@ -10,150 +11,138 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from features.plan import Keys, label_plan, plan
+from features.formulas import RECENT_ITEMS
+from features.plan import label_plan, layout, plan
 from features.snapshot import Snapshot, decode_reply
 from fraudpipe.contracts import Label, Transaction
 
 __all__ = ["InMemoryFeatureStore"]
 
+_KINDS = ("terminal", "merchant", "country", "device")
+_DAY = "d"
+
+
+def _newest(ring: list[int] | None, width: int) -> int | None:
+    return ring[-width] if ring else None
+
+
+def _prune(ring: list[int], width: int, top: int | None, kept: int) -> list[int]:
+    if top is None or not ring or ring[0] > top - kept:
+        return ring
+    return [v for i in range(0, len(ring), width) if ring[i] > top - kept for v in ring[i : i + width]]
+
+
+def _add(ring: list[int], width: int, idx: int, kept: int, deltas: list[int], advances: bool,
+         limit: int | None) -> tuple[list[int], bool]:  # fmt: skip
+    top = _newest(ring, width) if advances else limit
+    if top is not None and idx <= top - kept:
+        return ring, False
+    entries = [ring[i : i + width] for i in range(0, len(ring), width)]
+    for entry in entries:
+        if entry[0] == idx:
+            for d in range(1, width):
+                entry[d] += deltas[d - 1]
+            break
+    else:
+        entries.append([idx, *deltas])
+        entries.sort(key=lambda entry: entry[0])
+    ring = [value for entry in entries for value in entry]
+    if advances and (top is None or idx > top):
+        ring = _prune(ring, width, idx, kept)
+    return ring, True
+
+
+def _sum(ring: list[int] | None, width: int, first: int, last: int, kept: int, top: int | None) -> list[int]:
+    sums = [0] * (width - 1)
+    if top is None or not ring:
+        return sums
+    low = max(first, top - kept + 1)
+    for i in range(0, len(ring), width):
+        if low <= ring[i] <= last:
+            for d in range(1, width):
+                sums[d - 1] += ring[i + d]
+    return sums
+
 
 class InMemoryFeatureStore:
     """Feature state in process memory. Same interface as :class:`features.store.RedisFeatureStore`."""
 
-    def __init__(self, prefix: str = "fp:v1:", *, recent_items: int = 64) -> None:
-        self.keys = Keys(prefix)
-        self.recent_items = recent_items
-        self.strings: dict[str, str] = {}
-        self.hashes: dict[str, dict[str, Any]] = {}  # rings as lists of ints, other fields as strings
-        self.zsets: dict[str, dict[str, float]] = {}
+    def __init__(self, prefix: str = "fp:v1:", *, recent_items: int = RECENT_ITEMS) -> None:
+        self.prefix = prefix
+        self.layout = layout(recent_items=recent_items, marker_ttl_s=1, entity_ttl_s=1, label_ttl_s=1)
+        self.values: dict[str, Any] = {}  # key -> marker "1", label state "v,f", or an entity's map
 
-    # --- the script's building blocks, on plain lists ----------------------------------------------------
-
-    def _hget(self, key: str, field: str) -> Any:
-        return self.hashes.get(key, {}).get(field)
-
-    def _load(self, key: str, field: str) -> list[int]:
-        return list(self._hget(key, field) or [])
-
-    def _save(self, key: str, field: str, ring: list[int]) -> None:
-        self.hashes.setdefault(key, {})[field] = ring
-
-    @staticmethod
-    def _newest(ring: list[int], width: int) -> int | None:
-        return ring[-width] if ring else None
-
-    @classmethod
-    def _add(cls, ring: list[int], width: int, idx: int, kept: int, deltas: list[int], advances: bool,
-             limit: int | None) -> tuple[list[int], bool]:  # fmt: skip
-        top = cls._newest(ring, width) if advances else limit
-        if top is not None and idx <= top - kept:
-            return ring, False
-        entries = [ring[i : i + width] for i in range(0, len(ring), width)]
-        for entry in entries:
-            if entry[0] == idx:
-                for d in range(1, width):
-                    entry[d] += deltas[d - 1]
-                break
-        else:
-            entries.append([idx, *deltas])
-            entries.sort(key=lambda entry: entry[0])
-        if advances and (top is None or idx > top):
-            entries = [entry for entry in entries if entry[0] > idx - kept]
-        return [value for entry in entries for value in entry], True
-
-    @staticmethod
-    def _prune(ring: list[int], width: int, top: int | None, kept: int) -> tuple[list[int], bool]:
-        if top is None or not ring or ring[0] > top - kept:
-            return ring, False
-        kept_entries = [ring[i : i + width] for i in range(0, len(ring), width) if ring[i] > top - kept]
-        return [value for entry in kept_entries for value in entry], True
-
-    @staticmethod
-    def _sum(ring: list[int], width: int, first: int, last: int, kept: int, top: int | None) -> list[int]:
-        sums = [0] * (width - 1)
-        if top is None:
-            return sums
-        low = max(first, top - kept + 1)
-        for i in range(0, len(ring), width):
-            if low <= ring[i] <= last:
-                for d in range(1, width):
-                    sums[d - 1] += ring[i + d]
-        return sums
-
-    def _zadd_gt(self, key: str, score: float, member: str) -> None:
-        members = self.zsets.setdefault(key, {})
-        if member not in members or score > members[member]:
-            members[member] = score
-        if len(members) > self.recent_items:
-            ordered = sorted(members.items(), key=lambda item: (item[1], item[0]))
-            for name, _ in ordered[: len(members) - self.recent_items]:
-                del members[name]
-
-    # --- the two operations ---------------------------------------------------------------------------------
+    def _bucket(self, micros: int, res: str) -> int:
+        return micros // int(self.layout["size"][res])
 
     def raw(self, txns: Sequence[Transaction]) -> list[Any]:
         """The flat reply the Lua script would give for ``txns`` (REPLY_WIDTH values each)."""
+        lay = self.layout
         out: list[Any] = []
+        kept_day = lay["kept"][_DAY]
         for txn in txns:
-            p = plan(txn, self.keys).payload
-            marker, card, micros, since, buckets, amount, square, windows, own, frauds30, geo, recents, places = p
-            t = int(micros)
-            applied = marker not in self.strings
+            txn_id, card_id, micros_text, amount, square, geo, *item_list = plan(txn)
+            items = dict(zip(_KINDS, item_list, strict=True))
+            t = int(micros_text)
+            since = t - lay["size"][_DAY]
+            card_key = f"{self.prefix}card:{card_id}"
+            marker = f"{self.prefix}seen:{txn_id}"
+            applied = marker not in self.values
             if applied:
-                self.strings[marker] = "1"
-            previous_time = self._hget(card, "pt") or ""
-            previous_present = self._hget(card, "pcp") or ""
-            seen = [int(r[1] in self.zsets.get(r[0], {})) for r in recents]
-            rings = {res: self._load(card, res) for res, _, _ in buckets}
-            table = self.hashes.setdefault(card, {})
+                self.values[marker] = "1"
+            card: dict[str, Any] = self.values.get(card_key, {})
+            previous_time = f"{card['pt']:d}" if "pt" in card else ""
+            pcp = card.get("pcp")
+            previous_present = f"{pcp[0]:d},{pcp[1]:.17g},{pcp[2]:.17g}" if pcp else ""
+            recent: dict[str, dict[str, int]] = card.get("r", {})
+            seen = {k: int(items[k] in recent.get(k, {})) for k in _KINDS if items[k]}
             if applied:
-                for res, idx, kept in buckets:
-                    rings[res], changed = self._add(rings[res], 4, idx, kept, [1, amount, square], True, None)
-                    if changed:
-                        self._save(card, res, rings[res])
-                if previous_time == "" or t > int(previous_time):
-                    table["pt"] = micros
-                if geo:
-                    stored = int(previous_present.split(",")[0]) if previous_present else None
-                    if stored is None or t >= stored:
-                        table["pcp"] = f"{micros},{geo}"
-                for key, item, _, _ in recents:
-                    self._zadd_gt(key, t, item)
+                for res in lay["card_rings"]:
+                    card[res], _ = _add(card.get(res, []), 4, self._bucket(t, res), lay["kept"][res],
+                                        [1, amount, square], True, None)  # fmt: skip
+                if "f" in card:
+                    card["f"] = _prune(card["f"], 2, _newest(card[_DAY], 4), kept_day)
+                if "pt" not in card or t > card["pt"]:
+                    card["pt"] = t
+                if len(geo) == 2 and ("pcp" not in card or t >= card["pcp"][0]):
+                    card["pcp"] = [t, geo[0], geo[1]]
+                for kind in _KINDS:
+                    if item := items[kind]:
+                        members = recent.setdefault(kind, {})
+                        if item not in members or t > members[item]:
+                            members[item] = t
+                        if len(members) > lay["recent_items"]:
+                            del members[min(members, key=lambda name: (members[name], name))]
+                if recent:
+                    card["r"] = recent
+                self.values[card_key] = card
             out.append(int(applied))
-            for res, first, last, kept in windows:
-                out += self._sum(rings[res], 4, first, last, kept, self._newest(rings[res], 4))
-            top = self._newest(rings["d"], 4)
-            out.append(int(top is not None and own[0] > top - own[1]))
-            card_frauds, pruned = self._prune(self._load(card, "f"), 2, top, own[1])
-            if pruned:
-                self._save(card, "f", card_frauds)
-            out.append(self._sum(card_frauds, 2, frauds30[0], frauds30[1], own[1], top)[0])
+            for res, length in lay["card_windows"]:
+                last = self._bucket(t, res)
+                ring = card.get(res, [])
+                out += _sum(ring, 4, last - length + 1, last, lay["kept"][res], _newest(ring, 4))
+            top = _newest(card.get(_DAY), 4)
+            day = self._bucket(t, _DAY)
+            out.append(int(top is not None and day > top - kept_day))
+            out.append(_sum(card.get("f"), 2, day - lay["card_frauds"] + 1, day, kept_day, top)[0])
             out += [previous_time, previous_present]
-            distinct = {"terminal": -1, "merchant": -1, "country": -1}
-            flags = {"device": -1, "terminal": -1}
-            for i, (key, _, wants_distinct, wants_flag) in enumerate(recents):
-                kind = key.rsplit(":", 1)[1]
-                if wants_distinct:
-                    distinct[kind] = sum(1 for score in self.zsets.get(key, {}).values() if score > int(since))
-                if wants_flag:
-                    flags[kind] = seen[i]
-            out += [distinct["terminal"], distinct["merchant"], distinct["country"], flags["device"], flags["terminal"]]
-            for place in places:
-                if not place:
+            for kind in ("terminal", "merchant", "country"):
+                out.append(sum(1 for when in recent.get(kind, {}).values() if when > since) if items[kind] else -1)
+            out += [seen.get("device", -1), seen.get("terminal", -1)]
+            for kind in ("terminal", "merchant"):
+                if not items[kind]:
                     out += [-1] * 5
                     continue
-                key, day, kept, count_ranges, fraud_ranges = place
-                ring = self._load(key, "d")
+                key = f"{self.prefix}{kind}:{items[kind]}"
+                place: dict[str, Any] = self.values.get(key, {})
                 if applied:
-                    ring, changed = self._add(ring, 2, day, kept, [1], True, None)
-                    if changed:
-                        self._save(key, "d", ring)
-                place_top = self._newest(ring, 2)
-                out += [self._sum(ring, 2, first, last, kept, place_top)[0] for first, last in count_ranges]
-                frauds, dropped = self._prune(self._load(key, "f"), 2, place_top, kept)
-                if dropped:
-                    self._save(key, "f", frauds)
-                out += [self._sum(frauds, 2, first, last, kept, place_top)[0] for first, last in fraud_ranges]
+                    place["d"], _ = _add(place.get("d", []), 2, day, kept_day, [1], True, None)
+                    if "f" in place:
+                        place["f"] = _prune(place["f"], 2, _newest(place["d"], 2), kept_day)
+                    self.values[key] = place
+                place_top = _newest(place.get("d"), 2)
+                out += [_sum(place.get("d"), 2, day - n + 1, day, kept_day, place_top)[0] for n in lay["place_windows"]]
+                out += [_sum(place.get("f"), 2, day - n + 1, day, kept_day, place_top)[0] for n in lay["fraud_windows"]]
         return out
 
     def apply(self, txns: Sequence[Transaction]) -> list[Snapshot]:
@@ -162,19 +151,25 @@ class InMemoryFeatureStore:
 
     def apply_labels(self, labels: Sequence[Label]) -> int:
         """Apply each label newer (by version) than the last applied for its transaction; return how many."""
-        applied = 0
+        applied, kept_day = 0, self.layout["kept"][_DAY]
         for label in labels:
-            state, version, fraud, day, kept, entities = label_plan(label, self.keys)
-            current = self.hashes.get(state, {})
-            if version <= int(current.get("v", "0")):
+            txn_id, version, fraud, micros_text, entities = label_plan(label)
+            state_key = f"{self.prefix}label:{txn_id}"
+            last_version, last_fraud = (int(x) for x in self.values.get(state_key, "0,0").split(","))
+            if version <= last_version:
                 continue
-            delta = fraud - int(current.get("f", "0"))
+            delta = fraud - last_fraud
             if delta:
-                for key, width in entities:
-                    top = self._newest(self._load(key, "d"), width)
-                    ring, changed = self._add(self._load(key, "f"), 2, day, kept, [delta], False, top)
+                day = self._bucket(int(micros_text), _DAY)
+                for entity, width in entities:
+                    key = f"{self.prefix}{entity}"
+                    state = self.values.get(key, {})
+                    ring, changed = _add(
+                        state.get("f", []), 2, day, kept_day, [delta], False, _newest(state.get("d"), width)
+                    )
                     if changed:
-                        self._save(key, "f", ring)
-            self.hashes[state] = {"v": str(version), "f": str(fraud)}
+                        state["f"] = ring
+                        self.values[key] = state
+            self.values[state_key] = f"{version},{fraud}"
             applied += 1
         return applied

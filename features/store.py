@@ -25,7 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from features.formulas import RECENT_ITEMS
-from features.plan import Keys, label_plan, plan
+from features.plan import label_plan, layout, plan
 from features.snapshot import Snapshot, decode_reply
 from fraudpipe.contracts import Label, Transaction
 from fraudpipe.settings import RedisSettings
@@ -71,9 +71,12 @@ class RedisFeatureStore:
         recent_items: int = RECENT_ITEMS,
     ) -> None:
         self.client = client
-        self.keys = Keys(prefix)
-        self.marker_ttl_s, self.entity_ttl_s, self.label_ttl_s = marker_ttl_s, entity_ttl_s, label_ttl_s
-        self.recent_items = recent_items
+        self.prefix = prefix
+        self._layout = json.dumps(
+            layout(
+                recent_items=recent_items, marker_ttl_s=marker_ttl_s, entity_ttl_s=entity_ttl_s, label_ttl_s=label_ttl_s
+            )
+        )
         self._script = client.register_script(_SCRIPT)
 
     def _call(self, *args: Any) -> Any:
@@ -86,8 +89,8 @@ class RedisFeatureStore:
         """The script's flat reply for ``txns`` (REPLY_WIDTH values each)."""
         if not txns:
             return []
-        payload = json.dumps([plan(txn, self.keys).payload for txn in txns], separators=(",", ":"))
-        return list(self._call("txns", payload, self.marker_ttl_s, self.recent_items, self.entity_ttl_s))
+        payload = json.dumps([plan(txn) for txn in txns], separators=(",", ":"))
+        return list(self._call("txns", payload, self._layout, self.prefix))
 
     def apply(self, txns: Sequence[Transaction]) -> list[Snapshot]:
         """Apply each transaction once (a redelivery is read, not re-applied) and return the snapshots, in order.
@@ -105,5 +108,5 @@ class RedisFeatureStore:
         """
         if not labels:
             return 0
-        payload = json.dumps([label_plan(label, self.keys) for label in labels], separators=(",", ":"))
-        return int(self._call("labels", payload, self.label_ttl_s))
+        payload = json.dumps([label_plan(label) for label in labels], separators=(",", ":"))
+        return int(self._call("labels", payload, self._layout, self.prefix))

@@ -125,37 +125,18 @@ def _run(store: RedisFeatureStore | InMemoryFeatureStore, batches: list[list[Tra
     return replies
 
 
-RINGS = {b"m5", b"h", b"d", b"f"}
-
-
-def _dump(client: redis.Redis, prefix: str) -> dict[bytes, object]:
-    """Every key under ``prefix`` with its value; MessagePack rings decoded to lists."""
-    state: dict[bytes, object] = {}
+def _dump(client: redis.Redis, prefix: str) -> dict[str, object]:
+    """Every key under ``prefix`` with its value; entity maps decoded from MessagePack."""
+    state: dict[str, object] = {}
     for key in client.scan_iter(match=f"{prefix}*", count=1000):
-        kind = client.type(key)
-        if kind == b"hash":
-            rings = RINGS if b":label:" not in key else set()
-            state[key] = {f: msgpack.unpackb(v) if f in rings else v for f, v in client.hgetall(key).items()}
-        elif kind == b"zset":
-            state[key] = client.zrange(key, 0, -1, withscores=True)
-        else:
-            state[key] = client.get(key)
+        name, value = key.decode(), client.get(key)
+        entity = ":seen:" not in name and ":label:" not in name
+        state[name] = msgpack.unpackb(value) if entity else value.decode()  # type: ignore[union-attr]
     return state
 
 
-def _twin_dump(twin: InMemoryFeatureStore) -> dict[bytes, object]:
-    state: dict[bytes, object] = {k.encode(): v.encode() for k, v in twin.strings.items()}
-    state |= {
-        k.encode(): {f.encode(): v if isinstance(v, list) else v.encode() for f, v in h.items()}
-        for k, h in twin.hashes.items()
-        if h
-    }
-    state |= {
-        k.encode(): [(m.encode(), float(s)) for m, s in sorted(z.items(), key=lambda i: (i[1], i[0]))]
-        for k, z in twin.zsets.items()
-        if z
-    }
-    return state
+def _twin_dump(twin: InMemoryFeatureStore) -> dict[str, object]:
+    return dict(twin.values)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
