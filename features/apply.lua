@@ -6,6 +6,8 @@
 --     apply each transaction once (marker SET NX) and return its snapshot (32 values per plan, snapshot.py decodes)
 --   ARGV[1] 'labels'  ARGV[2] JSON label plans   ARGV[3] JSON layout   ARGV[4] prefix
 --     apply each label whose version is newer than the last applied for its transaction; return how many
+--   ARGV[1] 'show'    ARGV[2] JSON [card token]   ARGV[3] JSON layout   ARGV[4] prefix
+--     the card's state as JSON (nil when the card has none), for `fraudpipe features show`
 --
 -- Each card, terminal and merchant is one string key holding a MessagePack map, read and written once per
 -- transaction. Rings are flat arrays sorted by bucket: idx, counters... (card m5 / h / d: count, cents, cents²;
@@ -87,6 +89,12 @@ end
 
 local DAY = 'd'
 local kept_day = layout.kept[DAY]
+
+if mode == 'show' then
+  local blob = redis.call('GET', prefix .. 'card:' .. plans[1])
+  if not blob then return false end
+  return cjson.encode(cmsgpack.unpack(blob))
+end
 
 if mode == 'labels' then
   local applied = 0

@@ -100,6 +100,11 @@ class RedisFeatureStore:
         """
         return decode_reply(self.raw(txns), txns)
 
+    def card_state(self, card_token: str) -> dict[str, Any] | None:
+        """The card's stored state (rings, latest time, recent items) as plain values; ``None`` if it has none."""
+        reply = self._call("show", json.dumps([card_token]), self._layout, self.prefix)
+        return None if reply is None else dict(json.loads(reply))
+
     def apply_labels(self, labels: Sequence[Label]) -> int:
         """Apply each label newer (by version) than the last applied for its transaction; return how many.
 

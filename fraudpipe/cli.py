@@ -30,9 +30,11 @@ app = typer.Typer(
     add_completion=False,
 )
 topics_app = typer.Typer(help="Kafka topics.", no_args_is_help=True)
+features_app = typer.Typer(help="Online features (Redis).", no_args_is_help=True)
 config_app = typer.Typer(help="Settings.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 app.add_typer(config_app, name="config")
+app.add_typer(features_app, name="features")
 
 out = Console()
 err = Console(stderr=True)
@@ -298,6 +300,86 @@ def replay(
     )
     if stats.failed:
         raise CliError(f"{stats.failed:,} messages were not delivered (first error: {stats.first_error})")
+
+
+@features_app.command("backfill")
+def features_backfill(
+    source: Annotated[Path, typer.Argument(help="Simulator output folder, or a .csv / .parquet / .jsonl file.")],
+    mapping: Annotated[str | None, typer.Option("--map", help="target=column pairs, as for replay.")] = None,
+    until: Annotated[str | None, typer.Option(help="Only history before this ISO time (UTC if naive).")] = None,
+    timezone: Annotated[str, typer.Option(help="Time zone of naive event times in the file.")] = "UTC",
+    label_delay: Annotated[str, typer.Option(help="Delay of labels derived from a label column.")] = "7d",
+    batch_size: Annotated[int, typer.Option(min=1, max=10_000, help="Transactions per store call.")] = 500,
+) -> None:
+    """Warm the online feature store from history (re-runnable: applied transactions are skipped)."""
+    from datetime import UTC, datetime
+
+    from rich.progress import Progress, TextColumn, TimeElapsedColumn
+
+    from features.backfill import backfill as run
+    from features.store import RedisFeatureStore, StoreUnavailableError, redis_client
+    from fraudpipe.files import SourceError, open_source, parse_mapping
+
+    settings = _settings()
+    try:
+        limit = None if until is None else datetime.fromisoformat(until)
+        if limit is not None and limit.tzinfo is None:
+            limit = limit.replace(tzinfo=UTC)
+        opened = open_source(
+            source, parse_mapping(mapping), key=settings.privacy.tokenization_key.get_secret_value().encode(),
+            timezone=timezone, label_delay=_duration(label_delay),
+        )  # fmt: skip
+    except (SourceError, ValueError) as error:
+        raise CliError(str(error)) from None
+    store = RedisFeatureStore(redis_client(settings.redis), settings.redis.key_prefix)
+    with Progress(
+        TextColumn("backfilling {task.completed:,.0f} transactions"), TimeElapsedColumn(), console=err
+    ) as bar:
+        task = bar.add_task("backfill", total=opened.total_rows)
+        try:
+            stats = run(opened, store, until=limit, batch_size=batch_size,
+                        on_progress=lambda s: bar.update(task, completed=s.transactions))  # fmt: skip
+        except StoreUnavailableError as error:
+            raise CliError(f"{error} (is Redis running at {settings.redis.url}?)") from None
+        except SourceError as error:
+            raise CliError(str(error)) from None
+    Console(soft_wrap=True).print(
+        f"{stats.transactions:,} transactions ({stats.applied:,} newly applied), {stats.labels:,} labels applied, "
+        f"{stats.rejected:,} rows rejected"
+    )
+
+
+@features_app.command("show")
+def features_show(card: Annotated[str, typer.Option("--card", help="Card token (tok_...) or card key.")]) -> None:
+    """A card's online state: window totals per bucket, latest payment, how many recent items per kind (no PAN,
+    no location)."""
+    from datetime import UTC, datetime
+
+    from features.store import RedisFeatureStore, StoreUnavailableError, redis_client
+    from features.windows import RESOLUTIONS
+    from fraudpipe.pan import is_pan
+
+    if is_pan(card):
+        raise CliError("--card takes a card token, never a PAN")
+    settings = _settings()
+    try:
+        state = RedisFeatureStore(redis_client(settings.redis), settings.redis.key_prefix).card_state(card)
+    except StoreUnavailableError as error:
+        raise CliError(f"{error} (is Redis running at {settings.redis.url}?)") from None
+    if state is None:
+        raise CliError(f"no online state for card {card}")
+    table = Table("resolution", "bucket start (UTC)", "payments", "amount", box=None)
+    for res, seconds in RESOLUTIONS.items():
+        ring = state.get(res) or []
+        for i in range(0, len(ring), 4):
+            start = datetime.fromtimestamp(ring[i] * seconds, tz=UTC).strftime("%Y-%m-%d %H:%M")
+            table.add_row(res, start, str(ring[i + 1]), f"{ring[i + 2] / 100:,.2f}")
+    out.print(table)
+    frauds = state.get("f") or []
+    latest = datetime.fromtimestamp(state["pt"] / 1e6, tz=UTC).isoformat() if "pt" in state else "-"
+    out.print(f"latest payment: {latest}; known frauds: {sum(frauds[1::2])}")
+    recent = state.get("r") or {}
+    out.print("recent items: " + ", ".join(f"{kind} {len(items)}" for kind, items in sorted(recent.items())))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

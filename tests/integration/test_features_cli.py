@@ -1,0 +1,38 @@
+"""`fraudpipe features backfill` and `features show` against real Redis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import redis
+
+from fraudpipe.settings import Settings
+from tests.integration.conftest import run_cli
+
+
+def test_backfill_is_rerunnable_and_show_is_pii_free(settings: Settings, tmp_path: Path) -> None:
+    sim = tmp_path / "sim"
+    made = run_cli(settings, "simulate", "--out", str(sim), "--days", "4", "--customers", "60", "--terminals", "120",
+                   cwd=tmp_path)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    total = int(pl.scan_parquet(sim / "transactions" / "**" / "*.parquet").select(pl.len()).collect().item())
+    try:
+        first = run_cli(settings, "features", "backfill", str(sim), cwd=tmp_path)
+        assert first.returncode == 0, first.stderr
+        assert f"{total:,} transactions ({total:,} newly applied)" in first.stdout
+        again = run_cli(settings, "features", "backfill", str(sim), cwd=tmp_path)
+        assert f"{total:,} transactions (0 newly applied), 0 labels applied" in again.stdout
+
+        token = pl.read_parquet(sim / "customers.parquet").get_column("card_token")[0]
+        shown = run_cli(settings, "features", "show", "--card", token, cwd=tmp_path)
+        assert shown.returncode == 0, shown.stderr
+        assert "latest payment: 2018-04-0" in shown.stdout
+        assert "lat" not in shown.stdout.replace("latest", "")
+        missing = run_cli(settings, "features", "show", "--card", "tok_nobody", cwd=tmp_path)
+        assert missing.returncode == 1
+        assert missing.stderr.strip() == "error: no online state for card tok_nobody"
+    finally:
+        client = redis.Redis.from_url(settings.redis.url)
+        for key in client.scan_iter(match=f"{settings.redis.key_prefix}*", count=1000):
+            client.delete(key)
