@@ -10,8 +10,9 @@ equal to Redis. A feature never sees the future: a transaction's snapshot holds 
 Input rows must already satisfy the contract (simulator output, or files read through :mod:`fraudpipe.files`):
 they are not validated again here.
 
-Speed: this is the sequential reference (~270 µs per transaction on this machine, 2 cores: a handbook-size history
-takes minutes). A vectorized builder for time-sorted histories, checked against this one, is the next step.
+Speed: this is the sequential reference (~270 µs per transaction here). For real histories use
+:func:`features.vectorized.build_features_fast` (the handbook's 1.79M transactions in ~40 s), which a test holds
+equal to this one feature by feature.
 """
 
 from __future__ import annotations
