@@ -1,5 +1,5 @@
-"""Benchmark of the online feature store (not a test): transactions/s for apply + read + formulas at several batch
-sizes, from one process against a local Redis, and Redis bytes per card and per terminal.
+"""Benchmark of the online feature store (not a test): transactions/s for apply + read + the feature matrix at
+several batch sizes, from one process against a local Redis, and Redis bytes per card and per terminal.
 
     .venv/bin/python scripts/bench_features.py [--redis redis://127.0.0.1:6379/0] [--days 3] [--json out.json]
 
@@ -17,6 +17,7 @@ import uuid
 import polars as pl
 import redis
 
+from features.batch import feature_matrix
 from features.store import RedisFeatureStore
 from fraudpipe.contracts import Transaction
 from fraudpipe.simulator.config import default
@@ -36,8 +37,8 @@ def _run(client: redis.Redis, txns: list[Transaction], batch: int, limit: int) -
     sample = txns[:limit]
     started = time.perf_counter()
     for i in range(0, len(sample), batch):
-        for snapshot in store.apply(sample[i : i + batch]):
-            snapshot.features()
+        chunk = sample[i : i + batch]
+        feature_matrix(store.raw(chunk), chunk)
     elapsed = time.perf_counter() - started
     return len(sample) / elapsed, prefix
 
