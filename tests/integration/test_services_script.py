@@ -60,7 +60,10 @@ def _ours(state: Path) -> dict[str, set[int]]:
 @pytest.fixture
 def private_services(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path, int, int]]:
     state = tmp_path / "services"
-    kafka_port, redis_port = _free_port_pair(), _free_port_pair()
+    kafka_port = _free_port_pair()
+    redis_port = _free_port_pair()
+    while redis_port in {kafka_port, kafka_port + 1}:  # the broker's controller takes kafka_port + 1
+        redis_port = _free_port_pair()
     env = {
         **os.environ,
         "FRAUDPIPE_SERVICES_DIR": str(state),
