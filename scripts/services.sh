@@ -146,7 +146,8 @@ kafka_start() {
     if grep -q "Kafka Server started" "$KAFKA_DIR/server.log" 2>/dev/null && port_busy "$KAFKA_PORT"; then
       say "kafka: started $KAFKA_VERSION (pid $(cat "$STATE_DIR/kafka.pid"), 127.0.0.1:$KAFKA_PORT)"; return 0
     fi
-    pid_of kafka >/dev/null || { sleep 0.3; tail -n 30 "$KAFKA_DIR/server.log" >&2; rm -f "$STATE_DIR/kafka.pid"; die "kafka: exited during start"; }
+    kill -0 "$(cat "$STATE_DIR/kafka.pid")" 2>/dev/null \
+      || { sleep 0.3; tail -n 30 "$KAFKA_DIR/server.log" >&2; rm -f "$STATE_DIR/kafka.pid"; die "kafka: exited during start"; }
     sleep 0.1
   done
   tail -n 30 "$KAFKA_DIR/server.log" >&2
@@ -172,7 +173,9 @@ redis_start() {
       say "redis: started $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p') (pid $(cat "$STATE_DIR/redis.pid"), 127.0.0.1:$REDIS_PORT)"
       return 0
     fi
-    pid_of redis >/dev/null || { sleep 0.3; tail -n 20 "$REDIS_DIR/redis.log" >&2; rm -f "$STATE_DIR/redis.pid"; die "redis: exited during start"; }
+    # Liveness by the PID just started: redis-server enters its --dir only while loading its configuration.
+    kill -0 "$(cat "$STATE_DIR/redis.pid")" 2>/dev/null \
+      || { sleep 0.3; tail -n 20 "$REDIS_DIR/redis.log" >&2; rm -f "$STATE_DIR/redis.pid"; die "redis: exited during start"; }
     sleep 0.1
   done
   stop_pid redis 5
