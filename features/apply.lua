@@ -3,7 +3,7 @@
 -- standalone Redis, see features/store.py.
 --
 --   ARGV[1] 'txns'    ARGV[2] JSON plans   ARGV[3] JSON layout (features/plan.py: layout())   ARGV[4] prefix
---     apply each transaction once (marker SET NX) and return its snapshot (32 values per plan, snapshot.py decodes)
+--     apply each transaction once (marker SET NX) and return its snapshot (36 values per plan, snapshot.py decodes)
 --   ARGV[1] 'labels'  ARGV[2] JSON label plans   ARGV[3] JSON layout   ARGV[4] prefix
 --     apply each label whose version is newer than the last applied for its transaction; return how many
 --   ARGV[1] 'show'    ARGV[2] JSON [card token]   ARGV[3] JSON layout   ARGV[4] prefix
@@ -114,7 +114,7 @@ if mode == 'labels' then
         for _, e in ipairs(entities) do
           local key = prefix .. e[1]
           local state = load(key)
-          local ring, changed = add(state.f or {}, 2, day, kept_day, {delta}, false, newest(state.d, e[2]))
+          local ring, changed = add(state.f or {}, 2, day, e[3], {delta}, false, newest(state.d, e[2]))
           if changed then
             state.f = ring
             local ttl = redis.call('TTL', key)
@@ -199,21 +199,25 @@ for _, p in ipairs(plans) do
   out[#out + 1] = seen.terminal or -1
   for _, kind in ipairs({'terminal', 'merchant'}) do
     if items[kind] == '' then
-      for _ = 1, 5 do out[#out + 1] = -1 end
+      for _ = 1, 7 do out[#out + 1] = -1 end
     else
       local key = prefix .. kind .. ':' .. items[kind]
       local place = load(key)
+      local kept = layout.place_kept
       if applied == 1 then
-        place.d = add(place.d or {}, 2, day, kept_day, {1}, true, nil)
-        if place.f then place.f = prune(place.f, 2, newest(place.d, 2), kept_day) end
+        place.d = add(place.d or {}, 2, day, kept, {1}, true, nil)
+        if place.f then place.f = prune(place.f, 2, newest(place.d, 2), kept) end
         save(key, place, layout.entity_ttl)
       end
       local place_top = newest(place.d, 2)
       for _, length in ipairs(layout.place_windows) do
-        out[#out + 1] = sum(place.d or {}, 2, day - length + 1, day, kept_day, place_top)[1]
+        out[#out + 1] = sum(place.d or {}, 2, day - length + 1, day, kept, place_top)[1]
       end
+      -- Label-derived: payments of the window ending label_delay days before this one's day, and their frauds.
+      local last = day - layout.label_delay
       for _, length in ipairs(layout.fraud_windows) do
-        out[#out + 1] = sum(place.f or {}, 2, day - length + 1, day, kept_day, place_top)[1]
+        out[#out + 1] = sum(place.f or {}, 2, last - length + 1, last, kept, place_top)[1]
+        out[#out + 1] = sum(place.d or {}, 2, last - length + 1, last, kept, place_top)[1]
       end
     end
   end

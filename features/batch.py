@@ -81,13 +81,13 @@ def feature_matrix(reply: Sequence[Any], txns: Sequence[Transaction]) -> NDArray
     for slot in (20, 21):
         put(np.where(v[:, slot] >= 0, 1.0 - v[:, slot], np.nan))
     put(v[:, 14].astype(np.float64))
-    for base in (22, 27):
+    for base in (22, 29):
         present = v[:, base] >= 0
         counts = v[:, base : base + 3].astype(np.float64)
         for j in range(3):
             put(np.where(present, counts[:, j], np.nan))
-        for j, total in ((3, counts[:, 1]), (4, counts[:, 2])):
-            put(np.where(present, np.where(total > 0, v[:, base + j] / np.maximum(total, 1), 0.0), np.nan))
+        for frauds, labelled in ((v[:, base + 3], v[:, base + 4]), (v[:, base + 5], v[:, base + 6])):
+            put(np.where(present, np.where(labelled > 0, frauds / np.maximum(labelled, 1), 0.0), np.nan))
     return out
 
 

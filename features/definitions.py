@@ -9,7 +9,9 @@ the transaction being scored (the handbook's convention); ``*_prev_*`` values ex
 Missing values are explicit ``None`` (NaN for the model): a feature that needs an optional field the transaction
 lacks (device, geo, channel, terminal, merchant), or history the card does not have yet, is missing — never 0.
 Label-derived features use only labels received before the decision (online: what the label agent has applied;
-offline: labels whose ``known_at`` is not after the transaction's event time).
+offline: labels whose ``known_at`` is not after the transaction's event time). Terminal and merchant fraud rates
+look at the window ending ``LABEL_DELAY_DAYS`` (7) before the payment's day, as the handbook does: the most recent
+payments cannot be labelled yet, and counting them would dilute the rate toward zero.
 """
 
 from __future__ import annotations
@@ -96,19 +98,35 @@ FEATURES: tuple[FeatureDef, ...] = (
     FeatureDef("terminal_count_7d", "terminal", "7d", "payments at the terminal in 7d", "no terminal"),
     FeatureDef("terminal_count_30d", "terminal", "30d", "payments at the terminal in 30d", "no terminal"),
     FeatureDef(
-        "terminal_fraud_rate_7d", "terminal", "7d", "known frauds / payments at the terminal in 7d", "no terminal"
+        "terminal_fraud_rate_7d",
+        "terminal",
+        "7d",
+        "known frauds / payments at the terminal, 7d ending 7d ago",
+        "no terminal",
     ),
     FeatureDef(
-        "terminal_fraud_rate_30d", "terminal", "30d", "known frauds / payments at the terminal in 30d", "no terminal"
+        "terminal_fraud_rate_30d",
+        "terminal",
+        "30d",
+        "known frauds / payments at the terminal, 30d ending 7d ago",
+        "no terminal",
     ),
     FeatureDef("merchant_count_1d", "merchant", "1d", "payments at the merchant today", "no merchant"),
     FeatureDef("merchant_count_7d", "merchant", "7d", "payments at the merchant in 7d", "no merchant"),
     FeatureDef("merchant_count_30d", "merchant", "30d", "payments at the merchant in 30d", "no merchant"),
     FeatureDef(
-        "merchant_fraud_rate_7d", "merchant", "7d", "known frauds / payments at the merchant in 7d", "no merchant"
+        "merchant_fraud_rate_7d",
+        "merchant",
+        "7d",
+        "known frauds / payments at the merchant, 7d ending 7d ago",
+        "no merchant",
     ),
     FeatureDef(
-        "merchant_fraud_rate_30d", "merchant", "30d", "known frauds / payments at the merchant in 30d", "no merchant"
+        "merchant_fraud_rate_30d",
+        "merchant",
+        "30d",
+        "known frauds / payments at the merchant, 30d ending 7d ago",
+        "no merchant",
     ),
 )
 """Every feature, in the order models see them."""

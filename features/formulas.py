@@ -92,11 +92,13 @@ class CardSnapshot:
 
 @dataclass(frozen=True, slots=True)
 class PlaceSnapshot:
-    """A terminal's or merchant's payment counts per window (1d, 7d, 30d; payment included) and known frauds among
-    the payments of the 7d and 30d windows."""
+    """A terminal's or merchant's payment counts per window (1d, 7d, 30d; payment included); and, for the 7d and
+    30d windows ending LABEL_DELAY_DAYS before the payment's day, the ``labelled`` payments and the ``frauds``
+    known among them."""
 
     counts: Mapping[str, int]
     frauds: Mapping[str, int] = field(default_factory=dict)
+    labelled: Mapping[str, int] = field(default_factory=dict)
 
 
 def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
@@ -148,7 +150,7 @@ def _place(payment: Payment, place: PlaceSnapshot | None) -> list[float | None]:
     if place is None:
         return [None] * 5
     counts = [place.counts.get(w, 0) for w in ("1d", "7d", "30d")]
-    rates = [place.frauds.get(w, 0) / c if c else 0.0 for w, c in (("7d", counts[1]), ("30d", counts[2]))]
+    rates = [place.frauds.get(w, 0) / n if (n := place.labelled.get(w, 0)) else 0.0 for w in ("7d", "30d")]
     return [*map(float, counts), *rates]
 
 

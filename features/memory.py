@@ -131,18 +131,22 @@ class InMemoryFeatureStore:
             out += [seen.get("device", -1), seen.get("terminal", -1)]
             for kind in ("terminal", "merchant"):
                 if not items[kind]:
-                    out += [-1] * 5
+                    out += [-1] * 7
                     continue
                 key = f"{self.prefix}{kind}:{items[kind]}"
                 place: dict[str, Any] = self.values.get(key, {})
+                kept = lay["place_kept"]
                 if applied:
-                    place["d"], _ = _add(place.get("d", []), 2, day, kept_day, [1], True, None)
+                    place["d"], _ = _add(place.get("d", []), 2, day, kept, [1], True, None)
                     if "f" in place:
-                        place["f"] = _prune(place["f"], 2, _newest(place["d"], 2), kept_day)
+                        place["f"] = _prune(place["f"], 2, _newest(place["d"], 2), kept)
                     self.values[key] = place
                 place_top = _newest(place.get("d"), 2)
-                out += [_sum(place.get("d"), 2, day - n + 1, day, kept_day, place_top)[0] for n in lay["place_windows"]]
-                out += [_sum(place.get("f"), 2, day - n + 1, day, kept_day, place_top)[0] for n in lay["fraud_windows"]]
+                out += [_sum(place.get("d"), 2, day - n + 1, day, kept, place_top)[0] for n in lay["place_windows"]]
+                last = day - lay["label_delay"]
+                for n in lay["fraud_windows"]:
+                    out.append(_sum(place.get("f"), 2, last - n + 1, last, kept, place_top)[0])
+                    out.append(_sum(place.get("d"), 2, last - n + 1, last, kept, place_top)[0])
         return out
 
     def apply(self, txns: Sequence[Transaction]) -> list[Snapshot]:
@@ -151,7 +155,7 @@ class InMemoryFeatureStore:
 
     def apply_labels(self, labels: Sequence[Label]) -> int:
         """Apply each label newer (by version) than the last applied for its transaction; return how many."""
-        applied, kept_day = 0, self.layout["kept"][_DAY]
+        applied = 0
         for label in labels:
             txn_id, version, fraud, micros_text, entities = label_plan(label)
             state_key = f"{self.prefix}label:{txn_id}"
@@ -161,11 +165,11 @@ class InMemoryFeatureStore:
             delta = fraud - last_fraud
             if delta:
                 day = self._bucket(int(micros_text), _DAY)
-                for entity, width in entities:
+                for entity, width, kept in entities:
                     key = f"{self.prefix}{entity}"
                     state = self.values.get(key, {})
                     ring, changed = _add(
-                        state.get("f", []), 2, day, kept_day, [delta], False, _newest(state.get("d"), width)
+                        state.get("f", []), 2, day, kept, [delta], False, _newest(state.get("d"), width)
                     )
                     if changed:
                         state["f"] = ring

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from features.formulas import CARD_WINDOWS, PLACE_WINDOWS, cents, square
-from features.windows import KEPT, RESOLUTIONS, WINDOWS
+from features.windows import KEPT, LABEL_DELAY_DAYS, PLACE_KEPT_DAYS, RESOLUTIONS, WINDOWS
 from fraudpipe.contracts import Label, Transaction
 
 __all__ = ["label_plan", "layout", "micros_of", "plan"]
@@ -41,6 +41,8 @@ def layout(*, recent_items: int, marker_ttl_s: int, entity_ttl_s: int, label_ttl
         "card_frauds": WINDOWS["30d"].buckets,
         "place_windows": [WINDOWS[name].buckets for name in PLACE_WINDOWS],
         "fraud_windows": [WINDOWS[name].buckets for name in ("7d", "30d")],
+        "label_delay": LABEL_DELAY_DAYS,
+        "place_kept": PLACE_KEPT_DAYS,
         "recent_items": recent_items,
         "marker_ttl": marker_ttl_s,
         "entity_ttl": entity_ttl_s,
@@ -74,8 +76,8 @@ def plan(txn: Transaction) -> list[Any]:
 
 def label_plan(label: Label) -> list[Any]:
     """One label as the script reads it: the entities whose fraud counters it moves, with their ring widths."""
-    entities = [[f"card:{label.card_token}", 4]] + [
-        [f"{kind}:{ident}", 2]
+    entities = [[f"card:{label.card_token}", 4, KEPT["d"]]] + [
+        [f"{kind}:{ident}", 2, PLACE_KEPT_DAYS]
         for kind, ident in (("terminal", label.terminal_id), ("merchant", label.merchant_id))
         if ident is not None
     ]

@@ -1,10 +1,11 @@
-"""Decoding a store's reply (32 values per transaction, the layout ``features/apply.lua`` returns) into snapshots.
+"""Decoding a store's reply (36 values per transaction, the layout ``features/apply.lua`` returns) into snapshots.
 
 Shared by the Redis store and its in-memory twin, which return the very same values: layout, in order —
 applied; card (count, cents, cents²) for 1h, 24h, 7d, 30d; holds_payment; frauds_30d; previous time (µs, ""
 if none); previous card-present payment ("µs,lat,lon" or ""); distinct terminals / merchants / countries in 24h
-(-1: the payment has none); device seen, terminal seen (-1 / 0 / 1); terminal counts 1d, 7d, 30d and frauds 7d,
-30d (-1 without a terminal); the same five for the merchant.
+(-1: the payment has none); device seen, terminal seen (-1 / 0 / 1); terminal payments 1d, 7d, 30d, then for the
+7d and 30d windows ending LABEL_DELAY_DAYS earlier: known frauds, payments (-1 without a terminal); the same seven
+for the merchant.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from fraudpipe.contracts import Transaction
 
 __all__ = ["REPLY_WIDTH", "Snapshot", "decode_reply", "payment_of"]
 
-REPLY_WIDTH = 32
+REPLY_WIDTH = 36
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +62,8 @@ def _place(values: Sequence[Any]) -> PlaceSnapshot | None:
         return None
     return PlaceSnapshot(
         counts=dict(zip(PLACE_WINDOWS, numbers[:3], strict=True)),
-        frauds=dict(zip(("7d", "30d"), numbers[3:], strict=True)),
+        frauds={"7d": numbers[3], "30d": numbers[5]},
+        labelled={"7d": numbers[4], "30d": numbers[6]},
     )
 
 
@@ -94,5 +96,5 @@ def decode_reply(reply: Sequence[Any], txns: Sequence[Transaction]) -> list[Snap
             device_seen=_flag(n[20]),
             terminal_seen=_flag(n[21]),
         )
-        snapshots.append(Snapshot(bool(n[0]), payment_of(txn), card, _place(v[22:27]), _place(v[27:32])))
+        snapshots.append(Snapshot(bool(n[0]), payment_of(txn), card, _place(v[22:29]), _place(v[29:36])))
     return snapshots

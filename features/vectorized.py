@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 
 from features.definitions import FEATURE_NAMES
 from features.formulas import RECENT_ITEMS, SQUARE_CAP_CENTS
-from features.windows import KEPT, RESOLUTIONS, WINDOWS
+from features.windows import KEPT, LABEL_DELAY_DAYS, RESOLUTIONS, WINDOWS
 
 __all__ = ["build_features_fast"]
 
@@ -50,6 +50,17 @@ def _window_totals(entity: NDArray[np.int64], bucket: NDArray[np.int64], values:
         totals[entity < 0] = 0
         out.append(totals)
     return out
+
+
+def _range_counts(entity: NDArray[np.int64], day: NDArray[np.int64], last: NDArray[np.int64],
+                  length: int) -> NDArray[np.int64]:  # fmt: skip
+    """For each row: how many rows of its entity fall on days ``last - length + 1 .. last`` (all earlier than the
+    row's own day, hence already applied in a time-ordered history). Rows of entity -1 get 0."""
+    order = np.lexsort((np.arange(len(entity)), day, entity))
+    key = (entity[order] << _SHIFT) | day[order]
+    high = np.searchsorted(key, (entity << _SHIFT) | last, side="right")
+    low = np.searchsorted(key, (entity << _SHIFT) | (last - length + 1), side="left")
+    return np.where(entity >= 0, high - low, 0)
 
 
 def _label_deltas(labels: pl.DataFrame, label_delay: timedelta) -> pl.DataFrame:
@@ -232,12 +243,16 @@ def build_features_fast(
         ids = frame.get_column(column)
         code = _codes(ids)
         counts = [_window_totals(code, days, [ones], length)[0] for length in (1, 7, 30)]
-        frauds = _fraud_counts(ids, times, days, deltas, kind, (7, 30))
+        # Rates look at the window ending LABEL_DELAY_DAYS before the payment's day (payments old enough).
+        last = days - LABEL_DELAY_DAYS
+        frauds = _fraud_counts(ids, times, last, deltas, kind, (7, 30))
+        labelled = [_range_counts(code, days, last, length) for length in (7, 30)]
         present = code >= 0
         for name, value in zip(("1d", "7d", "30d"), counts, strict=True):
             columns[f"{kind}_count_{name}"] = np.where(present, value, np.nan)
-        for name, value, total in (("7d", frauds[0], counts[1]), ("30d", frauds[1], counts[2])):
-            columns[f"{kind}_fraud_rate_{name}"] = np.where(present, value / np.maximum(total, 1), np.nan)
+        for name, value, total in (("7d", frauds[0], labelled[0]), ("30d", frauds[1], labelled[1])):
+            rate = np.where(total > 0, value / np.maximum(total, 1), 0.0)
+            columns[f"{kind}_fraud_rate_{name}"] = np.where(present, rate, np.nan)
     matrix = pl.DataFrame({name: columns[name] for name in FEATURE_NAMES}).fill_nan(None)
     result = pl.concat([frame.select("_row", "txn_id"), matrix], how="horizontal")
     return result.sort("_row").drop("_row")

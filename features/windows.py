@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["KEPT", "RESOLUTIONS", "WINDOWS", "Window", "bucket_of", "window"]
+__all__ = ["KEPT", "LABEL_DELAY_DAYS", "PLACE_KEPT_DAYS", "RESOLUTIONS", "WINDOWS", "Window", "bucket_of", "window"]
 
 Resolution = Literal["m5", "h", "d"]
 RESOLUTIONS: dict[Resolution, int] = {"m5": 300, "h": 3_600, "d": 86_400}
@@ -36,6 +36,11 @@ class Window:
     resolution: Resolution
     buckets: int
 
+
+LABEL_DELAY_DAYS = 7
+"""Label-derived rates of terminals and merchants look at payments old enough to be labelled: the window ends this
+many days before the payment's day (the handbook's delay). Places keep their days that much longer."""
+PLACE_KEPT_DAYS = KEPT["d"] + LABEL_DELAY_DAYS
 
 WINDOWS: dict[str, Window] = {
     "1h": Window("m5", 12),

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from features.memory import InMemoryFeatureStore
+from features.snapshot import REPLY_WIDTH
 from features.store import RedisFeatureStore, StoreUnavailableError, redis_client
 from fraudpipe.contracts import Label, Transaction
 from fraudpipe.settings import RedisSettings, Settings
@@ -153,7 +154,9 @@ def test_redis_equals_its_twin_and_a_second_replay_changes_nothing(
 
     again = _run(online, batches)
     assert _dump(client, prefix) == before  # duplicates change nothing
-    assert all(flag == 0 for reply in again if isinstance(reply, list) for flag in reply[::32])  # nothing re-applied
+    assert all(
+        flag == 0 for reply in again if isinstance(reply, list) for flag in reply[::REPLY_WIDTH]
+    )  # nothing re-applied
     assert all(reply == 0 for reply in again if isinstance(reply, int))  # no label re-applied
     for key in client.scan_iter(match=f"{prefix}*", count=1000):
         client.delete(key)

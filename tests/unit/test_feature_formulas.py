@@ -117,9 +117,10 @@ def test_distinct_items_in_24h_and_novelty() -> None:
 
 
 def test_place_counts_and_fraud_rates() -> None:
-    place = PlaceSnapshot(counts={"1d": 1, "7d": 4, "30d": 4}, frauds={"7d": 2, "30d": 2})
+    place = PlaceSnapshot(counts={"1d": 1, "7d": 4, "30d": 4}, frauds={"7d": 2, "30d": 2}, labelled={"7d": 4, "30d": 8})
     f = _features(Payment(T, 1.0, terminal_id="t"), _card([(T, 1.0)]), place)
     assert (f["terminal_count_1d"], f["terminal_count_7d"], f["terminal_fraud_rate_7d"]) == (1.0, 4.0, 0.5)
+    assert f["terminal_fraud_rate_30d"] == 0.25  # frauds over the payments old enough to be labelled
     assert _features(Payment(T, 1.0), _card([(T, 1.0)]))["terminal_count_30d"] is None
 
 
