@@ -65,6 +65,10 @@ def _range_counts(entity: NDArray[np.int64], day: NDArray[np.int64], last: NDArr
 
 def _label_deltas(labels: pl.DataFrame, label_delay: timedelta) -> pl.DataFrame:
     """One row per label that moves a counter: entity ids, payment day, known time (µs), delta (+1 / -1)."""
+    schema = {"card": pl.String, "terminal": pl.String, "merchant": pl.String, "day": pl.Int64, "known": pl.Int64,
+              "delta": pl.Int64}  # fmt: skip
+    if labels.height == 0:
+        return pl.DataFrame(schema=schema)
     ordered = labels.with_columns(
         known=(pl.col("known_at") + label_delay).dt.epoch("us"),
         day=pl.col("event_time").dt.epoch("us") // _DAY_US,
@@ -81,8 +85,6 @@ def _label_deltas(labels: pl.DataFrame, label_delay: timedelta) -> pl.DataFrame:
         last[txn] = (version, fraud)
         if fraud != seen_fraud:
             rows.append((card, terminal, merchant, day, known, fraud - seen_fraud))
-    schema = {"card": pl.String, "terminal": pl.String, "merchant": pl.String, "day": pl.Int64, "known": pl.Int64,
-              "delta": pl.Int64}  # fmt: skip
     return pl.DataFrame(rows, schema=schema, orient="row")
 
 
@@ -225,17 +227,11 @@ def build_features_fast(
     columns["card_distinct_terminals_24h"] = recent["terminal"]
     columns["card_distinct_merchants_24h"] = recent["merchant"]
     columns["card_distinct_countries_24h"] = recent["country"]
-    columns["card_geo_speed_kmh"] = columns.pop("card_geo_speed_kmh")
     columns["card_new_device"] = np.where(np.isnan(recent["device_seen"]), np.nan, 1 - recent["device_seen"])
     columns["card_new_terminal"] = np.where(np.isnan(recent["terminal_seen"]), np.nan, 1 - recent["terminal_seen"])
 
     days = times // _DAY_US
-    deltas = _label_deltas(labels, label_delay) if labels is not None and labels.height else _label_deltas(
-        pl.DataFrame(schema={"txn_id": pl.String, "label_version": pl.Int64, "is_fraud": pl.Boolean,
-                             "card_token": pl.String, "terminal_id": pl.String, "merchant_id": pl.String,
-                             "event_time": pl.Datetime("us", "UTC"), "known_at": pl.Datetime("us", "UTC")}),
-        label_delay,
-    )  # fmt: skip
+    deltas = _label_deltas(labels if labels is not None else pl.DataFrame(), label_delay)
     columns["card_fraud_count_30d"] = _fraud_counts(
         frame.get_column("card_token"), times, days, deltas, "card", (KEPT["d"],)
     )[0].astype(np.float64)

@@ -56,15 +56,9 @@ def bucket_of(epoch_s: float, resolution: Resolution) -> int:
     return int(epoch_s // RESOLUTIONS[resolution])
 
 
-def window(epoch_s: float, name: str, newest: int | None = None) -> tuple[Resolution, int, int]:
-    """(resolution, first bucket, last bucket) read for window ``name`` at ``epoch_s``, both ends included.
-
-    ``newest`` is the highest bucket the store has applied at that resolution: buckets it has dropped
-    (``<= newest - kept``) are excluded, so the first bucket may be later than ``last - buckets + 1``.
-    """
+def window(epoch_s: float, name: str) -> tuple[Resolution, int, int]:
+    """(resolution, first bucket, last bucket) of window ``name`` at ``epoch_s``, both ends included. A store reads
+    from ``max(first, newest - kept + 1)``: buckets it has dropped are gone."""
     spec = WINDOWS[name]
     last = bucket_of(epoch_s, spec.resolution)
-    first = last - spec.buckets + 1
-    if newest is not None:
-        first = max(first, newest - KEPT[spec.resolution] + 1)
-    return spec.resolution, first, last
+    return spec.resolution, last - spec.buckets + 1, last

@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from functools import cache
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args, get_origin
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from fraudpipe.contracts import LATEST_EVENT_TIME_CONTEXT, DeadLetter, Event, Reason
@@ -174,14 +174,19 @@ def _may_repeat_a_key(raw: bytes, event: Event) -> bool:
     return keys != _keys_set(event)
 
 
+def _holds_objects(annotation: Any) -> bool:
+    """True when a value of ``annotation`` can be (or contain) a JSON object or array."""
+    if isinstance(annotation, type) and issubclass(annotation, (BaseModel, dict, list)):
+        return True
+    if get_origin(annotation) in (dict, list):
+        return True
+    return any(_holds_objects(argument) for argument in get_args(annotation))
+
+
 @cache
 def _is_flat(kind: type[Event]) -> bool:
     """True when no field of ``kind`` can hold a JSON object (so its keys are exactly its fields set)."""
-    return not any(
-        "dict" in str(field.annotation) or "list" in str(field.annotation) or "Ref" in str(field.annotation)
-        or "Thresholds" in str(field.annotation)
-        for field in kind.model_fields.values()
-    )  # fmt: skip
+    return not any(_holds_objects(field.annotation) for field in kind.model_fields.values())
 
 
 def _keys_set(event: Event) -> int:

@@ -106,14 +106,12 @@ def _transaction_python_rules() -> pl.Expr:
     return ~card_may_be_pan.fill_null(True) & ~name_may_hold_pan & where & geo
 
 
-def certainly_valid(frame: pl.DataFrame, kind: type[Event] = Transaction) -> pl.Series:
-    """Boolean per row: True only where ``kind`` certainly accepts the row (False means "ask the contract").
+def certainly_valid(frame: pl.DataFrame) -> pl.Series:
+    """Boolean per row: True only where ``Transaction`` certainly accepts the row (False means "ask the contract").
 
     ``frame`` holds the contract's fields as columns (missing optional ones may be absent); times as timezone-aware
     datetimes, numbers as floats, everything else as strings.
     """
-    if kind is not Transaction:
-        raise NotImplementedError("the fast path is defined for Transaction only")
     needed = ("terminal_id", "merchant_id", "lat", "lon", "merchant_name")
     missing = [
         pl.lit(None, dtype=pl.Float64 if n in {"lat", "lon"} else pl.String).alias(n)
@@ -122,5 +120,7 @@ def certainly_valid(frame: pl.DataFrame, kind: type[Event] = Transaction) -> pl.
     ]
     frame = frame.with_columns(missing) if missing else frame
     return frame.select(
-        (schema_rules(kind, frame.schema) & _transaction_python_rules()).fill_null(False).alias("certainly_valid")
+        (schema_rules(Transaction, frame.schema) & _transaction_python_rules())
+        .fill_null(False)
+        .alias("certainly_valid")
     ).to_series()

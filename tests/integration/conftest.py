@@ -56,6 +56,18 @@ def settings(kafka_bootstrap: str, redis_url: str, unique: str, tmp_path: Path) 
     )
 
 
+@pytest.fixture
+def store_client(settings: Settings) -> Iterator[redis_lib.Redis]:
+    """A client with the hot path's budgets; every key under the test's prefix is deleted afterwards."""
+    from features.store import redis_client
+
+    connection = redis_client(settings.redis)
+    yield connection
+    for key in connection.scan_iter(match=f"{settings.redis.key_prefix}*", count=1000):
+        connection.delete(key)
+    connection.close()
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment a subprocess needs to see ``settings`` (for CLI commands and workers started as users do)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("FRAUD_")}

@@ -5,7 +5,6 @@ bounded in memory."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,15 +21,6 @@ from fraudpipe.contracts import Label, Transaction
 from fraudpipe.settings import RedisSettings, Settings
 
 START = datetime(2024, 1, 1, tzinfo=UTC)
-
-
-@pytest.fixture
-def client(settings: Settings) -> Iterator[redis.Redis]:
-    connection = redis_client(settings.redis)
-    yield connection
-    for key in connection.scan_iter(match=f"{settings.redis.key_prefix}*", count=1000):
-        connection.delete(key)
-    connection.close()
 
 
 def _txn(i: int, minutes: int, card: int, terminal: int | None, amount: float, extra: dict[str, Any]) -> Transaction:
@@ -126,11 +116,11 @@ def _run(store: RedisFeatureStore | InMemoryFeatureStore, batches: list[list[Tra
     return replies
 
 
-def _dump(client: redis.Redis, prefix: str) -> dict[str, object]:
+def _dump(store_client: redis.Redis, prefix: str) -> dict[str, object]:
     """Every key under ``prefix`` with its value; entity maps decoded from MessagePack."""
     state: dict[str, object] = {}
-    for key in client.scan_iter(match=f"{prefix}*", count=1000):
-        name, value = key.decode(), client.get(key)
+    for key in store_client.scan_iter(match=f"{prefix}*", count=1000):
+        name, value = key.decode(), store_client.get(key)
         entity = ":seen:" not in name and ":label:" not in name
         state[name] = msgpack.unpackb(value) if entity else value.decode()  # type: ignore[union-attr]
     return state
@@ -143,31 +133,31 @@ def _twin_dump(twin: InMemoryFeatureStore) -> dict[str, object]:
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batches=sequences())
 def test_redis_equals_its_twin_and_a_second_replay_changes_nothing(
-    client: redis.Redis, settings: Settings, batches: list[list[Transaction] | list[Label]]
+    store_client: redis.Redis, settings: Settings, batches: list[list[Transaction] | list[Label]]
 ) -> None:
     prefix = f"{settings.redis.key_prefix}{id(batches)}:"
-    online = RedisFeatureStore(client, prefix)
+    online = RedisFeatureStore(store_client, prefix)
     twin = InMemoryFeatureStore(prefix)
     assert _run(online, batches) == _run(twin, batches)
-    before = _dump(client, prefix)
+    before = _dump(store_client, prefix)
     assert before == _twin_dump(twin)  # the same state, field by field, not just the same answers
 
     again = _run(online, batches)
-    assert _dump(client, prefix) == before  # duplicates change nothing
+    assert _dump(store_client, prefix) == before  # duplicates change nothing
     assert all(
         flag == 0 for reply in again if isinstance(reply, list) for flag in reply[::REPLY_WIDTH]
     )  # nothing re-applied
     assert all(reply == 0 for reply in again if isinstance(reply, int))  # no label re-applied
-    for key in client.scan_iter(match=f"{prefix}*", count=1000):
-        client.delete(key)
+    for key in store_client.scan_iter(match=f"{prefix}*", count=1000):
+        store_client.delete(key)
 
 
-def test_features_from_both_stores_are_identical(client: redis.Redis, settings: Settings) -> None:
+def test_features_from_both_stores_are_identical(store_client: redis.Redis, settings: Settings) -> None:
     txns = [
         _txn(i, 13 * i, i % 2, i % 3, 10.0 + i, {"channel": "card_present", "lat": 48.0 + i / 10, "lon": 8.0})
         for i in range(200)
     ]
-    online = RedisFeatureStore(client, settings.redis.key_prefix).apply(txns)
+    online = RedisFeatureStore(store_client, settings.redis.key_prefix).apply(txns)
     offline = InMemoryFeatureStore(settings.redis.key_prefix).apply(txns)
     for a, b in zip(online, offline, strict=True):
         assert a.features() == b.features()
@@ -176,7 +166,7 @@ def test_features_from_both_stores_are_identical(client: redis.Redis, settings: 
 
 
 def test_two_clients_delivering_the_same_batches_apply_each_transaction_once(
-    client: redis.Redis, settings: Settings
+    store_client: redis.Redis, settings: Settings
 ) -> None:
     txns = [_txn(i, 5 * i, i % 5, i % 4, 1.0 + i % 7, {}) for i in range(400)]
     batches = [txns[i : i + 25] for i in range(0, len(txns), 25)]
@@ -196,14 +186,14 @@ def test_two_clients_delivering_the_same_batches_apply_each_transaction_once(
     twin = InMemoryFeatureStore(settings.redis.key_prefix)
     twin.apply(txns)
     probe = [_txn(10_000, 5 * 400, card, None, 1.0, {}) for card in range(5)]
-    online = RedisFeatureStore(client, settings.redis.key_prefix)
+    online = RedisFeatureStore(store_client, settings.redis.key_prefix)
     for card_probe in probe:  # each card's counters equal a single, sequential application
         assert online.apply([card_probe])[0].card == twin.apply([card_probe])[0].card
 
 
-def test_memory_per_card_is_bounded(client: redis.Redis, settings: Settings) -> None:
+def test_memory_per_card_is_bounded(store_client: redis.Redis, settings: Settings) -> None:
     """A card with 60 days of activity: fixed bucket counts and TTLs keep its state small."""
-    store = RedisFeatureStore(client, settings.redis.key_prefix)
+    store = RedisFeatureStore(store_client, settings.redis.key_prefix)
     txns = [
         _txn(i, 90 * i, 0, i % 40, 12.5 + i % 30, {"channel": "ecommerce", "device_id": f"d{i % 3}", "country": "DE"})
         for i in range(60 * 16)
@@ -211,11 +201,11 @@ def test_memory_per_card_is_bounded(client: redis.Redis, settings: Settings) -> 
     for i in range(0, len(txns), 100):
         store.apply(txns[i : i + 100])
     prefix = settings.redis.key_prefix
-    card_bytes = sum(client.memory_usage(k) or 0 for k in client.scan_iter(match=f"{prefix}card:card-0*"))
-    terminal_bytes = client.memory_usage(f"{prefix}terminal:T0") or 0
+    card_bytes = sum(store_client.memory_usage(k) or 0 for k in store_client.scan_iter(match=f"{prefix}card:card-0*"))
+    terminal_bytes = store_client.memory_usage(f"{prefix}terminal:T0") or 0
     print(f"\nbytes per card: {card_bytes}, per terminal: {terminal_bytes}")
     assert card_bytes < 16_384 and terminal_bytes < 4_096
-    assert client.ttl(f"{prefix}card:card-0") > 0
+    assert store_client.ttl(f"{prefix}card:card-0") > 0
 
 
 def test_an_unreachable_redis_is_a_quick_clear_error() -> None:

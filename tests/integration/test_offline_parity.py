@@ -4,39 +4,28 @@ time, each label once its known_at has passed) gives, feature by feature, what t
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import polars as pl
-import pytest
 import redis
 
 from features.definitions import FEATURE_NAMES
 from features.offline import build_features
-from features.store import RedisFeatureStore, redis_client
+from features.store import RedisFeatureStore
 from fraudpipe.contracts import Label, Transaction
 from fraudpipe.settings import Settings
 from fraudpipe.simulator.config import default
 from fraudpipe.simulator.generate import simulate
 
 
-@pytest.fixture
-def client(settings: Settings) -> Iterator[redis.Redis]:
-    connection = redis_client(settings.redis)
-    yield connection
-    for key in connection.scan_iter(match=f"{settings.redis.key_prefix}*", count=1000):
-        connection.delete(key)
-    connection.close()
-
-
-def test_offline_builder_equals_the_online_store(client: redis.Redis, settings: Settings) -> None:
+def test_offline_builder_equals_the_online_store(store_client: redis.Redis, settings: Settings) -> None:
     _, days = simulate(default(days=32, customers=90, terminals=180, seed=3), b"parity-key-parity-key-parity-key")
     history = list(days)
     transactions = pl.concat([d.transactions for d in history])
     labels = pl.concat([d.labels for d in history])
     offline = build_features(transactions, labels, batch_size=97)
 
-    store = RedisFeatureStore(client, settings.redis.key_prefix)
+    store = RedisFeatureStore(store_client, settings.redis.key_prefix)
     txns = [
         Transaction.model_construct(**r) for r in transactions.drop("is_fraud", "fraud_scenario").iter_rows(named=True)
     ]

@@ -10,7 +10,7 @@ import pytest
 
 from features.definitions import FEATURE_NAMES, FEATURES, feature_index
 from features.formulas import CardSnapshot, Payment, PlaceSnapshot, cents, compute, square
-from features.windows import KEPT, bucket_of, window
+from features.windows import bucket_of, window
 
 T = datetime(2024, 3, 2, 3, 0, tzinfo=UTC).timestamp()  # a Saturday, 03:00 UTC, on every bucket boundary
 COL = feature_index()
@@ -49,12 +49,6 @@ def test_window_edges() -> None:
     assert first - 1 == bucket_of(T - 3_301, "m5")  # one second more: outside
     _, first_day, last_day = window(T - 1, "7d")
     assert (last_day - first_day + 1, last_day) == (7, bucket_of(T - 1, "d"))
-
-
-def test_dropped_buckets_are_excluded() -> None:
-    newest = bucket_of(T, "d") + 25  # the store has seen events 25 days later: only 5 of these 30 days are kept
-    _, first, last = window(T, "30d", newest)
-    assert first == newest - KEPT["d"] + 1 and last == bucket_of(T, "d")
 
 
 def test_a_payment_outside_its_own_window_is_not_taken_out_twice() -> None:
