@@ -3,7 +3,7 @@
 -- standalone Redis, see features/store.py.
 --
 --   ARGV[1] 'txns'    ARGV[2] JSON plans   ARGV[3] JSON layout (features/plan.py: layout())   ARGV[4] prefix
---     apply each transaction once (marker SET NX) and return its snapshot (36 values per plan, snapshot.py decodes)
+--     apply each transaction once (marker SET NX) and return its snapshot (40 values per plan, snapshot.py decodes)
 --   ARGV[1] 'labels'  ARGV[2] JSON label plans   ARGV[3] JSON layout   ARGV[4] prefix
 --     apply each label whose version is newer than the last applied for its transaction; return how many
 --   ARGV[1] 'show'    ARGV[2] JSON [card token]   ARGV[3] JSON layout   ARGV[4] prefix
@@ -199,7 +199,7 @@ for _, p in ipairs(plans) do
   out[#out + 1] = seen.terminal or -1
   for _, kind in ipairs({'terminal', 'merchant'}) do
     if items[kind] == '' then
-      for _ = 1, 7 do out[#out + 1] = -1 end
+      for _ = 1, #layout.place_windows + 2 * #layout.fraud_windows do out[#out + 1] = -1 end
     else
       local key = prefix .. kind .. ':' .. items[kind]
       local place = load(key)

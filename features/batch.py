@@ -14,8 +14,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from features.definitions import FEATURE_NAMES
-from features.formulas import CARD_WINDOWS, SQUARE_CAP_CENTS
-from features.snapshot import REPLY_WIDTH
+from features.formulas import CARD_WINDOWS, FRAUD_WINDOWS, PLACE_WINDOWS, SQUARE_CAP_CENTS
+from features.snapshot import CARD_WIDTH, PLACE_WIDTH, REPLY_WIDTH
 from fraudpipe.contracts import Transaction
 
 __all__ = ["feature_matrix"]
@@ -81,12 +81,12 @@ def feature_matrix(reply: Sequence[Any], txns: Sequence[Transaction]) -> NDArray
     for slot in (20, 21):
         put(np.where(v[:, slot] >= 0, 1.0 - v[:, slot], np.nan))
     put(v[:, 14].astype(np.float64))
-    for base in (22, 29):
+    for base in (CARD_WIDTH, CARD_WIDTH + PLACE_WIDTH):
         present = v[:, base] >= 0
-        counts = v[:, base : base + 3].astype(np.float64)
-        for j in range(3):
-            put(np.where(present, counts[:, j], np.nan))
-        for frauds, labelled in ((v[:, base + 3], v[:, base + 4]), (v[:, base + 5], v[:, base + 6])):
+        for j in range(len(PLACE_WINDOWS)):
+            put(np.where(present, v[:, base + j].astype(np.float64), np.nan))
+        for j in range(len(FRAUD_WINDOWS)):
+            frauds, labelled = v[:, base + len(PLACE_WINDOWS) + 2 * j], v[:, base + len(PLACE_WINDOWS) + 2 * j + 1]
             put(np.where(present, np.where(labelled > 0, frauds / np.maximum(labelled, 1), 0.0), np.nan))
     return out
 

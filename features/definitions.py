@@ -98,6 +98,13 @@ FEATURES: tuple[FeatureDef, ...] = (
     FeatureDef("terminal_count_7d", "terminal", "7d", "payments at the terminal in 7d", "no terminal"),
     FeatureDef("terminal_count_30d", "terminal", "30d", "payments at the terminal in 30d", "no terminal"),
     FeatureDef(
+        "terminal_fraud_rate_1d",
+        "terminal",
+        "1d",
+        "known frauds / payments at the terminal, the day 7d ago",
+        "no terminal",
+    ),
+    FeatureDef(
         "terminal_fraud_rate_7d",
         "terminal",
         "7d",
@@ -114,6 +121,13 @@ FEATURES: tuple[FeatureDef, ...] = (
     FeatureDef("merchant_count_1d", "merchant", "1d", "payments at the merchant today", "no merchant"),
     FeatureDef("merchant_count_7d", "merchant", "7d", "payments at the merchant in 7d", "no merchant"),
     FeatureDef("merchant_count_30d", "merchant", "30d", "payments at the merchant in 30d", "no merchant"),
+    FeatureDef(
+        "merchant_fraud_rate_1d",
+        "merchant",
+        "1d",
+        "known frauds / payments at the merchant, the day 7d ago",
+        "no merchant",
+    ),
     FeatureDef(
         "merchant_fraud_rate_7d",
         "merchant",

@@ -38,6 +38,9 @@ RECENT_ITEMS = 64
 _MIN_TRAVEL_S = 60.0
 CARD_WINDOWS = ("1h", "24h", "7d", "30d")
 PLACE_WINDOWS = ("1d", "7d", "30d")
+FRAUD_WINDOWS = ("1d", "7d", "30d")
+"""Windows of the label-derived rates of terminals and merchants (each ending LABEL_DELAY_DAYS before the payment's
+day): 1d reacts to a newly compromised place as soon as its first labels are known, 30d is steady."""
 Counter = tuple[int, int, int]
 
 
@@ -92,8 +95,8 @@ class CardSnapshot:
 
 @dataclass(frozen=True, slots=True)
 class PlaceSnapshot:
-    """A terminal's or merchant's payment counts per window (1d, 7d, 30d; payment included); and, for the 7d and
-    30d windows ending LABEL_DELAY_DAYS before the payment's day, the ``labelled`` payments and the ``frauds``
+    """A terminal's or merchant's payment counts per window (1d, 7d, 30d; payment included); and, for the
+    FRAUD_WINDOWS ending LABEL_DELAY_DAYS before the payment's day, the ``labelled`` payments and the ``frauds``
     known among them."""
 
     counts: Mapping[str, int]
@@ -148,9 +151,9 @@ def _speed(payment: Payment, card: CardSnapshot) -> float | None:
 
 def _place(payment: Payment, place: PlaceSnapshot | None) -> list[float | None]:
     if place is None:
-        return [None] * 5
-    counts = [place.counts.get(w, 0) for w in ("1d", "7d", "30d")]
-    rates = [place.frauds.get(w, 0) / n if (n := place.labelled.get(w, 0)) else 0.0 for w in ("7d", "30d")]
+        return [None] * (len(PLACE_WINDOWS) + len(FRAUD_WINDOWS))
+    counts = [place.counts.get(w, 0) for w in PLACE_WINDOWS]
+    rates = [place.frauds.get(w, 0) / n if (n := place.labelled.get(w, 0)) else 0.0 for w in FRAUD_WINDOWS]
     return [*map(float, counts), *rates]
 
 

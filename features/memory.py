@@ -1,6 +1,6 @@
 """The in-memory twin of the Redis feature store: the same operations, in Python, on dicts.
 
-It mirrors ``features/apply.lua`` step by step (and returns the same 32 values per transaction), so unit tests can
+It mirrors ``features/apply.lua`` step by step (and returns the same values per transaction), so unit tests can
 run without Redis and the parity test can hold the two equal on generated sequences, in replies and in state. It is
 also the sequential reference the offline builder is checked against. Key expiry (wall-clock housekeeping in Redis)
 is not modelled.
@@ -131,7 +131,7 @@ class InMemoryFeatureStore:
             out += [seen.get("device", -1), seen.get("terminal", -1)]
             for kind in ("terminal", "merchant"):
                 if not items[kind]:
-                    out += [-1] * 7
+                    out += [-1] * (len(lay["place_windows"]) + 2 * len(lay["fraud_windows"]))
                     continue
                 key = f"{self.prefix}{kind}:{items[kind]}"
                 place: dict[str, Any] = self.values.get(key, {})

@@ -21,7 +21,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from features.formulas import CARD_WINDOWS, PLACE_WINDOWS, cents, square
+from features.formulas import CARD_WINDOWS, FRAUD_WINDOWS, PLACE_WINDOWS, cents, square
 from features.windows import KEPT, LABEL_DELAY_DAYS, PLACE_KEPT_DAYS, RESOLUTIONS, WINDOWS
 from fraudpipe.contracts import Label, Transaction
 
@@ -40,7 +40,7 @@ def layout(*, recent_items: int, marker_ttl_s: int, entity_ttl_s: int, label_ttl
         "card_windows": card_windows,
         "card_frauds": WINDOWS["30d"].buckets,
         "place_windows": [WINDOWS[name].buckets for name in PLACE_WINDOWS],
-        "fraud_windows": [WINDOWS[name].buckets for name in ("7d", "30d")],
+        "fraud_windows": [WINDOWS[name].buckets for name in FRAUD_WINDOWS],
         "label_delay": LABEL_DELAY_DAYS,
         "place_kept": PLACE_KEPT_DAYS,
         "recent_items": recent_items,

@@ -1,11 +1,11 @@
-"""Decoding a store's reply (36 values per transaction, the layout ``features/apply.lua`` returns) into snapshots.
+"""Decoding a store's reply (40 values per transaction, the layout ``features/apply.lua`` returns) into snapshots.
 
 Shared by the Redis store and its in-memory twin, which return the very same values: layout, in order —
 applied; card (count, cents, cents²) for 1h, 24h, 7d, 30d; holds_payment; frauds_30d; previous time (µs, ""
 if none); previous card-present payment ("µs,lat,lon" or ""); distinct terminals / merchants / countries in 24h
-(-1: the payment has none); device seen, terminal seen (-1 / 0 / 1); terminal payments 1d, 7d, 30d, then for the
-7d and 30d windows ending LABEL_DELAY_DAYS earlier: known frauds, payments (-1 without a terminal); the same seven
-for the merchant.
+(-1: the payment has none); device seen, terminal seen (-1 / 0 / 1); terminal payments 1d, 7d, 30d, then for each
+of FRAUD_WINDOWS (1d, 7d, 30d) ending LABEL_DELAY_DAYS earlier: known frauds, payments (-1 without a terminal); the
+same nine for the merchant.
 """
 
 from __future__ import annotations
@@ -14,12 +14,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from features.formulas import CARD_WINDOWS, PLACE_WINDOWS, CardSnapshot, Payment, PlaceSnapshot, compute
+from features.formulas import CARD_WINDOWS, FRAUD_WINDOWS, PLACE_WINDOWS, CardSnapshot, Payment, PlaceSnapshot, compute
 from fraudpipe.contracts import Transaction
 
-__all__ = ["REPLY_WIDTH", "Snapshot", "decode_reply", "payment_of"]
+__all__ = ["CARD_WIDTH", "PLACE_WIDTH", "REPLY_WIDTH", "Snapshot", "decode_reply", "payment_of"]
 
-REPLY_WIDTH = 36
+CARD_WIDTH = 22
+"""Values before the terminal's block."""
+PLACE_WIDTH = len(PLACE_WINDOWS) + 2 * len(FRAUD_WINDOWS)
+"""Values of a terminal's (then a merchant's) block: counts, then (frauds, payments) per fraud window."""
+REPLY_WIDTH = CARD_WIDTH + 2 * PLACE_WIDTH
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +64,11 @@ def _place(values: Sequence[Any]) -> PlaceSnapshot | None:
     numbers = [int(v) for v in values]
     if numbers[0] < 0:
         return None
+    rated = numbers[len(PLACE_WINDOWS) :]
     return PlaceSnapshot(
-        counts=dict(zip(PLACE_WINDOWS, numbers[:3], strict=True)),
-        frauds={"7d": numbers[3], "30d": numbers[5]},
-        labelled={"7d": numbers[4], "30d": numbers[6]},
+        counts=dict(zip(PLACE_WINDOWS, numbers, strict=False)),
+        frauds=dict(zip(FRAUD_WINDOWS, rated[0::2], strict=True)),
+        labelled=dict(zip(FRAUD_WINDOWS, rated[1::2], strict=True)),
     )
 
 
@@ -96,5 +101,6 @@ def decode_reply(reply: Sequence[Any], txns: Sequence[Transaction]) -> list[Snap
             device_seen=_flag(n[20]),
             terminal_seen=_flag(n[21]),
         )
-        snapshots.append(Snapshot(bool(n[0]), payment_of(txn), card, _place(v[22:29]), _place(v[29:36])))
+        terminal, merchant = v[CARD_WIDTH : CARD_WIDTH + PLACE_WIDTH], v[CARD_WIDTH + PLACE_WIDTH :]
+        snapshots.append(Snapshot(bool(n[0]), payment_of(txn), card, _place(terminal), _place(merchant)))
     return snapshots

@@ -19,7 +19,7 @@ import polars as pl
 from numpy.typing import NDArray
 
 from features.definitions import FEATURE_NAMES
-from features.formulas import RECENT_ITEMS, SQUARE_CAP_CENTS
+from features.formulas import FRAUD_WINDOWS, PLACE_WINDOWS, RECENT_ITEMS, SQUARE_CAP_CENTS
 from features.windows import KEPT, LABEL_DELAY_DAYS, RESOLUTIONS, WINDOWS
 
 __all__ = ["build_features_fast"]
@@ -238,15 +238,16 @@ def build_features_fast(
     for kind, column in (("terminal", "terminal_id"), ("merchant", "merchant_id")):
         ids = frame.get_column(column)
         code = _codes(ids)
-        counts = [_window_totals(code, days, [ones], length)[0] for length in (1, 7, 30)]
+        counts = [_window_totals(code, days, [ones], WINDOWS[name].buckets)[0] for name in PLACE_WINDOWS]
         # Rates look at the window ending LABEL_DELAY_DAYS before the payment's day (payments old enough).
         last = days - LABEL_DELAY_DAYS
-        frauds = _fraud_counts(ids, times, last, deltas, kind, (7, 30))
-        labelled = [_range_counts(code, days, last, length) for length in (7, 30)]
+        lengths = tuple(WINDOWS[name].buckets for name in FRAUD_WINDOWS)
+        frauds = _fraud_counts(ids, times, last, deltas, kind, lengths)
+        labelled = [_range_counts(code, days, last, length) for length in lengths]
         present = code >= 0
-        for name, value in zip(("1d", "7d", "30d"), counts, strict=True):
+        for name, value in zip(PLACE_WINDOWS, counts, strict=True):
             columns[f"{kind}_count_{name}"] = np.where(present, value, np.nan)
-        for name, value, total in (("7d", frauds[0], labelled[0]), ("30d", frauds[1], labelled[1])):
+        for name, value, total in zip(FRAUD_WINDOWS, frauds, labelled, strict=True):
             rate = np.where(total > 0, value / np.maximum(total, 1), 0.0)
             columns[f"{kind}_fraud_rate_{name}"] = np.where(present, rate, np.nan)
     matrix = pl.DataFrame({name: columns[name] for name in FEATURE_NAMES}).fill_nan(None)

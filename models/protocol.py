@@ -3,8 +3,9 @@
 Following the handbook (../shared/REFERENCE.md): train on ``train_days`` from ``train_start`` (with ``history_days``
 more before it for features and, optionally, training), leave a gap of ``delay_days`` whose labels are not known yet
 when the model is trained, test on the ``test_days`` after it. In the test window, a card whose fraud was already
-known is no longer a detection target: a payment on day ``d`` is dropped when its card had a fraud on a day
-``<= d - delay_days`` (known exactly ``delay_days`` later, the handbook's assumption), training frauds included.
+known is no longer a detection target. Exactly as the handbook's protocol: a payment on day ``d`` is dropped when its
+card had a fraud from the training window's first day up to day ``d - delay_days - 1`` (the frauds of the training
+window, then each test day those of one more day of the gap).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def window_of(frame: pl.DataFrame, days: tuple[date, date], column: str = "event
 def drop_known_compromised(test: pl.DataFrame, history: pl.DataFrame, delay_days: int) -> pl.DataFrame:
     """``test`` without the payments of cards whose fraud was known by their day (see the module docstring).
 
-    ``history`` holds every payment that may reveal a fraud (training and test windows included), with
+    ``history`` holds the payments that may reveal a fraud, from the training window's first day on, with
     ``card_token``, ``event_time`` and ``is_fraud``.
     """
     first_fraud = (
@@ -67,7 +68,7 @@ def drop_known_compromised(test: pl.DataFrame, history: pl.DataFrame, delay_days
         test.join(first_fraud, on="card_token", how="left")
         .filter(
             pl.col("first_fraud_day").is_null()
-            | (pl.col("first_fraud_day") > pl.col("event_time").dt.date() - pl.duration(days=delay_days))
+            | (pl.col("first_fraud_day") >= pl.col("event_time").dt.date() - pl.duration(days=delay_days))
         )
         .drop("first_fraud_day")
     )

@@ -33,13 +33,13 @@ def test_window_of_is_half_open() -> None:
 
 
 def test_known_compromised_cards_leave_the_test_set() -> None:
-    # delay 2 days. Card a: fraud on day 1 -> known from day 3. Card b: fraud on day 5 -> known from day 7.
+    # delay 2 days: a fraud of day f is known from day f + 3 (the handbook adds day d - 3 on test day d).
     history = _frame([("a", 1, True), ("b", 5, True), ("c", 2, False)])
-    test = _frame([("a", 2, False), ("a", 3, False), ("b", 5, True), ("b", 6, True), ("b", 7, False), ("c", 7, False)])
+    test = _frame([("a", 3, False), ("a", 4, False), ("b", 5, True), ("b", 7, True), ("b", 8, False), ("c", 8, False)])
     kept = drop_known_compromised(test, history, delay_days=2)
     assert list(zip(kept["card_token"], kept["event_time"].dt.day(), strict=True)) == [
-        ("a", 2),  # a's fraud of day 1 is not known yet on day 2
+        ("a", 3),  # a's fraud of day 1 is not known yet on day 3
         ("b", 5),
-        ("b", 6),
-        ("c", 7),  # c never had a fraud
+        ("b", 7),
+        ("c", 8),  # c never had a fraud
     ]

@@ -7,6 +7,7 @@ import polars as pl
 import pytest
 
 from features.batch import feature_matrix
+from features.definitions import FEATURE_NAMES
 from features.memory import InMemoryFeatureStore
 from features.snapshot import decode_reply
 from fraudpipe.contracts import Label, Transaction
@@ -36,6 +37,6 @@ def test_matrix_equals_formulas_batch_by_batch() -> None:
 
 
 def test_an_empty_batch_and_a_bad_reply() -> None:
-    assert feature_matrix([], []).shape == (0, 41)
+    assert feature_matrix([], []).shape == (0, len(FEATURE_NAMES))
     with pytest.raises(ValueError, match="3 values for 0 transactions"):
         feature_matrix([1, 2, 3], [])
