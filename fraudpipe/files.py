@@ -36,6 +36,7 @@ __all__ = [
     "Reject",
     "SourceError",
     "TransactionSource",
+    "derived_labels",
     "encode_transactions",
     "open_source",
     "parse_mapping",
@@ -317,7 +318,9 @@ class TransactionSource:
         ]
         valid = frame.with_columns(_value=encoded).filter(pl.Series(keep)).sort("event_time", maintain_order=True)
         derived = (
-            None if self.kind == "simulation" else _encode_labels(self._label_frame(valid.filter(pl.col("_fraud"))))
+            None
+            if self.kind == "simulation"
+            else _encode_labels(derived_labels(valid.filter(pl.col("_fraud")), self.label_delay))
         )
         return Chunk(
             values=valid.get_column("_value").to_list(),
@@ -334,24 +337,34 @@ class TransactionSource:
     def labels(self) -> LabelBatch:
         """The label files of a simulator folder, encoded and sorted by ``known_at`` (empty for other sources,
         whose labels come with each chunk: :attr:`Chunk.labels`)."""
-        if self.kind != "simulation":
-            return _encode_labels(_EMPTY_LABELS)
-        parts = sorted((self.path / "labels").glob("day=*/part-*.parquet"))
-        return _encode_labels(pl.concat([pl.read_parquet(p) for p in parts]) if parts else _EMPTY_LABELS)
+        return _encode_labels(self.label_frame())
 
-    def _label_frame(self, frauds: pl.DataFrame) -> pl.DataFrame:
-        delay = pl.duration(microseconds=int(self.label_delay.total_seconds() * 1_000_000))
-        return frauds.select(
-            "txn_id",
-            "card_token",
-            "event_time",
-            (pl.col("event_time") + delay).alias("known_at"),
-            pl.lit(True).alias("is_fraud"),
-            pl.lit("chargeback").alias("source"),
-            pl.lit(1, dtype=pl.Int32).alias("label_version"),
-            "terminal_id",
-            "merchant_id",
-        )
+    def label_frame(self) -> pl.DataFrame:
+        """The label files of a simulator folder as one frame (Label fields, sorted by ``known_at``); empty for
+        other sources (see :func:`derived_labels`)."""
+        if self.kind != "simulation":
+            return _EMPTY_LABELS
+        parts = sorted((self.path / "labels").glob("day=*/part-*.parquet"))
+        if not parts:
+            return _EMPTY_LABELS
+        frame = pl.concat([pl.read_parquet(p) for p in parts]).select(_EMPTY_LABELS.columns)
+        return frame.sort("known_at", "txn_id", "label_version", maintain_order=True)
+
+
+def derived_labels(frauds: pl.DataFrame, delay: timedelta) -> pl.DataFrame:
+    """Label rows for the fraudulent payments ``frauds`` (contract columns), each known ``delay`` after it."""
+    after = pl.duration(microseconds=int(delay.total_seconds() * 1_000_000))
+    return frauds.select(
+        "txn_id",
+        "card_token",
+        "event_time",
+        (pl.col("event_time") + after).alias("known_at"),
+        pl.lit(True).alias("is_fraud"),
+        pl.lit("chargeback").alias("source"),
+        pl.lit(1, dtype=pl.Int32).alias("label_version"),
+        "terminal_id",
+        "merchant_id",
+    )
 
 
 _EMPTY_LABELS = pl.DataFrame(
@@ -455,7 +468,8 @@ def open_source(
             raise SourceError(f"{path}: a folder must be a simulator output (with transactions/ inside)")
         manifest = path / "manifest.json"
         total = json.loads(manifest.read_text()).get("transactions") if manifest.exists() else None
-        return TransactionSource(path, "simulation", {}, key, timezone, currency, chunk_rows, label_delay, total)
+        truth = {"label": "is_fraud"}  # the folder's ground truth; its labels come from its own label files
+        return TransactionSource(path, "simulation", truth, key, timezone, currency, chunk_rows, label_delay, total)
     if not path.is_file():
         raise SourceError(f"{path}: no such file or folder")
     suffix = "".join(path.suffixes[-1:]).lower()

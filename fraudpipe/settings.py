@@ -27,6 +27,7 @@ __all__ = [
     "ScoringSettings",
     "Settings",
     "TopicSettings",
+    "TrainingSettings",
     "WebSettings",
     "env_example",
     "get_settings",
@@ -134,6 +135,21 @@ class ScoringSettings(_Section):
         return self
 
 
+class TrainingSettings(_Section):
+    """LightGBM training. Defaults measured on the simulator's handbook preset (see models/train.py)."""
+
+    learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 0.05
+    num_leaves: Annotated[int, Field(ge=2, le=4_096)] = 31
+    min_data_in_leaf: Annotated[int, Field(ge=1)] = 50
+    feature_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8
+    bagging_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8
+    lambda_l2: Annotated[float, Field(ge=0.0)] = 0.0
+    rounds: Annotated[int, Field(ge=1, le=100_000)] = 300
+    early_stopping_rounds: Annotated[int, Field(ge=1)] = 50
+    seed: int = 0
+    threads: Annotated[int, Field(ge=1, le=64)] = 1
+
+
 class PrivacySettings(_Section):
     """PAN tokenization. The key must be set (>= 32 characters, not the dev key) when ``environment=prod``."""
 
@@ -174,6 +190,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     topics: TopicSettings = TopicSettings()
     scoring: ScoringSettings = ScoringSettings()
+    training: TrainingSettings = TrainingSettings()
     privacy: PrivacySettings = PrivacySettings()
     paths: PathSettings = PathSettings()
     web: WebSettings = WebSettings()

@@ -1,0 +1,79 @@
+"""Labelled histories for training and evaluation: whatever `fraudpipe replay` reads, as one frame.
+
+A history is every valid transaction of a source (simulator folder or CSV / Parquet / JSONL file with ``--map``), in
+event-time order, with its ground truth ``is_fraud`` (and ``fraud_scenario`` when the source has one: the
+simulator's), plus the label events the online system would have received (a simulator's label files; for a file,
+one label per fraud, known ``label_delay`` after the payment). Rows that do not validate are counted and left out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+import polars as pl
+
+from fraudpipe.files import derived_labels, open_source
+
+__all__ = ["History", "load_history"]
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """Valid transactions (contract columns, ``is_fraud``, ``fraud_scenario`` or null), labels, rejected rows."""
+
+    transactions: pl.DataFrame
+    labels: pl.DataFrame
+    rejected: int
+
+    @property
+    def days(self) -> tuple[date, date]:
+        """First and last UTC day with a transaction."""
+        day = self.transactions.get_column("event_time").dt.date()
+        return day.min(), day.max()  # type: ignore[return-value]
+
+    def truth_labels(self, delay: timedelta) -> pl.DataFrame:
+        """One label per fraud, known exactly ``delay`` after the payment: the evaluation protocol's assumption."""
+        return derived_labels(self.transactions.filter(pl.col("is_fraud")), delay)
+
+    def fingerprint(self) -> str:
+        """SHA-256 over the transaction ids and truths, in order: which data a model was trained on."""
+        digest = hashlib.sha256()
+        for batch in self.transactions.select("txn_id", "is_fraud").iter_slices(200_000):
+            digest.update("\n".join(batch.get_column("txn_id").to_list()).encode())
+            digest.update(batch.get_column("is_fraud").cast(pl.UInt8).to_numpy().tobytes())
+        return digest.hexdigest()
+
+
+def load_history(
+    path: Path,
+    mapping: dict[str, str],
+    *,
+    key: bytes,
+    label_delay: timedelta = timedelta(days=7),
+    timezone: str = "UTC",
+    currency: str = "EUR",
+) -> History:
+    """Read ``path`` whole (see the module docstring).
+
+    Raises:
+        SourceError: unreadable source, or a mapping naming a missing column.
+    """
+    source = open_source(
+        path, mapping, key=key, label_delay=label_delay, timezone=timezone, currency=currency, chunk_rows=500_000
+    )
+    frames, rejected = [], 0
+    for chunk in source.chunks():
+        frames.append(chunk.frame.drop("_value", "_line").rename({"_fraud": "is_fraud"}))
+        rejected += len(chunk.rejects)
+    transactions = pl.concat(frames).sort("event_time", maintain_order=True)
+    if source.kind == "simulation":
+        scenarios = pl.scan_parquet(path / "transactions" / "**" / "*.parquet").select("txn_id", "fraud_scenario")
+        transactions = transactions.join(scenarios.collect(), on="txn_id", how="left", maintain_order="left")
+        labels = source.label_frame()
+    else:
+        transactions = transactions.with_columns(fraud_scenario=pl.lit(None, dtype=pl.String))
+        labels = derived_labels(transactions.filter(pl.col("is_fraud")), label_delay)
+    return History(transactions, labels, rejected)

@@ -1,0 +1,36 @@
+"""Reference distributions stored in a model's manifest, for drift monitoring (PSI, KL) against live traffic.
+
+For the score and each feature: decile edges of the reference values and the share of values in each of the
+``len(edges) + 1`` bins (``value < edges[0]``, ..., ``value >= edges[-1]``), plus the share of missing values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from features.definitions import FEATURE_NAMES
+
+__all__ = ["distribution", "reference"]
+
+
+def distribution(values: NDArray[np.float64], bins: int = 10) -> dict[str, Any]:
+    """Quantile edges, bin shares and missing share of ``values`` (NaN = missing)."""
+    present = values[~np.isnan(values)]
+    missing = 1.0 - len(present) / len(values) if len(values) else 0.0
+    if len(present) == 0:
+        return {"edges": [], "shares": [], "missing": missing}
+    edges = np.unique(np.quantile(present, np.linspace(0, 1, bins + 1)[1:-1]))
+    counts = np.bincount(np.searchsorted(edges, present, side="right"), minlength=len(edges) + 1)
+    return {"edges": edges.tolist(), "shares": (counts / len(present)).tolist(), "missing": missing}
+
+
+def reference(matrix: NDArray[np.float64], scores: NDArray[np.float64], bins: int = 10) -> dict[str, Any]:
+    """The manifest's ``reference``: rows, the score's distribution and each feature's."""
+    return {
+        "rows": len(scores),
+        "score": distribution(np.asarray(scores, dtype=np.float64), bins),
+        "features": {name: distribution(matrix[:, i], bins) for i, name in enumerate(FEATURE_NAMES)},
+    }

@@ -1,0 +1,292 @@
+"""The model registry: versions on disk with integrity, and the aliases workers follow.
+
+Layout under ``settings.paths.models_dir``::
+
+    versions/v0001/model.txt        LightGBM text model (never pickle)
+    versions/v0001/manifest.json    Manifest: features in order, params, windows, metrics, thresholds, reference
+                                    distributions, data fingerprint, SHA-256 of model.txt
+    versions/v0001/report.html      the version's report, when one was written
+    aliases.json                    {"champion": "v0001", "challenger": null}
+    aliases.log.jsonl               every alias change: when, alias, version, previous, by, why, action
+
+A version is written in a staging folder and renamed into ``versions/`` in one step, and ``aliases.json`` is replaced
+with ``os.replace``: a reader sees a whole version and a whole alias file, or none. Writers serialize on a lock file.
+:meth:`Registry.load` verifies the model file's SHA-256 *before* parsing it, refuses anything that is not a LightGBM
+text model, and checks the feature names against the manifest and :data:`features.definitions.FEATURE_NAMES`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import getpass
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import lightgbm as lgb
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from features.definitions import FEATURE_NAMES
+
+__all__ = ["ALIASES", "IntegrityError", "LoadedModel", "Manifest", "Registry", "RegistryError"]
+
+ALIASES = ("champion", "challenger")
+_VERSION = re.compile(r"^v\d{4,}$")
+_MODEL_FILE = "model.txt"
+
+
+class RegistryError(Exception):
+    """An unknown version or alias, or an alias change that cannot be made."""
+
+
+class IntegrityError(RegistryError):
+    """A version whose files are not what its manifest says (tampered, truncated, wrong format or features)."""
+
+
+class Manifest(BaseModel):
+    """What a version is: enough to verify it, serve it and judge it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: str
+    created_at: datetime
+    created_by: str
+    model_file: Literal["model.txt"] = "model.txt"
+    model_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    lightgbm_version: str
+    features: list[str]
+    params: dict[str, Any]
+    rounds: int
+    windows: dict[str, Any]
+    metrics: dict[str, Any]
+    thresholds: dict[str, Any]
+    data_fingerprint: str
+    reference: dict[str, Any]
+    notes: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """A verified version, ready to score."""
+
+    manifest: Manifest
+    booster: lgb.Booster
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def sha256(self) -> str:
+        return self.manifest.model_sha256
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with temporary.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+class Registry:
+    """Versions and aliases under ``root`` (see the module docstring)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.versions_dir = root / "versions"
+
+    # --- writing ----------------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / ".lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def register(self, booster: lgb.Booster, fields: dict[str, Any], report_html: str | None = None) -> Manifest:
+        """Store ``booster`` as a new version; ``fields`` are the Manifest's other fields. Returns its manifest.
+
+        Raises:
+            RegistryError: the booster's features are not FEATURE_NAMES.
+        """
+        if list(booster.feature_name()) != list(FEATURE_NAMES):
+            raise RegistryError("the booster's features are not features.definitions.FEATURE_NAMES in order")
+        fields = dict(fields)
+        text = booster.model_to_string().encode()
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        staging = self.root / f".staging-{uuid.uuid4().hex}"
+        staging.mkdir()
+        try:
+            _write_atomic(staging / _MODEL_FILE, text)
+            if report_html is not None:
+                _write_atomic(staging / "report.html", report_html.encode())
+            while True:
+                number = max((int(v[1:]) for v in self.versions()), default=0) + 1
+                version = f"v{number:04d}"
+                manifest = Manifest(
+                    version=version,
+                    created_at=datetime.now(UTC),
+                    created_by=fields.pop("created_by", None) or getpass.getuser(),
+                    model_sha256=hashlib.sha256(text).hexdigest(),
+                    lightgbm_version=lgb.__version__,
+                    features=list(FEATURE_NAMES),
+                    **fields,
+                )
+                _write_atomic(staging / "manifest.json", manifest.model_dump_json(indent=2).encode())
+                try:
+                    staging.rename(self.versions_dir / version)
+                except OSError:  # another writer took this number: try the next one
+                    continue
+                return manifest
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _change(self, alias: str, version: str | None, *, by: str | None, why: str, action: str) -> None:
+        aliases = self.aliases()
+        previous = aliases.get(alias)
+        aliases[alias] = version
+        _write_atomic(self.root / "aliases.json", json.dumps(aliases, indent=2).encode())
+        entry = {
+            "at": datetime.now(UTC).isoformat(),
+            "alias": alias,
+            "version": version,
+            "previous": previous,
+            "action": action,
+            "by": by or getpass.getuser(),
+            "why": why,
+        }
+        with (self.root / "aliases.log.jsonl").open("a") as log:
+            log.write(json.dumps(entry) + "\n")
+            log.flush()
+            os.fsync(log.fileno())
+
+    def promote(self, version: str, *, alias: str = "champion", by: str | None = None, why: str) -> None:
+        """Point ``alias`` at ``version`` (verified first: a broken version is never promoted).
+
+        Raises:
+            RegistryError / IntegrityError: unknown alias or version, or a version that does not verify.
+        """
+        if alias not in ALIASES:
+            raise RegistryError(f"unknown alias {alias!r} (known: {', '.join(ALIASES)})")
+        self.load(version)
+        with self._locked():
+            self._change(alias, version, by=by, why=why, action="promote")
+
+    def rollback(self, *, alias: str = "champion", by: str | None = None, why: str) -> str:
+        """Point ``alias`` back at the version it had before its current one; returns that version.
+
+        Raises:
+            RegistryError: nothing to roll back to.
+        """
+        with self._locked():
+            stack = self._stack(alias)
+            if len(stack) < 2:
+                raise RegistryError(f"{alias} has no earlier version to roll back to")
+            self._change(alias, stack[-2], by=by, why=why, action="rollback")
+            return stack[-2]
+
+    def _stack(self, alias: str) -> list[str]:
+        """Versions ``alias`` has pointed at, oldest first, rollbacks undone (replayed from the log)."""
+        stack: list[str] = []
+        for entry in self.history():
+            if entry["alias"] != alias:
+                continue
+            if entry["action"] == "rollback":
+                stack.pop()
+            else:
+                stack.append(entry["version"])
+        return stack
+
+    # --- reading ----------------------------------------------------------------------------------------------
+
+    def versions(self) -> list[str]:
+        """Every stored version, oldest first."""
+        if not self.versions_dir.is_dir():
+            return []
+        names = [p.name for p in self.versions_dir.iterdir() if _VERSION.match(p.name)]
+        return sorted(names, key=lambda name: int(name[1:]))
+
+    def aliases(self) -> dict[str, str | None]:
+        """Each alias and the version it points at (``None``: unset)."""
+        path = self.root / "aliases.json"
+        stored = json.loads(path.read_text()) if path.exists() else {}
+        return {alias: stored.get(alias) for alias in ALIASES}
+
+    def history(self) -> list[dict[str, Any]]:
+        """Every alias change, oldest first."""
+        path = self.root / "aliases.log.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+
+    def resolve(self, ref: str) -> str:
+        """The version ``ref`` names: a version (``v0003``) or an alias.
+
+        Raises:
+            RegistryError: unknown version, or an alias that is unset.
+        """
+        if ref in ALIASES:
+            version = self.aliases()[ref]
+            if version is None:
+                raise RegistryError(f"no {ref} yet (fraudpipe model promote VERSION)")
+            return version
+        if not (self.versions_dir / ref).is_dir():
+            raise RegistryError(f"unknown model version {ref!r}")
+        return ref
+
+    def manifest(self, ref: str) -> Manifest:
+        """The manifest of ``ref`` (not verified against the model file: use :meth:`load` to serve).
+
+        Raises:
+            RegistryError / IntegrityError: unknown, or a manifest that does not parse.
+        """
+        version = self.resolve(ref)
+        path = self.versions_dir / version / "manifest.json"
+        try:
+            manifest = Manifest.model_validate_json(path.read_bytes())
+        except (OSError, ValidationError) as error:
+            raise IntegrityError(f"{version}: unreadable manifest ({str(error).splitlines()[0]})") from None
+        if manifest.version != version:
+            raise IntegrityError(f"{version}: its manifest says it is {manifest.version}")
+        return manifest
+
+    def load(self, ref: str) -> LoadedModel:
+        """The verified model of ``ref`` (version or alias).
+
+        Raises:
+            IntegrityError: hash mismatch, not a LightGBM text model, or features other than the manifest's and
+                FEATURE_NAMES.
+            RegistryError: unknown version or unset alias.
+        """
+        manifest = self.manifest(ref)
+        version = manifest.version
+        try:
+            data = (self.versions_dir / version / manifest.model_file).read_bytes()
+        except OSError as error:
+            raise IntegrityError(f"{version}: model file unreadable ({error.strerror})") from None
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != manifest.model_sha256:
+            raise IntegrityError(f"{version}: model file SHA-256 {digest[:12]}… differs from the manifest's")
+        if data[:1] == b"\x80" or not data.startswith(b"tree\n"):
+            raise IntegrityError(f"{version}: not a LightGBM text model (refusing to parse it)")
+        try:
+            booster = lgb.Booster(model_str=data.decode())
+        except (lgb.basic.LightGBMError, UnicodeDecodeError) as error:
+            raise IntegrityError(f"{version}: model does not parse ({str(error).splitlines()[0]})") from None
+        names = list(booster.feature_name())
+        if names != manifest.features or names != list(FEATURE_NAMES):
+            raise IntegrityError(f"{version}: model features differ from the manifest or FEATURE_NAMES")
+        return LoadedModel(manifest, booster)

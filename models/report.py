@@ -1,0 +1,243 @@
+"""One self-contained HTML report for a trained fraud model: pictures first, the numbers beside them.
+
+Top to bottom the report shows: the headline metrics table; the windows table (train / validation / test spans and
+counts); the ROC curve (AUC in the legend, the chance diagonal, a marker at a false-positive rate of 1 %); the
+precision-recall curve (AP in the legend, the fraud base rate as a line); the score distributions of fraud and genuine
+transactions (same bins, log-scaled counts); card precision@k per day with its mean; the top 20 features by total
+gain; and a few alerts with their reasons (contributions that raise the score in red, those that lower it in green).
+
+``render_report`` is pure: data in, one HTML string out. Images are inline SVG drawn with matplotlib's
+object-oriented ``Figure`` API (no pyplot, no GUI backend, no global state), their text kept as text; the output is
+the same for the same data. When the test window holds only one class, ROC and precision-recall are undefined and a
+note stands in place of both curves. ``write_report`` writes that string to a file atomically.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import os
+import re
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib as mpl
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+
+__all__ = ["ReportData", "render_report", "write_report"]
+
+TOP_FEATURES = 20
+FRAUD, GENUINE, GREY = "#c0392b", "#2e86c1", "#7f8c8d"
+# Text stays text in the SVG (smaller, searchable); a fixed salt makes the SVG ids, hence the report, reproducible.
+_STYLE: dict[Any, Any] = {"svg.fonttype": "none", "svg.hashsalt": "fraudpipe", "font.size": 9}
+_NO_METADATA = {"Date": None, "Creator": None, "Format": None, "Type": None}
+_CSS = """
+body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 1.5em 1.5em 0}
+th,td{border:1px solid #ccc;padding:.2em .6em;text-align:left}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+caption{text-align:left;font-weight:600;padding-bottom:.3em}
+figure{display:inline-block;margin:0 1em 1em 0;vertical-align:top}
+figure svg{max-width:100%;height:auto}
+.note{background:#fff8e1;border-left:4px solid #f0b400;padding:.5em 1em}
+.alerts{display:flex;flex-wrap:wrap;align-items:flex-start}
+tr.raises td{color:#c0392b} tr.lowers td{color:#1e8449}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ReportData:
+    """What the report shows. ``truth`` (0/1, 1 = fraud) and ``scores`` (probabilities) are parallel arrays, one
+    entry per test transaction; ``cp_per_day`` is (ISO day, CP@k that day) in day order; ``importance`` maps a
+    feature to its total gain; each explanation is ``{"txn_id", "score", "reasons": [{"feature", "value",
+    "contribution", "direction": "raises" | "lowers"}, ...]}``; ``windows`` maps a window name to its fields."""
+
+    title: str
+    metrics: Mapping[str, object]
+    truth: np.ndarray
+    scores: np.ndarray
+    cp_per_day: Sequence[tuple[str, float]]
+    k: int
+    importance: Mapping[str, float]
+    explanations: Sequence[Mapping[str, object]]
+    windows: Mapping[str, object] = field(default_factory=dict)
+
+
+def render_report(data: ReportData) -> str:
+    """The report as one HTML document (no external files or network: images inline as SVG)."""
+    truth = np.asarray(data.truth).astype(np.int8).ravel()
+    scores = np.asarray(data.scores, dtype=np.float64).ravel()
+    if truth.shape != scores.shape:
+        raise ValueError(f"truth has {truth.size} entries but scores {scores.size}")
+    frauds = int(truth.sum())
+    with mpl.rc_context(_STYLE):
+        if 0 < frauds < truth.size:
+            curves = _figure("roc", _roc(truth, scores)) + _figure("pr", _precision_recall(truth, scores))
+        else:
+            curves = _note(
+                f"No ROC or precision-recall curve: both need frauds and genuine transactions, and the test "
+                f"window has {frauds:,} frauds among {truth.size:,} transactions."
+            )
+        distributions = _figure("scores", _distributions(truth, scores))
+        per_day = _figure("cp", _cp_per_day(data.cp_per_day, data.k)) if data.cp_per_day else _note("No days.")
+        gains = _figure("importance", _importance(data.importance)) if data.importance else _note("No features.")
+    alerts = "".join(_explanation(alert) for alert in data.explanations) or _note("No alerts explained.")
+    title = html.escape(data.title)
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8"><title>{title}</title>'
+        f"<style>{_CSS}</style></head>\n<body>\n<h1>{title}</h1>\n"
+        f"<h2>Headline metrics</h2>\n{_table(['metric', 'value'], data.metrics.items())}\n"
+        f"<h2>Windows</h2>\n{_windows(data.windows)}\n"
+        f"<h2>Ranking</h2>\n{curves}\n<h2>Score distributions</h2>\n{distributions}\n"
+        f"<h2>Card precision@{data.k} per day</h2>\n{per_day}\n"
+        f"<h2>Feature importance (gain, top {TOP_FEATURES})</h2>\n{gains}\n"
+        f'<h2>Explained alerts</h2>\n<div class="alerts">{alerts}</div>\n</body>\n</html>\n'
+    )
+
+
+def write_report(data: ReportData, path: Path) -> None:
+    """render_report to ``path`` atomically (temp file in the same folder + os.replace)."""
+    document = render_report(data)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")  # not mkstemp: keep the umask's mode
+    try:
+        with temporary.open("x", encoding="utf-8") as file:
+            file.write(document)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _roc(truth: np.ndarray, scores: np.ndarray) -> Figure:
+    fpr, tpr, _ = roc_curve(truth, scores)
+    auc = float(roc_auc_score(truth, scores))
+    tpr_at_1pct = float(tpr[fpr <= 0.01].max())  # fpr[0] is 0, so never empty
+    fig, ax = _axes(4.8, 4.4)
+    ax.plot(fpr, tpr, color=FRAUD, label=f"model (AUC = {auc:.4f})")
+    ax.plot([0, 1], [0, 1], color=GREY, linestyle="--", linewidth=1, label="chance")
+    ax.plot([0.01], [tpr_at_1pct], "ko", label=f"FPR 1 %: TPR {tpr_at_1pct:.3f}")
+    ax.set(title="ROC curve", xlabel="false-positive rate", ylabel="true-positive rate (recall)", xlim=(0, 1))
+    ax.legend(loc="lower right")
+    return fig
+
+
+def _precision_recall(truth: np.ndarray, scores: np.ndarray) -> Figure:
+    precision, recall, _ = precision_recall_curve(truth, scores, drop_intermediate=True)
+    ap, base_rate = float(average_precision_score(truth, scores)), float(truth.mean())
+    fig, ax = _axes(4.8, 4.4)
+    ax.plot(recall, precision, color=FRAUD, drawstyle="steps-post", label=f"model (AP = {ap:.4f})")
+    ax.axhline(base_rate, color=GREY, linestyle="--", linewidth=1, label=f"base rate {base_rate:.4f}")
+    ax.set(title="Precision-recall curve", xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+    ax.legend(loc="upper right")
+    return fig
+
+
+def _distributions(truth: np.ndarray, scores: np.ndarray) -> Figure:
+    bins = np.histogram_bin_edges(scores, bins=50).tolist()
+    fig, ax = _axes(6.4, 3.6)
+    for label, mask, colour in (("genuine", truth == 0, GENUINE), ("fraud", truth == 1, FRAUD)):
+        if mask.any():
+            ax.hist(scores[mask], bins=bins, color=colour, alpha=0.55, label=f"{label} ({int(mask.sum()):,})")
+    if scores.size:
+        ax.set_yscale("log")
+        ax.legend(loc="upper right")
+    ax.set(title="Scores by class (same bins)", xlabel="score", ylabel="transactions (log scale)")
+    return fig
+
+
+def _cp_per_day(cp_per_day: Sequence[tuple[str, float]], k: int) -> Figure:
+    days, values = [day for day, _ in cp_per_day], np.array([value for _, value in cp_per_day], dtype=np.float64)
+    mean = float(values.mean())
+    fig, ax = _axes(min(max(6.4, 0.22 * len(days)), 14.0), 3.6)
+    ax.bar(np.arange(len(days)), values, color=GENUINE)
+    ax.axhline(mean, color=FRAUD, linestyle="--", label=f"mean {mean:.3f}")
+    ax.set_xticks(np.arange(len(days)), days, rotation=90, fontsize=7, parse_math=False)
+    ax.set(title=f"Card precision@{k} per day", ylabel=f"CP@{k}", ylim=(0, max(1.0, float(values.max()))))
+    ax.legend(loc="upper right")
+    return fig
+
+
+def _importance(importance: Mapping[str, float]) -> Figure:
+    top = sorted(importance.items(), key=lambda item: (-item[1], item[0]))[:TOP_FEATURES][::-1]  # largest on top
+    fig, ax = _axes(6.4, 0.9 + 0.24 * len(top))
+    ax.barh(np.arange(len(top)), [gain for _, gain in top], color=GENUINE)
+    ax.set_yticks(np.arange(len(top)), [name for name, _ in top], parse_math=False)  # a name may hold "$"
+    ax.set(title="Feature importance", xlabel="total gain")
+    return fig
+
+
+def _explanation(alert: Mapping[str, object]) -> str:
+    reasons = alert.get("reasons", ())
+    rows, classes = [], []
+    for reason in reasons if isinstance(reasons, Iterable) else ():
+        if isinstance(reason, Mapping):
+            rows.append([reason.get(key) for key in ("feature", "value", "contribution", "direction")])
+            classes.append(str(reason.get("direction")) if reason.get("direction") in ("raises", "lowers") else "")
+    caption = f"{_text(alert.get('txn_id'))} — score {_text(alert.get('score'))}"
+    return _table(["feature", "value", "contribution", "direction"], rows, classes, caption)
+
+
+def _windows(windows: Mapping[str, object]) -> str:
+    spans = {name: span if isinstance(span, Mapping) else {"value": span} for name, span in windows.items()}
+    if not spans:
+        return _note("No windows given.")
+    columns = list(dict.fromkeys(key for span in spans.values() for key in span))
+    rows = [[name, *(span.get(column) for column in columns)] for name, span in spans.items()]
+    return _table(["window", *map(str, columns)], rows)
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[object]], classes: Sequence[str] = (),
+           caption: str = "") -> str:  # fmt: skip
+    head = "".join(f"<th>{html.escape(name)}</th>" for name in header)
+    body = []
+    for index, row in enumerate(rows):
+        css = f' class="{classes[index]}"' if index < len(classes) and classes[index] else ""
+        cells = "".join(f"<td{_numeric(value)}>{html.escape(_text(value))}</td>" for value in row)
+        body.append(f"<tr{css}>{cells}</tr>")
+    title = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    return f"<table>{title}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _text(value: object) -> str:
+    """A cell's text: floats to 4 decimals, integers with thousands separators, nothing as a dash."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool | np.bool_):
+        return str(bool(value))
+    if isinstance(value, int | np.integer):
+        return f"{int(value):,}"
+    if isinstance(value, float | np.floating):
+        return f"{float(value):.4f}"
+    return str(value)
+
+
+def _numeric(value: object) -> str:
+    numeric = isinstance(value, int | float | np.number) and not isinstance(value, bool | np.bool_)
+    return ' class="num"' if numeric else ""
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{html.escape(text)}</p>'
+
+
+def _axes(width: float, height: float) -> tuple[Figure, Axes]:
+    """A figure of ``width`` x ``height`` inches with one axes; constrained layout (no tight_layout warnings)."""
+    fig = Figure(figsize=(width, height), layout="constrained")
+    ax = fig.add_subplot()
+    ax.grid(alpha=0.3)
+    return fig, ax
+
+
+def _figure(name: str, fig: Figure) -> str:
+    """``fig`` as an inline SVG in a ``<figure id=name>``; its ids are prefixed with ``name`` to stay unique."""
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg", metadata=_NO_METADATA)
+    svg = buffer.getvalue()
+    svg = re.sub(r'(\bid="|xlink:href="#|url\(#)', rf"\g<1>{name}-", svg[svg.index("<svg") :])
+    return f'<figure id="{name}">{svg}</figure>'
