@@ -497,7 +497,7 @@ def train(
     if promote:
         registry.promote(manifest.version, why=why)
     thresholds = manifest.thresholds
-    out.print(
+    Console(soft_wrap=True).print(
         f"registered {manifest.version} ({trained.fitted.rounds} rounds, {metrics['train_seconds']:.1f} s) — "
         f"validation {windows.test[0]}..{windows.test[1] - timedelta(days=1)}: AUC {metrics['auc']:.3f}, "
         f"AP {metrics['ap']:.3f}, CP@{metrics['k']} {metrics['cp_at_k']:.3f}; thresholds review "
@@ -574,7 +574,7 @@ def evaluate(
         write_report(_report_data(title, result.booster, result.test, result.report, result.report["windows"]), html)
     r = result.report
     auc, ap = (f"{r[key]:.3f}" if r[key] is not None else "n/a" for key in ("auc", "ap"))
-    out.print(
+    Console(soft_wrap=True).print(
         f"AUC {auc}  AP {ap}  CP@{k} {r['cp_at_k']:.3f}  ({r['n_test']:,} test transactions, "
         f"{r['n_test_fraud']:,} frauds) → {report}" + (f", {html}" if html else ""),
         highlight=False,
