@@ -391,9 +391,21 @@ def features_show(card: Annotated[str, typer.Option("--card", help="Card token (
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def worker(ctx: typer.Context) -> None:
     """Run a stream worker (Faust). Extra arguments go to Faust's worker command, e.g. ``-l info``."""
+    from prometheus_client import start_http_server
+
+    from models.registry import Registry, RegistryError
+
     settings = _settings()
+    alias = settings.scoring.model_alias
+    try:  # refuse to start rather than score with nothing
+        model = Registry(settings.paths.models_dir).load(alias)
+    except RegistryError as error:
+        raise CliError(f"cannot start the worker: {error} (train one: fraudpipe train DATA --promote)") from None
+    err.print(f"{alias}: {model.version} ({model.sha256[:12]})", highlight=False)
     settings.paths.data_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
-    from streams.agents import screen_transactions  # noqa: F401 - registers the agents
+    if settings.metrics.port:
+        start_http_server(settings.metrics.port, addr=settings.metrics.bind)
+    from streams.agents import score_transactions  # noqa: F401 - registers the agents
     from streams.app import app as faust_app
 
     sys.argv = ["fraudpipe-worker", "worker", *ctx.args]

@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 __all__ = [
     "DEV_TOKENIZATION_KEY",
     "KafkaSettings",
+    "MetricsSettings",
     "PathSettings",
     "PrivacySettings",
     "RedisSettings",
@@ -127,6 +128,21 @@ class ScoringSettings(_Section):
     decline_threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.9
     max_clock_skew_s: Annotated[float, Field(ge=0.0)] = 300.0
     model_threads: Annotated[int, Field(ge=1, le=64)] = 1
+    thresholds_from: Literal["model", "settings"] = "model"
+    """``model``: the thresholds chosen on validation and stored in the champion's manifest; ``settings``: the two
+    above."""
+    review_amount: Annotated[float | None, Field(gt=0.0)] = None
+    """Rule: payments of at least this amount are at least reviewed (unset: no such rule)."""
+    reason_codes: Annotated[int, Field(ge=1, le=16)] = 3
+    model_alias: Literal["champion", "challenger"] = "champion"
+    model_poll_s: Annotated[float, Field(gt=0.0)] = 5.0
+    """How often a worker checks the registry alias it follows (it also reloads on model-events)."""
+    fallback: Literal["fail_open", "fail_closed"] = "fail_open"
+    """Decisions while features cannot be read (Redis down or slow): ``fail_open`` approves payments below
+    ``fallback_review_amount`` and reviews the others; ``fail_closed`` reviews every payment."""
+    fallback_review_amount: Annotated[float, Field(gt=0.0)] = 100.0
+    decision_memory_s: Annotated[int, Field(ge=60)] = 7 * 86_400
+    """How long the decision of a transaction is remembered, so a redelivery republishes the same decision."""
 
     @model_validator(mode="after")
     def _ordered(self) -> ScoringSettings:
@@ -163,6 +179,13 @@ class PathSettings(_Section):
     models_dir: Path = Path("var/models")
 
 
+class MetricsSettings(_Section):
+    """The Prometheus endpoint of a worker or the API (``/metrics``); port 0 turns it off."""
+
+    bind: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65_535)] = 9108
+
+
 class WebSettings(_Section):
     """Faust's own web server (it can serve table contents): off by default, loopback when on."""
 
@@ -194,6 +217,7 @@ class Settings(BaseSettings):
     privacy: PrivacySettings = PrivacySettings()
     paths: PathSettings = PathSettings()
     web: WebSettings = WebSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @model_validator(mode="after")
     def _production_key(self) -> Settings:

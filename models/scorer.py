@@ -26,7 +26,7 @@ from numpy.typing import ArrayLike, NDArray
 from sklearn.metrics import precision_recall_curve
 
 from features.definitions import FEATURE_NAMES, feature_index
-from fraudpipe.contracts import Contribution
+from fraudpipe.contracts import Contribution, DecisionOutcome
 from models.registry import LoadedModel
 
 __all__ = ["Policy", "Scorer", "choose_thresholds", "explain"]
@@ -93,7 +93,7 @@ class Policy:
         if not 0.0 <= self.review <= self.decline <= 1.0:
             raise ValueError("thresholds must satisfy 0 <= review <= decline <= 1")
 
-    def decide(self, scores: ArrayLike, matrix: NDArray[np.float64]) -> list[str]:
+    def decide(self, scores: ArrayLike, matrix: NDArray[np.float64]) -> list[DecisionOutcome]:
         """approve / review / decline for each row."""
         s = np.asarray(scores, dtype=np.float64)
         level = np.where(s >= self.decline, 2, np.where(s >= self.review, 1, 0))
@@ -104,7 +104,8 @@ class Policy:
             else np.zeros(len(s), dtype=bool)
         )
         level = np.where(known_fraud | large, np.maximum(level, 1), level)
-        return [("approve", "review", "decline")[value] for value in level.tolist()]
+        names: tuple[DecisionOutcome, ...] = ("approve", "review", "decline")
+        return [names[value] for value in level.tolist()]
 
 
 def choose_thresholds(truth: ArrayLike, scores: ArrayLike, days: Sequence[object], *, alerts_per_day: int = 100,

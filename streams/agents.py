@@ -1,25 +1,35 @@
-"""Faust agents: load, call the pure code, store. No business ``if`` lives here.
+"""Faust agents: load, call the pure code, publish. No business ``if`` lives here.
 
-``screen_transactions`` is the intake edge of ``transactions.v1``: it takes micro-batches, validates each record
-(:func:`streams.intake.intake`), and sends every refused record to ``transactions.dlq.v1`` with its reason and
-source coordinates. Dead letters are awaited until the broker has them before the batch is acknowledged, so a
-source offset is never committed past a poison record that is not yet in the DLQ. Scoring of the valid events is
-added by the streaming issue on this same agent.
+``score_transactions`` consumes ``transactions.v1`` in micro-batches: each record is validated
+(:func:`streams.intake.intake`; refused ones go to ``transactions.dlq.v1`` with reason and coordinates), the valid
+ones go through :class:`streams.pipeline.Pipeline` (features, model, decision, reason codes), and every decision is
+published to ``scores.v1`` and every review / decline to ``alerts.v1``, keyed by card token. All deliveries of a
+batch are awaited before the next batch is taken, so Faust never commits an offset past an event whose outputs the
+broker does not have. Anything unexpected while handling one event dead-letters that event (``processing_error``)
+and the batch goes on: an exception escaping the agent would make Faust acknowledge the whole batch.
+
+Before each batch the model alias is checked (every ``scoring.model_poll_s``) and a new version swapped in; a batch
+is scored by one version. Transactions decided in degraded mode are applied to the store once it answers again.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 from typing import Any
 
+from features.store import RedisFeatureStore, StoreUnavailableError, redis_client
 from fraudpipe.clock import SystemClock
-from fraudpipe.codec import encode
-from fraudpipe.contracts import Transaction
-from streams.app import app, settings, transactions_dlq_topic, transactions_topic
+from fraudpipe.codec import dead_letter, encode
+from fraudpipe.contracts import Reason, Transaction
+from models.registry import Registry
+from streams import metrics
+from streams.app import alerts_topic, app, scores_topic, settings, transactions_dlq_topic, transactions_topic
 from streams.intake import RawRecord, intake
+from streams.pipeline import DecisionMemory, Models, Pipeline
 
-__all__ = ["screen_transactions"]
+__all__ = ["score_transactions"]
 
 log = logging.getLogger(__name__)
 clock = SystemClock()
@@ -30,23 +40,112 @@ def _raw(event: Any) -> RawRecord:
     return RawRecord(message.topic, message.partition, message.offset, message.key, message.value)
 
 
-@app.agent(transactions_topic, concurrency=1)
-async def screen_transactions(stream: Any) -> None:
-    """Validate transactions in micro-batches; dead-letter what is refused."""
+def build_pipeline() -> Pipeline:
+    """The worker's pipeline from the settings: Redis store and decision memory, the registry's alias."""
+    client = redis_client(settings.redis)
+    store = RedisFeatureStore(client, settings.redis.key_prefix)
+    memory = DecisionMemory(client, settings.redis.key_prefix, settings.scoring.decision_memory_s)
     scoring = settings.scoring
+    models = Models(Registry(settings.paths.models_dir), scoring.model_alias, threads=scoring.model_threads,
+                    poll_s=scoring.model_poll_s, clock=clock)  # fmt: skip
+    return Pipeline(store, memory, models, scoring, clock)
+
+
+class _Repairs:
+    """Transactions decided in degraded mode, applied to the store once it answers (oldest first)."""
+
+    def __init__(self, store: RedisFeatureStore) -> None:
+        self.store, self.pending = store, list[Transaction]()
+
+    def add(self, txns: list[Transaction]) -> None:
+        self.pending += txns
+        metrics.PENDING_REPAIRS.set(len(self.pending))
+
+    def flush(self) -> None:
+        while self.pending:
+            try:
+                self.store.raw(self.pending[:500])
+            except StoreUnavailableError:
+                return
+            del self.pending[:500]
+            metrics.PENDING_REPAIRS.set(len(self.pending))
+
+
+@app.agent(transactions_topic, concurrency=1)
+async def score_transactions(stream: Any) -> None:
+    """Validate, score and decide transactions in micro-batches; publish decisions, alerts and dead letters."""
+    scoring = settings.scoring
+    pipeline = build_pipeline()
+    scorer = pipeline.models.start()  # no model, no scoring: the worker stops here with the reason
+    metrics.MODEL_INFO.info({"version": scorer.version, "sha256": scorer.model.sha256})
+    repairs = _Repairs(pipeline.store)  # type: ignore[arg-type]
+    topic = settings.topics.full(settings.topics.transactions)
     async for events in stream.take_events(scoring.batch_size, within=scoring.batch_within_ms / 1000):
+        received = clock.monotonic()
+        if pipeline.models.refresh():
+            current = pipeline.models.scorer
+            assert current is not None
+            metrics.MODEL_SWAPS.inc()
+            metrics.MODEL_INFO.info({"version": current.version, "sha256": current.model.sha256})
+        repairs.flush()
         now = clock.now()
+        metrics.EVENTS_IN.labels(topic).inc(len(events))
+        metrics.BATCH_SIZE.observe(len(events))
         result = intake(
             (_raw(event) for event in events),
             Transaction,
             latest_event_time=now + timedelta(seconds=scoring.max_clock_skew_s),
             failed_at=now,
         )
-        deliveries = [
-            await transactions_dlq_topic.send(key=record.key, value=encode(letter), force=True)
-            for record, letter in result.dead
-        ]
+        dead = list(result.dead)
+        records = [record for record, _ in result.valid]
+        txns = [txn for _, txn in result.valid]
+        try:
+            batch = pipeline.score(txns, [received] * len(txns))
+        except Exception as error:  # one bad event must not take the batch (or the offsets) with it
+            log.exception("batch failed; scoring its %d transactions one by one", len(txns))
+            batch = None
+            first_error = error
+        deliveries = []
+        if batch is None:
+            for record, txn in zip(records, txns, strict=True):
+                try:
+                    single = pipeline.score([txn], [received])
+                except Exception:
+                    detail = f"{type(first_error).__name__} while scoring"
+                    dead.append((record, dead_letter(record.value, reason=Reason.PROCESSING_ERROR, detail=detail,
+                                                     source_topic=record.topic, source_partition=record.partition,
+                                                     source_offset=record.offset, failed_at=now)))  # fmt: skip
+                    continue
+                deliveries += await _publish(single.decisions, single.alerts)
+        else:
+            deliveries += await _publish(batch.decisions, batch.alerts)
+            repairs.add(batch.unapplied)
+            metrics.STORE_SECONDS.observe(batch.store_s)
+            metrics.MODEL_SECONDS.observe(batch.model_s)
+            metrics.REDELIVERED.inc(batch.redelivered)
+        for record, letter in dead:
+            deliveries.append(await transactions_dlq_topic.send(key=record.key, value=encode(letter), force=True))
+            metrics.DEAD_LETTERS.labels(topic, letter.reason.value).inc()
         for delivery in deliveries:
             await delivery
-        if result.dead:
-            log.warning("dead-lettered %d of %d transactions", len(result.dead), len(events))
+        published = time.time()
+        for event in events:
+            metrics.END_TO_END.observe(max(0.0, published - event.message.timestamp))
+        if dead:
+            log.warning("dead-lettered %d of %d transactions", len(dead), len(events))
+
+
+async def _publish(decisions: list[Any], alerts: list[Any]) -> list[Any]:
+    """Send decisions and alerts (not yet awaited for delivery); count them."""
+    futures = []
+    for decision in decisions:
+        futures.append(await scores_topic.send(key=decision.card_token.encode(), value=encode(decision), force=True))
+        metrics.DECISIONS.labels(decision.decision).inc()
+        if decision.degraded:
+            metrics.DEGRADED.inc()
+    for alert in alerts:
+        futures.append(await alerts_topic.send(key=alert.card_token.encode(), value=encode(alert), force=True))
+    metrics.PUBLISHED.labels("scores").inc(len(decisions))
+    metrics.PUBLISHED.labels("alerts").inc(len(alerts))
+    return futures

@@ -15,7 +15,7 @@ import faust
 
 from fraudpipe.settings import Settings, TopicSettings, get_settings
 
-__all__ = ["app", "settings", "transactions_dlq_topic", "transactions_topic"]
+__all__ = ["alerts_topic", "app", "scores_topic", "settings", "transactions_dlq_topic", "transactions_topic"]
 
 
 def build_app(settings: Settings) -> faust.App:
@@ -52,3 +52,5 @@ settings = get_settings()
 app = build_app(settings)
 transactions_topic = _raw_topic(app, settings.topics.full(settings.topics.transactions))
 transactions_dlq_topic = _raw_topic(app, settings.topics.full(TopicSettings.dlq_of(settings.topics.transactions)))
+scores_topic = _raw_topic(app, settings.topics.full(settings.topics.scores))
+alerts_topic = _raw_topic(app, settings.topics.full(settings.topics.alerts))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from fraudpipe.contracts import Alert, Contribution, Decision, Label, ModelRef, Thresholds, Transaction
@@ -108,3 +109,32 @@ def alert(**overrides: Any) -> Alert:
     }
     fields.update(overrides)
     return Alert(**fields)
+
+
+def register_champion(models_dir: Path, *, seed: int = 0) -> str:
+    """Train a small real model on a short simulated history, register it under ``models_dir`` and make it the
+    champion; returns its version. Seconds, not minutes: for tests that need a worker with a model."""
+    from datetime import date
+
+    import polars as pl
+
+    from fraudpipe.settings import TrainingSettings
+    from fraudpipe.simulator.config import default
+    from fraudpipe.simulator.generate import simulate
+    from models.dataset import History
+    from models.protocol import Windows
+    from models.registry import Registry
+    from models.train import train_version
+
+    _, days = simulate(default(days=24, customers=600, terminals=1_200, seed=seed), b"factories-tokenization-key-0000")
+    run = list(days)
+    history = History(pl.concat([d.transactions for d in run]), pl.concat([d.labels for d in run]), 0)
+    trained = train_version(
+        history,
+        Windows(date(2018, 4, 3), 14, 3, 4),
+        TrainingSettings(rounds=30, learning_rate=0.1, min_data_in_leaf=20, seed=seed),
+    )
+    registry = Registry(models_dir)
+    version = registry.register(trained.fitted.booster, trained.fields).version
+    registry.promote(version, why="test champion")
+    return version

@@ -53,6 +53,7 @@ def settings(kafka_bootstrap: str, redis_url: str, unique: str, tmp_path: Path) 
         topics=TopicSettings(prefix=f"t{unique}-", partitions=3),
         redis={"url": redis_url, "key_prefix": f"fp:test:{unique}:"},  # type: ignore[arg-type]
         paths={"data_dir": tmp_path / "data", "models_dir": tmp_path / "models"},  # type: ignore[arg-type]
+        metrics={"port": 0},  # type: ignore[arg-type]
     )
 
 
@@ -83,6 +84,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "FRAUD_REDIS__KEY_PREFIX": settings.redis.key_prefix,
             "FRAUD_PATHS__DATA_DIR": str(settings.paths.data_dir),
             "FRAUD_PATHS__MODELS_DIR": str(settings.paths.models_dir),
+            "FRAUD_METRICS__PORT": str(settings.metrics.port),
         }
     )
     return env

@@ -1,7 +1,8 @@
-"""The Faust worker, started as users start it (``python -m streams worker``), against the real broker.
+"""The Faust worker, started as users start it (``fraudpipe worker``), against the real broker and Redis.
 
-Valid transactions are consumed and committed; every poison record lands in ``transactions.dlq.v1`` exactly once,
-with its reason, its source coordinates and no PAN.
+Valid transactions are consumed, scored and committed (one decision each on ``scores.v1``); every poison record
+lands in ``transactions.dlq.v1`` exactly once, with its reason, its source coordinates and no PAN. Without a
+champion the worker refuses to start, with one line saying why.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from fraudpipe.codec import decode, encode
-from fraudpipe.contracts import DeadLetter, Reason
+from fraudpipe.contracts import DeadLetter, Decision, Reason
 from fraudpipe.settings import Settings, TopicSettings
 from tests import factories
 from tests.factories import VISA_TEST_PAN, transaction_json
@@ -38,9 +39,10 @@ POISON: list[tuple[bytes, Reason]] = [
 
 @pytest.fixture
 def worker(topics: Settings, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    factories.register_champion(topics.paths.models_dir)
     log = (tmp_path / "worker.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "streams", "worker", "-l", "info"],
+        [sys.executable, "-m", "fraudpipe", "worker", "-l", "info"],
         cwd=tmp_path,
         env=settings_env(topics),
         stdout=log,
@@ -108,6 +110,15 @@ def test_worker_scores_nothing_away_and_dead_letters_poison(
     assert all(d.source_topic == topic for d in decoded)
     assert not any(VISA_TEST_PAN.encode() in message.value() for message in letters)
 
+    scores = consume_all(
+        topics.kafka.bootstrap_servers, topics.topics.full(topics.topics.scores), len(valid) + 1,
+        group=f"{topics.kafka.app_id}-scores", timeout_s=30,
+    )  # fmt: skip
+    decisions = [decode(message.value(), Decision) for message in scores]
+    assert sorted(d.txn_id for d in decisions) == sorted(e.txn_id for e in valid)
+    assert all(message.key() == d.card_token.encode() for message, d in zip(scores, decisions, strict=True))
+    assert all(d.model is not None and d.model.version == "v0001" and not d.degraded for d in decisions)
+
     assert _committed_all(topics, topic, timeout_s=60), "the worker did not commit every consumed offset"
     again = consume_all(
         topics.kafka.bootstrap_servers, dlq, len(POISON) + 1, group=f"{topics.kafka.app_id}-2", timeout_s=5
@@ -118,3 +129,12 @@ def test_worker_scores_nothing_away_and_dead_letters_poison(
     log = (tmp_path / "worker.log").read_text(errors="replace")
     assert "Traceback" not in log, log[-3000:]
     assert VISA_TEST_PAN not in log
+
+
+def test_without_a_champion_the_worker_refuses_to_start(topics: Settings, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "fraudpipe", "worker"], cwd=tmp_path, env=settings_env(topics), capture_output=True,
+        text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "no champion yet" in result.stderr and "Traceback" not in result.stderr

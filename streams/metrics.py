@@ -1,0 +1,42 @@
+"""Prometheus metrics of the stream worker and the API (prometheus-client), served on ``settings.metrics``.
+
+Names carry the ``fraudpipe_`` prefix; no label ever holds a card token, a transaction id or an amount.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+__all__ = [
+    "BATCH_SIZE",
+    "DEAD_LETTERS",
+    "DECISIONS",
+    "DEGRADED",
+    "END_TO_END",
+    "EVENTS_IN",
+    "MODEL_INFO",
+    "MODEL_SECONDS",
+    "MODEL_SWAPS",
+    "PENDING_REPAIRS",
+    "PUBLISHED",
+    "REDELIVERED",
+    "STORE_SECONDS",
+]
+
+_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+EVENTS_IN = Counter("fraudpipe_events_in", "Records consumed", ["topic"])
+PUBLISHED = Counter("fraudpipe_events_out", "Records published", ["topic"])
+DECISIONS = Counter("fraudpipe_decisions", "Decisions by outcome", ["outcome"])
+DEAD_LETTERS = Counter("fraudpipe_dead_letters", "Records dead-lettered, by reason", ["topic", "reason"])
+DEGRADED = Counter("fraudpipe_degraded_decisions", "Decisions taken without features (fallback policy)")
+REDELIVERED = Counter("fraudpipe_redelivered", "Transactions seen again, answered with their remembered decision")
+END_TO_END = Histogram(
+    "fraudpipe_end_to_end_seconds", "Event produced (Kafka timestamp) to decision published", buckets=_LATENCY
+)
+BATCH_SIZE = Histogram("fraudpipe_batch_size", "Transactions per micro-batch", buckets=(1, 10, 50, 100, 250, 500, 1000))
+STORE_SECONDS = Histogram("fraudpipe_store_seconds", "Feature-store call per micro-batch", buckets=_LATENCY)
+MODEL_SECONDS = Histogram("fraudpipe_model_seconds", "Scores and decisions per micro-batch", buckets=_LATENCY)
+MODEL_INFO = Info("fraudpipe_model", "The model in force")
+MODEL_SWAPS = Counter("fraudpipe_model_swaps", "Model versions swapped in without restart")
+PENDING_REPAIRS = Gauge("fraudpipe_pending_repairs", "Transactions waiting to be applied to the feature store")

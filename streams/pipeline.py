@@ -1,0 +1,266 @@
+"""The scoring pipeline shared by the stream worker and the REST API: validated transactions in; decisions and
+alerts out. Per micro-batch: one feature-store call, one model call, reason codes for the alerts only, one call
+to remember the decisions. Pure of Kafka: the agent (:mod:`streams.agents`) and the API publish what it returns.
+
+- **One model per batch.** :class:`Models` follows a registry alias and swaps the model only between batches (the
+  agent calls :meth:`Models.refresh` before each one); a version that does not verify is refused, logged, and the
+  current one keeps serving.
+- **One decision per transaction.** Each decision is remembered (score, outcome, model) for
+  ``decision_memory_s`` before it is published; a redelivered transaction (the store reports it already applied)
+  gets its remembered decision again rather than a new one computed from state that now includes it.
+- **Degraded mode.** When the store cannot be read within its budget (:class:`StoreUnavailableError`), decisions
+  follow ``scoring.fallback`` (see :class:`fraudpipe.settings.ScoringSettings`), carry ``degraded=true``, no score,
+  and the batch's transactions are returned in :attr:`Batch.unapplied` so the caller can apply them once Redis is
+  back. Nothing else changes; the next batch tries Redis again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import redis
+
+from features.batch import feature_matrix
+from features.definitions import FEATURE_NAMES
+from features.snapshot import REPLY_WIDTH
+from features.store import StoreUnavailableError
+from fraudpipe.clock import Clock
+from fraudpipe.contracts import Alert, Decision, DecisionOutcome, ModelRef, Thresholds, Transaction
+from fraudpipe.settings import ScoringSettings
+from models.registry import LoadedModel, Registry, RegistryError
+from models.scorer import Policy, Scorer
+
+__all__ = ["Batch", "DecisionMemory", "InMemoryDecisionMemory", "Models", "Pipeline", "Recalled"]
+
+log = logging.getLogger(__name__)
+
+
+class FeatureStore(Protocol):
+    def raw(self, txns: Sequence[Transaction]) -> list[Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Recalled:
+    """A remembered decision: enough to publish the same one again."""
+
+    outcome: DecisionOutcome
+    score: float | None
+    version: str | None
+    sha256: str | None
+
+    @property
+    def model(self) -> ModelRef | None:
+        if self.version is None or self.sha256 is None:
+            return None
+        return ModelRef(version=self.version, sha256=self.sha256)
+
+    def dumps(self) -> str:
+        return json.dumps([self.outcome, self.score, self.version, self.sha256])
+
+    @classmethod
+    def loads(cls, text: str | bytes) -> Recalled:
+        outcome, score, version, sha256 = json.loads(text)
+        return cls(outcome, score, version, sha256)
+
+
+class DecisionMemory:
+    """Decisions by transaction id in Redis (``<prefix>decided:<txn_id>``), each kept ``ttl_s``."""
+
+    def __init__(self, client: redis.Redis, prefix: str, ttl_s: int) -> None:
+        self.client, self.prefix, self.ttl_s = client, prefix, ttl_s
+
+    def recall(self, txn_ids: Sequence[str]) -> dict[str, Recalled]:
+        if not txn_ids:
+            return {}
+        try:
+            values = self.client.mget([f"{self.prefix}decided:{t}" for t in txn_ids])
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            raise StoreUnavailableError(f"Redis unavailable: {error}") from None
+        return {t: Recalled.loads(v) for t, v in zip(txn_ids, values, strict=True) if v is not None}
+
+    def remember(self, decisions: dict[str, Recalled]) -> None:
+        if not decisions:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for txn_id, recalled in decisions.items():
+            pipe.set(f"{self.prefix}decided:{txn_id}", recalled.dumps(), nx=True, ex=self.ttl_s)
+        try:
+            pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            raise StoreUnavailableError(f"Redis unavailable: {error}") from None
+
+
+class InMemoryDecisionMemory:
+    """The twin of :class:`DecisionMemory` (no expiry)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, str] = {}
+
+    def recall(self, txn_ids: Sequence[str]) -> dict[str, Recalled]:
+        return {t: Recalled.loads(self.values[t]) for t in txn_ids if t in self.values}
+
+    def remember(self, decisions: dict[str, Recalled]) -> None:
+        for txn_id, recalled in decisions.items():
+            self.values.setdefault(txn_id, recalled.dumps())
+
+
+class Models:
+    """The model in force, following ``alias`` in ``registry``; changes only when :meth:`refresh` says so."""
+
+    def __init__(self, registry: Registry, alias: str, *, threads: int, poll_s: float, clock: Clock) -> None:
+        self.registry, self.alias, self.threads, self.poll_s, self.clock = registry, alias, threads, poll_s, clock
+        self.scorer: Scorer | None = None
+        self._checked = -math.inf
+        self._refused: str | None = None
+
+    def start(self) -> Scorer:
+        """Load the alias's version.
+
+        Raises:
+            RegistryError / IntegrityError: no version behind the alias, or one that does not verify.
+        """
+        self.scorer = Scorer(self.registry.load(self.alias), self.threads)
+        self._checked = self.clock.monotonic()
+        return self.scorer
+
+    def refresh(self, *, force: bool = False) -> bool:
+        """Swap in the alias's version if it changed (checked every ``poll_s``, or now with ``force``). Returns
+        whether the model changed. A version that does not verify is refused once, and the current one stays."""
+        now = self.clock.monotonic()
+        if not force and now - self._checked < self.poll_s:
+            return False
+        self._checked = now
+        try:
+            target = self.registry.aliases()[self.alias]
+        except (OSError, ValueError) as error:
+            log.error("cannot read the registry aliases: %s", error)
+            return False
+        current = self.scorer.version if self.scorer else None
+        if target is None or target == current or target == self._refused:
+            return False
+        try:
+            loaded: LoadedModel = self.registry.load(target)
+        except RegistryError as error:
+            self._refused = target
+            log.error("refused model %s (keeping %s): %s", target, current, error)
+            return False
+        self.scorer = Scorer(loaded, self.threads)
+        self._refused = None
+        log.info("model %s -> %s", current, target)
+        return True
+
+
+@dataclass(slots=True)
+class Batch:
+    """What one micro-batch produced, in input order; ``unapplied`` holds the transactions whose features could
+    not be applied (degraded): apply them once the store is back."""
+
+    decisions: list[Decision] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+    unapplied: list[Transaction] = field(default_factory=list)
+    redelivered: int = 0
+    store_s: float = 0.0
+    model_s: float = 0.0
+
+
+class Pipeline:
+    """Features, score, decision, reason codes for one micro-batch (module docstring)."""
+
+    def __init__(self, store: FeatureStore, memory: DecisionMemory | InMemoryDecisionMemory, models: Models,
+                 scoring: ScoringSettings, clock: Clock) -> None:  # fmt: skip
+        self.store, self.memory, self.models, self.scoring, self.clock = store, memory, models, scoring, clock
+
+    def _policy(self, scorer: Scorer) -> Policy:
+        s = self.scoring
+        stored = scorer.model.manifest.thresholds
+        if s.thresholds_from == "model" and {"review", "decline"} <= set(stored):
+            return Policy(float(stored["review"]), float(stored["decline"]), s.review_amount)
+        return Policy(s.review_threshold, s.decline_threshold, s.review_amount)
+
+    def _fallback(self, txn: Transaction) -> DecisionOutcome:
+        if self.scoring.fallback == "fail_closed" or txn.amount >= self.scoring.fallback_review_amount:
+            return "review"
+        return "approve"
+
+    def score(self, txns: Sequence[Transaction], received_at: Sequence[float]) -> Batch:
+        """Decide every transaction of the batch. ``received_at``: monotonic time each reached the worker."""
+        batch = Batch()
+        if not txns:
+            return batch
+        scorer = self.models.scorer
+        if scorer is None:
+            raise RuntimeError("no model loaded: call Models.start() first")
+        policy = self._policy(scorer)
+        thresholds = Thresholds(review=policy.review, decline=policy.decline)
+        ref = ModelRef(version=scorer.version, sha256=scorer.model.sha256)
+        started = self.clock.monotonic()
+        try:
+            reply = self.store.raw(txns)
+            applied = [bool(int(v)) for v in reply[::REPLY_WIDTH]]
+            recalled = self.memory.recall([t.txn_id for t, a in zip(txns, applied, strict=True) if not a])
+        except StoreUnavailableError as error:
+            log.warning("degraded batch of %d: %s", len(txns), error)
+            batch.store_s = self.clock.monotonic() - started
+            batch.unapplied = list(txns)
+            for txn, received in zip(txns, received_at, strict=True):
+                self._emit(batch, txn, {}, None, None, self._fallback(txn), thresholds, [], received, True)
+            return batch
+        x = feature_matrix(reply, txns)
+        batch.store_s = self.clock.monotonic() - started
+        started = self.clock.monotonic()
+        scores = scorer.score(x)
+        outcomes = policy.decide(scores, x)
+        batch.model_s = self.clock.monotonic() - started
+        remembered: dict[str, Recalled] = {}
+        for i, txn in enumerate(txns):
+            if txn.txn_id in recalled:
+                batch.redelivered += 1
+                again = recalled[txn.txn_id]
+                scores[i], outcomes[i] = (np.nan if again.score is None else again.score), again.outcome
+            else:
+                remembered[txn.txn_id] = Recalled(outcomes[i], float(scores[i]), ref.version, ref.sha256)
+        alerting = [i for i, outcome in enumerate(outcomes) if outcome != "approve"]
+        reasons = dict(zip(alerting, scorer.explain(x[alerting], self.scoring.reason_codes), strict=True))
+        try:
+            self.memory.remember(remembered)
+        except StoreUnavailableError as error:
+            log.warning("decisions of a batch not remembered: %s", error)
+        for i, txn in enumerate(txns):
+            values = zip(FEATURE_NAMES, x[i].tolist(), strict=True)
+            features = {name: (None if math.isnan(v) else v) for name, v in values}
+            model: ModelRef | None = ref
+            if (earlier := recalled.get(txn.txn_id)) is not None:
+                model = earlier.model
+            score = None if math.isnan(scores[i]) else float(scores[i])
+            self._emit(batch, txn, features, model, score, outcomes[i], thresholds, reasons.get(i, []),
+                       received_at[i], False)  # fmt: skip
+        return batch
+
+    def _emit(self, batch: Batch, txn: Transaction, features: dict[str, float | None], model: ModelRef | None,
+              score: float | None, outcome: DecisionOutcome, thresholds: Thresholds, reasons: list[Any],
+              received: float, degraded: bool) -> None:  # fmt: skip
+        now = self.clock.now()
+        latency_ms = max(0.0, (self.clock.monotonic() - received) * 1000)
+        batch.decisions.append(
+            Decision(
+                txn_id=txn.txn_id, card_token=txn.card_token, event_time=txn.event_time, decided_at=now,
+                amount=txn.amount, currency=txn.currency, features=features, model=model, score=score,
+                decision=outcome, thresholds=thresholds, reason_codes=reasons, latency_ms=latency_ms,
+                degraded=degraded,
+            )
+        )  # fmt: skip
+        if outcome != "approve":
+            batch.alerts.append(
+                Alert(
+                    alert_id=Alert.id_for(txn.txn_id), txn_id=txn.txn_id, card_token=txn.card_token,
+                    card_last4=txn.card_last4, event_time=txn.event_time, raised_at=now, amount=txn.amount,
+                    currency=txn.currency, terminal_id=txn.terminal_id, merchant_id=txn.merchant_id,
+                    decision=outcome, score=score, model=model, reason_codes=reasons, degraded=degraded,
+                )
+            )  # fmt: skip
