@@ -94,6 +94,7 @@ class Reason(StrEnum):
     PAN_DETECTED = "pan_detected"
     UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
     PROCESSING_ERROR = "processing_error"
+    SINK_FAILED = "sink_failed"
 
 
 # --- field types --------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ receives the section it needs. Nothing here connects, creates folders or reads f
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -27,6 +28,7 @@ __all__ = [
     "RedisSettings",
     "ScoringSettings",
     "Settings",
+    "SinkSettings",
     "TopicSettings",
     "TrainingSettings",
     "WebSettings",
@@ -112,7 +114,7 @@ class TopicSettings(_Section):
 
     def consumed(self) -> tuple[str, ...]:
         """Full names of the topics fraudpipe consumes from outside producers (each has a DLQ)."""
-        return tuple(self.full(name) for name in (self.transactions, self.labels, self.registry_events))
+        return tuple(self.full(name) for name in (self.transactions, self.labels, self.registry_events, self.alerts))
 
     def produced(self) -> tuple[str, ...]:
         """Full names of the topics fraudpipe's workers produce."""
@@ -179,6 +181,23 @@ class PathSettings(_Section):
     models_dir: Path = Path("var/models")
 
 
+class SinkSettings(_Section):
+    """Where alerts go besides ``alerts.v1``. ``enabled``: any of log, redis_stream, jsonl, webhook."""
+
+    enabled: tuple[Literal["log", "redis_stream", "jsonl", "webhook"], ...] = ("log", "redis_stream")
+    budget_s: Annotated[float, Field(gt=0.0)] = 2.0
+    """Longest a sink may take for one batch before it counts as failed for that batch (retried with the next)."""
+    redis_stream_key: str = "fp:alerts"
+    redis_stream_maxlen: Annotated[int, Field(ge=100)] = 10_000
+    jsonl_path: Path = Path("var/alerts.jsonl")
+    webhook_url: str | None = None
+    webhook_attempts: Annotated[int, Field(ge=1, le=20)] = 5
+    """Failed deliveries of an alert before it goes to ``alerts.dlq.v1``."""
+    webhook_timeout_s: Annotated[float, Field(gt=0.0)] = 2.0
+    webhook_backoff_s: Annotated[float, Field(ge=0.0)] = 0.2
+    dedupe_ttl_s: Annotated[int, Field(ge=60)] = 7 * 86_400
+
+
 class MetricsSettings(_Section):
     """The Prometheus endpoint of a worker or the API (``/metrics``); port 0 turns it off."""
 
@@ -218,6 +237,7 @@ class Settings(BaseSettings):
     paths: PathSettings = PathSettings()
     web: WebSettings = WebSettings()
     metrics: MetricsSettings = MetricsSettings()
+    sinks: SinkSettings = SinkSettings()
 
     @model_validator(mode="after")
     def _production_key(self) -> Settings:
@@ -251,6 +271,8 @@ def _env_value(value: Any) -> str:
         return value.get_secret_value()
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return json.dumps(list(value))
     return str(value)
 
 

@@ -22,14 +22,23 @@ from typing import Any
 from features.store import RedisFeatureStore, StoreUnavailableError, redis_client
 from fraudpipe.clock import SystemClock
 from fraudpipe.codec import dead_letter, encode
-from fraudpipe.contracts import Reason, Transaction
+from fraudpipe.contracts import Alert, Reason, Transaction
 from models.registry import Registry
 from streams import metrics
-from streams.app import alerts_topic, app, scores_topic, settings, transactions_dlq_topic, transactions_topic
+from streams.app import (
+    alerts_dlq_topic,
+    alerts_topic,
+    app,
+    scores_topic,
+    settings,
+    transactions_dlq_topic,
+    transactions_topic,
+)
 from streams.intake import RawRecord, intake
 from streams.pipeline import DecisionMemory, Models, Pipeline
+from streams.sinks import Dispatcher, build_sinks
 
-__all__ = ["score_transactions"]
+__all__ = ["deliver_alerts", "score_transactions"]
 
 log = logging.getLogger(__name__)
 clock = SystemClock()
@@ -149,3 +158,30 @@ async def _publish(decisions: list[Any], alerts: list[Any]) -> list[Any]:
     metrics.PUBLISHED.labels("scores").inc(len(decisions))
     metrics.PUBLISHED.labels("alerts").inc(len(alerts))
     return futures
+
+
+@app.agent(alerts_topic, concurrency=1)
+async def deliver_alerts(stream: Any) -> None:
+    """Hand alerts to the configured sinks (:mod:`streams.sinks`); dead-letter what a sink gave up on."""
+    dispatcher = Dispatcher(build_sinks(settings.sinks, settings.redis.url), settings.sinks.budget_s)
+    await dispatcher.setup()
+    topic = settings.topics.full(settings.topics.alerts)
+    async for events in stream.take_events(settings.scoring.batch_size, within=settings.scoring.batch_within_ms / 1000):
+        now = clock.now()
+        metrics.EVENTS_IN.labels(topic).inc(len(events))
+        result = intake((_raw(event) for event in events), Alert, latest_event_time=None, failed_at=now)
+        before = dict(dispatcher.failures)
+        await dispatcher.dispatch([alert for _, alert in result.valid])
+        for name, count in dispatcher.failures.items():
+            metrics.SINK_FAILURES.labels(name).inc(count - before[name])
+        dead = list(result.dead)
+        for name, alert in dispatcher.dead:
+            metrics.SINK_DEAD.labels(name).inc()
+            letter = dead_letter(encode(alert), reason=Reason.SINK_FAILED, detail=f"sink {name} gave up",
+                                 source_topic=topic, source_partition=-1, source_offset=-1, failed_at=now)  # fmt: skip
+            dead.append((RawRecord(topic, -1, -1, alert.card_token.encode(), None), letter))
+        dispatcher.dead.clear()
+        deliveries = [await alerts_dlq_topic.send(key=record.key, value=encode(letter), force=True)
+                      for record, letter in dead]  # fmt: skip
+        for delivery in deliveries:
+            await delivery

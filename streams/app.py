@@ -15,7 +15,15 @@ import faust
 
 from fraudpipe.settings import Settings, TopicSettings, get_settings
 
-__all__ = ["alerts_topic", "app", "scores_topic", "settings", "transactions_dlq_topic", "transactions_topic"]
+__all__ = [
+    "alerts_dlq_topic",
+    "alerts_topic",
+    "app",
+    "scores_topic",
+    "settings",
+    "transactions_dlq_topic",
+    "transactions_topic",
+]
 
 
 def build_app(settings: Settings) -> faust.App:
@@ -54,3 +62,4 @@ transactions_topic = _raw_topic(app, settings.topics.full(settings.topics.transa
 transactions_dlq_topic = _raw_topic(app, settings.topics.full(TopicSettings.dlq_of(settings.topics.transactions)))
 scores_topic = _raw_topic(app, settings.topics.full(settings.topics.scores))
 alerts_topic = _raw_topic(app, settings.topics.full(settings.topics.alerts))
+alerts_dlq_topic = _raw_topic(app, settings.topics.full(TopicSettings.dlq_of(settings.topics.alerts)))

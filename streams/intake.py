@@ -41,11 +41,12 @@ class Intake(Generic[E]):
 
 
 def intake(
-    records: Iterable[RawRecord], kind: type[E], *, latest_event_time: datetime, failed_at: datetime
+    records: Iterable[RawRecord], kind: type[E], *, latest_event_time: datetime | None, failed_at: datetime
 ) -> Intake[E]:
     """Decode each record as ``kind``; refused ones become dead letters stamped ``failed_at``.
 
-    ``latest_event_time`` is now + the allowed clock skew: events claiming to come from later are refused.
+    ``latest_event_time`` is now + the allowed clock skew: events claiming to come from later are refused (``None``:
+    no bound, for events fraudpipe itself produced).
     """
     result: Intake[E] = Intake()
     for record in records:

@@ -20,6 +20,8 @@ __all__ = [
     "PENDING_REPAIRS",
     "PUBLISHED",
     "REDELIVERED",
+    "SINK_DEAD",
+    "SINK_FAILURES",
     "STORE_SECONDS",
 ]
 
@@ -39,4 +41,6 @@ STORE_SECONDS = Histogram("fraudpipe_store_seconds", "Feature-store call per mic
 MODEL_SECONDS = Histogram("fraudpipe_model_seconds", "Scores and decisions per micro-batch", buckets=_LATENCY)
 MODEL_INFO = Info("fraudpipe_model", "The model in force")
 MODEL_SWAPS = Counter("fraudpipe_model_swaps", "Model versions swapped in without restart")
+SINK_FAILURES = Counter("fraudpipe_sink_failures", "Alert batches a sink failed or overran (retried)", ["sink"])
+SINK_DEAD = Counter("fraudpipe_sink_dead_letters", "Alerts a sink gave up on (to alerts.dlq.v1)", ["sink"])
 PENDING_REPAIRS = Gauge("fraudpipe_pending_repairs", "Transactions waiting to be applied to the feature store")

@@ -53,7 +53,7 @@ def topic_specs(topics: TopicSettings) -> list[TopicSpec]:
         return TopicSpec(topics.full(name), topics.partitions, topics.replication_factor, config)
 
     main = [topics.transactions, topics.labels, topics.scores, topics.alerts, topics.registry_events]
-    consumed = [topics.transactions, topics.labels, topics.registry_events]
+    consumed = [topics.transactions, topics.labels, topics.registry_events, topics.alerts]
     return [spec(name, topics.retention_ms) for name in main] + [
         spec(TopicSettings.dlq_of(name), topics.dlq_retention_ms) for name in consumed
     ]

@@ -17,6 +17,7 @@ def test_every_topic_and_its_dlq() -> None:
         "transactions.dlq.v1",
         "labels.dlq.v1",
         "model-events.dlq.v1",
+        "alerts.dlq.v1",
     ]
     assert {spec.partitions for spec in specs} == {6}
 
