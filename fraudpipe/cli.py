@@ -412,6 +412,23 @@ def worker(ctx: typer.Context) -> None:
     faust_app.main()
 
 
+@app.command()
+def serve() -> None:
+    """Run the REST scoring API (POST /v1/score, /healthz, /readyz, /metrics) on settings.api."""
+    import uvicorn
+
+    from models.registry import RegistryError
+    from streams.api import create_app
+
+    settings = _settings()
+    try:
+        api = create_app(settings)
+    except RegistryError as error:
+        raise CliError(f"cannot start the API: {error} (train one: fraudpipe train DATA --promote)") from None
+    err.print(f"scoring API on http://{settings.api.bind}:{settings.api.port} (docs at /docs)", highlight=False)
+    uvicorn.run(api, host=settings.api.bind, port=settings.api.port, log_level=settings.log_level.lower())
+
+
 # --- models -------------------------------------------------------------------------------------------------
 
 MapOption = Annotated[str | None, typer.Option("--map", help="target=column pairs, as for replay.")]

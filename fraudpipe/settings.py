@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
     "DEV_TOKENIZATION_KEY",
+    "ApiSettings",
     "KafkaSettings",
     "MetricsSettings",
     "PathSettings",
@@ -198,6 +199,13 @@ class SinkSettings(_Section):
     dedupe_ttl_s: Annotated[int, Field(ge=60)] = 7 * 86_400
 
 
+class ApiSettings(_Section):
+    """The REST scoring API (``fraudpipe serve``); it serves its metrics on its own ``/metrics``."""
+
+    bind: str = "127.0.0.1"
+    port: Port = 8000
+
+
 class MetricsSettings(_Section):
     """The Prometheus endpoint of a worker or the API (``/metrics``); port 0 turns it off."""
 
@@ -238,6 +246,7 @@ class Settings(BaseSettings):
     web: WebSettings = WebSettings()
     metrics: MetricsSettings = MetricsSettings()
     sinks: SinkSettings = SinkSettings()
+    api: ApiSettings = ApiSettings()
 
     @model_validator(mode="after")
     def _production_key(self) -> Settings:

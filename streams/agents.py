@@ -19,11 +19,10 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from features.store import RedisFeatureStore, StoreUnavailableError, redis_client
+from features.store import RedisFeatureStore, StoreUnavailableError
 from fraudpipe.clock import SystemClock
 from fraudpipe.codec import dead_letter, encode
 from fraudpipe.contracts import Alert, Reason, Transaction
-from models.registry import Registry
 from streams import metrics
 from streams.app import (
     alerts_dlq_topic,
@@ -35,7 +34,7 @@ from streams.app import (
     transactions_topic,
 )
 from streams.intake import RawRecord, intake
-from streams.pipeline import DecisionMemory, Models, Pipeline
+from streams.pipeline import from_settings
 from streams.sinks import Dispatcher, build_sinks
 
 __all__ = ["deliver_alerts", "score_transactions"]
@@ -47,17 +46,6 @@ clock = SystemClock()
 def _raw(event: Any) -> RawRecord:
     message = event.message
     return RawRecord(message.topic, message.partition, message.offset, message.key, message.value)
-
-
-def build_pipeline() -> Pipeline:
-    """The worker's pipeline from the settings: Redis store and decision memory, the registry's alias."""
-    client = redis_client(settings.redis)
-    store = RedisFeatureStore(client, settings.redis.key_prefix)
-    memory = DecisionMemory(client, settings.redis.key_prefix, settings.scoring.decision_memory_s)
-    scoring = settings.scoring
-    models = Models(Registry(settings.paths.models_dir), scoring.model_alias, threads=scoring.model_threads,
-                    poll_s=scoring.model_poll_s, clock=clock)  # fmt: skip
-    return Pipeline(store, memory, models, scoring, clock)
 
 
 class _Repairs:
@@ -84,7 +72,7 @@ class _Repairs:
 async def score_transactions(stream: Any) -> None:
     """Validate, score and decide transactions in micro-batches; publish decisions, alerts and dead letters."""
     scoring = settings.scoring
-    pipeline = build_pipeline()
+    pipeline, _ = from_settings(settings, clock)
     scorer = pipeline.models.start()  # no model, no scoring: the worker stops here with the reason
     metrics.MODEL_INFO.info({"version": scorer.version, "sha256": scorer.model.sha256})
     repairs = _Repairs(pipeline.store)  # type: ignore[arg-type]

@@ -29,14 +29,14 @@ import redis
 from features.batch import feature_matrix
 from features.definitions import FEATURE_NAMES
 from features.snapshot import REPLY_WIDTH
-from features.store import StoreUnavailableError
+from features.store import RedisFeatureStore, StoreUnavailableError, redis_client
 from fraudpipe.clock import Clock
 from fraudpipe.contracts import Alert, Decision, DecisionOutcome, ModelRef, Thresholds, Transaction
-from fraudpipe.settings import ScoringSettings
+from fraudpipe.settings import ScoringSettings, Settings
 from models.registry import LoadedModel, Registry, RegistryError
 from models.scorer import Policy, Scorer
 
-__all__ = ["Batch", "DecisionMemory", "InMemoryDecisionMemory", "Models", "Pipeline", "Recalled"]
+__all__ = ["Batch", "DecisionMemory", "InMemoryDecisionMemory", "Models", "Pipeline", "Recalled", "from_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -264,3 +264,14 @@ class Pipeline:
                     decision=outcome, score=score, model=model, reason_codes=reasons, degraded=degraded,
                 )
             )  # fmt: skip
+
+
+def from_settings(settings: Settings, clock: Clock) -> tuple[Pipeline, redis.Redis]:
+    """The production pipeline: Redis store and decision memory (one client, returned too), the registry alias."""
+    client = redis_client(settings.redis)
+    scoring = settings.scoring
+    models = Models(Registry(settings.paths.models_dir), scoring.model_alias, threads=scoring.model_threads,
+                    poll_s=scoring.model_poll_s, clock=clock)  # fmt: skip
+    store = RedisFeatureStore(client, settings.redis.key_prefix)
+    memory = DecisionMemory(client, settings.redis.key_prefix, scoring.decision_memory_s)
+    return Pipeline(store, memory, models, scoring, clock), client
