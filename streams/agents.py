@@ -19,7 +19,7 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from features.store import RedisFeatureStore, StoreUnavailableError
+from features.store import StoreUnavailableError
 from fraudpipe.clock import SystemClock
 from fraudpipe.codec import dead_letter, encode
 from fraudpipe.contracts import Alert, Reason, Transaction
@@ -34,7 +34,7 @@ from streams.app import (
     transactions_topic,
 )
 from streams.intake import RawRecord, intake
-from streams.pipeline import from_settings
+from streams.pipeline import FeatureStore, Pipeline, from_settings
 from streams.sinks import Dispatcher, build_sinks
 
 __all__ = ["deliver_alerts", "score_transactions"]
@@ -48,10 +48,15 @@ def _raw(event: Any) -> RawRecord:
     return RawRecord(message.topic, message.partition, message.offset, message.key, message.value)
 
 
+def make_pipeline() -> Pipeline:
+    """The worker's pipeline (Redis, the registry alias); unit tests put their twins here."""
+    return from_settings(settings, clock)[0]
+
+
 class _Repairs:
     """Transactions decided in degraded mode, applied to the store once it answers (oldest first)."""
 
-    def __init__(self, store: RedisFeatureStore) -> None:
+    def __init__(self, store: FeatureStore) -> None:
         self.store, self.pending = store, list[Transaction]()
 
     def add(self, txns: list[Transaction]) -> None:
@@ -72,10 +77,10 @@ class _Repairs:
 async def score_transactions(stream: Any) -> None:
     """Validate, score and decide transactions in micro-batches; publish decisions, alerts and dead letters."""
     scoring = settings.scoring
-    pipeline, _ = from_settings(settings, clock)
+    pipeline = make_pipeline()
     scorer = pipeline.models.start()  # no model, no scoring: the worker stops here with the reason
     metrics.MODEL_INFO.info({"version": scorer.version, "sha256": scorer.model.sha256})
-    repairs = _Repairs(pipeline.store)  # type: ignore[arg-type]
+    repairs = _Repairs(pipeline.store)
     topic = settings.topics.full(settings.topics.transactions)
     async for events in stream.take_events(scoring.batch_size, within=scoring.batch_within_ms / 1000):
         received = clock.monotonic()

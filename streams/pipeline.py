@@ -36,12 +36,23 @@ from fraudpipe.settings import ScoringSettings, Settings
 from models.registry import LoadedModel, Registry, RegistryError
 from models.scorer import Policy, Scorer
 
-__all__ = ["Batch", "DecisionMemory", "InMemoryDecisionMemory", "Models", "Pipeline", "Recalled", "from_settings"]
+__all__ = [
+    "Batch",
+    "DecisionMemory",
+    "FeatureStore",
+    "InMemoryDecisionMemory",
+    "Models",
+    "Pipeline",
+    "Recalled",
+    "from_settings",
+]
 
 log = logging.getLogger(__name__)
 
 
 class FeatureStore(Protocol):
+    """What the pipeline needs of a feature store (Redis or its in-memory twin)."""
+
     def raw(self, txns: Sequence[Transaction]) -> list[Any]: ...
 
 
