@@ -407,8 +407,9 @@ def worker(ctx: typer.Context) -> None:
         start_http_server(settings.metrics.port, addr=settings.metrics.bind)
     from streams.agents import score_transactions  # noqa: F401 - registers the agents
     from streams.app import app as faust_app
+    from streams.app import web_flags
 
-    sys.argv = ["fraudpipe-worker", "worker", *ctx.args]
+    sys.argv = ["fraudpipe-worker", "worker", *web_flags(settings), *ctx.args]
     faust_app.main()
 
 

@@ -17,8 +17,11 @@ target precision.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import lightgbm as lgb
 import numpy as np
@@ -35,11 +38,26 @@ _INDEX = feature_index()
 
 
 class Scorer:
-    """A verified model, ready for micro-batches."""
+    """A verified model, ready for micro-batches.
 
-    def __init__(self, model: LoadedModel, threads: int = 1) -> None:
+    ``runtime="lleaves"`` scores with the model compiled to native code by lleaves (the ``compiled`` extra),
+    compiled once per model hash into ``cache_dir``; LightGBM stays the reference, and reason codes always come
+    from LightGBM. Measured on this machine: the same scores within 1e-15, several times faster per batch
+    (scripts/bench_models.py).
+    """
+
+    def __init__(self, model: LoadedModel, threads: int = 1, *, runtime: str = "lightgbm",
+                 cache_dir: Path | None = None) -> None:  # fmt: skip
         self.model = model
         self.threads = threads
+        self.runtime = runtime
+        self._compiled: Any = None
+        if runtime == "lleaves":
+            if cache_dir is None:
+                raise ValueError("the lleaves runtime needs a cache folder (the registry's .compiled)")
+            self._compiled = _compile(model, cache_dir)
+        elif runtime != "lightgbm":
+            raise ValueError(f"unknown model runtime {runtime!r} (lightgbm or lleaves)")
 
     @property
     def version(self) -> str:
@@ -49,11 +67,30 @@ class Scorer:
         """Fraud probability of each row (FEATURE_NAMES columns, NaN = missing), one model call."""
         if len(matrix) == 0:
             return np.zeros(0)
+        if self._compiled is not None:
+            return np.asarray(self._compiled.predict(np.ascontiguousarray(matrix), n_jobs=self.threads))
         return np.asarray(self.model.booster.predict(matrix, num_threads=self.threads), dtype=np.float64)
 
     def explain(self, matrix: NDArray[np.float64], top: int = 3) -> list[list[Contribution]]:
         """For each row, the ``top`` features that raised its score most (fewer if fewer raised it)."""
         return explain(self.model.booster, matrix, top, self.threads)
+
+
+def _compile(model: LoadedModel, cache_dir: Path) -> Any:
+    """lleaves' native model for ``model``, compiled from its verified text once per hash (cached)."""
+    try:
+        import lleaves
+    except ImportError:
+        raise RuntimeError("the lleaves runtime needs the compiled extra: pip install 'fraudpipe[compiled]'") from None
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    source = cache_dir / f"{model.sha256}.txt"
+    if not source.exists():
+        temporary = source.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(model.booster.model_to_string())
+        os.replace(temporary, source)
+    compiled = lleaves.Model(model_file=str(source))
+    compiled.compile(cache=str(cache_dir / f"{model.sha256}.o"))
+    return compiled
 
 
 def explain(

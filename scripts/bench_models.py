@@ -5,7 +5,8 @@
 On a simulator folder of the handbook preset (``fraudpipe simulate --preset handbook --out ...``): reads the history,
 builds the offline features of the whole history (timed), runs the evaluation protocol of the quality bar (train
 from 2018-07-25 for 7 days, 7-day delay, 7-day test; timed), then measures scoring rows/s at batch sizes 1, 100 and
-1,000 with one thread, and the cost of reason codes per alert. Medians of --repeat runs.
+1,000 with one thread (LightGBM, and the lleaves compiled runtime when installed), and the cost of reason codes per
+alert. Medians of --repeat runs.
 """
 
 from __future__ import annotations
@@ -13,18 +14,21 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import time
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 
+from features.definitions import FEATURE_NAMES
 from features.vectorized import build_features_fast
 from fraudpipe.settings import TrainingSettings
 from models.dataset import load_history
 from models.evaluate import evaluate
 from models.protocol import Windows
-from models.scorer import explain
+from models.registry import LoadedModel, Manifest
+from models.scorer import Scorer, explain
 from models.train import matrix
 
 
@@ -70,12 +74,21 @@ def main() -> None:
 
     booster = result.booster
     x = matrix(result.test)
-    for batch in (1, 100, 1_000):
-        chunks = [x[i : i + batch] for i in range(0, min(len(x), 20_000 if batch > 1 else 2_000), batch)]
-        rows = sum(len(c) for c in chunks)
-        rate = _rate(lambda chunks=chunks: [booster.predict(c, num_threads=1) for c in chunks], rows, args.repeat)
-        results[f"score_rows_per_s_batch_{batch}"] = round(rate)
-        print(f"scoring, batch {batch:>5}: {rate:>10,.0f} rows/s")
+    manifest = Manifest.model_construct(version="bench", model_sha256="0" * 64, features=list(FEATURE_NAMES))
+    runtimes = {"lightgbm": Scorer(LoadedModel(manifest, booster))}
+    with tempfile.TemporaryDirectory() as cache:
+        try:
+            runtimes["lleaves"] = Scorer(LoadedModel(manifest, booster), runtime="lleaves", cache_dir=Path(cache))
+        except RuntimeError as error:
+            print(f"lleaves not measured: {error}")
+        for name, scorer in runtimes.items():
+            gap = float(np.abs(scorer.score(x) - runtimes["lightgbm"].score(x)).max())
+            for batch in (1, 100, 1_000):
+                chunks = [x[i : i + batch] for i in range(0, min(len(x), 20_000 if batch > 1 else 2_000), batch)]
+                rows = sum(len(c) for c in chunks)
+                rate = _rate(lambda s=scorer, chunks=chunks: [s.score(c) for c in chunks], rows, args.repeat)
+                results[f"{name}_rows_per_s_batch_{batch}"] = round(rate)
+                print(f"scoring with {name:8}, batch {batch:>5}: {rate:>10,.0f} rows/s (max |Δ| vs lightgbm {gap:.1e})")
     alerts = x[np.argsort(-result.test.get_column("score").to_numpy())[:100]]
     per_alert = 1e6 / _rate(lambda: explain(booster, alerts, top=3), len(alerts), args.repeat)
     single = 1e6 / _rate(lambda: [explain(booster, alerts[i : i + 1]) for i in range(20)], 20, args.repeat)

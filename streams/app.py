@@ -23,6 +23,7 @@ __all__ = [
     "settings",
     "transactions_dlq_topic",
     "transactions_topic",
+    "web_flags",
 ]
 
 
@@ -50,6 +51,14 @@ def build_app(settings: Settings) -> faust.App:
         web_port=settings.web.port,
         web_host=settings.web.bind,
     )
+
+
+def web_flags(settings: Settings) -> list[str]:
+    """Faust worker flags for ``settings.web``. They are needed: ``faust worker`` turns its web server on unless
+    told ``--without-web``, whatever the app's ``web_enabled`` says (and it serves table contents)."""
+    if not settings.web.enabled:
+        return ["--without-web"]
+    return ["--with-web", "--web-bind", settings.web.bind, "--web-port", str(settings.web.port)]
 
 
 def _raw_topic(application: faust.App, name: str) -> Any:

@@ -124,8 +124,10 @@ class InMemoryDecisionMemory:
 class Models:
     """The model in force, following ``alias`` in ``registry``; changes only when :meth:`refresh` says so."""
 
-    def __init__(self, registry: Registry, alias: str, *, threads: int, poll_s: float, clock: Clock) -> None:
+    def __init__(self, registry: Registry, alias: str, *, threads: int, poll_s: float, clock: Clock,
+                 runtime: str = "lightgbm") -> None:  # fmt: skip
         self.registry, self.alias, self.threads, self.poll_s, self.clock = registry, alias, threads, poll_s, clock
+        self.runtime = runtime
         self.scorer: Scorer | None = None
         self._checked = -math.inf
         self._refused: str | None = None
@@ -136,9 +138,12 @@ class Models:
         Raises:
             RegistryError / IntegrityError: no version behind the alias, or one that does not verify.
         """
-        self.scorer = Scorer(self.registry.load(self.alias), self.threads)
+        self.scorer = self._scorer(self.registry.load(self.alias))
         self._checked = self.clock.monotonic()
         return self.scorer
+
+    def _scorer(self, model: LoadedModel) -> Scorer:
+        return Scorer(model, self.threads, runtime=self.runtime, cache_dir=self.registry.root / ".compiled")
 
     def refresh(self, *, force: bool = False) -> bool:
         """Swap in the alias's version if it changed (checked every ``poll_s``, or now with ``force``). Returns
@@ -161,7 +166,12 @@ class Models:
             self._refused = target
             log.error("refused model %s (keeping %s): %s", target, current, error)
             return False
-        self.scorer = Scorer(loaded, self.threads)
+        try:
+            self.scorer = self._scorer(loaded)
+        except Exception as error:  # e.g. the compiled runtime failing on this version
+            self._refused = target
+            log.error("refused model %s (keeping %s): %s", target, current, error)
+            return False
         self._refused = None
         log.info("model %s -> %s", current, target)
         return True
@@ -282,7 +292,7 @@ def from_settings(settings: Settings, clock: Clock) -> tuple[Pipeline, redis.Red
     client = redis_client(settings.redis)
     scoring = settings.scoring
     models = Models(Registry(settings.paths.models_dir), scoring.model_alias, threads=scoring.model_threads,
-                    poll_s=scoring.model_poll_s, clock=clock)  # fmt: skip
+                    poll_s=scoring.model_poll_s, clock=clock, runtime=scoring.model_runtime)  # fmt: skip
     store = RedisFeatureStore(client, settings.redis.key_prefix)
     memory = DecisionMemory(client, settings.redis.key_prefix, scoring.decision_memory_s)
     return Pipeline(store, memory, models, scoring, clock), client

@@ -129,6 +129,7 @@ def test_worker_scores_nothing_away_and_dead_letters_poison(
     log = (tmp_path / "worker.log").read_text(errors="replace")
     assert "Traceback" not in log, log[-3000:]
     assert VISA_TEST_PAN not in log
+    assert "[^--Web]" not in log, "Faust's web server ran although settings.web.enabled is false"
 
 
 def test_without_a_champion_the_worker_refuses_to_start(topics: Settings, tmp_path: Path) -> None:

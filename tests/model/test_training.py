@@ -4,6 +4,7 @@ behaviour (directional and invariance), reason codes, thresholds."""
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
@@ -139,3 +140,14 @@ def test_thresholds_are_chosen_for_the_alert_budget_and_the_precision() -> None:
     assert chosen["review"] == pytest.approx(scores[-4])
     assert chosen["decline"] == pytest.approx(scores[-4])  # precision 1 reached from the 4th highest
     assert np.sum(scores >= chosen["review"]) == 4
+
+
+def test_the_compiled_runtime_gives_lightgbms_scores(rows: pl.DataFrame, booster: lgb.Booster, tmp_path: Path) -> None:
+    x = matrix(window_of(rows, WINDOWS.test))
+    manifest = Manifest.model_construct(version="v0001", model_sha256="ab" * 32, features=list(FEATURE_NAMES))
+    compiled = Scorer(LoadedModel(manifest, booster), runtime="lleaves", cache_dir=tmp_path)
+    np.testing.assert_allclose(compiled.score(x), _scorer(booster).score(x), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(compiled.score(x[:1]), _scorer(booster).score(x[:1]), rtol=0, atol=1e-6)
+    assert (tmp_path / f"{'ab' * 32}.o").exists()  # compiled once per model hash, then loaded
+    with pytest.raises(ValueError, match="unknown model runtime"):
+        Scorer(LoadedModel(manifest, booster), runtime="onnx")
