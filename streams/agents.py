@@ -3,10 +3,11 @@
 ``score_transactions`` consumes ``transactions.v1`` in micro-batches: each record is validated
 (:func:`streams.intake.intake`; refused ones go to ``transactions.dlq.v1`` with reason and coordinates), the valid
 ones go through :class:`streams.pipeline.Pipeline` (features, model, decision, reason codes), and every decision is
-published to ``scores.v1`` and every review / decline to ``alerts.v1``, keyed by card token. All deliveries of a
-batch are awaited before the next batch is taken, so Faust never commits an offset past an event whose outputs the
-broker does not have. Anything unexpected while handling one event dead-letters that event (``processing_error``)
-and the batch goes on: an exception escaping the agent would make Faust acknowledge the whole batch.
+published to ``scores.v1`` and every review / decline to ``alerts.v1``, keyed by card token, by a confluent-kafka
+producer (:mod:`streams.publisher`). All deliveries of a batch are awaited before the next batch is taken, so Faust
+never commits an offset past an event whose outputs the broker does not have. Anything unexpected while handling
+one event dead-letters that event (``processing_error``) and the batch goes on: an exception escaping the agent
+would make Faust acknowledge the whole batch.
 
 Before each batch the model alias is checked (every ``scoring.model_poll_s``) and a new version swapped in; a batch
 is scored by one version. Transactions decided in degraded mode are applied to the store once it answers again.
@@ -23,18 +24,17 @@ from features.store import StoreUnavailableError
 from fraudpipe.clock import SystemClock
 from fraudpipe.codec import dead_letter, encode
 from fraudpipe.contracts import Alert, Reason, Transaction
+from fraudpipe.settings import TopicSettings
 from streams import metrics
 from streams.app import (
-    alerts_dlq_topic,
     alerts_topic,
     app,
-    scores_topic,
     settings,
-    transactions_dlq_topic,
     transactions_topic,
 )
 from streams.intake import RawRecord, intake
 from streams.pipeline import FeatureStore, Pipeline, from_settings
+from streams.publisher import KafkaPublisher, Message, Publisher
 from streams.sinks import Dispatcher, build_sinks
 
 __all__ = ["deliver_alerts", "score_transactions"]
@@ -46,6 +46,11 @@ clock = SystemClock()
 def _raw(event: Any) -> RawRecord:
     message = event.message
     return RawRecord(message.topic, message.partition, message.offset, message.key, message.value)
+
+
+def make_publisher() -> Publisher:
+    """The worker's producer for its outputs; unit tests put a list here."""
+    return KafkaPublisher(settings.kafka)
 
 
 def make_pipeline() -> Pipeline:
@@ -81,7 +86,9 @@ async def score_transactions(stream: Any) -> None:
     scorer = pipeline.models.start()  # no model, no scoring: the worker stops here with the reason
     metrics.MODEL_INFO.info({"version": scorer.version, "sha256": scorer.model.sha256})
     repairs = _Repairs(pipeline.store)
+    publisher = make_publisher()
     topic = settings.topics.full(settings.topics.transactions)
+    dlq = settings.topics.full(TopicSettings.dlq_of(settings.topics.transactions))
     async for events in stream.take_events(scoring.batch_size, within=scoring.batch_within_ms / 1000):
         received = clock.monotonic()
         if pipeline.models.refresh():
@@ -108,7 +115,7 @@ async def score_transactions(stream: Any) -> None:
             log.exception("batch failed; scoring its %d transactions one by one", len(txns))
             batch = None
             first_error = error
-        deliveries = []
+        out: list[Message] = []
         if batch is None:
             for record, txn in zip(records, txns, strict=True):
                 try:
@@ -119,18 +126,17 @@ async def score_transactions(stream: Any) -> None:
                                                      source_topic=record.topic, source_partition=record.partition,
                                                      source_offset=record.offset, failed_at=now)))  # fmt: skip
                     continue
-                deliveries += await _publish(single.decisions, single.alerts)
+                out += _outputs(single.decisions, single.alerts)
         else:
-            deliveries += await _publish(batch.decisions, batch.alerts)
+            out += _outputs(batch.decisions, batch.alerts)
             repairs.add(batch.unapplied)
             metrics.STORE_SECONDS.observe(batch.store_s)
             metrics.MODEL_SECONDS.observe(batch.model_s)
             metrics.REDELIVERED.inc(batch.redelivered)
         for record, letter in dead:
-            deliveries.append(await transactions_dlq_topic.send(key=record.key, value=encode(letter), force=True))
+            out.append((dlq, record.key or b"", encode(letter)))
             metrics.DEAD_LETTERS.labels(topic, letter.reason.value).inc()
-        for delivery in deliveries:
-            await delivery
+        await publisher.publish(out)
         published = time.time()
         for event in events:
             metrics.END_TO_END.observe(max(0.0, published - event.message.timestamp))
@@ -138,19 +144,21 @@ async def score_transactions(stream: Any) -> None:
             log.warning("dead-lettered %d of %d transactions", len(dead), len(events))
 
 
-async def _publish(decisions: list[Any], alerts: list[Any]) -> list[Any]:
-    """Send decisions and alerts (not yet awaited for delivery); count them."""
-    futures = []
+SCORES = settings.topics.full(settings.topics.scores)
+ALERTS = settings.topics.full(settings.topics.alerts)
+
+
+def _outputs(decisions: list[Any], alerts: list[Any]) -> list[Message]:
+    """The messages of decisions and alerts, keyed by card token; counted."""
+    out = [(SCORES, d.card_token.encode(), encode(d)) for d in decisions]
+    out += [(ALERTS, a.card_token.encode(), encode(a)) for a in alerts]
     for decision in decisions:
-        futures.append(await scores_topic.send(key=decision.card_token.encode(), value=encode(decision), force=True))
         metrics.DECISIONS.labels(decision.decision).inc()
         if decision.degraded:
             metrics.DEGRADED.inc()
-    for alert in alerts:
-        futures.append(await alerts_topic.send(key=alert.card_token.encode(), value=encode(alert), force=True))
     metrics.PUBLISHED.labels("scores").inc(len(decisions))
     metrics.PUBLISHED.labels("alerts").inc(len(alerts))
-    return futures
+    return out
 
 
 @app.agent(alerts_topic, concurrency=1)
@@ -158,7 +166,9 @@ async def deliver_alerts(stream: Any) -> None:
     """Hand alerts to the configured sinks (:mod:`streams.sinks`); dead-letter what a sink gave up on."""
     dispatcher = Dispatcher(build_sinks(settings.sinks, settings.redis.url), settings.sinks.budget_s)
     await dispatcher.setup()
+    publisher = make_publisher()
     topic = settings.topics.full(settings.topics.alerts)
+    dlq = settings.topics.full(TopicSettings.dlq_of(settings.topics.alerts))
     async for events in stream.take_events(settings.scoring.batch_size, within=settings.scoring.batch_within_ms / 1000):
         now = clock.now()
         metrics.EVENTS_IN.labels(topic).inc(len(events))
@@ -174,7 +184,4 @@ async def deliver_alerts(stream: Any) -> None:
                                  source_topic=topic, source_partition=-1, source_offset=-1, failed_at=now)  # fmt: skip
             dead.append((RawRecord(topic, -1, -1, alert.card_token.encode(), None), letter))
         dispatcher.dead.clear()
-        deliveries = [await alerts_dlq_topic.send(key=record.key, value=encode(letter), force=True)
-                      for record, letter in dead]  # fmt: skip
-        for delivery in deliveries:
-            await delivery
+        await publisher.publish([(dlq, record.key or b"", encode(letter)) for record, letter in dead])

@@ -13,15 +13,12 @@ from typing import Any
 
 import faust
 
-from fraudpipe.settings import Settings, TopicSettings, get_settings
+from fraudpipe.settings import Settings, get_settings
 
 __all__ = [
-    "alerts_dlq_topic",
     "alerts_topic",
     "app",
-    "scores_topic",
     "settings",
-    "transactions_dlq_topic",
     "transactions_topic",
     "web_flags",
 ]
@@ -68,7 +65,4 @@ def _raw_topic(application: faust.App, name: str) -> Any:
 settings = get_settings()
 app = build_app(settings)
 transactions_topic = _raw_topic(app, settings.topics.full(settings.topics.transactions))
-transactions_dlq_topic = _raw_topic(app, settings.topics.full(TopicSettings.dlq_of(settings.topics.transactions)))
-scores_topic = _raw_topic(app, settings.topics.full(settings.topics.scores))
 alerts_topic = _raw_topic(app, settings.topics.full(settings.topics.alerts))
-alerts_dlq_topic = _raw_topic(app, settings.topics.full(TopicSettings.dlq_of(settings.topics.alerts)))

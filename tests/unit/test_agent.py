@@ -30,14 +30,17 @@ class _Store(InMemoryFeatureStore):
         return super().raw(txns)
 
 
-async def _drain(channel: Any, kind: type[Any]) -> list[Any]:
-    out = []
-    while True:
-        try:
-            event = await asyncio.wait_for(channel.get(), timeout=0.5)
-        except TimeoutError:
-            return out
-        out.append(decode(event.value, kind))
+class _Published:
+    """The in-memory twin of the Kafka publisher: what was published, by topic."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, bytes, bytes]] = []
+
+    async def publish(self, messages: Any) -> None:
+        self.messages += messages
+
+    def of(self, topic: str, kind: type[Any]) -> list[Any]:
+        return [decode(value, kind) for name, _, value in self.messages if name == topic]
 
 
 def test_the_agent_scores_alerts_and_dead_letters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -47,13 +50,11 @@ def test_the_agent_scores_alerts_and_dead_letters(tmp_path: Path, monkeypatch: p
     scoring = ScoringSettings(thresholds_from="settings", review_threshold=0.0, decline_threshold=0.999)
     pipeline = Pipeline(_Store(), InMemoryDecisionMemory(), models, scoring, clock)
     monkeypatch.setattr(agents, "make_pipeline", lambda: pipeline)
-    channels = {name: agents.app.channel() for name in ("scores_topic", "alerts_topic", "transactions_dlq_topic")}
-    for name, channel in channels.items():
-        monkeypatch.setattr(agents, name, channel)
+    published = _Published()
+    monkeypatch.setattr(agents, "make_publisher", lambda: published)
     valid = [factories.transaction(txn_id=f"ok-{i}", card_token=f"tok_c{i % 3}") for i in range(6)]
 
     async def run() -> tuple[list[Decision], list[Alert], list[DeadLetter]]:
-        taps = {name: channel.__aiter__() for name, channel in channels.items()}  # subscribers see what is sent
         async with agents.score_transactions.test_context() as agent:
             for txn in valid[:3]:
                 await agent.put(value=encode(txn), key=txn.card_token.encode(), wait=False)
@@ -62,11 +63,11 @@ def test_the_agent_scores_alerts_and_dead_letters(tmp_path: Path, monkeypatch: p
             for txn in valid[3:]:
                 await agent.put(value=encode(txn), key=txn.card_token.encode(), wait=False)
             await asyncio.sleep(1.0)
-            return (
-                await _drain(taps["scores_topic"], Decision),
-                await _drain(taps["alerts_topic"], Alert),
-                await _drain(taps["transactions_dlq_topic"], DeadLetter),
-            )
+        return (
+            published.of("scores.v1", Decision),
+            published.of("alerts.v1", Alert),
+            published.of("transactions.dlq.v1", DeadLetter),
+        )
 
     decisions, alerts, dead = asyncio.run(run())
     assert sorted(d.txn_id for d in decisions) == sorted(t.txn_id for t in valid)
