@@ -15,20 +15,25 @@ is scored by one version. Transactions decided in degraded mode are applied to t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
-from features.store import StoreUnavailableError
+import polars as pl
+
+from features.store import RedisFeatureStore, StoreUnavailableError, redis_client
 from fraudpipe.clock import SystemClock
 from fraudpipe.codec import dead_letter, encode
-from fraudpipe.contracts import Alert, Reason, Transaction
+from fraudpipe.contracts import Alert, Label, Reason, Transaction
+from fraudpipe.logstore import DayLog
 from fraudpipe.settings import TopicSettings
 from streams import metrics
 from streams.app import (
     alerts_topic,
     app,
+    labels_topic,
     settings,
     transactions_topic,
 )
@@ -37,7 +42,7 @@ from streams.pipeline import FeatureStore, Pipeline, from_settings
 from streams.publisher import KafkaPublisher, Message, Publisher
 from streams.sinks import Dispatcher, build_sinks
 
-__all__ = ["deliver_alerts", "score_transactions"]
+__all__ = ["apply_labels", "deliver_alerts", "score_transactions"]
 
 log = logging.getLogger(__name__)
 clock = SystemClock()
@@ -46,6 +51,10 @@ clock = SystemClock()
 def _raw(event: Any) -> RawRecord:
     message = event.message
     return RawRecord(message.topic, message.partition, message.offset, message.key, message.value)
+
+
+class LabelApplier(Protocol):
+    def apply_labels(self, labels: list[Label]) -> int: ...
 
 
 def make_publisher() -> Publisher:
@@ -185,3 +194,38 @@ async def deliver_alerts(stream: Any) -> None:
             dead.append((RawRecord(topic, -1, -1, alert.card_token.encode(), None), letter))
         dispatcher.dead.clear()
         await publisher.publish([(dlq, record.key or b"", encode(letter)) for record, letter in dead])
+
+
+def make_label_store() -> tuple[LabelApplier, DayLog]:
+    """Where labels go: the online store (label-derived features) and the label log; unit tests put twins here."""
+    store = RedisFeatureStore(redis_client(settings.redis), settings.redis.key_prefix)
+    return store, DayLog(settings.paths.data_dir / "labels", "event_time")
+
+
+@app.agent(labels_topic, concurrency=1)
+async def apply_labels(stream: Any) -> None:
+    """Validate labels (refused ones to ``labels.dlq.v1``), apply them to the online store once per (transaction,
+    version) and append them to the label log. While Redis does not answer, the agent waits and retries: a label is
+    never acknowledged before it is applied."""
+    store, label_log = make_label_store()
+    publisher = make_publisher()
+    topic = settings.topics.full(settings.topics.labels)
+    dlq = settings.topics.full(TopicSettings.dlq_of(settings.topics.labels))
+    async for events in stream.take_events(settings.scoring.batch_size, within=0.5):
+        now = clock.now()
+        metrics.EVENTS_IN.labels(topic).inc(len(events))
+        result = intake((_raw(event) for event in events), Label, latest_event_time=None, failed_at=now)
+        labels = [label for _, label in result.valid]
+        while True:
+            try:
+                applied = store.apply_labels(labels)
+                break
+            except StoreUnavailableError as error:
+                log.warning("labels wait for Redis: %s", error)
+                await asyncio.sleep(1.0)
+        metrics.LABELS_APPLIED.inc(applied)
+        if labels:
+            label_log.append(pl.DataFrame([label.model_dump(exclude={"schema_version"}) for label in labels]))
+        for _, letter in result.dead:
+            metrics.DEAD_LETTERS.labels(topic, letter.reason.value).inc()
+        await publisher.publish([(dlq, record.key or b"", encode(letter)) for record, letter in result.dead])

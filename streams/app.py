@@ -18,6 +18,7 @@ from fraudpipe.settings import Settings, get_settings
 __all__ = [
     "alerts_topic",
     "app",
+    "labels_topic",
     "settings",
     "transactions_topic",
     "web_flags",
@@ -66,3 +67,4 @@ settings = get_settings()
 app = build_app(settings)
 transactions_topic = _raw_topic(app, settings.topics.full(settings.topics.transactions))
 alerts_topic = _raw_topic(app, settings.topics.full(settings.topics.alerts))
+labels_topic = _raw_topic(app, settings.topics.full(settings.topics.labels))

@@ -14,6 +14,7 @@ __all__ = [
     "DEGRADED",
     "END_TO_END",
     "EVENTS_IN",
+    "LABELS_APPLIED",
     "MODEL_INFO",
     "MODEL_SECONDS",
     "MODEL_SWAPS",
@@ -43,4 +44,5 @@ MODEL_INFO = Info("fraudpipe_model", "The model in force")
 MODEL_SWAPS = Counter("fraudpipe_model_swaps", "Model versions swapped in without restart")
 SINK_FAILURES = Counter("fraudpipe_sink_failures", "Alert batches a sink failed or overran (retried)", ["sink"])
 SINK_DEAD = Counter("fraudpipe_sink_dead_letters", "Alerts a sink gave up on (to alerts.dlq.v1)", ["sink"])
+LABELS_APPLIED = Counter("fraudpipe_labels_applied", "Labels applied to the online store (new transaction versions)")
 PENDING_REPAIRS = Gauge("fraudpipe_pending_repairs", "Transactions waiting to be applied to the feature store")
