@@ -16,6 +16,7 @@ is scored by one version. Transactions decided in degraded mode are applied to t
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from datetime import timedelta
@@ -23,10 +24,11 @@ from typing import Any, Protocol
 
 import polars as pl
 
+from features.definitions import FEATURE_NAMES
 from features.store import RedisFeatureStore, StoreUnavailableError, redis_client
 from fraudpipe.clock import SystemClock
 from fraudpipe.codec import dead_letter, encode
-from fraudpipe.contracts import Alert, Label, Reason, Transaction
+from fraudpipe.contracts import Alert, Decision, Label, Reason, Transaction
 from fraudpipe.logstore import DayLog
 from fraudpipe.settings import TopicSettings
 from streams import metrics
@@ -34,6 +36,7 @@ from streams.app import (
     alerts_topic,
     app,
     labels_topic,
+    scores_topic,
     settings,
     transactions_topic,
 )
@@ -42,7 +45,7 @@ from streams.pipeline import FeatureStore, Pipeline, from_settings
 from streams.publisher import KafkaPublisher, Message, Publisher
 from streams.sinks import Dispatcher, build_sinks
 
-__all__ = ["apply_labels", "deliver_alerts", "score_transactions"]
+__all__ = ["apply_labels", "decision_rows", "deliver_alerts", "log_decisions", "score_transactions"]
 
 log = logging.getLogger(__name__)
 clock = SystemClock()
@@ -229,3 +232,34 @@ async def apply_labels(stream: Any) -> None:
         for _, letter in result.dead:
             metrics.DEAD_LETTERS.labels(topic, letter.reason.value).inc()
         await publisher.publish([(dlq, record.key or b"", encode(letter)) for record, letter in result.dead])
+
+
+def decision_rows(decisions: list[Decision]) -> pl.DataFrame:
+    """The decision log's rows: the audit fields, one column per feature as served, reason codes as JSON."""
+    rows = []
+    for d in decisions:
+        row: dict[str, Any] = {
+            "txn_id": d.txn_id, "card_token": d.card_token, "event_time": d.event_time, "decided_at": d.decided_at,
+            "amount": d.amount, "currency": d.currency, "model_version": d.model.version if d.model else None,
+            "model_sha256": d.model.sha256 if d.model else None, "score": d.score, "decision": d.decision,
+            "review_threshold": d.thresholds.review, "decline_threshold": d.thresholds.decline,
+            "degraded": d.degraded, "latency_ms": d.latency_ms,
+            "reason_codes": json.dumps([c.model_dump() for c in d.reason_codes]),
+        }  # fmt: skip
+        row.update({name: d.features.get(name) for name in FEATURE_NAMES})
+        rows.append(row)
+    schema = {name: pl.Float64 for name in FEATURE_NAMES} | {"score": pl.Float64, "model_version": pl.String,
+                                                              "model_sha256": pl.String}  # fmt: skip
+    return pl.DataFrame(rows, schema_overrides=schema)
+
+
+@app.agent(scores_topic, concurrency=1)
+async def log_decisions(stream: Any) -> None:
+    """Keep every decision in the decision log (``data_dir/decisions``, by event day): what training reads, with
+    the features exactly as they were served. Redeliveries append again; readers de-duplicate by ``txn_id``."""
+    decision_log = DayLog(settings.paths.data_dir / "decisions", "event_time")
+    async for events in stream.take_events(settings.scoring.batch_size * 2, within=1.0):
+        result = intake((_raw(event) for event in events), Decision, latest_event_time=None, failed_at=clock.now())
+        if result.dead:
+            log.error("%d unreadable records on the scores topic were not logged", len(result.dead))
+        decision_log.append(decision_rows([decision for _, decision in result.valid]))

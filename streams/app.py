@@ -19,6 +19,7 @@ __all__ = [
     "alerts_topic",
     "app",
     "labels_topic",
+    "scores_topic",
     "settings",
     "transactions_topic",
     "web_flags",
@@ -68,3 +69,4 @@ app = build_app(settings)
 transactions_topic = _raw_topic(app, settings.topics.full(settings.topics.transactions))
 alerts_topic = _raw_topic(app, settings.topics.full(settings.topics.alerts))
 labels_topic = _raw_topic(app, settings.topics.full(settings.topics.labels))
+scores_topic = _raw_topic(app, settings.topics.full(settings.topics.scores))

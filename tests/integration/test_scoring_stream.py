@@ -24,8 +24,10 @@ import pytest
 import redis as redis_lib
 from confluent_kafka import Producer
 
+from features.definitions import FEATURE_NAMES
 from fraudpipe.codec import decode, encode
 from fraudpipe.contracts import Alert, DeadLetter, Decision, Reason
+from fraudpipe.logstore import DayLog
 from fraudpipe.settings import Settings
 from fraudpipe.simulator.config import default
 from fraudpipe.simulator.generate import simulate
@@ -110,6 +112,18 @@ def test_replayed_stream_is_scored_once_with_a_promotion_mid_stream(
             versions_by_partition[partition].append(d.model.version)
     assert all(v in (["v0001"], ["v0001", "v0002"], ["v0002"]) for v in versions_by_partition.values())
     assert any(v[-1] == "v0002" for v in versions_by_partition.values())
+
+    # The decision log holds each decision once de-duplicated, with the features as served.
+    decision_log = DayLog(topics.paths.data_dir / "decisions", "event_time")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and decision_log.read(unique_by=["txn_id"]).height < n + 1:
+        time.sleep(1)
+    logged = decision_log.read(unique_by=["txn_id"])
+    assert logged.height == n + 1
+    assert set(FEATURE_NAMES) <= set(logged.columns)
+    assert set(logged.get_column("model_version").unique().to_list()) == {"v0001", "v0002"}
+    served = {d.txn_id: d.features["amount"] for _, _, d in decisions}
+    assert all(served[t] == a for t, a in zip(logged["txn_id"], logged["amount"], strict=True))
 
     alerts = consume_all(topics.kafka.bootstrap_servers, topics.topics.full(topics.topics.alerts), n,
                          group="all-alerts", timeout_s=10)  # fmt: skip
