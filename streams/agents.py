@@ -16,7 +16,7 @@ is scored by one version. Transactions decided in degraded mode are applied to t
 from __future__ import annotations
 
 import asyncio
-import json
+import io
 import logging
 import time
 from datetime import timedelta
@@ -28,7 +28,7 @@ from features.definitions import FEATURE_NAMES
 from features.store import RedisFeatureStore, StoreUnavailableError, redis_client
 from fraudpipe.clock import SystemClock
 from fraudpipe.codec import dead_letter, encode
-from fraudpipe.contracts import Alert, Decision, Label, Reason, Transaction
+from fraudpipe.contracts import Alert, Label, Reason, Transaction
 from fraudpipe.logstore import DayLog
 from fraudpipe.settings import TopicSettings
 from streams import metrics
@@ -36,7 +36,6 @@ from streams.app import (
     alerts_topic,
     app,
     labels_topic,
-    scores_topic,
     settings,
     transactions_topic,
 )
@@ -45,7 +44,7 @@ from streams.pipeline import FeatureStore, Pipeline, from_settings
 from streams.publisher import KafkaPublisher, Message, Publisher
 from streams.sinks import Dispatcher, build_sinks
 
-__all__ = ["apply_labels", "decision_rows", "deliver_alerts", "log_decisions", "score_transactions"]
+__all__ = ["apply_labels", "decision_rows", "deliver_alerts", "score_transactions"]
 
 log = logging.getLogger(__name__)
 clock = SystemClock()
@@ -63,6 +62,11 @@ class LabelApplier(Protocol):
 def make_publisher() -> Publisher:
     """The worker's producer for its outputs; unit tests put a list here."""
     return KafkaPublisher(settings.kafka)
+
+
+def make_decision_log() -> DayLog:
+    """The decision log (``data_dir/decisions``); unit tests point it elsewhere."""
+    return DayLog(settings.paths.data_dir / "decisions", "event_time")
 
 
 def make_pipeline() -> Pipeline:
@@ -99,6 +103,7 @@ async def score_transactions(stream: Any) -> None:
     metrics.MODEL_INFO.info({"version": scorer.version, "sha256": scorer.model.sha256})
     repairs = _Repairs(pipeline.store)
     publisher = make_publisher()
+    decision_log = make_decision_log()
     topic = settings.topics.full(settings.topics.transactions)
     dlq = settings.topics.full(TopicSettings.dlq_of(settings.topics.transactions))
     async for events in stream.take_events(scoring.batch_size, within=scoring.batch_within_ms / 1000):
@@ -148,6 +153,8 @@ async def score_transactions(stream: Any) -> None:
         for record, letter in dead:
             out.append((dlq, record.key or b"", encode(letter)))
             metrics.DEAD_LETTERS.labels(topic, letter.reason.value).inc()
+        # Logged before publishing: a crash in between redelivers the batch, which logs (and publishes) again.
+        decision_log.append(decision_rows([value for name, _, value in out if name == SCORES]))
         await publisher.publish(out)
         published = time.time()
         for event in events:
@@ -234,32 +241,43 @@ async def apply_labels(stream: Any) -> None:
         await publisher.publish([(dlq, record.key or b"", encode(letter)) for record, letter in result.dead])
 
 
-def decision_rows(decisions: list[Decision]) -> pl.DataFrame:
-    """The decision log's rows: the audit fields, one column per feature as served, reason codes as JSON."""
-    rows = []
-    for d in decisions:
-        row: dict[str, Any] = {
-            "txn_id": d.txn_id, "card_token": d.card_token, "event_time": d.event_time, "decided_at": d.decided_at,
-            "amount": d.amount, "currency": d.currency, "model_version": d.model.version if d.model else None,
-            "model_sha256": d.model.sha256 if d.model else None, "score": d.score, "decision": d.decision,
-            "review_threshold": d.thresholds.review, "decline_threshold": d.thresholds.decline,
-            "degraded": d.degraded, "latency_ms": d.latency_ms,
-            "reason_codes": json.dumps([c.model_dump() for c in d.reason_codes]),
-        }  # fmt: skip
-        row.update({name: d.features.get(name) for name in FEATURE_NAMES})
-        rows.append(row)
-    schema = {name: pl.Float64 for name in FEATURE_NAMES} | {"score": pl.Float64, "model_version": pl.String,
-                                                              "model_sha256": pl.String}  # fmt: skip
-    return pl.DataFrame(rows, schema_overrides=schema)
+_DECISION_SCHEMA: dict[str, Any] = {
+    "txn_id": pl.String,
+    "card_token": pl.String,
+    "event_time": pl.String,
+    "decided_at": pl.String,
+    "amount": pl.Float64,
+    "currency": pl.String,
+    "features": pl.Struct({name: pl.Float64 for name in FEATURE_NAMES}),
+    "model": pl.Struct({"version": pl.String, "sha256": pl.String}),
+    "score": pl.Float64,
+    "decision": pl.String,
+    "thresholds": pl.Struct({"review": pl.Float64, "decline": pl.Float64}),
+    "reason_codes": pl.List(
+        pl.Struct({"feature": pl.String, "value": pl.Float64, "contribution": pl.Float64, "direction": pl.String})
+    ),
+    "latency_ms": pl.Float64,
+    "degraded": pl.Boolean,
+}
 
 
-@app.agent(scores_topic, concurrency=1)
-async def log_decisions(stream: Any) -> None:
-    """Keep every decision in the decision log (``data_dir/decisions``, by event day): what training reads, with
-    the features exactly as they were served. Redeliveries append again; readers de-duplicate by ``txn_id``."""
-    decision_log = DayLog(settings.paths.data_dir / "decisions", "event_time")
-    async for events in stream.take_events(settings.scoring.batch_size * 2, within=1.0):
-        result = intake((_raw(event) for event in events), Decision, latest_event_time=None, failed_at=clock.now())
-        if result.dead:
-            log.error("%d unreadable records on the scores topic were not logged", len(result.dead))
-        decision_log.append(decision_rows([decision for _, decision in result.valid]))
+def decision_rows(values: list[bytes]) -> pl.DataFrame:
+    """The decision log's rows from encoded decisions, parsed in one vectorized pass: the audit fields, one column
+    per feature as served (``f_<name>``), reason codes as JSON text. The scorer agent writes them to
+    ``data_dir/decisions`` (by event day) before publishing each batch: the training source of the feedback loop,
+    features exactly as served. Redeliveries append again; readers de-duplicate by ``txn_id``."""
+    frame = pl.read_ndjson(io.BytesIO(b"\n".join(values)), schema=_DECISION_SCHEMA)
+    when = {c: pl.col(c).str.to_datetime(time_unit="us", time_zone="UTC") for c in ("event_time", "decided_at")}
+    return frame.select(
+        "txn_id", "card_token", when["event_time"], when["decided_at"], "amount", "currency",
+        pl.col("model").struct.field("version").alias("model_version"),
+        pl.col("model").struct.field("sha256").alias("model_sha256"),
+        "score", "decision",
+        pl.col("thresholds").struct.field("review").alias("review_threshold"),
+        pl.col("thresholds").struct.field("decline").alias("decline_threshold"),
+        "degraded", "latency_ms",
+        pl.concat_str(
+            pl.lit("["), pl.col("reason_codes").list.eval(pl.element().struct.json_encode()).list.join(","), pl.lit("]")
+        ).alias("reason_codes"),
+        *(pl.col("features").struct.field(name).alias(f"f_{name}") for name in FEATURE_NAMES),
+    )  # fmt: skip

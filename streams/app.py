@@ -19,7 +19,6 @@ __all__ = [
     "alerts_topic",
     "app",
     "labels_topic",
-    "scores_topic",
     "settings",
     "transactions_topic",
     "web_flags",
@@ -69,4 +68,3 @@ app = build_app(settings)
 transactions_topic = _raw_topic(app, settings.topics.full(settings.topics.transactions))
 alerts_topic = _raw_topic(app, settings.topics.full(settings.topics.alerts))
 labels_topic = _raw_topic(app, settings.topics.full(settings.topics.labels))
-scores_topic = _raw_topic(app, settings.topics.full(settings.topics.scores))

@@ -120,10 +120,10 @@ def test_replayed_stream_is_scored_once_with_a_promotion_mid_stream(
         time.sleep(1)
     logged = decision_log.read(unique_by=["txn_id"])
     assert logged.height == n + 1
-    assert set(FEATURE_NAMES) <= set(logged.columns)
+    assert {f"f_{name}" for name in FEATURE_NAMES} <= set(logged.columns)
     assert set(logged.get_column("model_version").unique().to_list()) == {"v0001", "v0002"}
     served = {d.txn_id: d.features["amount"] for _, _, d in decisions}
-    assert all(served[t] == a for t, a in zip(logged["txn_id"], logged["amount"], strict=True))
+    assert all(served[t] == a for t, a in zip(logged["txn_id"], logged["f_amount"], strict=True))
 
     alerts = consume_all(topics.kafka.bootstrap_servers, topics.topics.full(topics.topics.alerts), n,
                          group="all-alerts", timeout_s=10)  # fmt: skip

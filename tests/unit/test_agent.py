@@ -15,6 +15,7 @@ from features.memory import InMemoryFeatureStore
 from fraudpipe.clock import SystemClock
 from fraudpipe.codec import decode, encode
 from fraudpipe.contracts import Alert, DeadLetter, Decision, Reason
+from fraudpipe.logstore import DayLog
 from fraudpipe.settings import ScoringSettings
 from models.registry import Registry
 from streams.pipeline import InMemoryDecisionMemory, Models, Pipeline
@@ -52,6 +53,7 @@ def test_the_agent_scores_alerts_and_dead_letters(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(agents, "make_pipeline", lambda: pipeline)
     published = _Published()
     monkeypatch.setattr(agents, "make_publisher", lambda: published)
+    monkeypatch.setattr(agents, "make_decision_log", lambda: DayLog(tmp_path / "decisions", "event_time"))
     valid = [factories.transaction(txn_id=f"ok-{i}", card_token=f"tok_c{i % 3}") for i in range(6)]
 
     async def run() -> tuple[list[Decision], list[Alert], list[DeadLetter]]:
@@ -74,3 +76,5 @@ def test_the_agent_scores_alerts_and_dead_letters(tmp_path: Path, monkeypatch: p
     assert {a.txn_id for a in alerts} == {d.txn_id for d in decisions if d.decision != "approve"} != set()
     assert sorted(d.reason for d in dead) == sorted([Reason.INVALID_JSON, Reason.PROCESSING_ERROR])
     assert "ZeroDivisionError" in next(d.detail for d in dead if d.reason == Reason.PROCESSING_ERROR)
+    logged = DayLog(tmp_path / "decisions", "event_time").read()
+    assert sorted(logged.get_column("txn_id").to_list()) == sorted(t.txn_id for t in valid)
