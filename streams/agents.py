@@ -16,7 +16,7 @@ is scored by one version. Transactions decided in degraded mode are applied to t
 from __future__ import annotations
 
 import asyncio
-import io
+import json
 import logging
 import time
 from datetime import timedelta
@@ -28,7 +28,7 @@ from features.definitions import FEATURE_NAMES
 from features.store import RedisFeatureStore, StoreUnavailableError, redis_client
 from fraudpipe.clock import SystemClock
 from fraudpipe.codec import dead_letter, encode
-from fraudpipe.contracts import Alert, Label, Reason, Transaction
+from fraudpipe.contracts import Alert, Decision, Label, Reason, Transaction
 from fraudpipe.logstore import DayLog
 from fraudpipe.settings import TopicSettings
 from streams import metrics
@@ -133,6 +133,7 @@ async def score_transactions(stream: Any) -> None:
             batch = None
             first_error = error
         out: list[Message] = []
+        decided: list[Decision] = []
         if batch is None:
             for record, txn in zip(records, txns, strict=True):
                 try:
@@ -144,8 +145,10 @@ async def score_transactions(stream: Any) -> None:
                                                      source_offset=record.offset, failed_at=now)))  # fmt: skip
                     continue
                 out += _outputs(single.decisions, single.alerts)
+                decided += single.decisions
         else:
             out += _outputs(batch.decisions, batch.alerts)
+            decided = batch.decisions
             repairs.add(batch.unapplied)
             metrics.STORE_SECONDS.observe(batch.store_s)
             metrics.MODEL_SECONDS.observe(batch.model_s)
@@ -154,7 +157,7 @@ async def score_transactions(stream: Any) -> None:
             out.append((dlq, record.key or b"", encode(letter)))
             metrics.DEAD_LETTERS.labels(topic, letter.reason.value).inc()
         # Logged before publishing: a crash in between redelivers the batch, which logs (and publishes) again.
-        decision_log.append(decision_rows([value for name, _, value in out if name == SCORES]))
+        decision_log.append(decision_rows(decided))
         await publisher.publish(out)
         published = time.time()
         for event in events:
@@ -241,43 +244,30 @@ async def apply_labels(stream: Any) -> None:
         await publisher.publish([(dlq, record.key or b"", encode(letter)) for record, letter in result.dead])
 
 
-_DECISION_SCHEMA: dict[str, Any] = {
-    "txn_id": pl.String,
-    "card_token": pl.String,
-    "event_time": pl.String,
-    "decided_at": pl.String,
-    "amount": pl.Float64,
-    "currency": pl.String,
-    "features": pl.Struct({name: pl.Float64 for name in FEATURE_NAMES}),
-    "model": pl.Struct({"version": pl.String, "sha256": pl.String}),
-    "score": pl.Float64,
-    "decision": pl.String,
-    "thresholds": pl.Struct({"review": pl.Float64, "decline": pl.Float64}),
-    "reason_codes": pl.List(
-        pl.Struct({"feature": pl.String, "value": pl.Float64, "contribution": pl.Float64, "direction": pl.String})
-    ),
-    "latency_ms": pl.Float64,
-    "degraded": pl.Boolean,
-}
-
-
-def decision_rows(values: list[bytes]) -> pl.DataFrame:
-    """The decision log's rows from encoded decisions, parsed in one vectorized pass: the audit fields, one column
-    per feature as served (``f_<name>``), reason codes as JSON text. The scorer agent writes them to
-    ``data_dir/decisions`` (by event day) before publishing each batch: the training source of the feedback loop,
-    features exactly as served. Redeliveries append again; readers de-duplicate by ``txn_id``."""
-    frame = pl.read_ndjson(io.BytesIO(b"\n".join(values)), schema=_DECISION_SCHEMA)
-    when = {c: pl.col(c).str.to_datetime(time_unit="us", time_zone="UTC") for c in ("event_time", "decided_at")}
-    return frame.select(
-        "txn_id", "card_token", when["event_time"], when["decided_at"], "amount", "currency",
-        pl.col("model").struct.field("version").alias("model_version"),
-        pl.col("model").struct.field("sha256").alias("model_sha256"),
-        "score", "decision",
-        pl.col("thresholds").struct.field("review").alias("review_threshold"),
-        pl.col("thresholds").struct.field("decline").alias("decline_threshold"),
-        "degraded", "latency_ms",
-        pl.concat_str(
-            pl.lit("["), pl.col("reason_codes").list.eval(pl.element().struct.json_encode()).list.join(","), pl.lit("]")
-        ).alias("reason_codes"),
-        *(pl.col("features").struct.field(name).alias(f"f_{name}") for name in FEATURE_NAMES),
-    )  # fmt: skip
+def decision_rows(decisions: list[Decision]) -> pl.DataFrame:
+    """The decision log's rows, built column by column: the audit fields, one column per feature as served
+    (``f_<name>``), reason codes as JSON text. The scorer agent writes them to ``data_dir/decisions`` (by event day)
+    before publishing each batch: the training source of the feedback loop, features exactly as served.
+    Redeliveries append again; readers de-duplicate by ``txn_id``."""
+    columns: dict[str, Any] = {
+        "txn_id": [d.txn_id for d in decisions],
+        "card_token": [d.card_token for d in decisions],
+        "event_time": [d.event_time for d in decisions],
+        "decided_at": [d.decided_at for d in decisions],
+        "amount": [d.amount for d in decisions],
+        "currency": [d.currency for d in decisions],
+        "model_version": [d.model.version if d.model else None for d in decisions],
+        "model_sha256": [d.model.sha256 if d.model else None for d in decisions],
+        "score": [d.score for d in decisions],
+        "decision": [d.decision for d in decisions],
+        "review_threshold": [d.thresholds.review for d in decisions],
+        "decline_threshold": [d.thresholds.decline for d in decisions],
+        "degraded": [d.degraded for d in decisions],
+        "latency_ms": [d.latency_ms for d in decisions],
+        "reason_codes": [json.dumps([c.model_dump() for c in d.reason_codes]) if d.reason_codes else "[]"
+                         for d in decisions],
+    }  # fmt: skip
+    for name in FEATURE_NAMES:
+        columns[f"f_{name}"] = pl.Series([d.features.get(name) for d in decisions], dtype=pl.Float64)
+    schema = {"score": pl.Float64, "model_version": pl.String, "model_sha256": pl.String}
+    return pl.DataFrame(columns, schema_overrides=schema)
