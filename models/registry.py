@@ -127,6 +127,7 @@ class Registry:
         if list(booster.feature_name()) != list(FEATURE_NAMES):
             raise RegistryError("the booster's features are not features.definitions.FEATURE_NAMES in order")
         fields = dict(fields)
+        created_by = fields.pop("created_by", None) or getpass.getuser()
         text = booster.model_to_string().encode()
         self.versions_dir.mkdir(parents=True, exist_ok=True)
         staging = self.root / f".staging-{uuid.uuid4().hex}"
@@ -141,7 +142,7 @@ class Registry:
                 manifest = Manifest(
                     version=version,
                     created_at=datetime.now(UTC),
-                    created_by=fields.pop("created_by", None) or getpass.getuser(),
+                    created_by=created_by,
                     model_sha256=hashlib.sha256(text).hexdigest(),
                     lightgbm_version=lgb.__version__,
                     features=list(FEATURE_NAMES),

@@ -6,11 +6,12 @@ booster, deterministically for a seed (``deterministic``, row-wise histograms, f
 
 Class imbalance (about 1 fraud in 120 payments) is handled deliberately, and not by reweighting: the model is trained
 on the plain log-loss so its scores stay calibrated probabilities, and the imbalance is dealt with where it matters
-— thresholds are chosen on validation scores for an alert budget and a target precision (:mod:`models.policy`), and
-early stopping watches average precision, not accuracy. Measured on the handbook preset (seed 0, 3 model seeds):
-``scale_pos_weight=5`` lowered AP from 0.718 to 0.714 at equal AUC, so it stays off (``TrainingSettings``).
+— thresholds are chosen on validation scores for an alert budget and a target precision
+(:func:`models.scorer.choose_thresholds`), and early stopping watches average precision, not accuracy. Measured on
+the handbook preset (seed 0, 3 model seeds): ``scale_pos_weight=5`` lowered AP from 0.718 to 0.714 at equal AUC, so
+it stays off (``TrainingSettings``).
 
-``train_model`` is what ``fraudpipe train`` runs: fit on a training window, leave a gap of ``delay_days`` whose labels
+``train_version`` is what ``fraudpipe train`` runs: fit on a training window, leave a gap of ``delay_days`` whose labels
 are not known yet when the model goes live, early-stop on the validation window after the gap (the days the model
 would really score next), then measure there.
 """

@@ -128,18 +128,17 @@ async def score_transactions(stream: Any) -> None:
         txns = [txn for _, txn in result.valid]
         try:
             batch = pipeline.score(txns, [received] * len(txns))
-        except Exception as error:  # one bad event must not take the batch (or the offsets) with it
+        except Exception:  # one bad event must not take the batch (or the offsets) with it
             log.exception("batch failed; scoring its %d transactions one by one", len(txns))
             batch = None
-            first_error = error
         out: list[Message] = []
         decided: list[Decision] = []
         if batch is None:
             for record, txn in zip(records, txns, strict=True):
                 try:
                     single = pipeline.score([txn], [received])
-                except Exception:
-                    detail = f"{type(first_error).__name__} while scoring"
+                except Exception as error:
+                    detail = f"{type(error).__name__} while scoring"
                     dead.append((record, dead_letter(record.value, reason=Reason.PROCESSING_ERROR, detail=detail,
                                                      source_topic=record.topic, source_partition=record.partition,
                                                      source_offset=record.offset, failed_at=now)))  # fmt: skip

@@ -138,3 +138,15 @@ def register_champion(models_dir: Path, *, seed: int = 0) -> str:
     version = registry.register(trained.fitted.booster, trained.fields).version
     registry.promote(version, why="test champion")
     return version
+
+
+def simulated_folder(out: Path, *, days: int, customers: int, terminals: int, seed: int, key: bytes) -> Path:
+    """A default-preset simulation written to ``out`` as ``fraudpipe simulate`` writes it; returns ``out``."""
+    from fraudpipe.simulator.config import default
+    from fraudpipe.simulator.generate import simulate
+    from fraudpipe.simulator.output import write_simulation
+
+    config = default(days=days, customers=customers, terminals=terminals, seed=seed)
+    population, run = simulate(config, key)
+    write_simulation(out, config, population, run, overwrite=True)
+    return out

@@ -29,9 +29,6 @@ from fraudpipe.codec import decode, encode
 from fraudpipe.contracts import Alert, DeadLetter, Decision, Reason
 from fraudpipe.logstore import DayLog
 from fraudpipe.settings import Settings
-from fraudpipe.simulator.config import default
-from fraudpipe.simulator.generate import simulate
-from fraudpipe.simulator.output import write_simulation
 from tests import factories
 from tests.integration.conftest import run_cli, settings_env
 from tests.integration.test_kafka import consume_all
@@ -43,10 +40,7 @@ KEY = b"scoring-stream-tokenization-key0"
 def stream_sim(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Eight days of 900 cards: about 12k payments with every fraud scenario."""
     out = tmp_path_factory.mktemp("stream-sim")
-    config = default(days=8, customers=900, terminals=1_800, seed=11)
-    population, days = simulate(config, KEY)
-    write_simulation(out, config, population, days, overwrite=True)
-    return out
+    return factories.simulated_folder(out, days=8, customers=900, terminals=1_800, seed=11, key=KEY)
 
 
 def _start_worker(settings: Settings, cwd: Path, **env: str) -> tuple[subprocess.Popen[bytes], Path]:

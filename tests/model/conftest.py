@@ -8,11 +8,9 @@ from pathlib import Path
 import pytest
 
 from fraudpipe.settings import TrainingSettings
-from fraudpipe.simulator.config import default
-from fraudpipe.simulator.generate import simulate
-from fraudpipe.simulator.output import write_simulation
 from models.dataset import History, load_history
 from models.protocol import Windows
+from tests import factories
 
 KEY = b"model-tests-tokenization-key-000"
 WINDOWS = Windows(train_start=date(2018, 4, 15), train_days=14, delay_days=7, test_days=7)
@@ -24,11 +22,9 @@ FAST = TrainingSettings(rounds=40, learning_rate=0.1, min_data_in_leaf=20)
 @pytest.fixture(scope="session")
 def small_sim(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """43 days of the default preset (every scenario), 1,000 cards and 2,000 terminals, as a simulator folder."""
-    out = tmp_path_factory.mktemp("sim")
-    config = default(days=43, customers=1_000, terminals=2_000, seed=3)
-    population, days = simulate(config, KEY)
-    write_simulation(out, config, population, days, overwrite=True)
-    return out
+    return factories.simulated_folder(
+        tmp_path_factory.mktemp("sim"), days=43, customers=1_000, terminals=2_000, seed=3, key=KEY
+    )
 
 
 @pytest.fixture(scope="session")
