@@ -1,5 +1,5 @@
 """From a store reply straight to the feature matrix of a micro-batch: the hot path's vectorized twin of
-``[snapshot.features() for snapshot in decode_reply(...)]``.
+``[snapshot.features() for snapshot in decode_reply(reply, txns)]``.
 
 Same rules as :mod:`features.formulas`, written over numpy columns (one pass per feature instead of one Python
 call per transaction); a test holds the two equal. Missing values are NaN, as LightGBM reads them.
@@ -8,36 +8,27 @@ call per transaction); a test holds the two equal. Missing values are NaN, as Li
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from features.definitions import FEATURE_NAMES
 from features.formulas import CARD_WINDOWS, FRAUD_WINDOWS, PLACE_WINDOWS, SQUARE_CAP_CENTS
-from features.snapshot import CARD_WIDTH, PLACE_WIDTH, REPLY_WIDTH
+from features.snapshot import CARD_WIDTH, PLACE_WIDTH, StoreReply
 from fraudpipe.contracts import Transaction
 
 __all__ = ["feature_matrix"]
 
-_NUMERIC = [i for i in range(REPLY_WIDTH) if i not in (15, 16)]
 
-
-def _texts(column: NDArray[Any]) -> list[str]:
-    return [value.decode() if isinstance(value, bytes) else str(value) for value in column]
-
-
-def feature_matrix(reply: Sequence[Any], txns: Sequence[Transaction]) -> NDArray[np.float64]:
+def feature_matrix(reply: StoreReply, txns: Sequence[Transaction]) -> NDArray[np.float64]:
     """(len(txns), len(FEATURE_NAMES)) float64 matrix, FEATURE_NAMES order, NaN = missing."""
     n = len(txns)
-    if len(reply) != REPLY_WIDTH * n:
-        raise ValueError(f"store reply has {len(reply)} values for {n} transactions")
+    if len(reply) != n:
+        raise ValueError(f"store reply has {len(reply)} rows for {n} transactions")
     out = np.full((n, len(FEATURE_NAMES)), np.nan)
     if n == 0:
         return out
-    raw = np.array(reply, dtype=object).reshape(n, REPLY_WIDTH)
-    v = np.zeros((n, REPLY_WIDTH), dtype=np.int64)
-    v[:, _NUMERIC] = raw[:, _NUMERIC].astype(np.int64)
+    v = reply.values
     micros = np.array([round(t.event_time.timestamp() * 1_000_000) for t in txns], dtype=np.int64)
     epoch_s = micros / 1_000_000
     amount = np.array([t.amount for t in txns], dtype=np.float64)
@@ -73,12 +64,12 @@ def feature_matrix(reply: Sequence[Any], txns: Sequence[Transaction]) -> NDArray
     std = np.sqrt(_variance_numerator(count, summed, squares)) / np.maximum(count, 1)
     put(np.where((count >= 1) & (mean > 0), amount * 100 / np.where(mean > 0, mean, 1), np.nan))
     put(np.where((count >= 2) & (std > 0), (amount * 100 - mean) / np.where(std > 0, std, 1), np.nan))
-    previous = np.array([int(t) / 1_000_000 if t else np.nan for t in _texts(raw[:, 15])])
+    previous = reply.previous[:, 0] / 1_000_000
     put(np.where(np.isnan(previous), np.nan, np.maximum(0.0, epoch_s - np.nan_to_num(previous))))
-    for slot in (17, 18, 19):
+    for slot in (15, 16, 17):
         put(np.where(v[:, slot] >= 0, v[:, slot].astype(np.float64), np.nan))
-    put(_speed(txns, _texts(raw[:, 16]), epoch_s))
-    for slot in (20, 21):
+    put(_speed(txns, reply.previous, epoch_s))
+    for slot in (18, 19):
         put(np.where(v[:, slot] >= 0, 1.0 - v[:, slot], np.nan))
     put(v[:, 14].astype(np.float64))
     for base in (CARD_WIDTH, CARD_WIDTH + PLACE_WIDTH):
@@ -100,17 +91,16 @@ def _variance_numerator(count: NDArray[np.int64], summed: NDArray[np.int64],
     return np.array(exact, dtype=np.float64)
 
 
-def _speed(txns: Sequence[Transaction], previous: list[str], epoch_s: NDArray[np.float64]) -> NDArray[np.float64]:
-    import math
-
+def _speed(
+    txns: Sequence[Transaction], previous: NDArray[np.float64], epoch_s: NDArray[np.float64]
+) -> NDArray[np.float64]:
+    """km/h from the previous card-present payment, for card-present payments with geo (NaN otherwise)."""
     from features.formulas import haversine_km
 
     speeds = np.full(len(txns), np.nan)
-    for i, (txn, stored) in enumerate(zip(txns, previous, strict=True)):
-        if txn.channel != "card_present" or txn.lat is None or txn.lon is None or not stored:
+    for i, txn in enumerate(txns):
+        if txn.channel != "card_present" or txn.lat is None or txn.lon is None or np.isnan(previous[i, 1]):
             continue
-        micros, lat, lon = stored.split(",")
-        hours = max(abs(epoch_s[i] - int(micros) / 1_000_000), 60.0) / 3_600
-        speeds[i] = haversine_km(float(lat), float(lon), txn.lat, txn.lon) / hours
-        assert math.isfinite(speeds[i])
+        hours = max(abs(epoch_s[i] - previous[i, 1] / 1_000_000), 60.0) / 3_600
+        speeds[i] = haversine_km(float(previous[i, 2]), float(previous[i, 3]), txn.lat, txn.lon) / hours
     return speeds

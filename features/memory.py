@@ -1,7 +1,8 @@
 """The in-memory twin of the Redis feature store: the same operations, in Python, on dicts.
 
 It mirrors ``features/apply.lua`` step by step (and returns the same values per transaction), so unit tests can
-run without Redis and the parity test can hold the two equal on generated sequences, in replies and in state. It is
+run without Redis and the parity test can hold the two equal on generated sequences, in replies and in state (the
+Redis blobs decoded by :mod:`features.blobs` into this module's plain values). It is
 also the sequential reference the offline builder is checked against. Key expiry (wall-clock housekeeping in Redis)
 is not modelled.
 """
@@ -12,13 +13,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from features.formulas import RECENT_ITEMS
-from features.plan import label_plan, layout, plan
-from features.snapshot import Snapshot, decode_reply
+from features.plan import KINDS, RECORD, label_plan, layout, plan
+from features.snapshot import Snapshot, StoreReply, decode_reply
 from fraudpipe.contracts import Label, Transaction
 
 __all__ = ["InMemoryFeatureStore"]
 
-_KINDS = ("terminal", "merchant", "country", "device")
 _DAY = "d"
 
 
@@ -67,7 +67,7 @@ def _sum(ring: list[int] | None, width: int, first: int, last: int, kept: int, t
 class InMemoryFeatureStore:
     """Feature state in process memory. Same interface as :class:`features.store.RedisFeatureStore`."""
 
-    def __init__(self, prefix: str = "fp:v1:", *, recent_items: int = RECENT_ITEMS) -> None:
+    def __init__(self, prefix: str = "fp:v2:", *, recent_items: int = RECENT_ITEMS) -> None:
         self.prefix = prefix
         self.layout = layout(recent_items=recent_items, marker_ttl_s=1, entity_ttl_s=1, label_ttl_s=1)
         self.values: dict[str, Any] = {}  # key -> marker "1", label state "v,f", or an entity's map
@@ -75,15 +75,17 @@ class InMemoryFeatureStore:
     def _bucket(self, micros: int, res: str) -> int:
         return micros // int(self.layout["size"][res])
 
-    def raw(self, txns: Sequence[Transaction]) -> list[Any]:
-        """The flat reply the Lua script would give for ``txns`` (REPLY_WIDTH values each)."""
+    def raw(self, txns: Sequence[Transaction]) -> StoreReply:
+        """What the Redis store answers for ``txns``: their state after applying each once."""
         lay = self.layout
-        out: list[Any] = []
+        rows: list[list[int]] = []
+        previous: list[list[float]] = []
         kept_day = lay["kept"][_DAY]
+        nan = float("nan")
         for txn in txns:
-            txn_id, card_id, micros_text, amount, square, geo, *item_list = plan(txn)
-            items = dict(zip(_KINDS, item_list, strict=True))
-            t = int(micros_text)
+            txn_id, card_id, terminal_id, merchant_id, record = plan(txn)
+            t, amount, square, has_geo, lat, lon, mask, *raw_ids = RECORD.unpack(record)
+            ids = {kind: int.from_bytes(raw_ids[i], "little") for i, kind in enumerate(KINDS) if mask >> i & 1}
             since = t - lay["size"][_DAY]
             card_key = f"{self.prefix}card:{card_id}"
             marker = f"{self.prefix}seen:{txn_id}"
@@ -91,32 +93,32 @@ class InMemoryFeatureStore:
             if applied:
                 self.values[marker] = "1"
             card: dict[str, Any] = self.values.get(card_key, {})
-            previous_time = f"{card['pt']:d}" if "pt" in card else ""
             pcp = card.get("pcp")
-            previous_present = f"{pcp[0]:d},{pcp[1]:.17g},{pcp[2]:.17g}" if pcp else ""
-            recent: dict[str, dict[str, int]] = card.get("r", {})
-            seen = {k: int(items[k] in recent.get(k, {})) for k in _KINDS if items[k]}
+            previous.append([float(card["pt"]) if "pt" in card else nan, *(map(float, pcp) if pcp else [nan] * 3)])
+            recent: dict[str, dict[int, int]] = card.get("r", {})
+            seen = {kind: int(ids[kind] in recent.get(kind, {})) for kind in ("device", "terminal") if kind in ids}
             if applied:
                 for res in lay["card_rings"]:
                     card[res], _ = _add(card.get(res, []), 4, self._bucket(t, res), lay["kept"][res],
                                         [1, amount, square], True, None)  # fmt: skip
                 if "f" in card:
                     card["f"] = _prune(card["f"], 2, _newest(card[_DAY], 4), kept_day)
+                    if not card["f"]:
+                        del card["f"]
                 if "pt" not in card or t > card["pt"]:
                     card["pt"] = t
-                if len(geo) == 2 and ("pcp" not in card or t >= card["pcp"][0]):
-                    card["pcp"] = [t, geo[0], geo[1]]
-                for kind in _KINDS:
-                    if item := items[kind]:
-                        members = recent.setdefault(kind, {})
-                        if item not in members or t > members[item]:
-                            members[item] = t
-                        if len(members) > lay["recent_items"]:
-                            del members[min(members, key=lambda name: (members[name], name))]
+                if has_geo and ("pcp" not in card or t >= card["pcp"][0]):
+                    card["pcp"] = [t, lat, lon]
+                for kind, item in ids.items():
+                    members = recent.setdefault(kind, {})
+                    if item not in members or t > members[item]:
+                        members[item] = t
+                    if len(members) > lay["recent_items"]:
+                        del members[min(members, key=lambda ident: (members[ident], ident))]
                 if recent:
                     card["r"] = recent
                 self.values[card_key] = card
-            out.append(int(applied))
+            out = [int(applied)]
             for res, length in lay["card_windows"]:
                 last = self._bucket(t, res)
                 ring = card.get(res, [])
@@ -125,21 +127,22 @@ class InMemoryFeatureStore:
             day = self._bucket(t, _DAY)
             out.append(int(top is not None and day > top - kept_day))
             out.append(_sum(card.get("f"), 2, day - lay["card_frauds"] + 1, day, kept_day, top)[0])
-            out += [previous_time, previous_present]
             for kind in ("terminal", "merchant", "country"):
-                out.append(sum(1 for when in recent.get(kind, {}).values() if when > since) if items[kind] else -1)
+                out.append(sum(1 for when in recent.get(kind, {}).values() if when > since) if kind in ids else -1)
             out += [seen.get("device", -1), seen.get("terminal", -1)]
-            for kind in ("terminal", "merchant"):
-                if not items[kind]:
+            for kind, ident in (("terminal", terminal_id), ("merchant", merchant_id)):
+                if not ident:
                     out += [-1] * (len(lay["place_windows"]) + 2 * len(lay["fraud_windows"]))
                     continue
-                key = f"{self.prefix}{kind}:{items[kind]}"
+                key = f"{self.prefix}{kind}:{ident}"
                 place: dict[str, Any] = self.values.get(key, {})
                 kept = lay["place_kept"]
                 if applied:
                     place["d"], _ = _add(place.get("d", []), 2, day, kept, [1], True, None)
                     if "f" in place:
                         place["f"] = _prune(place["f"], 2, _newest(place["d"], 2), kept)
+                        if not place["f"]:
+                            del place["f"]
                     self.values[key] = place
                 place_top = _newest(place.get("d"), 2)
                 out += [_sum(place.get("d"), 2, day - n + 1, day, kept, place_top)[0] for n in lay["place_windows"]]
@@ -147,7 +150,8 @@ class InMemoryFeatureStore:
                 for n in lay["fraud_windows"]:
                     out.append(_sum(place.get("f"), 2, last - n + 1, last, kept, place_top)[0])
                     out.append(_sum(place.get("d"), 2, last - n + 1, last, kept, place_top)[0])
-        return out
+            rows.append(out)
+        return StoreReply.from_rows(rows, previous)
 
     def apply(self, txns: Sequence[Transaction]) -> list[Snapshot]:
         """Apply each transaction once (a redelivery is read, not re-applied) and return the snapshots, in order."""
@@ -157,17 +161,19 @@ class InMemoryFeatureStore:
         """Apply each label newer (by version) than the last applied for its transaction; return how many."""
         applied = 0
         for label in labels:
-            txn_id, version, fraud, micros_text, entities = label_plan(label)
+            txn_id, version, fraud, day, *entities = label_plan(label, self.layout["size"][_DAY])
             state_key = f"{self.prefix}label:{txn_id}"
             last_version, last_fraud = (int(x) for x in self.values.get(state_key, "0,0").split(","))
             if version <= last_version:
                 continue
             delta = fraud - last_fraud
             if delta:
-                day = self._bucket(int(micros_text), _DAY)
-                for entity, width, kept in entities:
+                for entity in filter(None, entities):
                     key = f"{self.prefix}{entity}"
                     state = self.values.get(key, {})
+                    width, kept = (
+                        (4, self.layout["kept"][_DAY]) if entity.startswith("card:") else (2, self.layout["place_kept"])
+                    )
                     ring, changed = _add(
                         state.get("f", []), 2, day, kept, [delta], False, _newest(state.get("d"), width)
                     )

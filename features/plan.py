@@ -1,23 +1,28 @@
 """What applying a transaction means for the online state: pure, shared by the Redis store and its in-memory twin.
 
-A plan is a transaction reduced to what the script needs (ids, time, cents, geo, items); the layout carries the
-bucket sizes, retention and windows of :mod:`features.windows`, so the script holds no constant of its own.
-Keys (``P`` = ``settings.redis.key_prefix``, ``fp:v1:``)::
+A plan is a transaction reduced to what the script needs: its ids (key names) and one fixed binary record (time,
+cents, cents², geo, recent-item ids); the layout carries the bucket sizes, retention and windows of
+:mod:`features.windows`, so the script holds no constant of its own. Keys (``P`` = ``settings.redis.key_prefix``,
+``fp:v2:``; value formats in :mod:`features.blobs`)::
 
-    P seen:<txn_id>               marker: the transaction's increments were applied (TTL = replay horizon)
-    P label:<txn_id>              "version,fraud" of the last label applied (fraud 1 / genuine 0)
-    P card:<token>                MessagePack map: rings m5, h, d (bucket, count, cents, cents²), f (day, frauds),
-                                  pt latest event time (µs), pcp [µs, lat, lon], r {kind: {item: last seen µs}}
-                                  for kind in terminal, merchant, country, device (RECENT_ITEMS newest each)
-    P terminal:<id>, P merchant:<id>   MessagePack map: rings d (day, payments) and f (day, frauds)
+    P seen:<txn_id>                    marker: the transaction's increments were applied (TTL = replay horizon)
+    P label:<txn_id>                   "version,fraud" of the last label applied (fraud 1 / genuine 0)
+    P card:<token>                     binary: rings m5, h, d (bucket, count, cents, cents²), f (day, frauds), latest
+                                       event time, latest card-present payment (µs, lat, lon), and for each kind of
+                                       recent item (terminal, merchant, country, device) the ids and last-seen times
+                                       of the RECENT_ITEMS most recent
+    P terminal:<id>, P merchant:<id>   binary: rings d (day, payments) and f (day, frauds)
 
-One key per entity, read and written once per transaction (see ``features/apply.lua``). Bucket indexes are those of
-:mod:`features.windows`, computed by the script from integer microseconds, which travel as decimal text (exact in
+One key per entity, read and written at most once per call (see ``features/apply.lua``). Recent items are kept as
+48-bit ids (:func:`item_id`), never as names: fixed-width records the script finds with one ``string.find``.
+Bucket indexes are those of :mod:`features.windows`, computed by the script from integer microseconds (exact in
 Redis' Lua doubles).
 """
 
 from __future__ import annotations
 
+import hashlib
+import struct
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,9 +30,14 @@ from features.formulas import CARD_WINDOWS, FRAUD_WINDOWS, PLACE_WINDOWS, cents,
 from features.windows import KEPT, LABEL_DELAY_DAYS, PLACE_KEPT_DAYS, RESOLUTIONS, WINDOWS
 from fraudpipe.contracts import Label, Transaction
 
-__all__ = ["label_plan", "layout", "micros_of", "plan"]
+__all__ = ["KINDS", "RECORD", "item_id", "label_plan", "layout", "micros_of", "plan"]
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+KINDS = ("terminal", "merchant", "country", "device")
+"""Kinds of recent item a card remembers, in record order."""
+RECORD = struct.Struct("<qqqBddB8s8s8s8s")
+"""A transaction for the script: µs, cents, cents², has geo, lat, lon, present-items bit mask (KINDS order), ids."""
+_NO_ID = bytes(8)
 
 
 def layout(*, recent_items: int, marker_ttl_s: int, entity_ttl_s: int, label_ttl_s: int) -> dict[str, Any]:
@@ -56,29 +66,31 @@ def micros_of(event_time: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-def plan(txn: Transaction) -> list[Any]:
-    """One transaction as the script reads it: ids, time (µs, text), cents, cents², geo, recent items."""
+def item_id(name: str) -> int:
+    """A recent item's 48-bit id (BLAKE2b of its name): fixed width for the script, no name stored in Redis."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=6).digest(), "little")
+
+
+def plan(txn: Transaction) -> tuple[str, str, str, str, bytes]:
+    """One transaction as the script reads it: txn id, card token, terminal id, merchant id ("" if none), record."""
     amount = cents(txn.amount)
-    geo = [txn.lat, txn.lon] if txn.channel == "card_present" and txn.lat is not None and txn.lon is not None else []
-    return [
-        txn.txn_id,
-        txn.card_token,
-        str(micros_of(txn.event_time)),
-        amount,
-        square(amount),
-        geo,
-        txn.terminal_id or "",
-        txn.merchant_id or "",
-        txn.country or "",
-        txn.device_id or "",
-    ]
+    geo = txn.channel == "card_present" and txn.lat is not None and txn.lon is not None
+    names = (txn.terminal_id, txn.merchant_id, txn.country, txn.device_id)
+    mask = sum(1 << i for i, name in enumerate(names) if name is not None)
+    ids = [item_id(name).to_bytes(8, "little") if name is not None else _NO_ID for name in names]
+    record = RECORD.pack(micros_of(txn.event_time), amount, square(amount), int(geo), txn.lat if geo else 0.0,
+                         txn.lon if geo else 0.0, mask, *ids)  # fmt: skip
+    return txn.txn_id, txn.card_token, txn.terminal_id or "", txn.merchant_id or "", record
 
 
-def label_plan(label: Label) -> list[Any]:
-    """One label as the script reads it: the entities whose fraud counters it moves, with their ring widths."""
-    entities = [[f"card:{label.card_token}", 4, KEPT["d"]]] + [
-        [f"{kind}:{ident}", 2, PLACE_KEPT_DAYS]
-        for kind, ident in (("terminal", label.terminal_id), ("merchant", label.merchant_id))
-        if ident is not None
-    ]
-    return [label.txn_id, label.label_version, int(label.is_fraud), str(micros_of(label.event_time)), entities]
+def label_plan(label: Label, day_us: int) -> tuple[str, int, int, int, str, str, str]:
+    """One label as the script reads it: txn id, version, fraud 0/1, the payment's day, the entities it moves."""
+    return (
+        label.txn_id,
+        label.label_version,
+        int(label.is_fraud),
+        micros_of(label.event_time) // day_us,
+        f"card:{label.card_token}",
+        f"terminal:{label.terminal_id}" if label.terminal_id is not None else "",
+        f"merchant:{label.merchant_id}" if label.merchant_id is not None else "",
+    )

@@ -1,29 +1,64 @@
-"""Decoding a store's reply (40 values per transaction, the layout ``features/apply.lua`` returns) into snapshots.
+"""A store's answer for a batch (:class:`StoreReply`), and decoding it into per-transaction snapshots.
 
-Shared by the Redis store and its in-memory twin, which return the very same values: layout, in order —
-applied; card (count, cents, cents²) for 1h, 24h, 7d, 30d; holds_payment; frauds_30d; previous time (µs, ""
-if none); previous card-present payment ("µs,lat,lon" or ""); distinct terminals / merchants / countries in 24h
-(-1: the payment has none); device seen, terminal seen (-1 / 0 / 1); terminal payments 1d, 7d, 30d, then for each
-of FRAUD_WINDOWS (1d, 7d, 30d) ending LABEL_DELAY_DAYS earlier: known frauds, payments (-1 without a terminal); the
-same nine for the merchant.
+Shared by the Redis store and its in-memory twin, which return the very same values. ``StoreReply.values`` has
+REPLY_WIDTH integers per transaction, in order: applied; card (count, cents, cents²) for 1h, 24h, 7d, 30d;
+holds_payment; frauds_30d; distinct terminals / merchants / countries in 24h (-1: the payment has none); device
+seen, terminal seen (-1 / 0 / 1); terminal payments 1d, 7d, 30d, then for each of FRAUD_WINDOWS (1d, 7d, 30d) ending
+LABEL_DELAY_DAYS earlier: known frauds, payments (-1 without a terminal); the same nine for the merchant.
+``StoreReply.previous`` has, per transaction, the previous payment's time (µs) and the previous card-present
+payment's time (µs), latitude and longitude (NaN: none).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
+
 from features.formulas import CARD_WINDOWS, FRAUD_WINDOWS, PLACE_WINDOWS, CardSnapshot, Payment, PlaceSnapshot, compute
 from fraudpipe.contracts import Transaction
 
-__all__ = ["CARD_WIDTH", "PLACE_WIDTH", "REPLY_WIDTH", "Snapshot", "decode_reply", "payment_of"]
+__all__ = ["CARD_WIDTH", "PLACE_WIDTH", "REPLY_WIDTH", "Snapshot", "StoreReply", "decode_reply", "payment_of"]
 
-CARD_WIDTH = 22
+CARD_WIDTH = 20
 """Values before the terminal's block."""
 PLACE_WIDTH = len(PLACE_WINDOWS) + 2 * len(FRAUD_WINDOWS)
 """Values of a terminal's (then a merchant's) block: counts, then (frauds, payments) per fraud window."""
 REPLY_WIDTH = CARD_WIDTH + 2 * PLACE_WIDTH
+
+
+@dataclass(frozen=True, slots=True)
+class StoreReply:
+    """A batch's state after applying it: ``values`` (n, REPLY_WIDTH) int64, ``previous`` (n, 4) float64."""
+
+    values: NDArray[np.int64]
+    previous: NDArray[np.float64]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, StoreReply)
+            and np.array_equal(self.values, other.values)
+            and np.array_equal(self.previous, other.previous, equal_nan=True)
+        )
+
+    @property
+    def applied(self) -> list[bool]:
+        """Per transaction: whether this call applied it (False: a redelivery, or too late)."""
+        return [bool(v) for v in self.values[:, 0]]
+
+    @classmethod
+    def from_rows(cls, values: Sequence[Sequence[int]], previous: Sequence[Sequence[float]]) -> StoreReply:
+        return cls(
+            np.array(values, dtype=np.int64).reshape(len(values), REPLY_WIDTH),
+            np.array(previous, dtype=np.float64).reshape(len(previous), 4),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,10 +91,6 @@ def payment_of(txn: Transaction) -> Payment:
     )
 
 
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _place(values: Sequence[Any]) -> PlaceSnapshot | None:
     numbers = [int(v) for v in values]
     if numbers[0] < 0:
@@ -76,31 +107,27 @@ def _flag(value: int) -> bool | None:
     return None if value < 0 else bool(value)
 
 
-def decode_reply(reply: Sequence[Any], txns: Sequence[Transaction]) -> list[Snapshot]:
-    """Snapshots of ``txns`` from a flat reply of ``REPLY_WIDTH`` values per transaction."""
-    if len(reply) != REPLY_WIDTH * len(txns):
-        raise ValueError(f"store reply has {len(reply)} values for {len(txns)} transactions")
+def decode_reply(reply: StoreReply, txns: Sequence[Transaction]) -> list[Snapshot]:
+    """Snapshots of ``txns`` from their store reply."""
+    if len(reply) != len(txns):
+        raise ValueError(f"store reply has {len(reply)} rows for {len(txns)} transactions")
     snapshots = []
-    for index, txn in enumerate(txns):
-        v = reply[index * REPLY_WIDTH : (index + 1) * REPLY_WIDTH]
-        n = [int(x) if not isinstance(x, (bytes, str)) else 0 for x in v]
+    for n, previous, txn in zip(reply.values.tolist(), reply.previous.tolist(), txns, strict=True):
         windows = {name: (n[1 + 3 * i], n[2 + 3 * i], n[3 + 3 * i]) for i, name in enumerate(CARD_WINDOWS)}
-        previous_time, previous_present = _text(v[15]), _text(v[16])
         present = None
-        if previous_present:
-            micros, lat, lon = previous_present.split(",")
-            present = (int(micros) / 1_000_000, float(lat), float(lon))
-        distinct = {k: n[17 + i] for i, k in enumerate(("terminal", "merchant", "country")) if n[17 + i] >= 0}
+        if not math.isnan(previous[1]):
+            present = (previous[1] / 1_000_000, previous[2], previous[3])
+        distinct = {k: n[15 + i] for i, k in enumerate(("terminal", "merchant", "country")) if n[15 + i] >= 0}
         card = CardSnapshot(
             windows=windows,
             holds_payment=bool(n[13]),
             frauds_30d=n[14],
-            previous_time=int(previous_time) / 1_000_000 if previous_time else None,
+            previous_time=None if math.isnan(previous[0]) else previous[0] / 1_000_000,
             previous_present=present,
             distinct_24h=distinct,
-            device_seen=_flag(n[20]),
-            terminal_seen=_flag(n[21]),
+            device_seen=_flag(n[18]),
+            terminal_seen=_flag(n[19]),
         )
-        terminal, merchant = v[CARD_WIDTH : CARD_WIDTH + PLACE_WIDTH], v[CARD_WIDTH + PLACE_WIDTH :]
+        terminal, merchant = n[CARD_WIDTH : CARD_WIDTH + PLACE_WIDTH], n[CARD_WIDTH + PLACE_WIDTH :]
         snapshots.append(Snapshot(bool(n[0]), payment_of(txn), card, _place(terminal), _place(merchant)))
     return snapshots

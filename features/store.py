@@ -1,10 +1,11 @@
 """The online feature store on Redis: one atomic script call per micro-batch.
 
-:meth:`RedisFeatureStore.apply` sends the plans of a whole batch (:mod:`features.plan`) to ``features/apply.lua``
+:meth:`RedisFeatureStore.raw` sends the plans of a whole batch (:mod:`features.plan`) to ``features/apply.lua``
 in one ``EVALSHA``: for each transaction, in order, the script applies its increments exactly once (a marker keyed
-by the transaction id, set in the same atomic step) and returns the snapshot its features are computed from
-(:mod:`features.snapshot`). A redelivered transaction is read, never re-applied; labels go through the same
-script, de-duplicated by (transaction id, label version). Key layout: :mod:`features.plan`.
+by the transaction id, set in the same atomic step) and returns the entity state as it stood after it, in binary
+(:mod:`features.blobs`); the window sums are then taken with numpy for the whole batch. A redelivered transaction
+is read, never re-applied; labels go through the same script, de-duplicated by (transaction id, label version).
+Key layout: :mod:`features.plan`.
 
 The script names keys inside its arguments, so it needs a standalone Redis (or a primary with replicas), not a
 Redis Cluster: sharding one card's keys together would need hash tags, which a later change can add.
@@ -20,13 +21,15 @@ from collections.abc import Sequence
 from importlib.resources import files
 from typing import Any
 
+import numpy as np
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from features.blobs import decode_card, store_reply
 from features.formulas import RECENT_ITEMS
-from features.plan import label_plan, layout, plan
-from features.snapshot import Snapshot, decode_reply
+from features.plan import label_plan, layout, micros_of, plan
+from features.snapshot import Snapshot, StoreReply, decode_reply
 from fraudpipe.contracts import Label, Transaction
 from fraudpipe.settings import RedisSettings
 
@@ -63,34 +66,39 @@ class RedisFeatureStore:
     def __init__(
         self,
         client: redis.Redis,
-        prefix: str = "fp:v1:",
+        prefix: str = "fp:v2:",
         *,
         marker_ttl_s: int = 40 * DAY_S,
         entity_ttl_s: int = 32 * DAY_S,
         label_ttl_s: int = 180 * DAY_S,
         recent_items: int = RECENT_ITEMS,
     ) -> None:
+        if not 0 < recent_items < 0xFFFF:
+            raise ValueError("recent_items must be between 1 and 65534")
         self.client = client
         self.prefix = prefix
-        self._layout = json.dumps(
-            layout(
-                recent_items=recent_items, marker_ttl_s=marker_ttl_s, entity_ttl_s=entity_ttl_s, label_ttl_s=label_ttl_s
-            )
+        self.layout = layout(
+            recent_items=recent_items, marker_ttl_s=marker_ttl_s, entity_ttl_s=entity_ttl_s, label_ttl_s=label_ttl_s
         )
+        self._layout = json.dumps(self.layout)
         self._script = client.register_script(_SCRIPT)
 
-    def _call(self, *args: Any) -> Any:
+    def _call(self, mode: str, args: list[Any]) -> Any:
         try:
-            return self._script(keys=[], args=list(args))
+            return self._script(keys=[], args=[mode, self._layout, self.prefix, *args])
         except (RedisConnectionError, RedisTimeoutError) as error:
             raise StoreUnavailableError(f"Redis unavailable: {error}") from None
 
-    def raw(self, txns: Sequence[Transaction]) -> list[Any]:
-        """The script's flat reply for ``txns`` (REPLY_WIDTH values each)."""
-        if not txns:
-            return []
-        payload = json.dumps([plan(txn) for txn in txns], separators=(",", ":"))
-        return list(self._call("txns", payload, self._layout, self.prefix))
+    def raw(self, txns: Sequence[Transaction]) -> StoreReply:
+        """Apply ``txns`` (each once) and return their state after it, for the formulas.
+
+        Raises:
+            StoreUnavailableError: Redis did not answer within the budget.
+        """
+        args = [value for txn in txns for value in plan(txn)]
+        parts = self._call("txns", args) if txns else [b""] * 12
+        micros = np.fromiter((micros_of(txn.event_time) for txn in txns), dtype=np.int64, count=len(txns))
+        return store_reply(parts, micros, self.layout)
 
     def apply(self, txns: Sequence[Transaction]) -> list[Snapshot]:
         """Apply each transaction once (a redelivery is read, not re-applied) and return the snapshots, in order.
@@ -101,9 +109,9 @@ class RedisFeatureStore:
         return decode_reply(self.raw(txns), txns)
 
     def card_state(self, card_token: str) -> dict[str, Any] | None:
-        """The card's stored state (rings, latest time, recent items) as plain values; ``None`` if it has none."""
-        reply = self._call("show", json.dumps([card_token]), self._layout, self.prefix)
-        return None if reply is None else dict(json.loads(reply))
+        """The card's stored state as plain values (:func:`features.blobs.decode_card`); ``None`` if it has none."""
+        blob = self._call("show", [card_token])
+        return None if blob is None else decode_card(blob)
 
     def apply_labels(self, labels: Sequence[Label]) -> int:
         """Apply each label newer (by version) than the last applied for its transaction; return how many.
@@ -113,5 +121,5 @@ class RedisFeatureStore:
         """
         if not labels:
             return 0
-        payload = json.dumps([label_plan(label) for label in labels], separators=(",", ":"))
-        return int(self._call("labels", payload, self._layout, self.prefix))
+        day_us = self.layout["size"]["d"]
+        return int(self._call("labels", [value for label in labels for value in label_plan(label, day_us)]))

@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 
 from features.definitions import FEATURE_NAMES
 from features.formulas import FRAUD_WINDOWS, PLACE_WINDOWS, RECENT_ITEMS, SQUARE_CAP_CENTS
+from features.plan import item_id
 from features.windows import KEPT, LABEL_DELAY_DAYS, RESOLUTIONS, WINDOWS
 
 __all__ = ["build_features_fast"]
@@ -164,7 +165,7 @@ def _evictions(frame: pl.DataFrame, times: NDArray[np.int64], out: dict[str, NDA
             if item not in items or t > items[item]:
                 items[item] = t
             if len(items) > RECENT_ITEMS:
-                del items[min(items, key=lambda name: (items[name], name))]
+                del items[min(items, key=lambda name: (items[name], item_id(name)))]
 
 
 def build_features_fast(

@@ -84,7 +84,7 @@ class RedisSettings(_Section):
     password: SecretStr | None = None
     socket_timeout_ms: Annotated[int, Field(ge=1)] = 250
     connect_timeout_ms: Annotated[int, Field(ge=1)] = 500
-    key_prefix: str = "fp:v1:"
+    key_prefix: str = "fp:v2:"
 
 
 class TopicSettings(_Section):

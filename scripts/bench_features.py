@@ -1,9 +1,12 @@
 """Benchmark of the online feature store (not a test): transactions/s for apply + read + the feature matrix at
 several batch sizes, from one process against a local Redis, and Redis bytes per card and per terminal.
 
-    .venv/bin/python scripts/bench_features.py [--redis redis://127.0.0.1:6379/0] [--days 3] [--json out.json]
+    .venv/bin/python scripts/bench_features.py [--redis redis://127.0.0.1:6379/0] [--days 30] [--json out.json]
 
-Uses a simulated history (default preset); medians of --repeat runs per batch size, each on a fresh key prefix.
+Uses a simulated history (default preset). Two situations: *fresh* — the first 30,000 payments of the history on an
+empty store (cards with little state); *steady* — the last day's payments after every earlier day was applied
+(cards, terminals and merchants with a month of state, what a running system sees). Medians of --repeat runs per
+batch size, each on a fresh key prefix; Redis' own time per transaction (INFO commandstats) alongside.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import statistics
 import time
 import uuid
+from datetime import timedelta
 
 import polars as pl
 import redis
@@ -31,16 +35,20 @@ def _transactions(days: int) -> list[Transaction]:
     return [Transaction(**row) for row in frame.select(fields).iter_rows(named=True)]
 
 
-def _run(client: redis.Redis, txns: list[Transaction], batch: int, limit: int) -> tuple[float, str]:
-    prefix = f"bench:{uuid.uuid4().hex[:8]}:"
-    store = RedisFeatureStore(client, prefix)
-    sample = txns[:limit]
+def _script_us(client: redis.Redis) -> float:
+    stats = client.info("commandstats").get("cmdstat_evalsha", {})
+    return float(stats.get("usec", 0))
+
+
+def _run(client: redis.Redis, store: RedisFeatureStore, txns: list[Transaction], batch: int) -> tuple[float, float]:
+    """(transactions/s end to end, Redis µs per transaction) for ``txns`` in batches of ``batch``."""
+    before = _script_us(client)
     started = time.perf_counter()
-    for i in range(0, len(sample), batch):
-        chunk = sample[i : i + batch]
+    for i in range(0, len(txns), batch):
+        chunk = txns[i : i + batch]
         feature_matrix(store.raw(chunk), chunk)
     elapsed = time.perf_counter() - started
-    return len(sample) / elapsed, prefix
+    return len(txns) / elapsed, (_script_us(client) - before) / len(txns)
 
 
 def _bytes(client: redis.Redis, pattern: str, entities: str) -> float:
@@ -50,40 +58,59 @@ def _bytes(client: redis.Redis, pattern: str, entities: str) -> float:
     return total / max(len(owners), 1)
 
 
+def _drop(client: redis.Redis, prefix: str) -> None:
+    for key in client.scan_iter(match=f"{prefix}*", count=10_000):
+        client.delete(key)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
-    parser.add_argument("--days", type=int, default=3)
+    parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args()
     client = redis.Redis.from_url(args.redis)
     txns = _transactions(args.days)
-    results: dict[str, object] = {"transactions": len(txns)}
-    prefixes = []
+    last_day = txns[-1].event_time - timedelta(days=1)
+    history = [t for t in txns if t.event_time <= last_day]
+    today = [t for t in txns if t.event_time > last_day]
+    results: dict[str, object] = {"transactions": len(txns), "steady_transactions": len(today)}
     for batch, limit in ((1, 5_000), (50, 30_000), (500, 30_000)):
-        rates = []
+        rates, server = [], []
         for _ in range(args.repeat):
-            rate, prefix = _run(client, txns, batch, limit)
+            prefix = f"bench:{uuid.uuid4().hex[:8]}:"
+            rate, redis_us = _run(client, RedisFeatureStore(client, prefix), txns[:limit], batch)
             rates.append(rate)
-            prefixes.append(prefix)
+            server.append(redis_us)
+            _drop(client, prefix)
         results[f"tx_per_s_batch_{batch}"] = round(statistics.median(rates))
-        print(
-            f"batch {batch:>4}: {statistics.median(rates):>9,.0f} tx/s (runs: {', '.join(f'{r:,.0f}' for r in rates)})"
-        )
-    full = f"bench:{uuid.uuid4().hex[:8]}:"
-    store = RedisFeatureStore(client, full)
-    for i in range(0, len(txns), 500):
-        store.apply(txns[i : i + 500])
-    results["bytes_per_card"] = round(_bytes(client, f"{full}card:*", "card"))
-    results["bytes_per_terminal"] = round(_bytes(client, f"{full}terminal:*", "terminal"))
-    print(
-        f"{args.days} days of history: {results['bytes_per_card']:,} bytes per card, "
-        f"{results['bytes_per_terminal']:,} per terminal"
-    )
-    for prefix in [*prefixes, full]:
-        for key in client.scan_iter(match=f"{prefix}*", count=10_000):
-            client.delete(key)
+        print(f"fresh  batch {batch:>4}: {statistics.median(rates):>9,.0f} tx/s, Redis "
+              f"{statistics.median(server):5.1f} µs/tx (runs: {', '.join(f'{r:,.0f}' for r in rates)})")  # fmt: skip
+    prefix = f"bench:{uuid.uuid4().hex[:8]}:"
+    store = RedisFeatureStore(client, prefix)
+    rate, redis_us = _run(client, store, history, 500)
+    print(f"warming {len(history):,} payments of {args.days - 1} days at batch 500: {rate:,.0f} tx/s, Redis "
+          f"{redis_us:.1f} µs/tx")  # fmt: skip
+    results["bytes_per_card"] = round(_bytes(client, f"{prefix}card:*", "card"))
+    results["bytes_per_terminal"] = round(_bytes(client, f"{prefix}terminal:*", "terminal"))
+    print(f"{args.days - 1} days of history: {results['bytes_per_card']:,} bytes per card, "
+          f"{results['bytes_per_terminal']:,} per terminal")  # fmt: skip
+    for batch in (50, 500):
+        rates, server = [], []
+        for _ in range(args.repeat):  # the last day on a copy of the warm state (markers left out: applied anew)
+            copy = f"bench:{uuid.uuid4().hex[:8]}:"
+            for key in client.scan_iter(match=f"{prefix}*", count=10_000):
+                if b":seen:" not in key:
+                    client.copy(key, copy + key.decode()[len(prefix) :])
+            rate, redis_us = _run(client, RedisFeatureStore(client, copy), today, batch)
+            rates.append(rate)
+            server.append(redis_us)
+            _drop(client, copy)
+        results[f"steady_tx_per_s_batch_{batch}"] = round(statistics.median(rates))
+        print(f"steady batch {batch:>4}: {statistics.median(rates):>9,.0f} tx/s, Redis "
+              f"{statistics.median(server):5.1f} µs/tx (runs: {', '.join(f'{r:,.0f}' for r in rates)})")  # fmt: skip
+    _drop(client, prefix)
     if args.json_path:
         with open(args.json_path, "w") as handle:
             json.dump(results, handle, indent=2)

@@ -28,7 +28,7 @@ import redis
 
 from features.batch import feature_matrix
 from features.definitions import FEATURE_NAMES
-from features.snapshot import REPLY_WIDTH
+from features.snapshot import StoreReply
 from features.store import RedisFeatureStore, StoreUnavailableError, redis_client
 from fraudpipe.clock import Clock
 from fraudpipe.contracts import Alert, Decision, DecisionOutcome, ModelRef, Thresholds, Transaction
@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 class FeatureStore(Protocol):
     """What the pipeline needs of a feature store (Redis or its in-memory twin)."""
 
-    def raw(self, txns: Sequence[Transaction]) -> list[Any]: ...
+    def raw(self, txns: Sequence[Transaction]) -> StoreReply: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +223,7 @@ class Pipeline:
         started = self.clock.monotonic()
         try:
             reply = self.store.raw(txns)
-            applied = [bool(int(v)) for v in reply[::REPLY_WIDTH]]
+            applied = reply.applied
             recalled = self.memory.recall([t.txn_id for t, a in zip(txns, applied, strict=True) if not a])
         except StoreUnavailableError as error:
             log.warning("degraded batch of %d: %s", len(txns), error)

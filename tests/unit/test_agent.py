@@ -12,6 +12,7 @@ import pytest
 
 import streams.agents as agents
 from features.memory import InMemoryFeatureStore
+from features.snapshot import StoreReply
 from fraudpipe.clock import SystemClock
 from fraudpipe.codec import decode, encode
 from fraudpipe.contracts import Alert, DeadLetter, Decision, Reason
@@ -25,7 +26,7 @@ from tests import factories
 class _Store(InMemoryFeatureStore):
     """The twin, with one transaction id that makes feature code raise."""
 
-    def raw(self, txns: Any) -> list[Any]:
+    def raw(self, txns: Any) -> StoreReply:
         if any(t.txn_id == "explodes" for t in txns):
             raise ZeroDivisionError("feature bug")
         return super().raw(txns)

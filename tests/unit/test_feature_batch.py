@@ -9,7 +9,7 @@ import pytest
 from features.batch import feature_matrix
 from features.definitions import FEATURE_NAMES
 from features.memory import InMemoryFeatureStore
-from features.snapshot import decode_reply
+from features.snapshot import REPLY_WIDTH, StoreReply, decode_reply
 from fraudpipe.contracts import Label, Transaction
 from fraudpipe.simulator.config import default
 from fraudpipe.simulator.generate import simulate
@@ -37,6 +37,7 @@ def test_matrix_equals_formulas_batch_by_batch() -> None:
 
 
 def test_an_empty_batch_and_a_bad_reply() -> None:
-    assert feature_matrix([], []).shape == (0, len(FEATURE_NAMES))
-    with pytest.raises(ValueError, match="3 values for 0 transactions"):
-        feature_matrix([1, 2, 3], [])
+    empty = StoreReply.from_rows([], [])
+    assert feature_matrix(empty, []).shape == (0, len(FEATURE_NAMES))
+    with pytest.raises(ValueError, match="1 rows for 0 transactions"):
+        feature_matrix(StoreReply.from_rows([[0] * REPLY_WIDTH], [[0.0] * 4]), [])
