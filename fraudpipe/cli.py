@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import replace
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -609,6 +609,243 @@ def evaluate(
         f"{r['n_test_fraud']:,} frauds) → {report}" + (f", {html}" if html else ""),
         highlight=False,
     )
+
+
+@app.command()
+def monitor(
+    as_of: Annotated[
+        str | None, typer.Option(help="Judge as of this time (ISO 8601); default: the stream's latest decision time.")
+    ] = None,
+    days: Annotated[int, typer.Option(min=1, help="Show the last N event days.")] = 14,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write quality and drift as JSON here.")] = None,
+    every: Annotated[
+        float | None, typer.Option(min=1.0, help="Repeat every N seconds, serving the numbers as Prometheus gauges.")
+    ] = None,
+    fail_on_breach: Annotated[bool, typer.Option(help="Exit 3 when a drift breach is found (for schedulers).")] = False,
+) -> None:
+    """Live quality per day and model version (as labels mature) and drift of the served features and scores."""
+    import time
+
+    settings = _settings()
+    if every is not None and settings.monitor.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.monitor.metrics_port, addr=settings.metrics.bind)
+    while True:
+        breaches = _monitor_once(settings, as_of, days, json_out)
+        if every is None:
+            if breaches and fail_on_breach:
+                raise typer.Exit(3)
+            return
+        time.sleep(every)
+
+
+@app.command()
+def retrain(
+    as_of: Annotated[
+        str | None, typer.Option(help="Judge as of this time (ISO 8601); default: the stream's latest decision time.")
+    ] = None,
+    every: Annotated[float | None, typer.Option(min=1.0, help="Run every N seconds (scheduled).")] = None,
+    only_on_breach: Annotated[
+        bool,
+        typer.Option(
+            help="Train only when the champion's served features or scores breach the drift bound (triggered)."
+        ),
+    ] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the run's report here.")] = None,
+    seed: SeedOption = None,
+    rounds: RoundsOption = None,
+    learning_rate: RateOption = None,
+) -> None:
+    """Train a challenger from the decision log and matured labels; promote it only if it beats the champion.
+
+    Exit codes: 0 promoted (or nothing to do), 3 the training data failed validation, 4 the gate kept the champion.
+    """
+    import time
+
+    settings = _settings()
+    while True:
+        code = _retrain_once(
+            settings, as_of, only_on_breach, json_out, _training(settings, seed, rounds, learning_rate)
+        )
+        if every is None:
+            if code:
+                raise typer.Exit(code)
+            return
+        time.sleep(every)
+
+
+def _retrain_once(settings: Settings, as_of_text: str | None, only_on_breach: bool, json_out: Path | None,
+                  training: Any) -> int:  # fmt: skip
+    import json
+
+    from fraudpipe.logstore import DayLog
+    from models.monitor import live_drift
+    from models.registry import RegistryError
+    from models.retrain import DataValidationError
+    from models.retrain import retrain as run
+
+    out = Console(soft_wrap=True)
+    decisions = DayLog(settings.paths.data_dir / "decisions", "event_time").read()
+    if decisions.is_empty():
+        raise CliError(f"no decisions under {settings.paths.data_dir / 'decisions'} yet (is a worker running?)")
+    labels = DayLog(settings.paths.data_dir / "labels", "event_time").read()
+    as_of = _latest(decisions, "event_time") if as_of_text is None else _as_of(as_of_text)
+    registry = _registry()
+    champion = registry.aliases().get("champion")
+    if only_on_breach and champion is not None:
+        since = _latest(decisions, "decided_at") - timedelta(hours=settings.monitor.drift_window_hours)
+        reference = {champion: registry.manifest(champion).reference}
+        windows = live_drift(decisions, reference, since=since, moderate=settings.monitor.psi_moderate,
+                             breach=settings.monitor.psi_breach)  # fmt: skip
+        breaches = [d.name for w in windows for d in w.breaches]
+        if not breaches:
+            out.print(f"no drift breach for champion {champion}: nothing to retrain", highlight=False)
+            return 0
+        out.print(f"drift breach for champion {champion} ({', '.join(breaches[:5])}): retraining", highlight=False)
+    try:
+        outcome = run(decisions, labels, registry, as_of=as_of, maturity=timedelta(days=settings.monitor.maturity_days),
+                      settings=settings.retrain, training=training, k=settings.monitor.k)  # fmt: skip
+    except DataValidationError as error:
+        out.print("[red]training data failed validation, nothing trained:[/red]")
+        for failure in error.failures:
+            out.print(f"  - {failure}", highlight=False)
+        return 3
+    except (ValueError, RegistryError) as error:
+        raise CliError(str(error)) from None
+    report = outcome.report()
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2) + "\n")
+    for name, numbers in outcome.metrics.items():
+        out.print(f"{name:<10} on the holdout: " + "  ".join(f"{k} {v:.4f}" for k, v in numbers.items()
+                                                            if isinstance(v, float)), highlight=False)  # fmt: skip
+    _publish_model_event(settings, report)
+    if outcome.promoted:
+        out.print(f"promoted {outcome.challenger} to champion (was {outcome.champion}); workers swap it in",
+                  highlight=False)  # fmt: skip
+        return 0
+    refusals = "; ".join(outcome.refusals)
+    out.print(f"kept champion {outcome.champion}; challenger {outcome.challenger} refused: {refusals}", highlight=False)
+    return 4
+
+
+def _as_of(text: str) -> datetime:
+    from datetime import UTC
+
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise CliError(f"--as-of: not an ISO 8601 time: {text!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _publish_model_event(settings: Settings, report: dict[str, Any]) -> None:
+    """Tell model-events.v1 what a retraining run decided (workers also follow the registry on their own)."""
+    import json
+    import logging
+    from datetime import UTC
+
+    from confluent_kafka import KafkaException, Producer
+
+    event = {"event": "promoted" if report["promoted"] else "refused", "at": datetime.now(UTC).isoformat(),
+             "alias": "champion", "version": report["challenger"], "previous": report["champion"],
+             "refusals": report["refusals"], "metrics": report["metrics"]}  # fmt: skip
+    failures: list[str] = []
+
+    def delivered(error: Any, _: Any) -> None:
+        if error is not None:
+            failures.append(str(error))
+
+    try:
+        config = {**settings.kafka.client_config(), "message.timeout.ms": 5_000}
+        producer = Producer(config, logger=logging.getLogger("fraudpipe.kafka"))
+        producer.produce(settings.topics.full(settings.topics.registry_events), value=json.dumps(event).encode(),
+                         on_delivery=delivered)  # fmt: skip
+        if producer.flush(10) != 0 or failures:
+            raise KafkaException(failures[0] if failures else "not delivered within 10 s")
+    except KafkaException as error:
+        err.print(f"warning: model event not published to {settings.topics.registry_events}: {error}")
+
+
+def _latest(frame: Any, column: str) -> datetime:
+    value = frame.get_column(column).max()
+    assert isinstance(value, datetime)
+    return value
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _monitor_once(settings: Settings, as_of_text: str | None, days: int, json_out: Path | None) -> int:
+    """One pass of ``fraudpipe monitor``: print, export, write; the number of drift breaches."""
+    import json
+
+    import polars as pl
+
+    from fraudpipe.logstore import DayLog
+    from models.monitor import live_drift, live_quality
+    from models.registry import RegistryError
+    from streams import metrics
+
+    cfg = settings.monitor
+    decisions = DayLog(settings.paths.data_dir / "decisions", "event_time").read()
+    if decisions.is_empty():
+        raise CliError(f"no decisions under {settings.paths.data_dir / 'decisions'} yet (is a worker running?)")
+    labels = DayLog(settings.paths.data_dir / "labels", "event_time").read()
+    as_of = _latest(decisions, "event_time") if as_of_text is None else _as_of(as_of_text)
+    quality = live_quality(decisions, labels, as_of=as_of, maturity=timedelta(days=cfg.maturity_days), k=cfg.k)
+    first = as_of.date() - timedelta(days=days - 1)
+    quality = quality.filter(pl.col("day") >= first) if not quality.is_empty() else quality
+    references = {}
+    registry = _registry()
+    for version in decisions.get_column("model_version").drop_nulls().unique().to_list():
+        try:
+            references[version] = registry.manifest(version).reference
+        except RegistryError:
+            continue
+    since = _latest(decisions, "decided_at") - timedelta(hours=cfg.drift_window_hours)
+    windows = live_drift(decisions, references, since=since, moderate=cfg.psi_moderate, breach=cfg.psi_breach)
+
+    table = Table("day", "model", "matured", "decisions", "alert rate", "frauds", "caught", "precision", "recall",
+                  "AP", f"CP@{cfg.k}", "labelled", box=None)  # fmt: skip
+    for row in quality.iter_rows(named=True):
+        rates = [_fmt(row[name]) for name in ("precision", "recall", "ap", "cp_at_k", "label_coverage")]
+        table.add_row(str(row["day"]), row["model_version"], "yes" if row["matured"] else "no",
+                      f"{row['decisions']:,}", _fmt(row["alert_rate"]), str(row["frauds"]), str(row["caught"]),
+                      *rates)  # fmt: skip
+    out = Console(soft_wrap=True)
+    out.print(f"as of {as_of.isoformat()} (days matured after {cfg.maturity_days} days)", highlight=False)
+    out.print(table)
+    breaches = 0
+    for window in windows:
+        top = sorted(window.drift, key=lambda d: d.psi, reverse=True)[:5]
+        worst = ", ".join(f"{d.name} {d.psi:.3f} ({d.level})" for d in top)
+        out.print(f"drift of model {window.model_version} over {window.decisions:,} decisions in the last "
+                  f"{cfg.drift_window_hours:g} h: {len(window.breaches)} breaches; highest PSI: {worst}",
+                  highlight=False)  # fmt: skip
+        breaches += len(window.breaches)
+        metrics.DRIFT_BREACHES.labels(window.model_version).set(len(window.breaches))
+        for drift in window.drift:
+            metrics.DRIFT_PSI.labels(window.model_version, drift.name).set(drift.psi)
+    matured = quality.filter(pl.col("matured")) if not quality.is_empty() else quality
+    for (version,), group in matured.group_by("model_version") if not matured.is_empty() else []:
+        latest = group.sort("day").row(-1, named=True)
+        for name in ("precision", "recall", "ap", "cp_at_k", "alert_rate", "label_coverage"):
+            if latest[name] is not None:
+                metrics.LIVE_QUALITY.labels(str(version), name).set(latest[name])
+    if json_out is not None:
+        payload = {
+            "as_of": as_of.isoformat(),
+            "quality": [{**row, "day": str(row["day"])} for row in quality.iter_rows(named=True)],
+            "drift": [{"model_version": w.model_version, "decisions": w.decisions,
+                       "columns": [{"name": d.name, "psi": d.psi, "kl": d.kl, "level": d.level} for d in w.drift]}
+                      for w in windows],
+        }  # fmt: skip
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(payload, indent=2) + "\n")
+    return breaches
 
 
 def _registry() -> Any:

@@ -216,6 +216,41 @@ class MetricsSettings(_Section):
     port: Annotated[int, Field(ge=0, le=65_535)] = 9108
 
 
+class MonitorSettings(_Section):
+    """Live quality and drift (``fraudpipe monitor``): when a day's labels count as complete, and drift bounds."""
+
+    maturity_days: Annotated[int, Field(ge=0, le=365)] = 30
+    """Days after a day's end before its unlabelled decisions count as genuine (chargebacks take weeks)."""
+    k: Annotated[int, Field(ge=1)] = 100
+    """Cards investigated per day, for CP@k."""
+    drift_window_hours: Annotated[float, Field(gt=0)] = 24.0
+    psi_moderate: Annotated[float, Field(gt=0)] = 0.1
+    psi_breach: Annotated[float, Field(gt=0)] = 0.25
+    metrics_port: Annotated[int, Field(ge=0, le=65_535)] = 9109
+    """Where ``fraudpipe monitor --every`` serves its gauges (on ``metrics.bind``); 0 turns it off."""
+
+
+class RetrainSettings(_Section):
+    """``fraudpipe retrain``: windows of matured days, the data-validation gate, the promotion gate."""
+
+    train_days: Annotated[int, Field(ge=1)] = 14
+    valid_days: Annotated[int, Field(ge=1)] = 3
+    holdout_days: Annotated[int, Field(ge=1)] = 7
+    min_rows: Annotated[int, Field(ge=1)] = 5_000
+    min_frauds: Annotated[int, Field(ge=1)] = 20
+    min_fraud_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0005
+    max_fraud_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
+    max_null_increase: Annotated[float, Field(ge=0.0, le=1.0)] = 0.25
+    """A feature may be missing this much more often than in the champion's reference."""
+    max_psi: Annotated[float, Field(gt=0.0)] = 8.0
+    """Beyond this PSI against the champion's reference a feature is broken (units, pipeline), not drifting: with
+    shares floored at 1e-4, fully disjoint distributions score about 9.2, a strong real drift 1 to 4."""
+    margin_ap: Annotated[float, Field(ge=0.0)] = 0.005
+    margin_cp: Annotated[float, Field(ge=0.0)] = 0.0
+    max_drop: Annotated[float, Field(ge=0.0)] = 0.02
+    """How much AUC or recall at 1 % FPR may drop against the champion."""
+
+
 class WebSettings(_Section):
     """Faust's own web server (it can serve table contents): off by default, loopback when on."""
 
@@ -248,6 +283,8 @@ class Settings(BaseSettings):
     paths: PathSettings = PathSettings()
     web: WebSettings = WebSettings()
     metrics: MetricsSettings = MetricsSettings()
+    monitor: MonitorSettings = MonitorSettings()
+    retrain: RetrainSettings = RetrainSettings()
     sinks: SinkSettings = SinkSettings()
     api: ApiSettings = ApiSettings()
 

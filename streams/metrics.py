@@ -12,9 +12,12 @@ __all__ = [
     "DEAD_LETTERS",
     "DECISIONS",
     "DEGRADED",
+    "DRIFT_BREACHES",
+    "DRIFT_PSI",
     "END_TO_END",
     "EVENTS_IN",
     "LABELS_APPLIED",
+    "LIVE_QUALITY",
     "MODEL_INFO",
     "MODEL_SECONDS",
     "MODEL_SWAPS",
@@ -46,3 +49,13 @@ SINK_FAILURES = Counter("fraudpipe_sink_failures", "Alert batches a sink failed 
 SINK_DEAD = Counter("fraudpipe_sink_dead_letters", "Alerts a sink gave up on (to alerts.dlq.v1)", ["sink"])
 LABELS_APPLIED = Counter("fraudpipe_labels_applied", "Labels applied to the online store (new transaction versions)")
 PENDING_REPAIRS = Gauge("fraudpipe_pending_repairs", "Transactions waiting to be applied to the feature store")
+LIVE_QUALITY = Gauge(
+    "fraudpipe_live_quality",
+    "Quality of the latest matured day per model version (fraudpipe monitor): precision, recall, ap, cp_at_k, "
+    "alert_rate, label_coverage",
+    ["model_version", "metric"],
+)
+DRIFT_PSI = Gauge("fraudpipe_drift_psi", "PSI of a served feature or the score over the drift window",
+                  ["model_version", "column"])  # fmt: skip
+DRIFT_BREACHES = Gauge("fraudpipe_drift_breaches", "Columns past the PSI breach bound over the drift window",
+                       ["model_version"])  # fmt: skip

@@ -111,22 +111,24 @@ def alert(**overrides: Any) -> Alert:
     return Alert(**fields)
 
 
-def register_champion(models_dir: Path, *, seed: int = 0) -> str:
-    """Train a small real model on a short simulated history, register it under ``models_dir`` and make it the
-    champion; returns its version. Seconds, not minutes: for tests that need a worker with a model."""
+def register_champion(models_dir: Path, *, seed: int = 0, preset: str = "default") -> str:
+    """Train a small real model on a short simulated history (``preset`` default or handbook: the published
+    scenarios only), register it under ``models_dir`` and make it the champion; returns its version. Seconds, not
+    minutes: for tests that need a worker with a model."""
     from datetime import date
 
     import polars as pl
 
     from fraudpipe.settings import TrainingSettings
-    from fraudpipe.simulator.config import default
+    from fraudpipe.simulator.config import default, handbook
     from fraudpipe.simulator.generate import simulate
     from models.dataset import History
     from models.protocol import Windows
     from models.registry import Registry
     from models.train import train_version
 
-    _, days = simulate(default(days=24, customers=600, terminals=1_200, seed=seed), b"factories-tokenization-key-0000")
+    make = {"default": default, "handbook": handbook}[preset]
+    _, days = simulate(make(days=24, customers=600, terminals=1_200, seed=seed), b"factories-tokenization-key-0000")
     run = list(days)
     history = History(pl.concat([d.transactions for d in run]), pl.concat([d.labels for d in run]), 0)
     trained = train_version(

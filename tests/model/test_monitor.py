@@ -1,0 +1,172 @@
+"""Live quality and drift from the decision log and the label store: exact numbers on a hand-made log, then
+``fraudpipe monitor`` on decisions a real pipeline took for a simulated stream."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+from sklearn.metrics import average_precision_score
+
+from features.definitions import FEATURE_NAMES
+from features.memory import InMemoryFeatureStore
+from fraudpipe.clock import FixedClock
+from fraudpipe.contracts import Transaction
+from fraudpipe.logstore import DayLog
+from fraudpipe.settings import ScoringSettings
+from fraudpipe.simulator.config import default
+from fraudpipe.simulator.generate import TRANSACTION_COLUMNS, simulate
+from models.monitor import live_drift, live_quality
+from models.registry import Registry
+from streams.agents import decision_rows
+from streams.pipeline import InMemoryDecisionMemory, Models, Pipeline
+from tests import factories
+
+D1 = datetime(2024, 5, 1, 10, tzinfo=UTC)
+
+
+def _decision(txn: str, when: datetime, score: float | None, decision: str, version: str = "v0001",
+              card: str = "tok_a", decided: datetime | None = None) -> dict[str, Any]:  # fmt: skip
+    return {"txn_id": txn, "card_token": card, "event_time": when, "decided_at": decided or when,
+            "model_version": version, "score": score, "decision": decision}  # fmt: skip
+
+
+def _label(txn: str, fraud: bool, known: datetime, version: int = 1) -> dict[str, Any]:
+    return {"txn_id": txn, "is_fraud": fraud, "known_at": known, "label_version": version}
+
+
+def test_quality_per_day_and_model_counts_only_labels_known_by_then() -> None:
+    d2 = D1 + timedelta(days=1)
+    decisions = pl.DataFrame(
+        [
+            _decision("a", D1, 0.9, "decline", card="tok_1"),
+            _decision("a", D1, 0.9, "decline", card="tok_1", decided=D1 + timedelta(seconds=5)),  # a redelivery
+            _decision("b", D1, 0.6, "review", card="tok_2"),
+            _decision("c", D1, 0.2, "approve", card="tok_3"),
+            _decision("d", D1, 0.1, "approve", card="tok_4"),
+            _decision("e", D1, None, "review", card="tok_5"),  # degraded: no score
+            _decision("f", d2, 0.8, "decline", "v0002", card="tok_6"),
+            _decision("g", d2, 0.3, "approve", "v0002", card="tok_7"),
+        ]
+    )
+    as_of = D1 + timedelta(days=40)
+    labels = pl.DataFrame(
+        [
+            _label("a", True, D1 + timedelta(days=3)),
+            _label("c", True, D1 + timedelta(days=9)),
+            _label("b", True, D1 + timedelta(days=2)),
+            _label("b", False, D1 + timedelta(days=6), version=2),  # overturned: genuine after all
+            _label("g", True, as_of + timedelta(days=1)),  # not known yet: ignored
+        ]
+    )
+    quality = live_quality(decisions, labels, as_of=as_of, maturity=timedelta(days=38, hours=12), k=2)
+    first, second = quality.to_dicts()
+    assert (first["day"], first["model_version"], second["day"], second["model_version"]) == (
+        date(2024, 5, 1), "v0001", date(2024, 5, 2), "v0002"
+    )  # fmt: skip
+    assert first["matured"] and not second["matured"]  # as_of is 39 d 10 h after day 1's end, 38 d 10 h after day 2's
+    assert (first["decisions"], first["alerts"], first["frauds"], first["caught"]) == (5, 3, 2, 1)
+    assert first["alert_rate"] == pytest.approx(3 / 5)
+    assert first["precision"] == pytest.approx(1 / 3) and first["recall"] == pytest.approx(1 / 2)
+    assert first["label_coverage"] == pytest.approx(3 / 5)
+    truth, scores = [1, 0, 1, 0], [0.9, 0.6, 0.2, 0.1]  # a, b, c, d (e has no score)
+    assert first["ap"] == pytest.approx(average_precision_score(truth, scores))
+    assert first["cp_at_k"] == pytest.approx(1 / 2)  # top 2 cards by score: tok_1 (fraud), tok_2 (not)
+    assert (second["decisions"], second["frauds"], second["recall"], second["ap"]) == (2, 0, None, None)
+
+
+def test_maturity_is_measured_from_the_end_of_the_day() -> None:
+    decisions = pl.DataFrame([_decision("a", D1, 0.5, "approve")])
+    empty = pl.DataFrame(schema={"txn_id": pl.String, "is_fraud": pl.Boolean, "known_at": pl.Datetime("us", "UTC"),
+                                 "label_version": pl.Int64})  # fmt: skip
+    day_end = datetime(2024, 5, 2, tzinfo=UTC)
+    for as_of, matured in (
+        (day_end + timedelta(days=7) - timedelta(seconds=1), False),
+        (day_end + timedelta(days=7), True),
+    ):
+        row = live_quality(decisions, empty, as_of=as_of, maturity=timedelta(days=7)).row(0, named=True)
+        assert row["matured"] is matured and row["label_coverage"] == 0.0
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    """A data dir with the decision log a real pipeline wrote for 10 simulated days, and the label store."""
+    root = tmp_path_factory.mktemp("monitor")
+    version = factories.register_champion(root / "models")
+    _, days = simulate(default(days=10, customers=300, terminals=600, seed=3), b"monitor-test-key-monitor-test-00")
+    run = list(days)
+    frame = pl.concat([d.transactions for d in run])
+    fields = [c for c in TRANSACTION_COLUMNS if c not in {"is_fraud", "fraud_scenario"}]
+    txns = [Transaction(**row) for row in frame.select(fields).iter_rows(named=True)]
+    clock = FixedClock(datetime(2026, 11, 1, tzinfo=UTC))
+    models = Models(Registry(root / "models"), "champion", threads=1, poll_s=600, clock=clock)
+    models.start()
+    pipeline = Pipeline(InMemoryFeatureStore(), InMemoryDecisionMemory(), models, ScoringSettings(), clock)
+    log = DayLog(root / "data" / "decisions", "event_time")
+    for i in range(0, len(txns), 500):
+        batch = pipeline.score(txns[i : i + 500], [0.0] * len(txns[i : i + 500]))
+        log.append(decision_rows(batch.decisions))
+    labels = pl.concat([d.labels for d in run])
+    DayLog(root / "data" / "labels", "event_time").append(labels)
+    return root, root / "data", version
+
+
+def _monitor(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUD_")}
+    env |= {"FRAUD_PATHS__MODELS_DIR": str(root / "models"), "FRAUD_PATHS__DATA_DIR": str(root / "data"),
+            "FRAUD_MONITOR__MATURITY_DAYS": "3", "FRAUD_MONITOR__DRIFT_WINDOW_HOURS": "48"}  # fmt: skip
+    return subprocess.run([sys.executable, "-m", "fraudpipe", "monitor", *args], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+def test_monitor_reports_matured_quality_and_drift_of_a_served_stream(served: tuple[Path, Path, str],
+                                                                      tmp_path: Path) -> None:  # fmt: skip
+    root, _, version = served
+    out = tmp_path / "monitor.json"
+    result = _monitor(root, "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    assert f"drift of model {version}" in result.stdout
+    report = json.loads(out.read_text())
+    matured = [row for row in report["quality"] if row["matured"]]
+    assert len(matured) >= 5 and {row["model_version"] for row in matured} == {version}
+    assert sum(row["frauds"] for row in matured) > 0
+    assert sum(row["caught"] for row in matured) > 0  # the champion catches some of the stream's frauds
+    assert all(0 <= row["alert_rate"] <= 1 and row["label_coverage"] <= 1 for row in report["quality"])
+    (drift,) = report["drift"]
+    assert drift["model_version"] == version and drift["decisions"] > 0
+    assert [c["name"] for c in drift["columns"]] == ["score", *FEATURE_NAMES]
+
+
+def test_a_shifted_feature_is_a_breach_and_fails_the_run_when_asked(served: tuple[Path, Path, str]) -> None:
+    root, data, version = served
+    log = DayLog(data / "decisions", "event_time")
+    decisions = log.read()
+    registry = Registry(root / "models")
+    windows = live_drift(decisions, {version: registry.manifest(version).reference},
+                         since=decisions.get_column("decided_at").min())  # fmt: skip
+    baseline = {d.name: d.level for d in windows[0].drift}
+    shifted = decisions.with_columns(  # later payments, with larger amounts
+        pl.col("f_amount") * 20, txn_id=pl.col("txn_id") + "-later", decided_at=pl.col("decided_at") + timedelta(days=3)
+    )
+    after = live_drift(shifted, {version: registry.manifest(version).reference},
+                       since=shifted.get_column("decided_at").min())  # fmt: skip
+    assert baseline["amount"] != "breach" and {d.name for d in after[0].breaches} >= {"amount"}
+    log.append(shifted)  # served later, with the shift: the drift window sees only these
+    result = _monitor(root, "--fail-on-breach")
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "amount" in result.stdout
+    assert np.isfinite([d.psi for d in after[0].drift]).all()
+
+
+def test_monitor_without_decisions_is_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "models").mkdir()
+    result = _monitor(tmp_path)
+    assert result.returncode != 0 and "no decisions" in result.stderr and "Traceback" not in result.stderr
