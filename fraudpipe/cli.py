@@ -730,6 +730,25 @@ def _retrain_once(settings: Settings, as_of_text: str | None, only_on_breach: bo
     return 4
 
 
+def _auto_rollback(settings: Settings, registry: Any, quality: Any, out: Console) -> None:
+    """Roll the champion back when its matured AP fell below the previous champion's (``monitor`` settings)."""
+    from models.monitor import rollback_reason
+
+    history = [entry for entry in registry.history() if entry["alias"] == "champion"]
+    if not history or history[-1]["action"] != "promote" or history[-1]["previous"] is None:
+        return  # only a promotion is undone automatically: never a rollback, never twice
+    current, previous = history[-1]["version"], history[-1]["previous"]
+    cfg = settings.monitor
+    assert cfg.rollback_margin_ap is not None
+    reason = rollback_reason(quality, current, previous, margin=cfg.rollback_margin_ap, min_days=cfg.rollback_min_days)
+    if reason is None:
+        return
+    back = registry.rollback(by="fraudpipe monitor", why=f"automatic rollback: {reason}")
+    out.print(f"[red]rolled the champion back from {current} to {back}:[/red] {reason}", highlight=False)
+    _publish_model_event(settings, {"event": "rolled_back", "alias": "champion", "version": back,
+                                    "previous": current, "refusals": [reason], "metrics": {}})  # fmt: skip
+
+
 def _as_of(text: str) -> datetime:
     from datetime import UTC
 
@@ -748,9 +767,12 @@ def _publish_model_event(settings: Settings, report: dict[str, Any]) -> None:
 
     from confluent_kafka import KafkaException, Producer
 
-    event = {"event": "promoted" if report["promoted"] else "refused", "at": datetime.now(UTC).isoformat(),
-             "alias": "champion", "version": report["challenger"], "previous": report["champion"],
-             "refusals": report["refusals"], "metrics": report["metrics"]}  # fmt: skip
+    if "event" in report:
+        event = {**report, "at": datetime.now(UTC).isoformat()}
+    else:
+        event = {"event": "promoted" if report["promoted"] else "refused", "at": datetime.now(UTC).isoformat(),
+                 "alias": "champion", "version": report["challenger"], "previous": report["champion"],
+                 "refusals": report["refusals"], "metrics": report["metrics"]}  # fmt: skip
     failures: list[str] = []
 
     def delivered(error: Any, _: Any) -> None:
@@ -795,7 +817,13 @@ def _monitor_once(settings: Settings, as_of_text: str | None, days: int, json_ou
         raise CliError(f"no decisions under {settings.paths.data_dir / 'decisions'} yet (is a worker running?)")
     labels = DayLog(settings.paths.data_dir / "labels", "event_time").read()
     as_of = _latest(decisions, "event_time") if as_of_text is None else _as_of(as_of_text)
-    quality = live_quality(decisions, labels, as_of=as_of, maturity=timedelta(days=cfg.maturity_days), k=cfg.k)
+    maturity = timedelta(days=cfg.maturity_days)
+    quality = live_quality(decisions, labels, as_of=as_of, maturity=maturity, k=cfg.k)
+    shadow = DayLog(settings.paths.data_dir / "shadow", "event_time").read()
+    if not shadow.is_empty():  # the challenger's would-be decisions, judged on the same labels
+        judged = live_quality(shadow, labels, as_of=as_of, maturity=maturity, k=cfg.k)
+        judged = judged.with_columns(model_version=pl.col("model_version") + " (shadow)")
+        quality = pl.concat([quality, judged]).sort("day", "model_version")
     first = as_of.date() - timedelta(days=days - 1)
     quality = quality.filter(pl.col("day") >= first) if not quality.is_empty() else quality
     references = {}
@@ -829,6 +857,8 @@ def _monitor_once(settings: Settings, as_of_text: str | None, days: int, json_ou
         metrics.DRIFT_BREACHES.labels(window.model_version).set(len(window.breaches))
         for drift in window.drift:
             metrics.DRIFT_PSI.labels(window.model_version, drift.name).set(drift.psi)
+    if cfg.rollback_margin_ap is not None:
+        _auto_rollback(settings, registry, quality, out)
     matured = quality.filter(pl.col("matured")) if not quality.is_empty() else quality
     for (version,), group in matured.group_by("model_version") if not matured.is_empty() else []:
         latest = group.sort("day").row(-1, named=True)

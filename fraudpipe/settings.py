@@ -142,7 +142,12 @@ class ScoringSettings(_Section):
     """``lleaves``: score with the model compiled to native code (``pip install 'fraudpipe[compiled]'``): same
     scores, several times faster per batch; LightGBM stays the reference and computes the reason codes."""
     model_poll_s: Annotated[float, Field(gt=0.0)] = 5.0
-    """How often a worker checks the registry alias it follows (it also reloads on model-events)."""
+    """How often a worker checks the registry alias it follows (a promotion is served within this interval; the
+    promotion itself is recorded on model-events.v1)."""
+    shadow: bool = False
+    """Also score every batch with the registry's challenger, in shadow: its scores and would-be decisions go to
+    ``data_dir/shadow`` for ``fraudpipe monitor`` to compare, never to a decision; it runs after the batch is
+    published, and its failures are counted and ignored."""
     fallback: Literal["fail_open", "fail_closed"] = "fail_open"
     """Decisions while features cannot be read (Redis down or slow): ``fail_open`` approves payments below
     ``fallback_review_amount`` and reviews the others; ``fail_closed`` reviews every payment."""
@@ -228,6 +233,11 @@ class MonitorSettings(_Section):
     psi_breach: Annotated[float, Field(gt=0)] = 0.25
     metrics_port: Annotated[int, Field(ge=0, le=65_535)] = 9109
     """Where ``fraudpipe monitor --every`` serves its gauges (on ``metrics.bind``); 0 turns it off."""
+    rollback_margin_ap: Annotated[float, Field(ge=0.0)] | None = None
+    """Automatic rollback (off unless set): ``fraudpipe monitor`` rolls the champion back when its matured AP falls
+    below the previous champion's by more than this."""
+    rollback_min_days: Annotated[int, Field(ge=1)] = 3
+    """Matured days of each champion needed before an automatic rollback is considered."""
 
 
 class RetrainSettings(_Section):

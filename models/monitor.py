@@ -27,7 +27,15 @@ from features.definitions import FEATURE_NAMES
 from models.drift import Drift, drift_report
 from models.evaluation import average_precision, card_precision_at_k
 
-__all__ = ["QUALITY_COLUMNS", "Window", "latest_decisions", "latest_labels", "live_drift", "live_quality"]
+__all__ = [
+    "QUALITY_COLUMNS",
+    "Window",
+    "latest_decisions",
+    "latest_labels",
+    "live_drift",
+    "live_quality",
+    "rollback_reason",
+]
 
 QUALITY_COLUMNS = ("day", "model_version", "matured", "decisions", "alerts", "alert_rate", "frauds", "caught",
                    "precision", "recall", "ap", "cp_at_k", "label_coverage")  # fmt: skip
@@ -128,3 +136,22 @@ def live_drift(decisions: pl.DataFrame, references: dict[str, dict[str, Any]], *
         report = drift_report(reference, matrix, scores, moderate=moderate, breach=breach)
         out.append(Window(str(version), group.height, report))
     return out
+
+
+def rollback_reason(quality: pl.DataFrame, current: str, previous: str, *, margin: float,
+                    min_days: int) -> str | None:  # fmt: skip
+    """Why the current champion should give way to the previous one, or ``None``: its mean AP over its matured days
+    is below the previous champion's (over the previous one's last ``min_days`` matured days) by more than
+    ``margin``. Needs ``min_days`` matured days of each, so a day of noise never rolls back."""
+    if quality.is_empty():
+        return None
+    matured = quality.filter(pl.col("matured") & pl.col("ap").is_not_null()).sort("day")
+    new = matured.filter(pl.col("model_version") == current).get_column("ap")
+    old = matured.filter(pl.col("model_version") == previous).get_column("ap").tail(min_days)
+    if new.len() < min_days or old.len() < min_days:
+        return None
+    new_ap, old_ap = float(new.mean()), float(old.mean())  # type: ignore[arg-type]
+    if new_ap >= old_ap - margin:
+        return None
+    return (f"matured AP of {current} is {new_ap:.4f} over {new.len()} days, below {previous}'s {old_ap:.4f} by more "
+            f"than {margin}")  # fmt: skip

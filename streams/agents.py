@@ -11,6 +11,8 @@ would make Faust acknowledge the whole batch.
 
 Before each batch the model alias is checked (every ``scoring.model_poll_s``) and a new version swapped in; a batch
 is scored by one version. Transactions decided in degraded mode are applied to the store once it answers again.
+With ``scoring.shadow`` the registry's challenger scores each batch after it is published (same features), into
+``data_dir/shadow``: it never changes a decision, and its failures are counted, logged and ignored.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from fraudpipe.codec import dead_letter, encode
 from fraudpipe.contracts import Alert, Decision, Label, Reason, Transaction
 from fraudpipe.logstore import DayLog
 from fraudpipe.settings import TopicSettings
+from models.registry import Registry
 from streams import metrics
 from streams.app import (
     alerts_topic,
@@ -40,7 +43,7 @@ from streams.app import (
     transactions_topic,
 )
 from streams.intake import RawRecord, intake
-from streams.pipeline import FeatureStore, Pipeline, from_settings
+from streams.pipeline import Batch, FeatureStore, Models, Pipeline, from_settings
 from streams.publisher import KafkaPublisher, Message, Publisher
 from streams.sinks import Dispatcher, build_sinks
 
@@ -67,6 +70,33 @@ def make_publisher() -> Publisher:
 def make_decision_log() -> DayLog:
     """The decision log (``data_dir/decisions``); unit tests point it elsewhere."""
     return DayLog(settings.paths.data_dir / "decisions", "event_time")
+
+
+def make_shadow() -> tuple[Models, DayLog] | None:
+    """The challenger's scorer and the shadow log, when ``scoring.shadow`` is on."""
+    if not settings.scoring.shadow:
+        return None
+    scoring = settings.scoring
+    models = Models(Registry(settings.paths.models_dir), "challenger", threads=scoring.model_threads,
+                    poll_s=scoring.model_poll_s, clock=clock)  # fmt: skip
+    models.refresh(force=True)  # no challenger yet: the shadow stays idle until one is promoted
+    return models, DayLog(settings.paths.data_dir / "shadow", "event_time")
+
+
+def _shadow(pipeline: Pipeline, batch: Batch | None, shadow: tuple[Models, DayLog] | None) -> None:
+    """Score the batch in shadow; any failure is counted and logged, never raised (module docstring)."""
+    if shadow is None or batch is None:
+        return
+    models, shadow_log = shadow
+    try:
+        models.refresh()
+        rows = pipeline.shadow(batch, models)
+        if rows is not None:
+            shadow_log.append(rows)
+            metrics.SHADOW_SCORED.inc(rows.height)
+    except Exception:
+        metrics.SHADOW_FAILURES.inc()
+        log.exception("shadow scoring failed (the champion's decisions are not affected)")
 
 
 def make_pipeline() -> Pipeline:
@@ -104,6 +134,7 @@ async def score_transactions(stream: Any) -> None:
     repairs = _Repairs(pipeline.store)
     publisher = make_publisher()
     decision_log = make_decision_log()
+    shadow = make_shadow()
     topic = settings.topics.full(settings.topics.transactions)
     dlq = settings.topics.full(TopicSettings.dlq_of(settings.topics.transactions))
     async for events in stream.take_events(scoring.batch_size, within=scoring.batch_within_ms / 1000):
@@ -163,6 +194,7 @@ async def score_transactions(stream: Any) -> None:
             metrics.END_TO_END.observe(max(0.0, published - event.message.timestamp))
         if dead:
             log.warning("dead-lettered %d of %d transactions", len(dead), len(events))
+        _shadow(pipeline, batch, shadow)
 
 
 SCORES = settings.topics.full(settings.topics.scores)

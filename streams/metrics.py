@@ -24,6 +24,8 @@ __all__ = [
     "PENDING_REPAIRS",
     "PUBLISHED",
     "REDELIVERED",
+    "SHADOW_FAILURES",
+    "SHADOW_SCORED",
     "SINK_DEAD",
     "SINK_FAILURES",
     "STORE_SECONDS",
@@ -59,3 +61,5 @@ DRIFT_PSI = Gauge("fraudpipe_drift_psi", "PSI of a served feature or the score o
                   ["model_version", "column"])  # fmt: skip
 DRIFT_BREACHES = Gauge("fraudpipe_drift_breaches", "Columns past the PSI breach bound over the drift window",
                        ["model_version"])  # fmt: skip
+SHADOW_SCORED = Counter("fraudpipe_shadow_scored", "Transactions the challenger scored in shadow")
+SHADOW_FAILURES = Counter("fraudpipe_shadow_failures", "Shadow batches that failed (ignored: decisions unaffected)")

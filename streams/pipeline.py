@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+import polars as pl
 import redis
+from numpy.typing import NDArray
 
 from features.batch import feature_matrix
 from features.definitions import FEATURE_NAMES
@@ -188,6 +190,10 @@ class Batch:
     redelivered: int = 0
     store_s: float = 0.0
     model_s: float = 0.0
+    matrix: NDArray[np.float64] | None = None
+    """The features of the batch's transactions (rows in decision order), when they could be read."""
+    fresh: list[int] = field(default_factory=list)
+    """Rows decided now by the model in force (not redeliveries answered from memory)."""
 
 
 class Pipeline:
@@ -239,6 +245,8 @@ class Pipeline:
         outcomes = policy.decide(scores, x)
         batch.model_s = self.clock.monotonic() - started
         remembered: dict[str, Recalled] = {}
+        batch.matrix = x
+        batch.fresh = [i for i, txn in enumerate(txns) if txn.txn_id not in recalled]
         for i, txn in enumerate(txns):
             if txn.txn_id in recalled:
                 batch.redelivered += 1
@@ -262,6 +270,32 @@ class Pipeline:
             self._emit(batch, txn, features, model, score, outcomes[i], thresholds, reasons.get(i, []),
                        received_at[i], False)  # fmt: skip
         return batch
+
+    def shadow(self, batch: Batch, models: Models) -> pl.DataFrame | None:
+        """What ``models`` (the challenger) would have done with the batch's fresh decisions: one row each with
+        its score and would-be decision next to the champion's; ``None`` without a challenger or features."""
+        scorer = models.scorer
+        if scorer is None or batch.matrix is None or not batch.fresh:
+            return None
+        x = batch.matrix[batch.fresh]
+        scores = scorer.score(x)
+        outcomes = self._policy(scorer).decide(scores, x)
+        served = [batch.decisions[i] for i in batch.fresh]
+        return pl.DataFrame(
+            {
+                "txn_id": [d.txn_id for d in served],
+                "card_token": [d.card_token for d in served],
+                "event_time": [d.event_time for d in served],
+                "decided_at": [d.decided_at for d in served],
+                "model_version": scorer.version,
+                "score": scores.astype(np.float64),
+                "decision": outcomes,
+                "champion_version": [d.model.version if d.model else None for d in served],
+                "champion_score": [d.score for d in served],
+                "champion_decision": [d.decision for d in served],
+            },
+            schema_overrides={"champion_version": pl.String, "champion_score": pl.Float64},
+        )
 
     def _emit(self, batch: Batch, txn: Transaction, features: dict[str, float | None], model: ModelRef | None,
               score: float | None, outcome: DecisionOutcome, thresholds: Thresholds, reasons: list[Any],

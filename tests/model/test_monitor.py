@@ -119,10 +119,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
     return root, root / "data", version
 
 
-def _monitor(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _monitor(root: Path, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUD_")}
     env |= {"FRAUD_PATHS__MODELS_DIR": str(root / "models"), "FRAUD_PATHS__DATA_DIR": str(root / "data"),
-            "FRAUD_MONITOR__MATURITY_DAYS": "3", "FRAUD_MONITOR__DRIFT_WINDOW_HOURS": "48"}  # fmt: skip
+            "FRAUD_MONITOR__MATURITY_DAYS": "3", "FRAUD_MONITOR__DRIFT_WINDOW_HOURS": "48", **extra}  # fmt: skip
     return subprocess.run([sys.executable, "-m", "fraudpipe", "monitor", *args], cwd=root, env=env,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
 
@@ -170,3 +170,36 @@ def test_monitor_without_decisions_is_a_one_line_error(tmp_path: Path) -> None:
     (tmp_path / "models").mkdir()
     result = _monitor(tmp_path)
     assert result.returncode != 0 and "no decisions" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_champion_whose_matured_ap_falls_is_rolled_back_automatically(tmp_path: Path) -> None:
+    first = factories.register_champion(tmp_path / "models", seed=0)
+    second = factories.register_champion(tmp_path / "models", seed=1)  # promoted over the first
+    rng = np.random.default_rng(7)
+    rows, labels = [], []
+    for day in range(8):  # the first served 4 days and ranked frauds well; the second ranks them at random
+        version = first if day < 4 else second
+        for i in range(200):
+            fraud = i < 10
+            score = (0.6 + 0.4 * rng.random()) if fraud and version == first else rng.random() * 0.7
+            txn = f"d{day}-{i}"
+            when = D1 + timedelta(days=day, minutes=i)
+            served = {f"f_{name}": 1.0 for name in FEATURE_NAMES}
+            rows.append({**_decision(txn, when, score, "approve", version, card=f"tok_{i}"), **served})
+            if fraud:
+                labels.append({**_label(txn, True, when + timedelta(hours=1)), "event_time": when})
+    DayLog(tmp_path / "data" / "decisions", "event_time").append(pl.DataFrame(rows))
+    DayLog(tmp_path / "data" / "labels", "event_time").append(pl.DataFrame(labels))
+    quiet = _monitor(tmp_path, "--as-of", (D1 + timedelta(days=10)).isoformat())
+    assert quiet.returncode == 0, quiet.stderr
+    assert Registry(tmp_path / "models").aliases()["champion"] == second  # rollback is off unless configured
+    env = {"FRAUD_MONITOR__ROLLBACK_MARGIN_AP": "0.1", "FRAUD_MONITOR__MATURITY_DAYS": "1",
+           "FRAUD_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1"}  # fmt: skip
+    result = _monitor(tmp_path, "--as-of", (D1 + timedelta(days=10)).isoformat(), **env)
+    assert result.returncode == 0, result.stderr
+    assert f"rolled the champion back from {second} to {first}" in result.stdout
+    registry = Registry(tmp_path / "models")
+    assert registry.aliases()["champion"] == first
+    assert registry.history()[-1]["why"].startswith("automatic rollback: matured AP of")
+    again = _monitor(tmp_path, "--as-of", (D1 + timedelta(days=10)).isoformat(), **env)
+    assert again.returncode == 0 and "rolled" not in again.stdout  # a rollback is never undone automatically
