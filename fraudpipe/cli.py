@@ -680,7 +680,6 @@ def _retrain_once(settings: Settings, as_of_text: str | None, only_on_breach: bo
     import json
 
     from fraudpipe.logstore import DayLog
-    from models.monitor import live_drift
     from models.registry import RegistryError
     from models.retrain import DataValidationError
     from models.retrain import retrain as run
@@ -694,15 +693,11 @@ def _retrain_once(settings: Settings, as_of_text: str | None, only_on_breach: bo
     registry = _registry()
     champion = registry.aliases().get("champion")
     if only_on_breach and champion is not None:
-        since = _latest(decisions, "decided_at") - timedelta(hours=settings.monitor.drift_window_hours)
-        reference = {champion: registry.manifest(champion).reference}
-        windows = live_drift(decisions, reference, since=since, moderate=settings.monitor.psi_moderate,
-                             breach=settings.monitor.psi_breach)  # fmt: skip
-        breaches = [d.name for w in windows for d in w.breaches]
-        if not breaches:
-            out.print(f"no drift breach for champion {champion}: nothing to retrain", highlight=False)
+        reasons = _retrain_reasons(settings, registry, champion, decisions, labels, as_of)
+        if not reasons:
+            out.print(f"no drift breach or decay for champion {champion}: nothing to retrain", highlight=False)
             return 0
-        out.print(f"drift breach for champion {champion} ({', '.join(breaches[:5])}): retraining", highlight=False)
+        out.print(f"{'; '.join(reasons)}: retraining", highlight=False)
     try:
         outcome = run(decisions, labels, registry, as_of=as_of, maturity=timedelta(days=settings.monitor.maturity_days),
                       settings=settings.retrain, training=training, k=settings.monitor.k)  # fmt: skip
@@ -747,6 +742,24 @@ def _auto_rollback(settings: Settings, registry: Any, quality: Any, out: Console
     out.print(f"[red]rolled the champion back from {current} to {back}:[/red] {reason}", highlight=False)
     _publish_model_event(settings, {"event": "rolled_back", "alias": "champion", "version": back,
                                     "previous": current, "refusals": [reason], "metrics": {}})  # fmt: skip
+
+
+def _retrain_reasons(settings: Settings, registry: Any, champion: str, decisions: Any, labels: Any,
+                     as_of: datetime) -> list[str]:  # fmt: skip
+    """What calls for retraining the champion: a drift breach over the monitor's window, or matured-metric decay."""
+    from models.monitor import decay_reason, live_drift, live_quality
+
+    cfg = settings.monitor
+    manifest = registry.manifest(champion)
+    since = _latest(decisions, "decided_at") - timedelta(hours=cfg.drift_window_hours)
+    windows = live_drift(decisions, {champion: manifest.reference}, since=since, moderate=cfg.psi_moderate,
+                         breach=cfg.psi_breach)  # fmt: skip
+    breaches = [d.name for w in windows for d in w.breaches]
+    reasons = [f"drift breach for champion {champion} ({', '.join(breaches[:5])})"] if breaches else []
+    quality = live_quality(decisions, labels, as_of=as_of, maturity=timedelta(days=cfg.maturity_days), k=cfg.k)
+    decay = decay_reason(quality, champion, manifest.metrics.get("ap"), days=settings.retrain.holdout_days,
+                         max_drop=cfg.decay_ap_drop)  # fmt: skip
+    return reasons + ([f"decay: {decay}"] if decay else [])
 
 
 def _as_of(text: str) -> datetime:

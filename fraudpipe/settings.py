@@ -233,6 +233,9 @@ class MonitorSettings(_Section):
     psi_breach: Annotated[float, Field(gt=0)] = 0.25
     metrics_port: Annotated[int, Field(ge=0, le=65_535)] = 9109
     """Where ``fraudpipe monitor --every`` serves its gauges (on ``metrics.bind``); 0 turns it off."""
+    decay_ap_drop: Annotated[float, Field(ge=0.0)] = 0.1
+    """``fraudpipe retrain --only-on-breach`` also trains when the champion's mean matured AP over its last
+    ``retrain.holdout_days`` days is below its validation AP by more than this (metric decay)."""
     rollback_margin_ap: Annotated[float, Field(ge=0.0)] | None = None
     """Automatic rollback (off unless set): ``fraudpipe monitor`` rolls the champion back when its matured AP falls
     below the previous champion's by more than this."""

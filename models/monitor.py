@@ -30,6 +30,7 @@ from models.evaluation import average_precision, card_precision_at_k
 __all__ = [
     "QUALITY_COLUMNS",
     "Window",
+    "decay_reason",
     "latest_decisions",
     "latest_labels",
     "live_drift",
@@ -155,3 +156,23 @@ def rollback_reason(quality: pl.DataFrame, current: str, previous: str, *, margi
         return None
     return (f"matured AP of {current} is {new_ap:.4f} over {new.len()} days, below {previous}'s {old_ap:.4f} by more "
             f"than {margin}")  # fmt: skip
+
+
+def decay_reason(quality: pl.DataFrame, version: str, expected_ap: float | None, *, days: int,
+                 max_drop: float) -> str | None:  # fmt: skip
+    """Why ``version``'s live quality has decayed, or ``None``: the mean AP of its last ``days`` matured days is
+    below ``expected_ap`` (its validation AP, from the manifest) by more than ``max_drop``."""
+    if quality.is_empty() or expected_ap is None:
+        return None
+    recent = (
+        quality.filter(pl.col("matured") & pl.col("ap").is_not_null() & (pl.col("model_version") == version))
+        .sort("day")
+        .get_column("ap")
+        .tail(days)
+    )
+    if recent.len() < days:
+        return None
+    live = float(recent.mean())  # type: ignore[arg-type]
+    if live >= expected_ap - max_drop:
+        return None
+    return f"matured AP of {version} is {live:.4f} over its last {days} days, {expected_ap:.4f} on validation"

@@ -24,7 +24,7 @@ from fraudpipe.logstore import DayLog
 from fraudpipe.settings import ScoringSettings
 from fraudpipe.simulator.config import default
 from fraudpipe.simulator.generate import TRANSACTION_COLUMNS, simulate
-from models.monitor import live_drift, live_quality
+from models.monitor import decay_reason, live_drift, live_quality
 from models.registry import Registry
 from streams.agents import decision_rows
 from streams.pipeline import InMemoryDecisionMemory, Models, Pipeline
@@ -203,3 +203,15 @@ def test_a_champion_whose_matured_ap_falls_is_rolled_back_automatically(tmp_path
     assert registry.history()[-1]["why"].startswith("automatic rollback: matured AP of")
     again = _monitor(tmp_path, "--as-of", (D1 + timedelta(days=10)).isoformat(), **env)
     assert again.returncode == 0 and "rolled" not in again.stdout  # a rollback is never undone automatically
+
+
+def test_decay_is_the_recent_matured_ap_below_validation() -> None:
+    quality = pl.DataFrame(
+        {"day": [date(2024, 5, d) for d in (1, 2, 3, 4)], "model_version": ["v0002"] * 4,
+         "matured": [True, True, True, False], "ap": [0.70, 0.40, 0.45, 0.10]}
+    )  # fmt: skip
+    assert decay_reason(quality, "v0002", 0.72, days=3, max_drop=0.25) is None  # mean 0.517: within 0.25
+    reason = decay_reason(quality, "v0002", 0.72, days=2, max_drop=0.2)  # 0.425 over the last two matured days
+    assert reason is not None and "0.4250 over its last 2 days" in reason
+    assert decay_reason(quality, "v0002", 0.72, days=4, max_drop=0.0) is None  # not enough matured days
+    assert decay_reason(quality, "v0002", None, days=1, max_drop=0.0) is None
