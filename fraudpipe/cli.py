@@ -803,6 +803,58 @@ def _publish_model_event(settings: Settings, report: dict[str, Any]) -> None:
         err.print(f"warning: model event not published to {settings.topics.registry_events}: {error}")
 
 
+@app.command()
+def bench(
+    events: Annotated[int, typer.Option(min=1_000, help="Events of each maximum-rate run.")] = 200_000,
+    workers: Annotated[int, typer.Option(min=1, max=2, help="Worker processes.")] = 1,
+    repeat: Annotated[int, typer.Option(min=1, max=9, help="Maximum-rate runs (median reported).")] = 1,
+    paced_events: Annotated[int, typer.Option(min=1_000, help="Events of each paced run.")] = 30_000,
+    naive_events: Annotated[int, typer.Option(min=500, help="Events of the naive baseline.")] = 10_000,
+    customers: Annotated[int, typer.Option(min=100, help="Simulated customers (cards).")] = 5_000,
+    work_dir: Annotated[Path, typer.Option(help="Scratch folder (emptied first).")] = Path("var/bench"),
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+) -> None:
+    """Measure the worker end to end on local Kafka and Redis: throughput, latency, baselines, stages."""
+    import json
+    import shutil
+
+    from streams.bench import BenchOptions, markdown, run
+
+    base = _settings()
+    marker = work_dir / ".fraudpipe-bench"
+    if work_dir.exists() and any(work_dir.iterdir()) and not marker.exists():
+        raise CliError(f"--work-dir {work_dir} is not empty and not a previous bench folder: not touching it")
+    if work_dir.exists():
+        shutil.rmtree(work_dir)
+    work_dir.mkdir(parents=True)
+    marker.touch()
+    settings = base.model_copy(
+        update={
+            "paths": base.paths.model_copy(update={"data_dir": work_dir / "data", "models_dir": work_dir / "models"}),
+            "redis": base.redis.model_copy(update={"key_prefix": "fp:bench:"}),
+        }
+    )
+    client = _bench_redis(settings)
+    for key in client.scan_iter(match="fp:bench:*", count=10_000):
+        client.unlink(key)
+    options = BenchOptions(events=events, workers=workers, repeat=repeat, paced_events=paced_events,
+                           naive_events=naive_events, customers=customers)  # fmt: skip
+    report = run(settings, options, work_dir, progress=lambda text: err.print(f"bench: {text}", highlight=False))
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2) + "\n")
+    Console(soft_wrap=True).print(markdown(report), highlight=False)
+
+
+def _bench_redis(settings: Settings) -> Any:
+    import redis
+
+    from streams.bench import ensure_services
+
+    ensure_services(settings)
+    return redis.Redis.from_url(settings.redis.url)
+
+
 def _latest(frame: Any, column: str) -> datetime:
     value = frame.get_column(column).max()
     assert isinstance(value, datetime)

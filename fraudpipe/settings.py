@@ -127,6 +127,10 @@ class ScoringSettings(_Section):
 
     batch_size: Annotated[int, Field(ge=1, le=10_000)] = 500
     batch_within_ms: Annotated[int, Field(ge=1, le=10_000)] = 20
+    mode: Literal["score", "passthrough", "naive"] = "score"
+    """``score``: the product. The other two are ``fraudpipe bench``'s baselines: ``passthrough`` forwards each
+    record to ``scores.v1`` untouched (the ceiling of the client stack), ``naive`` scores one event at a time (one
+    Redis call and one model call per event: the floor)."""
     review_threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
     decline_threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.9
     max_clock_skew_s: Annotated[float, Field(ge=0.0)] = 300.0

@@ -271,6 +271,20 @@ class Pipeline:
                        received_at[i], False)  # fmt: skip
         return batch
 
+    def score_one_by_one(self, txns: Sequence[Transaction], received_at: Sequence[float]) -> Batch:
+        """:meth:`score` called per event (one store call, one model call each): the naive design, kept as
+        ``fraudpipe bench``'s floor."""
+        whole = Batch()
+        for txn, received in zip(txns, received_at, strict=True):
+            one = self.score([txn], [received])
+            whole.decisions += one.decisions
+            whole.alerts += one.alerts
+            whole.unapplied += one.unapplied
+            whole.redelivered += one.redelivered
+            whole.store_s += one.store_s
+            whole.model_s += one.model_s
+        return whole
+
     def shadow(self, batch: Batch, models: Models) -> pl.DataFrame | None:
         """What ``models`` (the challenger) would have done with the batch's fresh decisions: one row each with
         its score and would-be decision next to the champion's; ``None`` without a challenger or features."""

@@ -15,7 +15,7 @@ import json
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -62,14 +62,17 @@ def phases(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, pl.Dat
 
 def _served(settings: Settings, n: int, timeout_s: float) -> pl.DataFrame:
     """The decision log once it holds ``n`` transactions (one row each)."""
-    log = DayLog(settings.paths.data_dir / "decisions", "event_time")
+    root = settings.paths.data_dir / "decisions"
     deadline = time.monotonic() + timeout_s
+    count = 0
     while time.monotonic() < deadline:
-        logged = log.read(unique_by=["txn_id"]) if log.days() else pl.DataFrame()
-        if logged.height >= n:
-            return logged
-        time.sleep(2)
-    raise AssertionError(f"the worker logged {logged.height} of {n} decisions in {timeout_s} s")
+        if any(root.glob("day=*/*.parquet")):
+            ids = pl.scan_parquet(root / "day=*" / "*.parquet").select("txn_id")
+            count = ids.unique().select(pl.len()).collect().item()
+            if count >= n:
+                return DayLog(root, "event_time").read(unique_by=["txn_id"])
+        time.sleep(3)
+    raise AssertionError(f"the worker logged {count} of {n} decisions in {timeout_s} s")
 
 
 def _campaign_recall(truth: pl.DataFrame, logged: pl.DataFrame, since: datetime, until: datetime) -> float:
@@ -84,6 +87,7 @@ def _campaign_recall(truth: pl.DataFrame, logged: pl.DataFrame, since: datetime,
     return float((campaign > np.quantile(genuine, 0.99)).mean())
 
 
+@pytest.mark.timeout(1200)
 def test_a_new_campaign_is_learned_promoted_and_caught(topics: Settings, phases: tuple[Path, Path, pl.DataFrame],
                                                        tmp_path: Path, stop: list[subprocess.Popen[bytes]]  # noqa: F811
                                                        ) -> None:  # fmt: skip
@@ -93,7 +97,8 @@ def test_a_new_campaign_is_learned_promoted_and_caught(topics: Settings, phases:
     stop.append(worker)
     sent = run_cli(topics, "replay", str(one), "--rate", "20000", "--no-drain-labels", cwd=tmp_path, timeout=300)
     assert sent.returncode == 0, sent.stderr
-    split = truth.get_column("event_time").min() + timedelta(days=SPLIT_DAY)  # type: ignore[operator]
+    first_day = truth.get_column("event_time").min().date()  # type: ignore[union-attr]
+    split = datetime.combine(first_day, datetime.min.time(), UTC) + timedelta(days=SPLIT_DAY)
     n_one = truth.filter(pl.col("event_time") < split).height
     logged = _served(topics, n_one, 300)
     assert set(logged.get_column("model_version")) == {first}, log.read_text()[-3000:]

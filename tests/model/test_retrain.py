@@ -137,7 +137,8 @@ def test_retraining_promotes_a_challenger_that_catches_the_new_campaign(stream: 
     old, new = report["metrics"]["champion"], report["metrics"]["challenger"]
     assert new["ap"] > old["ap"] and new["cp_at_k"] >= old["cp_at_k"]
     assert stream.models.refresh(force=True)  # the worker's hot swap
-    split = stream.truth.get_column("event_time").min() + timedelta(days=SPLIT_DAY)  # type: ignore[operator]
+    first_day = stream.truth.get_column("event_time").min().date()  # type: ignore[union-attr]
+    split = datetime.combine(first_day, datetime.min.time(), UTC) + timedelta(days=SPLIT_DAY)
     stream.serve_until(split + timedelta(days=DAYS))
     before = stream.campaign_recall(split - timedelta(days=8), split, first)
     after = stream.campaign_recall(split, split + timedelta(days=DAYS), report["challenger"])
