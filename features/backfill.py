@@ -23,12 +23,14 @@ __all__ = ["BackfillStats", "backfill"]
 
 @dataclass(slots=True)
 class BackfillStats:
-    """Counts of a backfill: transactions and labels sent, how many the store newly applied, rows rejected."""
+    """Counts of a backfill: transactions and labels sent, how many the store newly applied, rows rejected, and
+    labels left for the label stream (known only after the backfilled history ends)."""
 
     transactions: int = 0
     applied: int = 0
     labels: int = 0
     rejected: int = 0
+    later_labels: int = 0
 
 
 class _Labels:
@@ -57,8 +59,12 @@ def backfill(
     batch_size: int = 500,
     on_progress: Callable[[BackfillStats], None] | None = None,
 ) -> BackfillStats:
-    """Apply ``source``'s transactions (event time before ``until``, if given) and its labels known by then."""
+    """Apply ``source``'s transactions (event time before ``until``, if given) and its labels known by then: by
+    ``until``, else by the last transaction's time. Labels known later are not applied (``later_labels``): the
+    stream that continues the history brings them on ``labels.v1`` when they become known; applying them now would
+    give the first payments of that stream knowledge from their future."""
     stats = BackfillStats()
+    last_us: int | None = None
     queue = _Labels()
     queue.add(source.labels())
     limit_us = None if until is None else int(until.timestamp() * 1_000_000)
@@ -72,6 +78,8 @@ def backfill(
         if limit_us is not None:
             keep = int(np.searchsorted(times, limit_us, side="left"))
             txns, times = txns[:keep], times[:keep]
+        if len(times):
+            last_us = int(times[-1]) if last_us is None else max(last_us, int(times[-1]))
         start = 0
         while start < len(txns):
             due = queue.take_until(int(times[start]))
@@ -86,6 +94,8 @@ def backfill(
             start = stop
             if on_progress is not None:
                 on_progress(stats)
-    rest = queue.take_until(limit_us - 1 if limit_us is not None else int(np.iinfo(np.int64).max))
+    end = limit_us - 1 if limit_us is not None else last_us
+    rest = queue.take_until(end) if end is not None else []
     stats.labels += store.apply_labels(rest) if rest else 0
+    stats.later_labels = len(queue.labels)
     return stats

@@ -351,7 +351,8 @@ def features_backfill(
             raise CliError(str(error)) from None
     Console(soft_wrap=True).print(
         f"{stats.transactions:,} transactions ({stats.applied:,} newly applied), {stats.labels:,} labels applied, "
-        f"{stats.rejected:,} rows rejected"
+        f"{stats.rejected:,} rows rejected; {stats.later_labels:,} labels known after the history ends left for "
+        "labels.v1"
     )
 
 
@@ -811,12 +812,15 @@ def bench(
     paced_events: Annotated[int, typer.Option(min=1_000, help="Events of each paced run.")] = 30_000,
     naive_events: Annotated[int, typer.Option(min=500, help="Events of the naive baseline.")] = 10_000,
     customers: Annotated[int, typer.Option(min=100, help="Simulated customers (cards).")] = 5_000,
+    history_days: Annotated[int, typer.Option(min=10, help="Days of history: training and warm state.")] = 30,
+    stage_events: Annotated[int, typer.Option(min=500, help="Events of the in-process stage timings.")] = 10_000,
     work_dir: Annotated[Path, typer.Option(help="Scratch folder (emptied first).")] = Path("var/bench"),
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
 ) -> None:
     """Measure the worker end to end on local Kafka and Redis: throughput, latency, baselines, stages."""
     import json
     import shutil
+    import time
 
     from streams.bench import BenchOptions, markdown, run
 
@@ -838,8 +842,12 @@ def bench(
     for key in client.scan_iter(match="fp:bench:*", count=10_000):
         client.unlink(key)
     options = BenchOptions(events=events, workers=workers, repeat=repeat, paced_events=paced_events,
-                           naive_events=naive_events, customers=customers)  # fmt: skip
-    report = run(settings, options, work_dir, progress=lambda text: err.print(f"bench: {text}", highlight=False))
+                           naive_events=naive_events, stage_events=stage_events, history_days=history_days,
+                           customers=customers)  # fmt: skip
+    started = time.monotonic()
+    report = run(settings, options, work_dir,
+                 progress=lambda text: err.print(f"bench [{time.monotonic() - started:5.0f} s]: {text}",
+                                                 highlight=False))  # fmt: skip
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report, indent=2) + "\n")

@@ -21,6 +21,13 @@ def test_backfill_is_rerunnable_and_show_is_pii_free(settings: Settings, tmp_pat
         first = run_cli(settings, "features", "backfill", str(sim), cwd=tmp_path)
         assert first.returncode == 0, first.stderr
         assert f"{total:,} transactions ({total:,} newly applied)" in first.stdout
+        # Labels known after the last payment are the stream's to bring, not the backfill's: no look-ahead.
+        labels = pl.read_parquet(sim / "labels" / "**" / "*.parquet")
+        last = pl.scan_parquet(sim / "transactions" / "**" / "*.parquet").select(pl.col("event_time").max()).collect()
+        known = labels.filter(pl.col("known_at") <= last.item()).height
+        assert 0 < known < labels.height
+        assert f"{known:,} labels applied" in first.stdout
+        assert f"{labels.height - known:,} labels known after the history ends" in first.stdout
         again = run_cli(settings, "features", "backfill", str(sim), cwd=tmp_path)
         assert f"{total:,} transactions (0 newly applied), 0 labels applied" in again.stdout
 
