@@ -680,17 +680,14 @@ def _retrain_once(settings: Settings, as_of_text: str | None, only_on_breach: bo
                   training: Any) -> int:  # fmt: skip
     import json
 
-    from fraudpipe.logstore import DayLog
     from models.registry import RegistryError
     from models.retrain import DataValidationError
     from models.retrain import retrain as run
 
     out = Console(soft_wrap=True)
-    decisions = DayLog(settings.paths.data_dir / "decisions", "event_time").read()
-    if decisions.is_empty():
-        raise CliError(f"no decisions under {settings.paths.data_dir / 'decisions'} yet (is a worker running?)")
-    labels = DayLog(settings.paths.data_dir / "labels", "event_time").read()
-    as_of = _latest(decisions, "event_time") if as_of_text is None else _as_of(as_of_text)
+    r = settings.retrain
+    reach = r.train_days + r.valid_days + r.holdout_days + settings.monitor.maturity_days + 1
+    decisions, labels, as_of = _served_logs(settings, reach, as_of_text)
     registry = _registry()
     champion = registry.aliases().get("champion")
     if only_on_breach and champion is not None:
@@ -863,6 +860,25 @@ def _bench_redis(settings: Settings) -> Any:
     return redis.Redis.from_url(settings.redis.url)
 
 
+def _served_logs(settings: Settings, days: int, as_of_text: str | None) -> tuple[Any, Any, datetime]:
+    """The decision and label logs of the ``days`` event days up to ``as_of`` (default: the latest decision's event
+    time), read by day partition so a long log is never read whole; and ``as_of``."""
+    from fraudpipe.logstore import DayLog
+
+    log = DayLog(settings.paths.data_dir / "decisions", "event_time")
+    available = log.days()
+    if not available:
+        raise CliError(f"no decisions under {settings.paths.data_dir / 'decisions'} yet (is a worker running?)")
+    end = available[-1] if as_of_text is None else _as_of(as_of_text).date()
+    span = (end - timedelta(days=days), end + timedelta(days=1))
+    decisions = log.read(span)
+    if decisions.is_empty():
+        raise CliError(f"no decisions between {span[0]} and {end}")
+    labels = DayLog(settings.paths.data_dir / "labels", "event_time").read(span)
+    as_of = _latest(decisions, "event_time") if as_of_text is None else _as_of(as_of_text)
+    return decisions, labels, as_of
+
+
 def _latest(frame: Any, column: str) -> datetime:
     value = frame.get_column(column).max()
     assert isinstance(value, datetime)
@@ -885,14 +901,13 @@ def _monitor_once(settings: Settings, as_of_text: str | None, days: int, json_ou
     from streams import metrics
 
     cfg = settings.monitor
-    decisions = DayLog(settings.paths.data_dir / "decisions", "event_time").read()
-    if decisions.is_empty():
-        raise CliError(f"no decisions under {settings.paths.data_dir / 'decisions'} yet (is a worker running?)")
-    labels = DayLog(settings.paths.data_dir / "labels", "event_time").read()
-    as_of = _latest(decisions, "event_time") if as_of_text is None else _as_of(as_of_text)
+    decisions, labels, as_of = _served_logs(settings, days, as_of_text)
     maturity = timedelta(days=cfg.maturity_days)
     quality = live_quality(decisions, labels, as_of=as_of, maturity=maturity, k=cfg.k)
-    shadow = DayLog(settings.paths.data_dir / "shadow", "event_time").read()
+    first_day = as_of.date() - timedelta(days=days)
+    shadow = DayLog(settings.paths.data_dir / "shadow", "event_time").read(
+        (first_day, as_of.date() + timedelta(days=1))
+    )
     if not shadow.is_empty():  # the challenger's would-be decisions, judged on the same labels
         judged = live_quality(shadow, labels, as_of=as_of, maturity=maturity, k=cfg.k)
         judged = judged.with_columns(model_version=pl.col("model_version") + " (shadow)")
