@@ -679,6 +679,7 @@ def retrain(
 def _retrain_once(settings: Settings, as_of_text: str | None, only_on_breach: bool, json_out: Path | None,
                   training: Any) -> int:  # fmt: skip
     import json
+    from datetime import UTC
 
     from models.registry import RegistryError
     from models.retrain import DataValidationError
@@ -707,9 +708,16 @@ def _retrain_once(settings: Settings, as_of_text: str | None, only_on_breach: bo
     except (ValueError, RegistryError) as error:
         raise CliError(str(error)) from None
     report = outcome.report()
+    text = json.dumps(report, indent=2) + "\n"
+    # Every run's verdict is kept, promoted or not. Not 'retrain': a folder named like a module of the models package
+    # would shadow it when models_dir is ./models under an editable install.
+    runs = settings.paths.models_dir / "retrain-runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    (runs / f"{stamp}-{outcome.challenger}.json").write_text(text)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report, indent=2) + "\n")
+        json_out.write_text(text)
     for name, numbers in outcome.metrics.items():
         out.print(f"{name:<10} on the holdout: " + "  ".join(f"{k} {v:.4f}" for k, v in numbers.items()
                                                             if isinstance(v, float)), highlight=False)  # fmt: skip

@@ -116,6 +116,8 @@ def test_a_worse_challenger_is_refused_and_the_champion_stays(stream: Stream, tm
     report = json.loads((tmp_path / "r.json").read_text())
     assert not report["promoted"] and any(r.startswith("ap ") for r in report["refusals"])
     assert registry.aliases()["champion"] == before and registry.aliases()["challenger"] == report["challenger"]
+    kept = sorted((stream.root / "models" / "retrain-runs").glob(f"*-{report['challenger']}.json"))
+    assert len(kept) == 1 and json.loads(kept[0].read_text())["refusals"] == report["refusals"]  # why, on record
     assert "model event not published" in result.stderr  # no Kafka here: a warning, not a failure
 
 
