@@ -28,7 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from features.blobs import decode_card, store_reply
 from features.formulas import RECENT_ITEMS
-from features.plan import label_plan, layout, micros_of, plan
+from features.plan import RECORD, label_plan, layout, plan
 from features.snapshot import Snapshot, StoreReply, decode_reply
 from fraudpipe.contracts import Label, Transaction
 from fraudpipe.settings import RedisSettings
@@ -95,9 +95,9 @@ class RedisFeatureStore:
         Raises:
             StoreUnavailableError: Redis did not answer within the budget.
         """
-        args = [value for txn in txns for value in plan(txn)]
-        parts = self._call("txns", args) if txns else [b""] * 12
-        micros = np.fromiter((micros_of(txn.event_time) for txn in txns), dtype=np.int64, count=len(txns))
+        plans = [plan(txn) for txn in txns]
+        parts = self._call("txns", [value for one in plans for value in one]) if txns else [b""] * 12
+        micros = np.array([RECORD.unpack_from(one[4])[0] for one in plans], dtype=np.int64)  # the record's time
         return store_reply(parts, micros, self.layout)
 
     def apply(self, txns: Sequence[Transaction]) -> list[Snapshot]:

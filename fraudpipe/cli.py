@@ -721,7 +721,9 @@ def _retrain_once(settings: Settings, as_of_text: str | None, only_on_breach: bo
     for name, numbers in outcome.metrics.items():
         out.print(f"{name:<10} on the holdout: " + "  ".join(f"{k} {v:.4f}" for k, v in numbers.items()
                                                             if isinstance(v, float)), highlight=False)  # fmt: skip
-    _publish_model_event(settings, report)
+    _publish_model_event(settings, {"event": "promoted" if outcome.promoted else "refused", "alias": "champion",
+                                    "version": outcome.challenger, "previous": outcome.champion,
+                                    "refusals": outcome.refusals, "metrics": outcome.metrics})  # fmt: skip
     if outcome.promoted:
         out.print(f"promoted {outcome.challenger} to champion (was {outcome.champion}); workers swap it in",
                   highlight=False)  # fmt: skip
@@ -753,13 +755,11 @@ def _auto_rollback(settings: Settings, registry: Any, quality: Any, out: Console
 def _retrain_reasons(settings: Settings, registry: Any, champion: str, decisions: Any, labels: Any,
                      as_of: datetime) -> list[str]:  # fmt: skip
     """What calls for retraining the champion: a drift breach over the monitor's window, or matured-metric decay."""
-    from models.monitor import decay_reason, live_drift, live_quality
+    from models.monitor import decay_reason, live_quality
 
     cfg = settings.monitor
     manifest = registry.manifest(champion)
-    since = _latest(decisions, "decided_at") - timedelta(hours=cfg.drift_window_hours)
-    windows = live_drift(decisions, {champion: manifest.reference}, since=since, moderate=cfg.psi_moderate,
-                         breach=cfg.psi_breach)  # fmt: skip
+    windows = _drift(settings, decisions, {champion: manifest.reference})
     breaches = [d.name for w in windows for d in w.breaches]
     reasons = [f"drift breach for champion {champion} ({', '.join(breaches[:5])})"] if breaches else []
     quality = live_quality(decisions, labels, as_of=as_of, maturity=timedelta(days=cfg.maturity_days), k=cfg.k)
@@ -778,7 +778,7 @@ def _as_of(text: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _publish_model_event(settings: Settings, report: dict[str, Any]) -> None:
+def _publish_model_event(settings: Settings, event: dict[str, Any]) -> None:
     """Tell model-events.v1 what a retraining run decided (workers also follow the registry on their own)."""
     import json
     import logging
@@ -786,12 +786,7 @@ def _publish_model_event(settings: Settings, report: dict[str, Any]) -> None:
 
     from confluent_kafka import KafkaException, Producer
 
-    if "event" in report:
-        event = {**report, "at": datetime.now(UTC).isoformat()}
-    else:
-        event = {"event": "promoted" if report["promoted"] else "refused", "at": datetime.now(UTC).isoformat(),
-                 "alias": "champion", "version": report["challenger"], "previous": report["champion"],
-                 "refusals": report["refusals"], "metrics": report["metrics"]}  # fmt: skip
+    event = {**event, "at": datetime.now(UTC).isoformat()}
     failures: list[str] = []
 
     def delivered(error: Any, _: Any) -> None:
@@ -887,6 +882,15 @@ def _served_logs(settings: Settings, days: int, as_of_text: str | None) -> tuple
     return decisions, labels, as_of
 
 
+def _drift(settings: Settings, decisions: Any, references: dict[str, Any]) -> Any:
+    """Drift of the decisions made in the monitor's window before the latest one, per model version."""
+    from models.monitor import live_drift
+
+    cfg = settings.monitor
+    since = _latest(decisions, "decided_at") - timedelta(hours=cfg.drift_window_hours)
+    return live_drift(decisions, references, since=since, moderate=cfg.psi_moderate, breach=cfg.psi_breach)
+
+
 def _latest(frame: Any, column: str) -> datetime:
     value = frame.get_column(column).max()
     assert isinstance(value, datetime)
@@ -904,7 +908,7 @@ def _monitor_once(settings: Settings, as_of_text: str | None, days: int, json_ou
     import polars as pl
 
     from fraudpipe.logstore import DayLog
-    from models.monitor import live_drift, live_quality
+    from models.monitor import live_quality
     from models.registry import RegistryError
     from streams import metrics
 
@@ -929,8 +933,7 @@ def _monitor_once(settings: Settings, as_of_text: str | None, days: int, json_ou
             references[version] = registry.manifest(version).reference
         except RegistryError:
             continue
-    since = _latest(decisions, "decided_at") - timedelta(hours=cfg.drift_window_hours)
-    windows = live_drift(decisions, references, since=since, moderate=cfg.psi_moderate, breach=cfg.psi_breach)
+    windows = _drift(settings, decisions, references)
 
     table = Table("day", "model", "matured", "decisions", "alert rate", "frauds", "caught", "precision", "recall",
                   "AP", f"CP@{cfg.k}", "labelled", box=None)  # fmt: skip

@@ -39,12 +39,17 @@ class History:
         return derived_labels(self.transactions.filter(pl.col("is_fraud")), delay)
 
     def fingerprint(self) -> str:
-        """SHA-256 over the transaction ids and truths, in order: which data a model was trained on."""
-        digest = hashlib.sha256()
-        for batch in self.transactions.select("txn_id", "is_fraud").iter_slices(200_000):
-            digest.update("\n".join(batch.get_column("txn_id").to_list()).encode())
-            digest.update(batch.get_column("is_fraud").cast(pl.UInt8).to_numpy().tobytes())
-        return digest.hexdigest()
+        """Which data a model was trained on: :func:`fingerprint` of the transactions."""
+        return fingerprint(self.transactions)
+
+
+def fingerprint(rows: pl.DataFrame) -> str:
+    """SHA-256 over the transaction ids and truths (``txn_id``, ``is_fraud``), in order."""
+    digest = hashlib.sha256()
+    for batch in rows.select("txn_id", "is_fraud").iter_slices(200_000):
+        digest.update("\n".join(batch.get_column("txn_id").to_list()).encode())
+        digest.update(batch.get_column("is_fraud").cast(pl.UInt8).to_numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load_history(

@@ -18,7 +18,6 @@ holdout's served features, so both are judged on the very same rows.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -28,6 +27,7 @@ import polars as pl
 
 from features.definitions import FEATURE_NAMES
 from fraudpipe.settings import RetrainSettings, TrainingSettings
+from models.dataset import fingerprint
 from models.drift import psi
 from models.evaluation import measure
 from models.monitor import latest_decisions, latest_labels
@@ -159,13 +159,6 @@ class Outcome:
         }
 
 
-def _fingerprint(rows: pl.DataFrame) -> str:
-    digest = hashlib.sha256()
-    digest.update("\n".join(rows.get_column("txn_id").to_list()).encode())
-    digest.update(rows.get_column("is_fraud").cast(pl.UInt8).to_numpy().tobytes())
-    return digest.hexdigest()
-
-
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
     keys = ("auc", "ap", "cp_at_k", "recall_at_1pct_fpr", "n_test", "n_test_fraud")
     return {key: metrics.get(key) for key in keys}
@@ -218,7 +211,7 @@ def retrain(decisions: pl.DataFrame, labels: pl.DataFrame, registry: Registry, *
             "champion_on_holdout": outcome.metrics.get("champion"),
         },
         "thresholds": choose_thresholds(truth, valid_scores, valid.get_column("event_time").dt.date().to_list()),
-        "data_fingerprint": _fingerprint(train),
+        "data_fingerprint": fingerprint(train),
         "reference": reference(inputs, scores),
         "notes": "retrained from the decision log",
     }
