@@ -17,6 +17,7 @@ from features.store import RedisFeatureStore
 from fraudpipe.codec import decode
 from fraudpipe.contracts import Label, Transaction
 from fraudpipe.files import LabelBatch, TransactionSource
+from fraudpipe.privacy import ErasureList
 
 __all__ = ["BackfillStats", "backfill"]
 
@@ -24,13 +25,15 @@ __all__ = ["BackfillStats", "backfill"]
 @dataclass(slots=True)
 class BackfillStats:
     """Counts of a backfill: transactions and labels sent, how many the store newly applied, rows rejected, and
-    labels left for the label stream (known only after the backfilled history ends)."""
+    labels left for the label stream (known only after the backfilled history ends), transactions and labels of
+    erased cards skipped."""
 
     transactions: int = 0
     applied: int = 0
     labels: int = 0
     rejected: int = 0
     later_labels: int = 0
+    erased: int = 0
 
 
 class _Labels:
@@ -51,6 +54,14 @@ class _Labels:
         return taken
 
 
+def _unerased(labels: list[Label], erasures: ErasureList | None, stats: BackfillStats) -> list[Label]:
+    if erasures is None:
+        return labels
+    kept, dropped = erasures.split(labels, lambda x: x.card_token, lambda x: x.event_time)
+    stats.erased += dropped
+    return kept
+
+
 def backfill(
     source: TransactionSource,
     store: RedisFeatureStore,
@@ -58,11 +69,13 @@ def backfill(
     until: datetime | None = None,
     batch_size: int = 500,
     on_progress: Callable[[BackfillStats], None] | None = None,
+    erasures: ErasureList | None = None,
 ) -> BackfillStats:
     """Apply ``source``'s transactions (event time before ``until``, if given) and its labels known by then: by
     ``until``, else by the last transaction's time. Labels known later are not applied (``later_labels``): the
     stream that continues the history brings them on ``labels.v1`` when they become known; applying them now would
-    give the first payments of that stream knowledge from their future."""
+    give the first payments of that stream knowledge from their future. Events of cards on ``erasures``, dated up
+    to their erasure, are skipped (:mod:`fraudpipe.privacy`)."""
     stats = BackfillStats()
     last_us: int | None = None
     queue = _Labels()
@@ -78,11 +91,16 @@ def backfill(
         if limit_us is not None:
             keep = int(np.searchsorted(times, limit_us, side="left"))
             txns, times = txns[:keep], times[:keep]
+        if erasures is not None and erasures.erased:
+            pairs, dropped = erasures.split(list(zip(txns, times.tolist(), strict=True)), lambda p: p[0].card_token,
+                                            lambda p: p[0].event_time)  # fmt: skip
+            stats.erased += dropped
+            txns, times = [txn for txn, _ in pairs], np.array([t for _, t in pairs], dtype=np.int64)
         if len(times):
             last_us = int(times[-1]) if last_us is None else max(last_us, int(times[-1]))
         start = 0
         while start < len(txns):
-            due = queue.take_until(int(times[start]))
+            due = _unerased(queue.take_until(int(times[start])), erasures, stats)
             stats.labels += store.apply_labels(due) if due else 0
             # The batch stops before the next transaction that a queued label must precede.
             stop = min(start + batch_size, len(txns))
@@ -95,7 +113,7 @@ def backfill(
             if on_progress is not None:
                 on_progress(stats)
     end = limit_us - 1 if limit_us is not None else last_us
-    rest = queue.take_until(end) if end is not None else []
+    rest = _unerased(queue.take_until(end), erasures, stats) if end is not None else []
     stats.labels += store.apply_labels(rest) if rest else 0
     stats.later_labels = len(queue.labels)
     return stats

@@ -23,16 +23,15 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from datetime import UTC, datetime
 from typing import Any
 
 from features.formulas import CARD_WINDOWS, FRAUD_WINDOWS, PLACE_WINDOWS, cents, square
 from features.windows import KEPT, LABEL_DELAY_DAYS, PLACE_KEPT_DAYS, RESOLUTIONS, WINDOWS
+from fraudpipe.clock import micros_of
 from fraudpipe.contracts import Label, Transaction
 
 __all__ = ["KINDS", "RECORD", "item_id", "label_plan", "layout", "micros_of", "plan"]
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 KINDS = ("terminal", "merchant", "country", "device")
 """Kinds of recent item a card remembers, in record order."""
 RECORD = struct.Struct("<qqqBddB8s8s8s8s")
@@ -58,12 +57,6 @@ def layout(*, recent_items: int, marker_ttl_s: int, entity_ttl_s: int, label_ttl
         "entity_ttl": entity_ttl_s,
         "label_ttl": label_ttl_s,
     }
-
-
-def micros_of(event_time: datetime) -> int:
-    """An aware datetime as integer microseconds since the epoch (exact)."""
-    delta = event_time - EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def item_id(name: str) -> int:

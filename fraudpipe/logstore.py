@@ -5,6 +5,10 @@ hive-partitioned dataset (``pl.scan_parquet(root / "**" / "*.parquet")``). Each 
 name in its day folder and renamed into place, so a reader never sees a partial file and a crash leaves at most a
 ``.tmp`` file behind (ignored). Rows are appended as they come: de-duplicating (by transaction id and label
 version, say) is the reader's job, and :meth:`DayLog.read` does it when given the key.
+
+Given a key, a log seals every file it writes (:mod:`fraudpipe.seal`): :meth:`DayLog.verify` finds what was altered.
+Only :meth:`DayLog.remove` (erasure) and :meth:`DayLog.drop_before` (retention) change files once written; the
+files ``remove`` rewrites are sealed again.
 """
 
 from __future__ import annotations
@@ -12,19 +16,32 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
 import polars as pl
 
-__all__ = ["DayLog"]
+from fraudpipe.seal import Broken, seal, unsealed, verify_frame
+
+__all__ = ["DayLog", "Logs"]
 
 
 class DayLog:
-    """A day-partitioned Parquet log under ``root``; ``day_column`` (a UTC datetime) decides the partition."""
+    """A day-partitioned Parquet log under ``root``; ``day_column`` (a UTC datetime) decides the partition; with
+    ``key``, every file is sealed."""
 
-    def __init__(self, root: Path, day_column: str) -> None:
-        self.root, self.day_column = root, day_column
+    def __init__(self, root: Path, day_column: str, *, key: bytes | None = None) -> None:
+        self.root, self.day_column, self.key = root, day_column, key
+
+    def _write(self, folder: Path, name: str, part: pl.DataFrame) -> Path:
+        """``part`` as ``folder/name``, sealed if the log has a key, atomically (replacing a file of that name)."""
+        temporary = folder / f".{name}.tmp"
+        (seal(part, self.key) if self.key is not None else part).write_parquet(temporary, compression="zstd")
+        with temporary.open("rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, folder / name)
+        return folder / name
 
     def append(self, frame: pl.DataFrame) -> list[Path]:
         """Write ``frame``'s rows, one new file per day they fall on; returns the files."""
@@ -36,12 +53,7 @@ class DayLog:
             folder = self.root / f"day={day}"
             folder.mkdir(parents=True, exist_ok=True)
             name = f"part-{int(time.time() * 1000)}-{uuid.uuid4().hex[:8]}.parquet"
-            temporary = folder / f".{name}.tmp"
-            part.drop("_day").write_parquet(temporary, compression="zstd")
-            with temporary.open("rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(temporary, folder / name)
-            written.append(folder / name)
+            written.append(self._write(folder, name, part.drop("_day")))
         return written
 
     def days(self) -> list[date]:
@@ -51,12 +63,94 @@ class DayLog:
         found = [p.name[4:] for p in self.root.glob("day=*") if any(p.glob("part-*.parquet"))]
         return sorted(date.fromisoformat(d) for d in found)
 
-    def read(self, days: tuple[date, date] | None = None, *, unique_by: list[str] | None = None) -> pl.DataFrame:
-        """Rows of the days in ``[days[0], days[1])`` (all without ``days``); with ``unique_by``, one row per key
-        (the last written)."""
+    def files(self, days: tuple[date, date] | None = None) -> list[Path]:
+        """The files of the days in ``[days[0], days[1])`` (all without ``days``), in write order within a day."""
         wanted = [d for d in self.days() if days is None or days[0] <= d < days[1]]
-        files = sorted(f for d in wanted for f in (self.root / f"day={d}").glob("part-*.parquet"))
+        return sorted(f for d in wanted for f in (self.root / f"day={d}").glob("part-*.parquet"))
+
+    def read(self, days: tuple[date, date] | None = None, *, unique_by: list[str] | None = None) -> pl.DataFrame:
+        """Rows of the days in ``[days[0], days[1])`` (all without ``days``), seal columns dropped; with
+        ``unique_by``, one row per key (the last written)."""
+        files = self.files(days)
         if not files:
             return pl.DataFrame()
-        frame = pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+        frame = pl.concat([unsealed(pl.read_parquet(f)) for f in files], how="diagonal_relaxed")
         return frame.unique(subset=unique_by, keep="last", maintain_order=True) if unique_by else frame
+
+    def find(self, column: str, values: list[str], days: tuple[date, date] | None = None) -> pl.DataFrame:
+        """Every row (redeliveries included, seal columns dropped, plus ``file``) whose ``column`` is in
+        ``values``: one pass over the files, reading only that column of files holding no match."""
+        found = []
+        for path in self.files(days):
+            if column not in pl.read_parquet_schema(path):
+                continue
+            rows = pl.scan_parquet(path).filter(pl.col(column).is_in(values)).collect()
+            if rows.height:
+                found.append(unsealed(rows).with_columns(file=pl.lit(str(path))))
+        return pl.concat(found, how="diagonal_relaxed") if found else pl.DataFrame()
+
+    def remove(self, column: str, values: list[str]) -> int:
+        """Rewrite every file holding rows whose ``column`` is in ``values`` without them (sealed again; a file
+        left empty is deleted). Returns the rows removed."""
+        removed = 0
+        for path in self.files():
+            frame = pl.read_parquet(path)
+            if column not in frame.columns:
+                continue
+            keep = frame.filter(~pl.col(column).is_in(values))
+            if keep.height == frame.height:
+                continue
+            removed += frame.height - keep.height
+            if keep.height:
+                self._write(path.parent, path.name, unsealed(keep))
+            else:
+                path.unlink()
+        return removed
+
+    def drop_before(self, day: date) -> list[date]:
+        """Delete the partitions of days before ``day`` (retention). Returns the days deleted."""
+        dropped = [d for d in self.days() if d < day]
+        for d in dropped:
+            for path in (self.root / f"day={d}").iterdir():
+                path.unlink()
+            (self.root / f"day={d}").rmdir()
+        return dropped
+
+    def verify(self) -> tuple[int, list[tuple[Path, Broken]]]:
+        """Check every file's seals (needs the key): the rows checked and each broken file with its problem."""
+        if self.key is None:
+            raise ValueError("verifying needs the log's key")
+        rows, broken = 0, []
+        for path in self.files():
+            frame = pl.read_parquet(path)
+            rows += frame.height
+            if (problem := verify_frame(frame, self.key)) is not None:
+                broken.append((path, problem))
+        return rows, broken
+
+
+@dataclass(frozen=True, slots=True)
+class Logs:
+    """fraudpipe's logs under ``data_dir``, each partitioned by the event day of its transaction:
+
+    decisions   every decision as served (``streams.agents.decision_rows``): the audit record, training source
+    labels      every label received (all versions)
+    deliveries  every alert handed to a sink, and the sinks that gave up on one
+    shadow      the challenger's would-be decisions (shadow mode)
+    """
+
+    decisions: DayLog
+    labels: DayLog
+    deliveries: DayLog
+    shadow: DayLog
+
+    @classmethod
+    def under(cls, data_dir: Path, key: bytes | None = None) -> Logs:
+        """The logs under ``data_dir``; with ``key`` (``privacy.audit_key``) their writes are sealed."""
+        return cls(*(DayLog(data_dir / name, "event_time", key=key) for name in ("decisions", "labels", "deliveries",
+                                                                                "shadow")))  # fmt: skip
+
+    def all(self) -> dict[str, DayLog]:
+        """Each log by name."""
+        return {"decisions": self.decisions, "labels": self.labels, "deliveries": self.deliveries,
+                "shadow": self.shadow}  # fmt: skip

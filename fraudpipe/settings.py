@@ -20,8 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
+    "DEV_AUDIT_KEY",
     "DEV_TOKENIZATION_KEY",
     "ApiSettings",
+    "GovernanceSettings",
     "KafkaSettings",
     "MetricsSettings",
     "PathSettings",
@@ -33,11 +35,13 @@ __all__ = [
     "TopicSettings",
     "TrainingSettings",
     "WebSettings",
+    "WorkerSettings",
     "env_example",
     "get_settings",
 ]
 
 DEV_TOKENIZATION_KEY = "dev-only-tokenization-key-change-me-in-production"
+DEV_AUDIT_KEY = "dev-only-audit-key-change-me-in-production"
 Port = Annotated[int, Field(ge=1, le=65_535)]
 
 
@@ -182,9 +186,41 @@ class TrainingSettings(_Section):
 
 
 class PrivacySettings(_Section):
-    """PAN tokenization. The key must be set (>= 32 characters, not the dev key) when ``environment=prod``."""
+    """PAN tokenization, audit seals, erasure and retention. The keys must be set (>= 32 characters, not the dev
+    key) when ``environment=prod``.
+
+    Retention is in days of event time, enforced by ``fraudpipe privacy retain`` (0 keeps forever). Online features
+    need no setting: their Redis keys expire on their own (the feature store's TTLs).
+    """
 
     tokenization_key: SecretStr = SecretStr(DEV_TOKENIZATION_KEY)
+    audit_key: SecretStr = SecretStr(DEV_AUDIT_KEY)
+    """HMAC key sealing every decision-log row (``fraudpipe audit verify``) and digesting erased subjects."""
+    erasure_poll_s: Annotated[float, Field(gt=0.0)] = 5.0
+    """How often a worker re-reads the erasure list from Redis."""
+    retain_decisions_days: Annotated[int, Field(ge=0)] = 400
+    retain_labels_days: Annotated[int, Field(ge=0)] = 400
+    retain_deliveries_days: Annotated[int, Field(ge=0)] = 400
+    retain_shadow_days: Annotated[int, Field(ge=0)] = 90
+    retain_alerts_days: Annotated[int, Field(ge=0)] = 90
+    """The alert sinks' copies: the Redis alert stream and the JSONL file."""
+
+
+class GovernanceSettings(_Section):
+    """Fairness reports and model cards. Segments come from a table keyed by ``segment_key`` (the simulator's
+    ``customers.parquet``, keyed by card token); ``protected_attributes`` may never be model features."""
+
+    segments_path: Path | None = None
+    segment_key: str = "card_token"
+    segment_columns: tuple[str, ...] = ("home_country", "age_band")
+    protected_attributes: tuple[str, ...] = (
+        "age", "age_band", "gender", "sex", "ethnicity", "race", "religion", "nationality", "home_country",
+        "marital_status", "disability",
+    )  # fmt: skip
+    disparity_bound: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8
+    """A segment's ratio to the reference segment outside [bound, 1 / bound] is flagged (the four-fifths rule)."""
+    min_segment_decisions: Annotated[int, Field(ge=1)] = 200
+    """Smaller segments are reported but never flagged: their rates are noise."""
 
 
 class PathSettings(_Section):
@@ -268,6 +304,13 @@ class RetrainSettings(_Section):
     """How much AUC or recall at 1 % FPR may drop against the champion."""
 
 
+class WorkerSettings(_Section):
+    """Which agents a ``fraudpipe worker`` runs: ``score`` (transactions → decisions and alerts), ``alerts`` (alert
+    sinks), ``labels`` (label-derived features and the label log). Run them apart to scale them apart."""
+
+    agents: tuple[Literal["score", "alerts", "labels"], ...] = ("score", "alerts", "labels")
+
+
 class WebSettings(_Section):
     """Faust's own web server (it can serve table contents): off by default, loopback when on."""
 
@@ -297,8 +340,10 @@ class Settings(BaseSettings):
     scoring: ScoringSettings = ScoringSettings()
     training: TrainingSettings = TrainingSettings()
     privacy: PrivacySettings = PrivacySettings()
+    governance: GovernanceSettings = GovernanceSettings()
     paths: PathSettings = PathSettings()
     web: WebSettings = WebSettings()
+    worker: WorkerSettings = WorkerSettings()
     metrics: MetricsSettings = MetricsSettings()
     monitor: MonitorSettings = MonitorSettings()
     retrain: RetrainSettings = RetrainSettings()
@@ -307,9 +352,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _production_key(self) -> Settings:
-        key = self.privacy.tokenization_key.get_secret_value()
-        if self.environment == "prod" and (key == DEV_TOKENIZATION_KEY or len(key) < 32):
-            raise ValueError("FRAUD_PRIVACY__TOKENIZATION_KEY must be set to a secret of >= 32 characters in prod")
+        if self.environment != "prod":
+            return self
+        for name, dev in (("tokenization_key", DEV_TOKENIZATION_KEY), ("audit_key", DEV_AUDIT_KEY)):
+            key = getattr(self.privacy, name).get_secret_value()
+            if key == dev or len(key) < 32:
+                raise ValueError(f"FRAUD_PRIVACY__{name.upper()} must be set to a secret of >= 32 characters in prod")
         return self
 
 

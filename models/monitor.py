@@ -17,7 +17,7 @@ the model that served them (:mod:`models.drift`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,7 @@ __all__ = [
     "latest_labels",
     "live_drift",
     "live_quality",
+    "matured_before",
     "rollback_reason",
 ]
 
@@ -59,6 +60,12 @@ def latest_labels(labels: pl.DataFrame, as_of: datetime) -> pl.DataFrame:
     )
 
 
+def matured_before(as_of: datetime, maturity: timedelta) -> date:
+    """The first event day not matured by ``as_of``: every day before it ended at least ``maturity`` before
+    ``as_of`` (days are UTC days when ``as_of`` is UTC)."""
+    return (as_of - maturity).date()
+
+
 def live_quality(decisions: pl.DataFrame, labels: pl.DataFrame, *, as_of: datetime, maturity: timedelta,
                  k: int = 100) -> pl.DataFrame:  # fmt: skip
     """Quality per event day and model version (QUALITY_COLUMNS), days in order."""
@@ -73,6 +80,7 @@ def live_quality(decisions: pl.DataFrame, labels: pl.DataFrame, *, as_of: dateti
             model_version=pl.col("model_version").fill_null("none"),
         )
     )
+    cutoff = matured_before(as_of, maturity)
     out: list[dict[str, Any]] = []
     for (day, version), group in rows.group_by("day", "model_version", maintain_order=True):
         n = group.height
@@ -84,12 +92,11 @@ def live_quality(decisions: pl.DataFrame, labels: pl.DataFrame, *, as_of: dateti
         scores = scored.get_column("score").to_numpy()
         both = 0 < truth.sum() < len(truth)
         cp = card_precision_at_k([day] * scored.height, scored.get_column("card_token").to_list(), truth, scores, k)
-        day_end = datetime.combine(day, datetime.min.time(), tzinfo=as_of.tzinfo) + timedelta(days=1)
         out.append(
             {
                 "day": day,
                 "model_version": version,
-                "matured": as_of >= day_end + maturity,
+                "matured": day < cutoff,
                 "decisions": n,
                 "alerts": alerts,
                 "alert_rate": alerts / n,

@@ -6,6 +6,8 @@ Layout under ``settings.paths.models_dir``::
     versions/v0001/manifest.json    Manifest: features in order, params, windows, metrics, thresholds, reference
                                     distributions, data fingerprint, SHA-256 of model.txt
     versions/v0001/report.html      the version's report, when one was written
+    versions/v0001/card.md          the model card (models.card): intended use, data, metrics overall and per
+                                    segment, fairness summary, limitations
     aliases.json                    {"champion": "v0001", "challenger": null}
     aliases.log.jsonl               every alias change: when, alias, version, previous, by, why, action
 
@@ -13,6 +15,7 @@ A version is written in a staging folder and renamed into ``versions/`` in one s
 with ``os.replace``: a reader sees a whole version and a whole alias file, or none. Writers serialize on a lock file.
 :meth:`Registry.load` verifies the model file's SHA-256 *before* parsing it, refuses anything that is not a LightGBM
 text model, and checks the feature names against the manifest and :data:`features.definitions.FEATURE_NAMES`.
+The card and the report are documents about a version, not part of what is verified: only ``model.txt`` is hashed.
 """
 
 from __future__ import annotations
@@ -36,12 +39,14 @@ import lightgbm as lgb
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from features.definitions import FEATURE_NAMES
+from models.card import render_card
 
-__all__ = ["ALIASES", "IntegrityError", "LoadedModel", "Manifest", "Registry", "RegistryError"]
+__all__ = ["ALIASES", "CARD_FILE", "IntegrityError", "LoadedModel", "Manifest", "Registry", "RegistryError"]
 
 ALIASES = ("champion", "challenger")
 _VERSION = re.compile(r"^v\d{4,}$")
 _MODEL_FILE = "model.txt"
+CARD_FILE = "card.md"
 
 
 class RegistryError(Exception):
@@ -118,8 +123,12 @@ class Registry:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def register(self, booster: lgb.Booster, fields: dict[str, Any], report_html: str | None = None) -> Manifest:
+    def register(self, booster: lgb.Booster, fields: dict[str, Any], report_html: str | None = None, *,
+                 segment_metrics: dict[str, Any] | None = None) -> Manifest:  # fmt: skip
         """Store ``booster`` as a new version; ``fields`` are the Manifest's other fields. Returns its manifest.
+
+        The version's model card is written with it, showing ``segment_metrics`` (as
+        :func:`models.fairness.card_segments` gives them) or saying that no segment data was supplied.
 
         Raises:
             RegistryError: the booster's features are not FEATURE_NAMES.
@@ -149,6 +158,7 @@ class Registry:
                     **fields,
                 )
                 _write_atomic(staging / "manifest.json", manifest.model_dump_json(indent=2).encode())
+                _write_atomic(staging / CARD_FILE, render_card(manifest, segment_metrics).encode())
                 try:
                     staging.rename(self.versions_dir / version)
                 except OSError:  # another writer took this number: try the next one
@@ -263,6 +273,17 @@ class Registry:
         if manifest.version != version:
             raise IntegrityError(f"{version}: its manifest says it is {manifest.version}")
         return manifest
+
+    def card(self, ref: str) -> str:
+        """The model card of ``ref``: its ``card.md``, or for a version registered before cards, one rendered from
+        its manifest (without segment metrics).
+
+        Raises:
+            RegistryError / IntegrityError: unknown, or a manifest that does not parse.
+        """
+        manifest = self.manifest(ref)
+        path = self.versions_dir / manifest.version / CARD_FILE
+        return path.read_text() if path.exists() else render_card(manifest)
 
     def load(self, ref: str) -> LoadedModel:
         """The verified model of ``ref`` (version or alias).

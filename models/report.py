@@ -10,6 +10,9 @@ gain; and a few alerts with their reasons (contributions that raise the score in
 object-oriented ``Figure`` API (no pyplot, no GUI backend, no global state), their text kept as text; the output is
 the same for the same data. When the test window holds only one class, ROC and precision-recall are undefined and a
 note stands in place of both curves. ``write_report`` writes that string to a file atomically.
+
+The other HTML reports (the fairness report, :mod:`models.fairness_report`) share this one's look and drawing:
+``STYLE`` and ``CSS``, ``new_axes``, ``svg_figure``, ``html_table``, ``html_note`` and ``write_html``.
 """
 
 from __future__ import annotations
@@ -30,14 +33,28 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
-__all__ = ["ReportData", "render_report", "write_report"]
+__all__ = [
+    "CSS",
+    "FRAUD",
+    "GENUINE",
+    "GREY",
+    "STYLE",
+    "ReportData",
+    "html_note",
+    "html_table",
+    "new_axes",
+    "render_report",
+    "svg_figure",
+    "write_html",
+    "write_report",
+]
 
 TOP_FEATURES = 20
 FRAUD, GENUINE, GREY = "#c0392b", "#2e86c1", "#7f8c8d"
 # Text stays text in the SVG (smaller, searchable); a fixed salt makes the SVG ids, hence the report, reproducible.
-_STYLE: dict[Any, Any] = {"svg.fonttype": "none", "svg.hashsalt": "fraudpipe", "font.size": 9}
+STYLE: dict[Any, Any] = {"svg.fonttype": "none", "svg.hashsalt": "fraudpipe", "font.size": 9}
 _NO_METADATA = {"Date": None, "Creator": None, "Format": None, "Type": None}
-_CSS = """
+CSS = """
 body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 1.5em 1.5em 0}
 th,td{border:1px solid #ccc;padding:.2em .6em;text-align:left}
@@ -76,23 +93,23 @@ def render_report(data: ReportData) -> str:
     if truth.shape != scores.shape:
         raise ValueError(f"truth has {truth.size} entries but scores {scores.size}")
     frauds = int(truth.sum())
-    with mpl.rc_context(_STYLE):
+    with mpl.rc_context(STYLE):
         if 0 < frauds < truth.size:
-            curves = _figure("roc", _roc(truth, scores)) + _figure("pr", _precision_recall(truth, scores))
+            curves = svg_figure("roc", _roc(truth, scores)) + svg_figure("pr", _precision_recall(truth, scores))
         else:
-            curves = _note(
+            curves = html_note(
                 f"No ROC or precision-recall curve: both need frauds and genuine transactions, and the test "
                 f"window has {frauds:,} frauds among {truth.size:,} transactions."
             )
-        distributions = _figure("scores", _distributions(truth, scores))
-        per_day = _figure("cp", _cp_per_day(data.cp_per_day, data.k)) if data.cp_per_day else _note("No days.")
-        gains = _figure("importance", _importance(data.importance)) if data.importance else _note("No features.")
-    alerts = "".join(_explanation(alert) for alert in data.explanations) or _note("No alerts explained.")
+        distributions = svg_figure("scores", _distributions(truth, scores))
+        per_day = svg_figure("cp", _cp_per_day(data.cp_per_day, data.k)) if data.cp_per_day else html_note("No days.")
+        gains = svg_figure("importance", _importance(data.importance)) if data.importance else html_note("No features.")
+    alerts = "".join(_explanation(alert) for alert in data.explanations) or html_note("No alerts explained.")
     title = html.escape(data.title)
     return (
         f'<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8"><title>{title}</title>'
-        f"<style>{_CSS}</style></head>\n<body>\n<h1>{title}</h1>\n"
-        f"<h2>Headline metrics</h2>\n{_table(['metric', 'value'], data.metrics.items())}\n"
+        f"<style>{CSS}</style></head>\n<body>\n<h1>{title}</h1>\n"
+        f"<h2>Headline metrics</h2>\n{html_table(['metric', 'value'], data.metrics.items())}\n"
         f"<h2>Windows</h2>\n{_windows(data.windows)}\n"
         f"<h2>Ranking</h2>\n{curves}\n<h2>Score distributions</h2>\n{distributions}\n"
         f"<h2>Card precision@{data.k} per day</h2>\n{per_day}\n"
@@ -103,7 +120,11 @@ def render_report(data: ReportData) -> str:
 
 def write_report(data: ReportData, path: Path) -> None:
     """render_report to ``path`` atomically (temp file in the same folder + os.replace)."""
-    document = render_report(data)
+    write_html(render_report(data), path)
+
+
+def write_html(document: str, path: Path) -> None:
+    """``document`` to ``path`` atomically (temp file in the same folder + os.replace)."""
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")  # not mkstemp: keep the umask's mode
     try:
         with temporary.open("x", encoding="utf-8") as file:
@@ -118,7 +139,7 @@ def _roc(truth: np.ndarray, scores: np.ndarray) -> Figure:
     fpr, tpr, _ = roc_curve(truth, scores)
     auc = float(roc_auc_score(truth, scores))
     tpr_at_1pct = float(tpr[fpr <= 0.01].max())  # fpr[0] is 0, so never empty
-    fig, ax = _axes(4.8, 4.4)
+    fig, ax = new_axes(4.8, 4.4)
     ax.plot(fpr, tpr, color=FRAUD, label=f"model (AUC = {auc:.4f})")
     ax.plot([0, 1], [0, 1], color=GREY, linestyle="--", linewidth=1, label="chance")
     ax.plot([0.01], [tpr_at_1pct], "ko", label=f"FPR 1 %: TPR {tpr_at_1pct:.3f}")
@@ -130,7 +151,7 @@ def _roc(truth: np.ndarray, scores: np.ndarray) -> Figure:
 def _precision_recall(truth: np.ndarray, scores: np.ndarray) -> Figure:
     precision, recall, _ = precision_recall_curve(truth, scores, drop_intermediate=True)
     ap, base_rate = float(average_precision_score(truth, scores)), float(truth.mean())
-    fig, ax = _axes(4.8, 4.4)
+    fig, ax = new_axes(4.8, 4.4)
     ax.plot(recall, precision, color=FRAUD, drawstyle="steps-post", label=f"model (AP = {ap:.4f})")
     ax.axhline(base_rate, color=GREY, linestyle="--", linewidth=1, label=f"base rate {base_rate:.4f}")
     ax.set(title="Precision-recall curve", xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
@@ -140,7 +161,7 @@ def _precision_recall(truth: np.ndarray, scores: np.ndarray) -> Figure:
 
 def _distributions(truth: np.ndarray, scores: np.ndarray) -> Figure:
     bins = np.histogram_bin_edges(scores, bins=50).tolist()
-    fig, ax = _axes(6.4, 3.6)
+    fig, ax = new_axes(6.4, 3.6)
     for label, mask, colour in (("genuine", truth == 0, GENUINE), ("fraud", truth == 1, FRAUD)):
         if mask.any():
             ax.hist(scores[mask], bins=bins, color=colour, alpha=0.55, label=f"{label} ({int(mask.sum()):,})")
@@ -154,7 +175,7 @@ def _distributions(truth: np.ndarray, scores: np.ndarray) -> Figure:
 def _cp_per_day(cp_per_day: Sequence[tuple[str, float]], k: int) -> Figure:
     days, values = [day for day, _ in cp_per_day], np.array([value for _, value in cp_per_day], dtype=np.float64)
     mean = float(values.mean())
-    fig, ax = _axes(min(max(6.4, 0.22 * len(days)), 14.0), 3.6)
+    fig, ax = new_axes(min(max(6.4, 0.22 * len(days)), 14.0), 3.6)
     ax.bar(np.arange(len(days)), values, color=GENUINE)
     ax.axhline(mean, color=FRAUD, linestyle="--", label=f"mean {mean:.3f}")
     ax.set_xticks(np.arange(len(days)), days, rotation=90, fontsize=7, parse_math=False)
@@ -165,7 +186,7 @@ def _cp_per_day(cp_per_day: Sequence[tuple[str, float]], k: int) -> Figure:
 
 def _importance(importance: Mapping[str, float]) -> Figure:
     top = sorted(importance.items(), key=lambda item: (-item[1], item[0]))[:TOP_FEATURES][::-1]  # largest on top
-    fig, ax = _axes(6.4, 0.9 + 0.24 * len(top))
+    fig, ax = new_axes(6.4, 0.9 + 0.24 * len(top))
     ax.barh(np.arange(len(top)), [gain for _, gain in top], color=GENUINE)
     ax.set_yticks(np.arange(len(top)), [name for name, _ in top], parse_math=False)  # a name may hold "$"
     ax.set(title="Feature importance", xlabel="total gain")
@@ -180,20 +201,22 @@ def _explanation(alert: Mapping[str, object]) -> str:
             rows.append([reason.get(key) for key in ("feature", "value", "contribution", "direction")])
             classes.append(str(reason.get("direction")) if reason.get("direction") in ("raises", "lowers") else "")
     caption = f"{_text(alert.get('txn_id'))} — score {_text(alert.get('score'))}"
-    return _table(["feature", "value", "contribution", "direction"], rows, classes, caption)
+    return html_table(["feature", "value", "contribution", "direction"], rows, classes, caption)
 
 
 def _windows(windows: Mapping[str, object]) -> str:
     spans = {name: span if isinstance(span, Mapping) else {"value": span} for name, span in windows.items()}
     if not spans:
-        return _note("No windows given.")
+        return html_note("No windows given.")
     columns = list(dict.fromkeys(key for span in spans.values() for key in span))
     rows = [[name, *(span.get(column) for column in columns)] for name, span in spans.items()]
-    return _table(["window", *map(str, columns)], rows)
+    return html_table(["window", *map(str, columns)], rows)
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[object]], classes: Sequence[str] = (),
-           caption: str = "") -> str:  # fmt: skip
+def html_table(header: Sequence[str], rows: Iterable[Sequence[object]], classes: Sequence[str] = (),
+               caption: str = "") -> str:  # fmt: skip
+    """An HTML table: ``header`` cells, then one row per item of ``rows`` (``classes[i]``: the CSS class of row
+    ``i``, if any); numbers right-aligned, every cell escaped."""
     head = "".join(f"<th>{html.escape(name)}</th>" for name in header)
     body = []
     for index, row in enumerate(rows):
@@ -222,11 +245,12 @@ def _numeric(value: object) -> str:
     return ' class="num"' if numeric else ""
 
 
-def _note(text: str) -> str:
+def html_note(text: str) -> str:
+    """``text``, escaped, as a highlighted note paragraph."""
     return f'<p class="note">{html.escape(text)}</p>'
 
 
-def _axes(width: float, height: float) -> tuple[Figure, Axes]:
+def new_axes(width: float, height: float) -> tuple[Figure, Axes]:
     """A figure of ``width`` x ``height`` inches with one axes; constrained layout (no tight_layout warnings)."""
     fig = Figure(figsize=(width, height), layout="constrained")
     ax = fig.add_subplot()
@@ -234,7 +258,7 @@ def _axes(width: float, height: float) -> tuple[Figure, Axes]:
     return fig, ax
 
 
-def _figure(name: str, fig: Figure) -> str:
+def svg_figure(name: str, fig: Figure) -> str:
     """``fig`` as an inline SVG in a ``<figure id=name>``; its ids are prefixed with ``name`` to stay unique."""
     buffer = io.StringIO()
     fig.savefig(buffer, format="svg", metadata=_NO_METADATA)

@@ -14,6 +14,9 @@ stops the run with the list of what failed.
 The promotion gate (:func:`gate`): the challenger's AP and CP@k on the holdout beat the champion's by at least their
 margins, and neither AUC nor recall at 1 % FPR drops by more than ``max_drop``. The champion is re-scored on the
 holdout's served features, so both are judged on the very same rows.
+
+Given a segment table (``segments``), the challenger's model card shows its metrics and fairness per segment on the
+holdout (:func:`models.fairness.card_segments`, bounds from ``governance``).
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ import numpy as np
 import polars as pl
 
 from features.definitions import FEATURE_NAMES
-from fraudpipe.settings import RetrainSettings, TrainingSettings
+from fraudpipe.settings import GovernanceSettings, RetrainSettings, TrainingSettings
 from models.dataset import fingerprint
 from models.drift import psi
 from models.evaluation import measure
-from models.monitor import latest_decisions, latest_labels
+from models.fairness import Segments, card_segments
+from models.monitor import latest_decisions, latest_labels, matured_before
 from models.protocol import window_of
 from models.reference import reference
 from models.registry import Registry
@@ -77,7 +81,7 @@ class Plan:
 
 def plan(as_of: datetime, settings: RetrainSettings, maturity: timedelta) -> Plan:
     """The most recent windows whose days are all matured by ``as_of``."""
-    end = (as_of - maturity).date()  # days before this one have ended at least `maturity` ago
+    end = matured_before(as_of, maturity)
     holdout = (end - timedelta(days=settings.holdout_days), end)
     valid = (holdout[0] - timedelta(days=settings.valid_days), holdout[0])
     return Plan((valid[0] - timedelta(days=settings.train_days), valid[0]), valid, holdout)
@@ -166,7 +170,8 @@ def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def retrain(decisions: pl.DataFrame, labels: pl.DataFrame, registry: Registry, *, as_of: datetime,
             maturity: timedelta, settings: RetrainSettings, training: TrainingSettings, k: int = 100,
-            by: str | None = None) -> Outcome:  # fmt: skip
+            by: str | None = None, segments: Segments | None = None,
+            governance: GovernanceSettings | None = None) -> Outcome:  # fmt: skip
     """Train a challenger on the served history matured by ``as_of``, register it (alias ``challenger``), and
     promote it to ``champion`` if it passes the gate.
 
@@ -200,6 +205,7 @@ def retrain(decisions: pl.DataFrame, labels: pl.DataFrame, registry: Registry, *
         outcome.metrics["champion"] = _headline(old)
         outcome.refusals = gate(old, new, settings)
     truth = valid.get_column("is_fraud").cast(pl.Int8).to_numpy()
+    thresholds = choose_thresholds(truth, valid_scores, valid.get_column("event_time").dt.date().to_list())
     fields = {
         "created_by": by,
         "params": lgb_params(training),
@@ -210,12 +216,18 @@ def retrain(decisions: pl.DataFrame, labels: pl.DataFrame, registry: Registry, *
             "train_seconds": round(fitted.seconds, 2),
             "champion_on_holdout": outcome.metrics.get("champion"),
         },
-        "thresholds": choose_thresholds(truth, valid_scores, valid.get_column("event_time").dt.date().to_list()),
+        "thresholds": thresholds,
         "data_fingerprint": fingerprint(train),
         "reference": reference(inputs, scores),
         "notes": "retrained from the decision log",
     }
-    manifest = registry.register(fitted.booster, fields)
+    segment_metrics = None
+    if segments is not None:
+        bounds = governance or GovernanceSettings()
+        segment_metrics = card_segments(holdout.with_columns(score=pl.Series(scores)), thresholds, segments,
+                                        window="holdout", bound=bounds.disparity_bound,
+                                        min_decisions=bounds.min_segment_decisions)  # fmt: skip
+    manifest = registry.register(fitted.booster, fields, segment_metrics=segment_metrics)
     outcome.challenger = manifest.version
     registry.promote(manifest.version, alias="challenger", by=by, why="retrained challenger")
     if not outcome.refusals:

@@ -21,17 +21,19 @@ import asyncio
 import json
 import logging
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import polars as pl
 
 from features.definitions import FEATURE_NAMES
 from features.store import RedisFeatureStore, StoreUnavailableError, redis_client
+from fraudpipe.audit import EVENT_COLUMNS
 from fraudpipe.clock import SystemClock
 from fraudpipe.codec import dead_letter, encode
 from fraudpipe.contracts import Alert, Decision, Label, Reason, Transaction
-from fraudpipe.logstore import DayLog
+from fraudpipe.logstore import DayLog, Logs
+from fraudpipe.privacy import ErasureList
 from fraudpipe.settings import TopicSettings
 from models.registry import Registry
 from streams import metrics
@@ -47,7 +49,7 @@ from streams.pipeline import Batch, FeatureStore, Models, Pipeline, from_setting
 from streams.publisher import KafkaPublisher, Message, Publisher
 from streams.sinks import Dispatcher, build_sinks
 
-__all__ = ["apply_labels", "decision_rows", "deliver_alerts", "score_transactions"]
+__all__ = ["AGENTS", "apply_labels", "decision_rows", "deliver_alerts", "delivery_rows", "score_transactions"]
 
 log = logging.getLogger(__name__)
 clock = SystemClock()
@@ -67,9 +69,21 @@ def make_publisher() -> Publisher:
     return KafkaPublisher(settings.kafka)
 
 
+def make_logs() -> Logs:
+    """The worker's logs under ``data_dir``, sealed with ``privacy.audit_key``; unit tests point them elsewhere."""
+    return Logs.under(settings.paths.data_dir, settings.privacy.audit_key.get_secret_value().encode())
+
+
 def make_decision_log() -> DayLog:
-    """The decision log (``data_dir/decisions``); unit tests point it elsewhere."""
-    return DayLog(settings.paths.data_dir / "decisions", "event_time")
+    """The decision log (``data_dir/decisions``)."""
+    return make_logs().decisions
+
+
+def make_erasures() -> ErasureList:
+    """The erasure list in Redis (:mod:`fraudpipe.privacy`); unit tests put a dict here."""
+    return ErasureList.in_redis(redis_client(settings.redis), settings.redis.key_prefix,
+                                settings.privacy.audit_key.get_secret_value().encode(),
+                                poll_s=settings.privacy.erasure_poll_s, clock=clock)  # fmt: skip
 
 
 def make_shadow() -> tuple[Models, DayLog] | None:
@@ -80,7 +94,7 @@ def make_shadow() -> tuple[Models, DayLog] | None:
     models = Models(Registry(settings.paths.models_dir), "challenger", threads=scoring.model_threads,
                     poll_s=scoring.model_poll_s, clock=clock)  # fmt: skip
     models.refresh(force=True)  # no challenger yet: the shadow stays idle until one is promoted
-    return models, DayLog(settings.paths.data_dir / "shadow", "event_time")
+    return models, make_logs().shadow
 
 
 def _shadow(pipeline: Pipeline, batch: Batch | None, shadow: tuple[Models, DayLog] | None) -> None:
@@ -134,6 +148,7 @@ async def score_transactions(stream: Any) -> None:
     repairs = _Repairs(pipeline.store)
     publisher = make_publisher()
     decision_log = make_decision_log()
+    erasures = make_erasures()
     shadow = make_shadow()
     topic = settings.topics.full(settings.topics.transactions)
     dlq = settings.topics.full(TopicSettings.dlq_of(settings.topics.transactions))
@@ -158,8 +173,11 @@ async def score_transactions(stream: Any) -> None:
             failed_at=now,
         )
         dead = list(result.dead)
-        records = [record for record, _ in result.valid]
-        txns = [txn for _, txn in result.valid]
+        erasures.refresh()
+        valid, erased = erasures.split(result.valid, lambda pair: pair[1].card_token, lambda pair: pair[1].event_time)
+        metrics.ERASED.labels(topic).inc(erased)
+        records = [record for record, _ in valid]
+        txns = [txn for _, txn in valid]
         try:
             if scoring.mode == "naive":  # fraudpipe bench's floor: one store call and one model call per event
                 batch = pipeline.score_one_by_one(txns, [received] * len(txns))
@@ -193,7 +211,7 @@ async def score_transactions(stream: Any) -> None:
             out.append((dlq, record.key or b"", encode(letter)))
             metrics.DEAD_LETTERS.labels(topic, letter.reason.value).inc()
         # Logged before publishing: a crash in between redelivers the batch, which logs (and publishes) again.
-        decision_log.append(decision_rows(decided))
+        decision_log.append(decision_rows(decided, txns))
         await publisher.publish(out)
         published = time.time()
         for event in events:
@@ -223,8 +241,10 @@ def _outputs(decisions: list[Any], alerts: list[Any]) -> list[Message]:
 @app.agent(alerts_topic, concurrency=1)
 async def deliver_alerts(stream: Any) -> None:
     """Hand alerts to the configured sinks (:mod:`streams.sinks`); dead-letter what a sink gave up on."""
-    dispatcher = Dispatcher(build_sinks(settings.sinks, settings.redis.url), settings.sinks.budget_s)
+    sinks = build_sinks(settings.sinks, settings.redis.url, settings.redis.key_prefix)
+    dispatcher = Dispatcher(sinks, settings.sinks.budget_s)
     await dispatcher.setup()
+    deliveries = make_logs().deliveries
     publisher = make_publisher()
     topic = settings.topics.full(settings.topics.alerts)
     dlq = settings.topics.full(TopicSettings.dlq_of(settings.topics.alerts))
@@ -242,14 +262,33 @@ async def deliver_alerts(stream: Any) -> None:
             letter = dead_letter(encode(alert), reason=Reason.SINK_FAILED, detail=f"sink {name} gave up",
                                  source_topic=topic, source_partition=-1, source_offset=-1, failed_at=now)  # fmt: skip
             dead.append((RawRecord(topic, -1, -1, alert.card_token.encode(), None), letter))
+        deliveries.append(delivery_rows(dispatcher.delivered, dispatcher.dead, now))
         dispatcher.dead.clear()
+        dispatcher.delivered.clear()
         await publisher.publish([(dlq, record.key or b"", encode(letter)) for record, letter in dead])
+
+
+def delivery_rows(delivered: list[tuple[str, Alert]], dead: list[tuple[str, Alert]], at: datetime) -> pl.DataFrame:
+    """The delivery log's rows: which sink took (``delivered``) or gave up on (``gave_up``) which alert, when."""
+    done = [(sink, alert, "delivered") for sink, alert in delivered] + [(sink, a, "gave_up") for sink, a in dead]
+    return pl.DataFrame(
+        {
+            "alert_id": [alert.alert_id for _, alert, _ in done],
+            "txn_id": [alert.txn_id for _, alert, _ in done],
+            "card_token": [alert.card_token for _, alert, _ in done],
+            "event_time": [alert.event_time for _, alert, _ in done],
+            "sink": [sink for sink, _, _ in done],
+            "outcome": [outcome for _, _, outcome in done],
+            "at": [at] * len(done),
+        },
+        schema_overrides={"event_time": pl.Datetime("us", "UTC"), "at": pl.Datetime("us", "UTC")},
+    )
 
 
 def make_label_store() -> tuple[LabelApplier, DayLog]:
     """Where labels go: the online store (label-derived features) and the label log; unit tests put twins here."""
     store = RedisFeatureStore(redis_client(settings.redis), settings.redis.key_prefix)
-    return store, DayLog(settings.paths.data_dir / "labels", "event_time")
+    return store, make_logs().labels
 
 
 @app.agent(labels_topic, concurrency=1)
@@ -258,6 +297,7 @@ async def apply_labels(stream: Any) -> None:
     version) and append them to the label log. While Redis does not answer, the agent waits and retries: a label is
     never acknowledged before it is applied."""
     store, label_log = make_label_store()
+    erasures = make_erasures()
     publisher = make_publisher()
     topic = settings.topics.full(settings.topics.labels)
     dlq = settings.topics.full(TopicSettings.dlq_of(settings.topics.labels))
@@ -265,7 +305,10 @@ async def apply_labels(stream: Any) -> None:
         now = clock.now()
         metrics.EVENTS_IN.labels(topic).inc(len(events))
         result = intake((_raw(event) for event in events), Label, latest_event_time=None, failed_at=now)
-        labels = [label for _, label in result.valid]
+        erasures.refresh()
+        labels, erased = erasures.split([label for _, label in result.valid], lambda x: x.card_token,
+                                        lambda x: x.event_time)  # fmt: skip
+        metrics.ERASED.labels(topic).inc(erased)
         while True:
             try:
                 applied = store.apply_labels(labels)
@@ -281,11 +324,13 @@ async def apply_labels(stream: Any) -> None:
         await publisher.publish([(dlq, record.key or b"", encode(letter)) for record, letter in result.dead])
 
 
-def decision_rows(decisions: list[Decision]) -> pl.DataFrame:
-    """The decision log's rows, built column by column: the audit fields, one column per feature as served
-    (``f_<name>``), reason codes as JSON text. The scorer agent writes them to ``data_dir/decisions`` (by event day)
-    before publishing each batch: the training source of the feedback loop, features exactly as served.
-    Redeliveries append again; readers de-duplicate by ``txn_id``."""
+def decision_rows(decisions: list[Decision], txns: list[Transaction]) -> pl.DataFrame:
+    """The decision log's rows, built column by column: the audit fields, the event's fields (``EVENT_COLUMNS``,
+    from ``txns`` by id), one column per feature as served (``f_<name>``), reason codes as JSON text. The scorer
+    agent writes them to ``data_dir/decisions`` (by event day) before publishing each batch: the audit trail, and
+    the training source of the feedback loop (features exactly as served). Redeliveries append again; readers
+    de-duplicate by ``txn_id``."""
+    events = {txn.txn_id: txn for txn in txns}
     columns: dict[str, Any] = {
         "txn_id": [d.txn_id for d in decisions],
         "card_token": [d.card_token for d in decisions],
@@ -304,7 +349,14 @@ def decision_rows(decisions: list[Decision]) -> pl.DataFrame:
         "reason_codes": [json.dumps([c.model_dump() for c in d.reason_codes]) if d.reason_codes else "[]"
                          for d in decisions],
     }  # fmt: skip
+    for name in EVENT_COLUMNS:
+        columns[name] = [getattr(events[d.txn_id], name) for d in decisions]
     for name in FEATURE_NAMES:
         columns[f"f_{name}"] = pl.Series([d.features.get(name) for d in decisions], dtype=pl.Float64)
-    schema = {"score": pl.Float64, "model_version": pl.String, "model_sha256": pl.String}
+    schema = {name: pl.String for name in EVENT_COLUMNS} | {"lat": pl.Float64, "lon": pl.Float64}
+    schema |= {"score": pl.Float64, "model_version": pl.String, "model_sha256": pl.String}
     return pl.DataFrame(columns, schema_overrides=schema)
+
+
+AGENTS = {"score": score_transactions, "alerts": deliver_alerts, "labels": apply_labels}
+"""The agents by the names ``FRAUD_WORKER__AGENTS`` uses."""

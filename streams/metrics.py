@@ -15,6 +15,7 @@ __all__ = [
     "DRIFT_BREACHES",
     "DRIFT_PSI",
     "END_TO_END",
+    "ERASED",
     "EVENTS_IN",
     "LABELS_APPLIED",
     "LIVE_QUALITY",
@@ -38,6 +39,7 @@ PUBLISHED = Counter("fraudpipe_events_out", "Records published", ["topic"])
 DECISIONS = Counter("fraudpipe_decisions", "Decisions by outcome", ["outcome"])
 DEAD_LETTERS = Counter("fraudpipe_dead_letters", "Records dead-lettered, by reason", ["topic", "reason"])
 DEGRADED = Counter("fraudpipe_degraded_decisions", "Decisions taken without features (fallback policy)")
+ERASED = Counter("fraudpipe_erased_events", "Events of erased cards dropped (dated up to their erasure)", ["topic"])
 REDELIVERED = Counter("fraudpipe_redelivered", "Transactions seen again, answered with their remembered decision")
 END_TO_END = Histogram(
     "fraudpipe_end_to_end_seconds", "Event produced (Kafka timestamp) to decision published", buckets=_LATENCY

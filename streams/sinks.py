@@ -77,10 +77,11 @@ class LogSink:
 
 
 class _Marked:
-    """Idempotency through Redis markers (``SET NX``) shared by every worker."""
+    """Idempotency through Redis markers (``SET NX``) shared by every worker: ``<key prefix>sunk:<sink>:<alert
+    id>``, each kept ``ttl_s``."""
 
-    def __init__(self, client: aioredis.Redis, name: str, ttl_s: int) -> None:
-        self.client, self.prefix, self.ttl_s = client, f"fp:sunk:{name}:", ttl_s
+    def __init__(self, client: aioredis.Redis, key_prefix: str, name: str, ttl_s: int) -> None:
+        self.client, self.prefix, self.ttl_s = client, f"{key_prefix}sunk:{name}:", ttl_s
 
     async def claim(self, alerts: Sequence[Alert]) -> list[Alert]:
         pipe = self.client.pipeline(transaction=False)
@@ -99,9 +100,9 @@ class RedisStreamSink:
 
     name = "redis_stream"
 
-    def __init__(self, client: aioredis.Redis, key: str, maxlen: int, ttl_s: int) -> None:
+    def __init__(self, client: aioredis.Redis, key: str, maxlen: int, ttl_s: int, key_prefix: str) -> None:
         self.client, self.key, self.maxlen = client, key, maxlen
-        self.marks = _Marked(client, self.name, ttl_s)
+        self.marks = _Marked(client, key_prefix, self.name, ttl_s)
 
     async def setup(self) -> None:
         await self.client.ping()
@@ -212,6 +213,8 @@ class Dispatcher:
         self.pending: dict[str, list[Alert]] = {sink.name: [] for sink in sinks}
         self.failures: dict[str, int] = {sink.name: 0 for sink in sinks}
         self.dead: list[tuple[str, Alert]] = []
+        self.delivered: list[tuple[str, Alert]] = []
+        """(sink, alert) handed over since the caller last cleared it (an alert a sink had already: again)."""
 
     async def setup(self) -> None:
         for sink in self.sinks:
@@ -228,6 +231,8 @@ class Dispatcher:
             return
         self.pending[sink.name] = []
         self.dead += [(sink.name, alert) for alert in given_up]
+        refused = {alert.alert_id for alert in given_up}
+        self.delivered += [(sink.name, alert) for alert in batch if alert.alert_id not in refused]
 
     async def dispatch(self, alerts: Sequence[Alert]) -> None:
         await asyncio.gather(*(self._one(sink, list(alerts)) for sink in self.sinks))
@@ -237,17 +242,17 @@ class Dispatcher:
             await sink.flush()
 
 
-def build_sinks(settings: SinkSettings, redis_url: str) -> list[Sink]:
-    """The sinks ``settings.enabled`` names."""
+def build_sinks(settings: SinkSettings, redis_url: str, key_prefix: str) -> list[Sink]:
+    """The sinks ``settings.enabled`` names; their idempotency markers live under ``key_prefix``."""
     client = aioredis.Redis.from_url(redis_url, socket_timeout=settings.budget_s, socket_connect_timeout=1.0)
-    marks = _Marked(client, "webhook", settings.dedupe_ttl_s)
+    marks = _Marked(client, key_prefix, "webhook", settings.dedupe_ttl_s)
     made: dict[str, Sink] = {}
     for name in settings.enabled:
         if name == "log":
             made[name] = LogSink()
         elif name == "redis_stream":
             made[name] = RedisStreamSink(client, settings.redis_stream_key, settings.redis_stream_maxlen,
-                                         settings.dedupe_ttl_s)  # fmt: skip
+                                         settings.dedupe_ttl_s, key_prefix)  # fmt: skip
         elif name == "jsonl":
             made[name] = JsonlSink(settings.jsonl_path)
         elif settings.webhook_url:

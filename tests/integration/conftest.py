@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -54,6 +55,7 @@ def settings(kafka_bootstrap: str, redis_url: str, unique: str, tmp_path: Path) 
         redis={"url": redis_url, "key_prefix": f"fp:test:{unique}:"},  # type: ignore[arg-type]
         paths={"data_dir": tmp_path / "data", "models_dir": tmp_path / "models"},  # type: ignore[arg-type]
         metrics={"port": 0},  # type: ignore[arg-type]
+        sinks={"redis_stream_key": f"fp:test:{unique}:alerts", "jsonl_path": tmp_path / "alerts.jsonl"},  # type: ignore[arg-type]
     )
 
 
@@ -85,6 +87,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "FRAUD_PATHS__DATA_DIR": str(settings.paths.data_dir),
             "FRAUD_PATHS__MODELS_DIR": str(settings.paths.models_dir),
             "FRAUD_METRICS__PORT": str(settings.metrics.port),
+            "FRAUD_SINKS__ENABLED": json.dumps(list(settings.sinks.enabled)),
+            "FRAUD_SINKS__REDIS_STREAM_KEY": settings.sinks.redis_stream_key,
+            "FRAUD_SINKS__JSONL_PATH": str(settings.sinks.jsonl_path),
+            "FRAUD_PRIVACY__ERASURE_POLL_S": str(settings.privacy.erasure_poll_s),
         }
     )
     return env
@@ -108,3 +114,25 @@ def run_cli(settings: Settings, *args: str, cwd: Path, timeout: float = 60) -> s
         timeout=timeout,
         check=False,
     )
+
+
+def start_worker(settings: Settings, cwd: Path, **env: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """``fraudpipe worker`` started as users start it, in ``cwd``, logging to ``cwd/worker.log`` (returned)."""
+    log = cwd / "worker.log"
+    with log.open("wb") as output:  # the child keeps its own descriptor
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fraudpipe", "worker", "-l", "info"],
+            cwd=cwd, env=settings_env(settings) | env, stdout=output, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    return process, log
+
+
+@pytest.fixture
+def stop() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes to stop at the end of the test (by PID)."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)

@@ -29,8 +29,7 @@ from fraudpipe.simulator.generate import simulate
 from fraudpipe.simulator.output import write_simulation
 from models.registry import Registry
 from tests import factories
-from tests.integration.conftest import run_cli, settings_env
-from tests.integration.test_scoring_stream import _start_worker, stop  # noqa: F401 (a fixture)
+from tests.integration.conftest import run_cli, settings_env, start_worker
 
 CAMPAIGN = "campaign_card_testing"
 DAYS, CAMPAIGN_DAY, SPLIT_DAY = 34, 12, 28
@@ -89,11 +88,11 @@ def _campaign_recall(truth: pl.DataFrame, logged: pl.DataFrame, since: datetime,
 
 @pytest.mark.timeout(1200)
 def test_a_new_campaign_is_learned_promoted_and_caught(topics: Settings, phases: tuple[Path, Path, pl.DataFrame],
-                                                       tmp_path: Path, stop: list[subprocess.Popen[bytes]]  # noqa: F811
+                                                       tmp_path: Path, stop: list[subprocess.Popen[bytes]]
                                                        ) -> None:  # fmt: skip
     one, two, truth = phases
     first = factories.register_champion(topics.paths.models_dir, preset="handbook")
-    worker, log = _start_worker(topics, tmp_path, FRAUD_SCORING__MODEL_POLL_S="0.5")
+    worker, log = start_worker(topics, tmp_path, FRAUD_SCORING__MODEL_POLL_S="0.5")
     stop.append(worker)
     sent = run_cli(topics, "replay", str(one), "--rate", "20000", "--no-drain-labels", cwd=tmp_path, timeout=300)
     assert sent.returncode == 0, sent.stderr

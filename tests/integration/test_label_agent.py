@@ -1,6 +1,7 @@
 """The label agent in a real worker against real Kafka and Redis: labels are applied to the online store once per
 (transaction, version) whatever the redeliveries, appended to the day-partitioned label log, and a refused label
-goes to ``labels.dlq.v1`` while the others go on."""
+goes to ``labels.dlq.v1`` while the others go on. The worker runs the label agent only (``FRAUD_WORKER__AGENTS``): a
+transaction sent meanwhile is not scored."""
 
 from __future__ import annotations
 
@@ -43,12 +44,15 @@ def test_labels_are_applied_once_logged_and_poison_dead_lettered(
     for label in [*labels, *labels, overturned]:  # every label twice, then one revision
         producer.produce(topic, key=label.card_token.encode(), value=encode(label))
     producer.produce(topic, key=b"x", value=b'{"txn_id": "p-9", "is_fraud": "maybe"}')
+    unscored = factories.transaction(txn_id="not-for-this-worker")
+    producer.produce(topics.topics.full(topics.topics.transactions), key=b"k", value=encode(unscored))
     assert producer.flush(30) == 0
 
     log = tmp_path / "worker.log"
     with log.open("wb") as output:
         worker = subprocess.Popen([sys.executable, "-m", "fraudpipe", "worker", "-l", "info"], cwd=tmp_path,
-                                  env=settings_env(topics), stdout=output, stderr=subprocess.STDOUT)  # fmt: skip
+                                  env=settings_env(topics) | {"FRAUD_WORKER__AGENTS": '["labels"]'}, stdout=output,
+                                  stderr=subprocess.STDOUT)  # fmt: skip
     try:
         dlq = consume_all(topics.kafka.bootstrap_servers, topics.topics.full(TopicSettings.dlq_of("labels.v1")), 1,
                           group="labels-dlq", timeout_s=90)  # fmt: skip
@@ -56,6 +60,9 @@ def test_labels_are_applied_once_logged_and_poison_dead_lettered(
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and store_client.get(f"{topics.redis.key_prefix}label:p-0") != b"2,0":
             time.sleep(0.3)
+        scores = consume_all(topics.kafka.bootstrap_servers, topics.topics.full(topics.topics.scores), 1,
+                             group="scores", timeout_s=3)  # fmt: skip
+        assert scores == []
     finally:
         worker.terminate()
         worker.wait(30)

@@ -13,10 +13,8 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
@@ -30,7 +28,7 @@ from fraudpipe.contracts import Alert, DeadLetter, Decision, Reason
 from fraudpipe.logstore import DayLog
 from fraudpipe.settings import Settings
 from tests import factories
-from tests.integration.conftest import run_cli, settings_env
+from tests.integration.conftest import run_cli, start_worker
 from tests.integration.test_kafka import consume_all
 
 KEY = b"scoring-stream-tokenization-key0"
@@ -43,32 +41,11 @@ def stream_sim(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return factories.simulated_folder(out, days=8, customers=900, terminals=1_800, seed=11, key=KEY)
 
 
-def _start_worker(settings: Settings, cwd: Path, **env: str) -> tuple[subprocess.Popen[bytes], Path]:
-    log = cwd / "worker.log"
-    with log.open("wb") as output:  # the child keeps its own descriptor
-        process = subprocess.Popen(
-            [sys.executable, "-m", "fraudpipe", "worker", "-l", "info"],
-            cwd=cwd, env=settings_env(settings) | env, stdout=output, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    return process, log
-
-
-@pytest.fixture
-def stop() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Processes to stop at the end of the test (by PID)."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
-
-
 def test_replayed_stream_is_scored_once_with_a_promotion_mid_stream(
     topics: Settings, stream_sim: Path, tmp_path: Path, stop: list[subprocess.Popen[bytes]]
 ) -> None:
     factories.register_champion(topics.paths.models_dir)
-    worker, log = _start_worker(topics, tmp_path, FRAUD_SCORING__MODEL_POLL_S="0.5", FRAUD_SCORING__BATCH_SIZE="200")
+    worker, log = start_worker(topics, tmp_path, FRAUD_SCORING__MODEL_POLL_S="0.5", FRAUD_SCORING__BATCH_SIZE="200")
     stop.append(worker)
     history = pl.read_parquet(stream_sim / "transactions" / "**" / "*.parquet")
     n = history.height
@@ -164,7 +141,7 @@ def test_redis_stopped_mid_stream_degrades_then_recovers(
         update={"redis": topics.redis.model_copy(update={"url": f"redis://127.0.0.1:{port}/0"})}
     )
     factories.register_champion(settings.paths.models_dir)
-    worker, log = _start_worker(settings, tmp_path)
+    worker, log = start_worker(settings, tmp_path)
     stop.append(worker)
     producer = Producer(settings.kafka.client_config())
     topic = settings.topics.full(settings.topics.transactions)

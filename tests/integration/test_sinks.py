@@ -30,8 +30,7 @@ def test_redis_stream_gets_each_alert_once_and_stays_capped(settings: Settings, 
 
     async def run() -> None:
         client = aioredis.Redis.from_url(settings.redis.url)
-        sink = RedisStreamSink(client, key, maxlen=100, ttl_s=600)
-        sink.marks.prefix = f"{settings.redis.key_prefix}sunk:"
+        sink = RedisStreamSink(client, key, maxlen=100, ttl_s=600, key_prefix=settings.redis.key_prefix)
         await sink.setup()
         first = _alerts(30)
         await sink.send(first)
@@ -88,8 +87,7 @@ def test_webhook_retries_with_an_idempotency_key_and_gives_up(
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         client = aioredis.Redis.from_url(settings.redis.url)
-        marks = _Marked(client, "webhook", 600)
-        marks.prefix = f"{settings.redis.key_prefix}sunk:"
+        marks = _Marked(client, settings.redis.key_prefix, "webhook", 600)
         sink = WebhookSink(f"http://127.0.0.1:{port}/hook", marks, attempts=4, timeout_s=2, backoff_s=0.01)
         await sink.setup()
         batch = [*_alerts(5), factories.alert(alert_id="alert:doomed", txn_id="doomed")]

@@ -113,7 +113,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
     log = DayLog(root / "data" / "decisions", "event_time")
     for i in range(0, len(txns), 500):
         batch = pipeline.score(txns[i : i + 500], [0.0] * len(txns[i : i + 500]))
-        log.append(decision_rows(batch.decisions))
+        log.append(decision_rows(batch.decisions, txns[i : i + 500]))
     labels = pl.concat([d.labels for d in run])
     DayLog(root / "data" / "labels", "event_time").append(labels)
     return root, root / "data", version

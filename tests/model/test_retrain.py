@@ -69,7 +69,7 @@ class Stream:
         todo = [t for t in self.txns[self.served :] if t.event_time < end]
         for i in range(0, len(todo), 500):
             batch = self.pipeline.score(todo[i : i + 500], [0.0] * len(todo[i : i + 500]))
-            self.log.append(decision_rows(batch.decisions))
+            self.log.append(decision_rows(batch.decisions, todo[i : i + 500]))
         self.served += len(todo)
         labels_dir = self.root / "data" / "labels"
         for path in labels_dir.glob("**/*.parquet"):

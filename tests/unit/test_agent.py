@@ -5,6 +5,7 @@ and an event whose scoring raises dead-lettered alone while the rest of its batc
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +14,17 @@ import pytest
 import streams.agents as agents
 from features.memory import InMemoryFeatureStore
 from features.snapshot import StoreReply
-from fraudpipe.clock import SystemClock
+from fraudpipe.clock import SystemClock, micros_of
 from fraudpipe.codec import decode, encode
 from fraudpipe.contracts import Alert, DeadLetter, Decision, Reason
 from fraudpipe.logstore import DayLog
+from fraudpipe.privacy import ErasureList, subject_digest
 from fraudpipe.settings import ScoringSettings
 from models.registry import Registry
 from streams.pipeline import InMemoryDecisionMemory, Models, Pipeline
 from tests import factories
+
+KEY = b"unit-test-audit-key-0123456789abcdef"
 
 
 class _Store(InMemoryFeatureStore):
@@ -55,13 +59,18 @@ def test_the_agent_scores_alerts_and_dead_letters(tmp_path: Path, monkeypatch: p
     published = _Published()
     monkeypatch.setattr(agents, "make_publisher", lambda: published)
     monkeypatch.setattr(agents, "make_decision_log", lambda: DayLog(tmp_path / "decisions", "event_time"))
+    # tok_gone was erased after its payment: a replay of that payment is dropped, not scored.
+    erased = {subject_digest(KEY, "tok_gone").encode(): str(micros_of(datetime(2025, 1, 1, tzinfo=UTC))).encode()}
+    monkeypatch.setattr(agents, "make_erasures", lambda: ErasureList(lambda: erased, KEY, poll_s=60, clock=clock))
     valid = [factories.transaction(txn_id=f"ok-{i}", card_token=f"tok_c{i % 3}") for i in range(6)]
+    gone = factories.transaction(txn_id="erased", card_token="tok_gone")
 
     async def run() -> tuple[list[Decision], list[Alert], list[DeadLetter]]:
         async with agents.score_transactions.test_context() as agent:
             for txn in valid[:3]:
                 await agent.put(value=encode(txn), key=txn.card_token.encode(), wait=False)
             await agent.put(value=b'{"txn_id": 1', key=b"k", wait=False)
+            await agent.put(value=encode(gone), key=b"tok_gone", wait=False)
             await agent.put(value=encode(factories.transaction(txn_id="explodes")), key=b"k", wait=False)
             for txn in valid[3:]:
                 await agent.put(value=encode(txn), key=txn.card_token.encode(), wait=False)
@@ -79,3 +88,4 @@ def test_the_agent_scores_alerts_and_dead_letters(tmp_path: Path, monkeypatch: p
     assert "ZeroDivisionError" in next(d.detail for d in dead if d.reason == Reason.PROCESSING_ERROR)
     logged = DayLog(tmp_path / "decisions", "event_time").read()
     assert sorted(logged.get_column("txn_id").to_list()) == sorted(t.txn_id for t in valid)
+    assert set(logged["customer_id"]) == {"C-17"} and set(logged["merchant_name"]) == {"Café Zürich — 東京"}

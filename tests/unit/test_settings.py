@@ -73,11 +73,14 @@ def test_secrets_print_masked(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.privacy.tokenization_key.get_secret_value() == "s3cr3t-key-that-must-never-be-printed"
 
 
-def test_prod_refuses_the_dev_key(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prod_refuses_the_dev_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FRAUD_ENVIRONMENT", "prod")
     with pytest.raises(ValidationError, match="TOKENIZATION_KEY"):
         Settings()
     monkeypatch.setenv("FRAUD_PRIVACY__TOKENIZATION_KEY", "x" * 32)
+    with pytest.raises(ValidationError, match="AUDIT_KEY"):
+        Settings()
+    monkeypatch.setenv("FRAUD_PRIVACY__AUDIT_KEY", "y" * 32)
     assert Settings().privacy.tokenization_key.get_secret_value() != DEV_TOKENIZATION_KEY
 
 

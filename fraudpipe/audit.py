@@ -1,0 +1,100 @@
+"""One transaction's audit trail, rebuilt from the logs (``fraudpipe audit show``), and the logs' seal check
+(``fraudpipe audit verify``).
+
+The trail of a transaction id, oldest first:
+
+    event       the transaction as the worker received it (tokenized: card token, BIN, last four — never a PAN)
+    decision    features as served, model version and model file SHA-256 (checked against the registry), score,
+                thresholds in force, outcome, reason codes, latency, degraded or not; ``redeliveries`` counts the
+                extra copies a redelivered batch wrote (same decision, remembered)
+    alert       the alert id when the outcome was review or decline, and each sink that took it (or gave up)
+    labels      every label version received, with its source and when it became known
+    seals       whether every log file the trail was read from is intact
+
+The logs hold transactions by event day: ``days`` narrows the search when the event day is known.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from fraudpipe.contracts import Alert
+from fraudpipe.logstore import Logs
+from fraudpipe.seal import verify_frame
+
+__all__ = ["EVENT_COLUMNS", "trail"]
+
+_DECISION = ("decided_at", "model_version", "model_sha256", "score", "decision", "review_threshold",
+             "decline_threshold", "degraded", "latency_ms")  # fmt: skip
+EVENT_COLUMNS = ("card_bin", "card_last4", "terminal_id", "merchant_id", "merchant_name", "mcc", "customer_id",
+                 "device_id", "channel", "country", "lat", "lon")  # fmt: skip
+"""The transaction's own fields the decision log keeps besides the decision's (tokenized: no PAN reaches it)."""
+_EVENT = ("txn_id", "event_time", "card_token", "amount", "currency", *EVENT_COLUMNS)
+
+
+def _model_check(registered: Callable[[str], str | None] | None, version: str | None, sha256: str | None) -> str:
+    if version is None:
+        return "no model (degraded decision)"
+    if registered is None:
+        return "not checked (no registry)"
+    if (known := registered(version)) is None:
+        return "not in the registry"
+    return "matches the registry" if known == sha256 else "DIFFERS from the registry's manifest"
+
+
+def _seals(files: set[str], key: bytes | None) -> dict[str, str]:
+    if key is None:
+        return {}
+    checked = {}
+    for name in sorted(files):
+        problem = verify_frame(pl.read_parquet(name), key)
+        checked[name] = "intact" if problem is None else f"BROKEN at row {problem.row}: {problem.why}"
+    return checked
+
+
+def trail(txn_id: str, logs: Logs, *, registered: Callable[[str], str | None] | None, key: bytes | None,
+          days: tuple[date, date] | None = None) -> dict[str, Any] | None:  # fmt: skip
+    """The audit trail of ``txn_id`` as plain JSON-able values (module docstring), ``None`` if it was never
+    decided. ``registered(version)``: the model file SHA-256 the registry holds for a version (``None``: unknown);
+    ``key`` checks the seals of the files read."""
+    decisions = logs.decisions.find("txn_id", [txn_id], days)
+    if decisions.height == 0:
+        return None
+    first = decisions.sort("decided_at").row(0, named=True)
+    features = {c[2:]: first[c] for c in decisions.columns if c.startswith("f_")}
+    decision = {name: first.get(name) for name in _DECISION}
+    decision |= {"features": features, "reason_codes": json.loads(first["reason_codes"] or "[]"),
+                 "model_check": _model_check(registered, first["model_version"], first["model_sha256"]),
+                 "redeliveries": decisions.height - 1}  # fmt: skip
+    files = set(decisions["file"].to_list())
+    alert: dict[str, Any] | None = None
+    if first["decision"] != "approve":
+        deliveries = logs.deliveries.find("txn_id", [txn_id], days)
+        sinks: list[dict[str, Any]] = []
+        if deliveries.height:
+            files |= set(deliveries["file"].to_list())
+            sinks = deliveries.sort("at").unique(["sink", "outcome"], keep="first", maintain_order=True).select(
+                "sink", "outcome", "at").to_dicts()  # fmt: skip
+        alert = {"alert_id": Alert.id_for(txn_id), "sinks": sinks}
+    labels = logs.labels.find("txn_id", [txn_id])
+    label_rows: list[dict[str, Any]] = []
+    if labels.height:
+        files |= set(labels["file"].to_list())
+        wanted = [c for c in ("label_version", "is_fraud", "source", "known_at", "note") if c in labels.columns]
+        label_rows = labels.sort("label_version").unique("label_version", keep="first", maintain_order=True).select(
+            wanted).to_dicts()  # fmt: skip
+    seals = {str(Path(name).relative_to(Path(name).parents[2])): state for name, state in _seals(files, key).items()}
+    return {
+        "txn_id": txn_id,
+        "event": {name: first.get(name) for name in _EVENT if name in first},
+        "decision": decision,
+        "alert": alert,
+        "labels": label_rows,
+        "seals": seals,
+    }
