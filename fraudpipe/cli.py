@@ -421,6 +421,7 @@ def worker(ctx: typer.Context) -> None:
     except RegistryError as error:
         raise CliError(f"cannot start the worker: {error} (train one: fraudpipe train DATA --promote)") from None
     err.print(f"{alias}: {model.version} ({model.sha256[:12]})", highlight=False)
+    _check_redis_login(settings)
     settings.paths.data_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     if settings.metrics.port:
         start_http_server(settings.metrics.port, addr=settings.metrics.bind)
@@ -430,12 +431,33 @@ def worker(ctx: typer.Context) -> None:
 
     if not settings.worker.agents:
         raise CliError("FRAUD_WORKER__AGENTS names no agent: nothing to run")
-    for name, agent in AGENTS.items():  # agents register on import; drop those this worker does not run
+    for name, agents in AGENTS.items():  # agents register on import; drop those this worker does not run
         if name not in settings.worker.agents:
-            del faust_app.agents[agent.name]
+            for agent in agents:
+                del faust_app.agents[agent.name]
 
     sys.argv = ["fraudpipe-worker", "worker", *web_flags(settings), *ctx.args]
     faust_app.main()
+
+
+def _check_redis_login(settings: Settings) -> None:
+    """Refuse to start on a Redis login that is refused: a configuration mistake, not an outage (an outage only
+    degrades decisions, so a Redis that does not answer now is let through)."""
+    import redis as redis_lib
+
+    from features.store import redis_client
+
+    client = redis_client(settings.redis)
+    try:
+        client.ping()
+    except (redis_lib.AuthenticationError, redis_lib.AuthenticationWrongNumberOfArgsError) as error:
+        raise CliError(f"cannot start the worker: Redis refused the login ({error})") from None
+    except redis_lib.ResponseError as error:  # NOPERM on PING: the user may run nothing it needs
+        raise CliError(f"cannot start the worker: the Redis user may not run PING ({error})") from None
+    except redis_lib.RedisError:
+        pass
+    finally:
+        client.close()
 
 
 @app.command()
@@ -658,11 +680,11 @@ def monitor(
 
         start_http_server(settings.monitor.metrics_port, addr=settings.metrics.bind)
     while True:
-        breaches = _monitor_once(settings, as_of, days, json_out)
         if every is None:
-            if breaches and fail_on_breach:
+            if _monitor_once(settings, as_of, days, json_out) and fail_on_breach:
                 raise typer.Exit(3)
             return
+        _repeating(lambda: _monitor_once(settings, as_of, days, json_out))
         time.sleep(every)
 
 
@@ -690,15 +712,23 @@ def retrain(
     import time
 
     settings = _settings()
+    training = _training(settings, seed, rounds, learning_rate)
     while True:
-        code = _retrain_once(
-            settings, as_of, only_on_breach, json_out, _training(settings, seed, rounds, learning_rate)
-        )
         if every is None:
-            if code:
+            if code := _retrain_once(settings, as_of, only_on_breach, json_out, training):
                 raise typer.Exit(code)
             return
+        _repeating(lambda: _retrain_once(settings, as_of, only_on_breach, json_out, training))
         time.sleep(every)
+
+
+def _repeating(run: Any) -> None:
+    """One pass of a scheduled (``--every``) command: an expected failure (no decisions yet, Kafka away) is printed
+    and the schedule goes on; the next pass tries again."""
+    try:
+        run()
+    except CliError as error:
+        err.print(f"[yellow]skipped this pass[/]: {error}", highlight=False, soft_wrap=True)
 
 
 def _retrain_once(settings: Settings, as_of_text: str | None, only_on_breach: bool, json_out: Path | None,

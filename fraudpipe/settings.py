@@ -50,7 +50,11 @@ class _Section(BaseModel):
 
 
 class KafkaSettings(_Section):
-    """Broker connection. ``app_id`` is the Faust application id, hence the workers' consumer group."""
+    """Broker connection. ``app_id`` is the Faust application id, hence the workers' consumer group.
+
+    ``security_protocol`` SASL_PLAINTEXT or SASL_SSL needs ``sasl_mechanism``, ``sasl_username`` and
+    ``sasl_password``; every client (confluent-kafka's and the Faust worker's) then authenticates with them.
+    """
 
     bootstrap_servers: str = "127.0.0.1:9092"
     client_id: str = "fraudpipe"
@@ -73,6 +77,17 @@ class KafkaSettings(_Section):
             config["sasl.username"] = self.sasl_username or ""
             config["sasl.password"] = self.sasl_password.get_secret_value() if self.sasl_password else ""
         return config
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL_") and not (
+            self.sasl_mechanism and self.sasl_username and self.sasl_password
+        ):
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs sasl_mechanism, sasl_username and sasl_password "
+                "(FRAUD_KAFKA__SASL_MECHANISM, FRAUD_KAFKA__SASL_USERNAME, FRAUD_KAFKA__SASL_PASSWORD)"
+            )
+        return self
 
     def faust_broker_url(self) -> str:
         """The broker list in Faust's ``kafka://host:port;host:port`` form."""
@@ -100,6 +115,8 @@ class TopicSettings(_Section):
     scores: str = "scores.v1"
     alerts: str = "alerts.v1"
     registry_events: str = "model-events.v1"
+    repairs: str = "feature-repairs.v1"
+    """Transactions decided without the feature store (degraded), applied to it once it answers."""
     partitions: Annotated[int, Field(ge=1, le=1_000)] = 6
     replication_factor: Annotated[int, Field(ge=1, le=10)] = 1
     retention_ms: Annotated[int, Field(ge=-1)] = 7 * 24 * 3_600_000
@@ -123,7 +140,7 @@ class TopicSettings(_Section):
 
     def produced(self) -> tuple[str, ...]:
         """Full names of the topics fraudpipe's workers produce."""
-        return tuple(self.full(name) for name in (self.scores, self.alerts))
+        return tuple(self.full(name) for name in (self.scores, self.alerts, self.repairs))
 
 
 class ScoringSettings(_Section):
@@ -252,6 +269,9 @@ class ApiSettings(_Section):
 
     bind: str = "127.0.0.1"
     port: Port = 8000
+    dashboard_metrics_urls: tuple[str, ...] = ()
+    """Prometheus endpoints the dashboard reads (workers, ``fraudpipe monitor``); empty: this host's worker
+    (``metrics.bind:metrics.port``) and monitor (``metrics.bind:monitor.metrics_port``)."""
 
 
 class MetricsSettings(_Section):

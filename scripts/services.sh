@@ -2,7 +2,7 @@
 # Local real services for machines without Docker: Apache Kafka (single-node KRaft, from its Maven Central jars)
 # and Redis (Debian's redis-server), both on loopback.
 #
-#   scripts/services.sh start|stop|status|restart [kafka|redis|all]
+#   scripts/services.sh start|stop|status|restart [kafka|redis|all] [--sasl]
 #
 # Ports come from the same variables as fraudpipe's settings (environment first, then ./.env):
 #   FRAUD_KAFKA__BOOTSTRAP_SERVERS  (default 127.0.0.1:9092; the KRaft controller listens on port+1)
@@ -10,6 +10,9 @@
 # State (jars, data, logs, PID files) lives under FRAUDPIPE_SERVICES_DIR (default ./.services, git-ignored), so
 # two copies with different ports and folders run side by side. `start` is idempotent; `stop` signals only the
 # PIDs recorded in its own PID files.
+#
+# --sasl (or FRAUDPIPE_KAFKA_SASL=1) starts the broker with SASL/SCRAM-SHA-512 and ACLs instead of PLAINTEXT; a
+# state folder formatted that way always starts that way (see "Kafka with SASL/SCRAM and ACLs" below).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,6 +44,8 @@ REDIS_PORT="${REDIS_HOSTPORT##*:}"
 
 KAFKA_DIR="$STATE_DIR/kafka"
 REDIS_DIR="$STATE_DIR/redis"
+SASL_DIR="$KAFKA_DIR/sasl"
+case "${FRAUDPIPE_KAFKA_SASL:-0}" in 1 | true | yes) KAFKA_SASL=1 ;; *) KAFKA_SASL=0 ;; esac
 # The broker's jars are shared by every state folder of this checkout (resolved once per version).
 KAFKA_LIB="${FRAUDPIPE_KAFKA_LIB:-$ROOT/.services/kafka-lib-$KAFKA_VERSION}"
 
@@ -99,16 +104,18 @@ kafka_jars() {
 }
 
 kafka_config() {
+  local listener=PLAINTEXT controller=PLAINTEXT
+  if [[ "$KAFKA_SASL" == 1 ]]; then listener=SASL_PLAINTEXT controller=SASL_PLAINTEXT; fi
   cat >"$KAFKA_DIR/server.properties" <<EOF
 # Written by scripts/services.sh on each start; edit the script, not this file.
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listeners=$listener://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
+advertised.listeners=$listener://127.0.0.1:$KAFKA_PORT
 controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=$listener
+listener.security.protocol.map=$listener:$listener,CONTROLLER:$controller
 log.dirs=$KAFKA_DIR/data
 num.partitions=6
 auto.create.topics.enable=false
@@ -120,23 +127,94 @@ share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 EOF
+  if [[ "$KAFKA_SASL" == 1 ]]; then kafka_sasl_config >>"$KAFKA_DIR/server.properties"; fi
+}
+
+# --- Kafka with SASL/SCRAM and ACLs (--sasl) ---------------------------------------------------------------
+# Clients authenticate with SCRAM-SHA-512 on the broker port. The KRaft controller port takes SASL/PLAIN from the
+# broker itself (SCRAM credentials live in the metadata log the controller serves, so they cannot guard it).
+# StandardAuthorizer with allow.everyone.if.no.acl.found=false: a principal may do only what an ACL grants it;
+# `admin` is the super user and the broker's own identity. Users are created when the storage is formatted
+# (kafka-storage format --add-scram): FRAUDPIPE_KAFKA_SASL_USERS (default "admin worker replayer labeler"), each
+# with the password in FRAUDPIPE_KAFKA_SASL_PASSWORD_<NAME> or a random one. Each user's client settings are
+# written to $SASL_DIR/<name>.env (mode 600): `set -a; . .services/kafka/sasl/worker.env; set +a`.
+# No ACL is created here: grant them as admin (confluent-kafka AdminClient.create_acls, or kafka-acls.sh).
+
+sasl_value() {  # sasl_value USER: that user's password, from its .env file
+  sed -n 's/^FRAUD_KAFKA__SASL_PASSWORD=//p' "$SASL_DIR/$1.env"
+}
+
+SCRAM_ARGS=()
+kafka_sasl_users() {  # write $SASL_DIR/<name>.env for each user; collect the format tool's --add-scram arguments
+  local names=() name var password salted
+  local -A seen=()
+  read -ra names <<<"admin $(printf '%s' "${FRAUDPIPE_KAFKA_SASL_USERS:-worker replayer labeler}" | tr ',' ' ')"
+  rm -rf "$SASL_DIR"  # users are made only by a format, so a folder being formatted has none yet
+  mkdir -p "$SASL_DIR"
+  for name in "${names[@]}"; do
+    if [[ -n "${seen[$name]:-}" ]]; then continue; fi
+    seen[$name]=1
+    [[ "$name" =~ ^[a-z][a-z0-9_-]{0,63}$ ]] || die "kafka: SASL user name '$name' must match [a-z][a-z0-9_-]*"
+    var="FRAUDPIPE_KAFKA_SASL_PASSWORD_$(printf '%s' "${name^^}" | tr '-' '_')"
+    password="${!var:-$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')}"
+    [[ "$password" =~ ^[[:alnum:]_.~-]{8,128}$ ]] || die "kafka: $var must be 8-128 of [A-Za-z0-9_.~-]"
+    cat >"$SASL_DIR/$name.env" <<EOF
+# Written by scripts/services.sh when the broker's storage was formatted: $name's SCRAM credentials.
+FRAUD_KAFKA__SECURITY_PROTOCOL=SASL_PLAINTEXT
+FRAUD_KAFKA__SASL_MECHANISM=SCRAM-SHA-512
+FRAUD_KAFKA__SASL_USERNAME=$name
+FRAUD_KAFKA__SASL_PASSWORD=$password
+EOF
+    # The salted form (RFC 5802, 4096 iterations): the password itself never appears on a command line.
+    salted="$(printf '%s' "$password" | python3 -c 'import base64, hashlib, os, sys
+salt = os.urandom(16)
+key = hashlib.pbkdf2_hmac("sha512", sys.stdin.read().encode(), salt, 4096)
+print(f"salt=\"{base64.b64encode(salt).decode()}\",saltedpassword=\"{base64.b64encode(key).decode()}\"")')"
+    SCRAM_ARGS+=(--add-scram "SCRAM-SHA-512=[name=$name,iterations=4096,$salted]")
+  done
+}
+
+kafka_sasl_config() {
+  local password
+  password="$(sasl_value admin)"
+  cat <<EOF
+# SASL/SCRAM-SHA-512 for clients, SASL/PLAIN between the broker and its controller; ACLs (--sasl).
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_plaintext.sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.controller.sasl.enabled.mechanisms=PLAIN
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+sasl.mechanism.controller.protocol=PLAIN
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="$password";
+listener.name.controller.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username="admin" password="$password" user_admin="$password";
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+allow.everyone.if.no.acl.found=false
+super.users=User:admin
+EOF
 }
 
 kafka_start() {
-  local pid
-  if pid="$(pid_of kafka)"; then say "kafka: already running (pid $pid, 127.0.0.1:$KAFKA_PORT)"; return 0; fi
+  local pid mode=""
+  if [[ -f "$KAFKA_DIR/data/meta.properties" ]]; then  # a formatted folder keeps the mode it was formatted in
+    if [[ -f "$SASL_DIR/admin.env" ]]; then KAFKA_SASL=1
+    elif [[ "$KAFKA_SASL" == 1 ]]; then
+      die "kafka: $KAFKA_DIR was formatted without SASL; use another FRAUDPIPE_SERVICES_DIR for --sasl"
+    fi
+  fi
+  if [[ "$KAFKA_SASL" == 1 ]]; then mode=", SASL_PLAINTEXT SCRAM-SHA-512 with ACLs, users in $SASL_DIR"; umask 077; fi
+  if pid="$(pid_of kafka)"; then say "kafka: already running (pid $pid, 127.0.0.1:$KAFKA_PORT$mode)"; return 0; fi
   for port in "$KAFKA_PORT" "$CONTROLLER_PORT"; do
     port_busy "$port" && die "kafka: port $port is in use by another process; set FRAUD_KAFKA__BOOTSTRAP_SERVERS"
   done
   kafka_jars
   mkdir -p "$KAFKA_DIR/data"
+  if [[ "$KAFKA_SASL" == 1 && ! -f "$KAFKA_DIR/data/meta.properties" ]]; then kafka_sasl_users; fi
   kafka_config
   local java_cmd=(java -Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true "-Dfraudpipe.state=$STATE_DIR"
     "-Dlog4j2.configurationFile=$ROOT/scripts/kafka/log4j2.properties" -cp "$KAFKA_LIB/*")
   if [[ ! -f "$KAFKA_DIR/data/meta.properties" ]]; then
     local cluster_id
     cluster_id="$(python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')"
-    "${java_cmd[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$KAFKA_DIR/server.properties" \
+    "${java_cmd[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$KAFKA_DIR/server.properties" "${SCRAM_ARGS[@]}" \
       >"$KAFKA_DIR/format.log" 2>&1 || { cat "$KAFKA_DIR/format.log" >&2; die "kafka: storage format failed"; }
   fi
   : >"$KAFKA_DIR/server.log"
@@ -144,7 +222,7 @@ kafka_start() {
   echo $! >"$STATE_DIR/kafka.pid"
   for _ in $(seq 900); do
     if grep -q "Kafka Server started" "$KAFKA_DIR/server.log" 2>/dev/null && port_busy "$KAFKA_PORT"; then
-      say "kafka: started $KAFKA_VERSION (pid $(cat "$STATE_DIR/kafka.pid"), 127.0.0.1:$KAFKA_PORT)"; return 0
+      say "kafka: started $KAFKA_VERSION (pid $(cat "$STATE_DIR/kafka.pid"), 127.0.0.1:$KAFKA_PORT$mode)"; return 0
     fi
     kill -0 "$(cat "$STATE_DIR/kafka.pid")" 2>/dev/null \
       || { sleep 0.3; tail -n 30 "$KAFKA_DIR/server.log" >&2; rm -f "$STATE_DIR/kafka.pid"; die "kafka: exited during start"; }
@@ -192,6 +270,11 @@ status_of() {
 }
 
 main() {
+  local args=() arg
+  for arg in "$@"; do
+    if [[ "$arg" == --sasl ]]; then KAFKA_SASL=1; else args+=("$arg"); fi
+  done
+  set -- "${args[@]}"
   local command="${1:-}" target="${2:-all}" services
   case "$target" in
     all) services=(kafka redis) ;;
@@ -206,7 +289,7 @@ main() {
     stop) for s in "${services[@]}"; do case "$s" in kafka) stop_pid kafka 30 ;; redis) stop_pid redis 10 ;; esac; done ;;
     restart) main stop "$target"; main start "$target" ;;
     status) local rc=0; for s in "${services[@]}"; do status_of "$s" || rc=3; done; return "$rc" ;;
-    *) die "usage: scripts/services.sh start|stop|status|restart [kafka|redis|all]" ;;
+    *) die "usage: scripts/services.sh start|stop|status|restart [kafka|redis|all] [--sasl]" ;;
   esac
 }
 

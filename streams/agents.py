@@ -10,7 +10,8 @@ one event dead-letters that event (``processing_error``) and the batch goes on: 
 would make Faust acknowledge the whole batch.
 
 Before each batch the model alias is checked (every ``scoring.model_poll_s``) and a new version swapped in; a batch
-is scored by one version. Transactions decided in degraded mode are applied to the store once it answers again.
+is scored by one version. Transactions decided in degraded mode (Redis away) are published with the batch to
+``feature-repairs.v1``, and ``apply_repairs`` applies them once Redis answers: a crash in between loses none.
 With ``scoring.shadow`` the registry's challenger scores each batch after it is published (same features), into
 ``data_dir/shadow``: it never changes a decision, and its failures are counted, logged and ignored.
 """
@@ -30,7 +31,7 @@ from features.definitions import FEATURE_NAMES
 from features.store import RedisFeatureStore, StoreUnavailableError, redis_client
 from fraudpipe.audit import EVENT_COLUMNS
 from fraudpipe.clock import SystemClock
-from fraudpipe.codec import dead_letter, encode
+from fraudpipe.codec import dead_letter, decode, encode
 from fraudpipe.contracts import Alert, Decision, Label, Reason, Transaction
 from fraudpipe.logstore import DayLog, Logs
 from fraudpipe.privacy import ErasureList
@@ -41,15 +42,24 @@ from streams.app import (
     alerts_topic,
     app,
     labels_topic,
+    repairs_topic,
     settings,
     transactions_topic,
 )
 from streams.intake import RawRecord, intake
-from streams.pipeline import Batch, FeatureStore, Models, Pipeline, from_settings
+from streams.pipeline import Batch, Models, Pipeline, from_settings
 from streams.publisher import KafkaPublisher, Message, Publisher
 from streams.sinks import Dispatcher, build_sinks
 
-__all__ = ["AGENTS", "apply_labels", "decision_rows", "deliver_alerts", "delivery_rows", "score_transactions"]
+__all__ = [
+    "AGENTS",
+    "apply_labels",
+    "apply_repairs",
+    "decision_rows",
+    "deliver_alerts",
+    "delivery_rows",
+    "score_transactions",
+]
 
 log = logging.getLogger(__name__)
 clock = SystemClock()
@@ -118,26 +128,6 @@ def make_pipeline() -> Pipeline:
     return from_settings(settings, clock)[0]
 
 
-class _Repairs:
-    """Transactions decided in degraded mode, applied to the store once it answers (oldest first)."""
-
-    def __init__(self, store: FeatureStore) -> None:
-        self.store, self.pending = store, list[Transaction]()
-
-    def add(self, txns: list[Transaction]) -> None:
-        self.pending += txns
-        metrics.PENDING_REPAIRS.set(len(self.pending))
-
-    def flush(self) -> None:
-        while self.pending:
-            try:
-                self.store.raw(self.pending[:500])
-            except StoreUnavailableError:
-                return
-            del self.pending[:500]
-            metrics.PENDING_REPAIRS.set(len(self.pending))
-
-
 @app.agent(transactions_topic, concurrency=1)
 async def score_transactions(stream: Any) -> None:
     """Validate, score and decide transactions in micro-batches; publish decisions, alerts and dead letters."""
@@ -145,7 +135,6 @@ async def score_transactions(stream: Any) -> None:
     pipeline = make_pipeline()
     scorer = pipeline.models.start()  # no model, no scoring: the worker stops here with the reason
     metrics.MODEL_INFO.info({"version": scorer.version, "sha256": scorer.model.sha256})
-    repairs = _Repairs(pipeline.store)
     publisher = make_publisher()
     decision_log = make_decision_log()
     erasures = make_erasures()
@@ -162,7 +151,6 @@ async def score_transactions(stream: Any) -> None:
             assert current is not None
             metrics.MODEL_SWAPS.inc()
             metrics.MODEL_INFO.info({"version": current.version, "sha256": current.model.sha256})
-        repairs.flush()
         now = clock.now()
         metrics.EVENTS_IN.labels(topic).inc(len(events))
         metrics.BATCH_SIZE.observe(len(events))
@@ -203,7 +191,8 @@ async def score_transactions(stream: Any) -> None:
         else:
             out += _outputs(batch.decisions, batch.alerts)
             decided = batch.decisions
-            repairs.add(batch.unapplied)
+            out += [(REPAIRS, txn.card_token.encode(), encode(txn)) for txn in batch.unapplied]
+            metrics.REPAIRS_SENT.inc(len(batch.unapplied))
             metrics.STORE_SECONDS.observe(batch.store_s)
             metrics.MODEL_SECONDS.observe(batch.model_s)
             metrics.REDELIVERED.inc(batch.redelivered)
@@ -223,6 +212,25 @@ async def score_transactions(stream: Any) -> None:
 
 SCORES = settings.topics.full(settings.topics.scores)
 ALERTS = settings.topics.full(settings.topics.alerts)
+REPAIRS = settings.topics.full(settings.topics.repairs)
+
+
+@app.agent(repairs_topic, concurrency=1)
+async def apply_repairs(stream: Any) -> None:
+    """Apply to the online store the transactions a degraded batch decided without it (``feature-repairs.v1``):
+    they were published with the batch's decisions, so a worker crash loses none. The store's markers make each
+    apply once whatever the redeliveries; while Redis does not answer the agent waits, and acknowledges nothing."""
+    store = make_pipeline().store
+    async for events in stream.take_events(settings.scoring.batch_size, within=0.5):
+        txns = [decode(event.message.value, Transaction) for event in events]
+        while True:
+            try:
+                store.raw(txns)
+                break
+            except StoreUnavailableError as error:
+                log.warning("%d repairs wait for Redis: %s", len(txns), error)
+                await asyncio.sleep(1.0)
+        metrics.REPAIRS_APPLIED.inc(len(txns))
 
 
 def _outputs(decisions: list[Any], alerts: list[Any]) -> list[Message]:
@@ -241,7 +249,9 @@ def _outputs(decisions: list[Any], alerts: list[Any]) -> list[Message]:
 @app.agent(alerts_topic, concurrency=1)
 async def deliver_alerts(stream: Any) -> None:
     """Hand alerts to the configured sinks (:mod:`streams.sinks`); dead-letter what a sink gave up on."""
-    sinks = build_sinks(settings.sinks, settings.redis.url, settings.redis.key_prefix)
+    redis = settings.redis
+    password = redis.password.get_secret_value() if redis.password else None
+    sinks = build_sinks(settings.sinks, redis.url, redis.key_prefix, username=redis.username, password=password)
     dispatcher = Dispatcher(sinks, settings.sinks.budget_s)
     await dispatcher.setup()
     deliveries = make_logs().deliveries
@@ -358,5 +368,5 @@ def decision_rows(decisions: list[Decision], txns: list[Transaction]) -> pl.Data
     return pl.DataFrame(columns, schema_overrides=schema)
 
 
-AGENTS = {"score": score_transactions, "alerts": deliver_alerts, "labels": apply_labels}
+AGENTS = {"score": (score_transactions, apply_repairs), "alerts": (deliver_alerts,), "labels": (apply_labels,)}
 """The agents by the names ``FRAUD_WORKER__AGENTS`` uses."""

@@ -7,6 +7,8 @@ stream worker — features from the online store, the champion model, the decisi
   (``{"reason": "amount_not_positive", "detail": ...}``).
 - ``GET /healthz``: the process answers. ``GET /readyz``: a model is loaded and Redis answers (``503`` otherwise).
 - ``GET /metrics``: Prometheus. ``GET /openapi.json``, ``/docs``: the schema.
+- ``GET /dashboard`` (``/`` redirects there) and the JSON it polls, ``GET /v1/dashboard/alerts`` and
+  ``/v1/dashboard/summary``: see :mod:`streams.dashboard.routes`.
 
 The audit record is handed to the Kafka producer before the response returns; its delivery is confirmed in the
 background (a failed delivery is logged and counted).
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
@@ -24,13 +26,15 @@ from typing import Any
 from confluent_kafka import Producer
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import make_asgi_app
+from prometheus_client import REGISTRY, make_asgi_app
 
 from fraudpipe.clock import Clock, SystemClock
 from fraudpipe.codec import DecodeError, decode, encode
 from fraudpipe.contracts import Decision, Transaction
 from fraudpipe.settings import Settings
 from streams import metrics
+from streams.dashboard.routes import Dashboard, mount
+from streams.dashboard.sources import HttpSource, MetricSource, ProcessSource, RedisAlertFeed, default_metrics_urls
 from streams.pipeline import from_settings
 
 __all__ = ["create_app"]
@@ -44,8 +48,10 @@ _ERROR = {
 }
 
 
-def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
-    """The API for ``settings`` (Redis, registry alias, topics).
+def create_app(settings: Settings, *, clock: Clock | None = None, metrics_urls: Sequence[str] | None = None) -> FastAPI:
+    """The API for ``settings`` (Redis, registry alias, topics). The dashboard reads ``metrics_urls`` (Prometheus
+    endpoints of workers and ``fraudpipe monitor``; default: this host's, from ``settings.metrics`` and
+    ``settings.monitor``) besides this process's own metrics.
 
     Raises:
         RegistryError: no verified model behind the alias.
@@ -66,6 +72,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     app.mount("/metrics", make_asgi_app())
     scores = settings.topics.full(settings.topics.scores)
     alerts = settings.topics.full(settings.topics.alerts)
+    repairs = settings.topics.full(settings.topics.repairs)
 
     def delivered(error: Any, _: Any) -> None:
         if error is not None:
@@ -98,6 +105,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
         producer.produce(scores, key=txn.card_token.encode(), value=encode(decision), on_delivery=delivered)
         for alert in batch.alerts:
             producer.produce(alerts, key=txn.card_token.encode(), value=encode(alert), on_delivery=delivered)
+        for unapplied in batch.unapplied:  # decided without Redis: the worker's repair agent applies it later
+            producer.produce(repairs, key=txn.card_token.encode(), value=encode(unapplied), on_delivery=delivered)
         producer.poll(0)
         metrics.DECISIONS.labels(decision.decision).inc()
         return Response(encode(decision), media_type="application/json")
@@ -119,4 +128,13 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
             return JSONResponse({"status": "not ready", "detail": "no model"}, status_code=503)
         return JSONResponse({"status": "ready", "model": scorer.version})
 
+    def serving() -> tuple[str, str] | None:
+        scorer = pipeline.models.scorer
+        return None if scorer is None else (scorer.version, scorer.model.sha256)
+
+    urls = metrics_urls if metrics_urls is not None else (settings.api.dashboard_metrics_urls
+                                                          or default_metrics_urls(settings))  # fmt: skip
+    sources: list[MetricSource] = [ProcessSource(REGISTRY), *(HttpSource(url) for url in urls)]
+    feed = RedisAlertFeed(client, settings.sinks.redis_stream_key)
+    mount(app, Dashboard(feed, sources, pipeline.models.registry, settings.monitor, clock, serving))
     return app

@@ -19,12 +19,14 @@ __all__ = [
     "EVENTS_IN",
     "LABELS_APPLIED",
     "LIVE_QUALITY",
+    "MODELS_REFUSED",
     "MODEL_INFO",
     "MODEL_SECONDS",
     "MODEL_SWAPS",
-    "PENDING_REPAIRS",
     "PUBLISHED",
     "REDELIVERED",
+    "REPAIRS_APPLIED",
+    "REPAIRS_SENT",
     "SHADOW_FAILURES",
     "SHADOW_SCORED",
     "SINK_DEAD",
@@ -48,11 +50,15 @@ BATCH_SIZE = Histogram("fraudpipe_batch_size", "Transactions per micro-batch", b
 STORE_SECONDS = Histogram("fraudpipe_store_seconds", "Feature-store call per micro-batch", buckets=_LATENCY)
 MODEL_SECONDS = Histogram("fraudpipe_model_seconds", "Scores and decisions per micro-batch", buckets=_LATENCY)
 MODEL_INFO = Info("fraudpipe_model", "The model in force")
+MODELS_REFUSED = Counter(
+    "fraudpipe_models_refused", "Model versions refused at load (integrity or parse failure), by error", ["error"]
+)
 MODEL_SWAPS = Counter("fraudpipe_model_swaps", "Model versions swapped in without restart")
 SINK_FAILURES = Counter("fraudpipe_sink_failures", "Alert batches a sink failed or overran (retried)", ["sink"])
 SINK_DEAD = Counter("fraudpipe_sink_dead_letters", "Alerts a sink gave up on (to alerts.dlq.v1)", ["sink"])
 LABELS_APPLIED = Counter("fraudpipe_labels_applied", "Labels applied to the online store (new transaction versions)")
-PENDING_REPAIRS = Gauge("fraudpipe_pending_repairs", "Transactions waiting to be applied to the feature store")
+REPAIRS_SENT = Counter("fraudpipe_repairs_sent", "Transactions decided without the store, sent to feature-repairs")
+REPAIRS_APPLIED = Counter("fraudpipe_repairs_applied", "Repairs applied to the feature store (redeliveries included)")
 LIVE_QUALITY = Gauge(
     "fraudpipe_live_quality",
     "Quality of the latest matured day per model version (fraudpipe monitor): precision, recall, ap, cp_at_k, "

@@ -37,6 +37,7 @@ from fraudpipe.contracts import Alert, Decision, DecisionOutcome, ModelRef, Thre
 from fraudpipe.settings import ScoringSettings, Settings
 from models.registry import LoadedModel, Registry, RegistryError
 from models.scorer import Policy, Scorer
+from streams import metrics
 
 __all__ = [
     "Batch",
@@ -165,18 +166,21 @@ class Models:
         try:
             loaded: LoadedModel = self.registry.load(target)
         except RegistryError as error:
-            self._refused = target
-            log.error("refused model %s (keeping %s): %s", target, current, error)
+            self._refuse(target, current, error)
             return False
         try:
             self.scorer = self._scorer(loaded)
         except Exception as error:  # e.g. the compiled runtime failing on this version
-            self._refused = target
-            log.error("refused model %s (keeping %s): %s", target, current, error)
+            self._refuse(target, current, error)
             return False
         self._refused = None
         log.info("model %s -> %s", current, target)
         return True
+
+    def _refuse(self, target: str, current: str | None, error: Exception) -> None:
+        self._refused = target
+        metrics.MODELS_REFUSED.labels(type(error).__name__).inc()
+        log.error("refused model %s (keeping %s): %s", target, current, error)
 
 
 @dataclass(slots=True)

@@ -242,9 +242,14 @@ class Dispatcher:
             await sink.flush()
 
 
-def build_sinks(settings: SinkSettings, redis_url: str, key_prefix: str) -> list[Sink]:
-    """The sinks ``settings.enabled`` names; their idempotency markers live under ``key_prefix``."""
-    client = aioredis.Redis.from_url(redis_url, socket_timeout=settings.budget_s, socket_connect_timeout=1.0)
+def build_sinks(
+    settings: SinkSettings, redis_url: str, key_prefix: str, *, username: str | None = None, password: str | None = None
+) -> list[Sink]:
+    """The sinks ``settings.enabled`` names; their idempotency markers live under ``key_prefix``. ``username`` and
+    ``password`` log the Redis client in (``redis.username``, ``redis.password``; a login in the URL wins)."""
+    client = aioredis.Redis.from_url(
+        redis_url, username=username, password=password, socket_timeout=settings.budget_s, socket_connect_timeout=1.0
+    )
     marks = _Marked(client, key_prefix, "webhook", settings.dedupe_ttl_s)
     made: dict[str, Sink] = {}
     for name in settings.enabled:

@@ -1,20 +1,41 @@
-"""Kafka topic administration with confluent-kafka's AdminClient: what fraudpipe's topics are and making them.
+"""Kafka topic administration with confluent-kafka's AdminClient: what fraudpipe's topics are and making them,
+and the ACLs a worker needs on a broker that enforces them.
 
-:func:`topic_specs` is pure (settings in, specs out); :func:`create_topics` talks to the broker. Creating is
-idempotent: a topic that already exists is reported as such and left alone (its partition count is never changed
-behind the operator's back: a mismatch is reported).
+:func:`topic_specs` and :func:`worker_acls` are pure (settings in, specs out); :func:`create_topics` and
+:func:`grant_acls` talk to the broker. Creating is idempotent: a topic that already exists is reported as such and
+left alone (its partition count is never changed behind the operator's back: a mismatch is reported); granting an
+ACL that exists changes nothing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AclBinding,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    NewTopic,
+    ResourcePatternType,
+    ResourceType,
+)
 
 from fraudpipe.settings import KafkaSettings, TopicSettings
 
-__all__ = ["BrokerUnavailableError", "TopicReport", "TopicSpec", "create_topics", "topic_specs"]
+__all__ = [
+    "AclSpec",
+    "BrokerUnavailableError",
+    "TopicReport",
+    "TopicSpec",
+    "create_topics",
+    "grant_acls",
+    "topic_specs",
+    "worker_acls",
+]
 
 
 class BrokerUnavailableError(RuntimeError):
@@ -41,7 +62,7 @@ class TopicReport:
 
 
 def topic_specs(topics: TopicSettings) -> list[TopicSpec]:
-    """Every topic fraudpipe uses, in a stable order: the five main topics, then a DLQ per consumed topic."""
+    """Every topic fraudpipe uses, in a stable order: the six main topics, then a DLQ per consumed topic."""
     min_isr = str(min(2, max(1, topics.replication_factor - 1)))
 
     def spec(name: str, retention_ms: int) -> TopicSpec:
@@ -52,7 +73,7 @@ def topic_specs(topics: TopicSettings) -> list[TopicSpec]:
         }
         return TopicSpec(topics.full(name), topics.partitions, topics.replication_factor, config)
 
-    main = [topics.transactions, topics.labels, topics.scores, topics.alerts, topics.registry_events]
+    main = [topics.transactions, topics.labels, topics.scores, topics.alerts, topics.registry_events, topics.repairs]
     consumed = [topics.transactions, topics.labels, topics.registry_events, topics.alerts]
     return [spec(name, topics.retention_ms) for name in main] + [
         spec(TopicSettings.dlq_of(name), topics.dlq_retention_ms) for name in consumed
@@ -99,3 +120,56 @@ def create_topics(kafka: KafkaSettings, specs: list[TopicSpec], *, timeout_s: fl
                 raise
             report.existing.append(name)  # created concurrently by someone else
     return report
+
+
+@dataclass(frozen=True, slots=True)
+class AclSpec:
+    """One ALLOW grant on a literal resource: ``operation`` on the topic or consumer group ``name``."""
+
+    resource: Literal["topic", "group"]
+    name: str
+    operation: Literal["read", "write"]
+
+
+def worker_acls(
+    topics: TopicSettings, group: str, agents: Iterable[str] = ("score", "alerts", "labels")
+) -> list[AclSpec]:
+    """The least a ``fraudpipe worker`` running ``agents`` needs (``group``: ``kafka.app_id``), in a stable order.
+
+    Reading implies describing. ``score`` reads transactions and feature repairs, writes scores, alerts, feature
+    repairs and transactions' dead letters; ``alerts`` reads alerts and writes their dead letters; ``labels`` reads
+    labels and writes their dead letters; every agent reads (joins, commits in) the group. Nothing on the cluster:
+    a worker creates no topic (``fraudpipe topics create`` does, as an administrator).
+    """
+    dlq = TopicSettings.dlq_of
+    reads = {"score": [topics.transactions, topics.repairs], "alerts": [topics.alerts], "labels": [topics.labels]}
+    writes = {
+        "score": [topics.scores, topics.alerts, topics.repairs, dlq(topics.transactions)],
+        "alerts": [dlq(topics.alerts)],
+        "labels": [dlq(topics.labels)],
+    }
+    specs: list[AclSpec] = []
+    for agent in agents:
+        specs += [AclSpec("topic", topics.full(name), "read") for name in reads[agent]]
+        specs += [AclSpec("topic", topics.full(name), "write") for name in writes[agent]]
+    if specs:
+        specs.append(AclSpec("group", group, "read"))
+    return list(dict.fromkeys(specs))
+
+
+def grant_acls(kafka: KafkaSettings, principal: str, specs: list[AclSpec], *, timeout_s: float = 10.0) -> None:
+    """Grant ``specs`` to ``principal`` (``User:worker``) from any host; ``kafka`` must name an administrator.
+
+    Raises:
+        KafkaException: the broker refused (not an administrator, or no authorizer configured).
+    """
+    admin = AdminClient({**kafka.client_config(), "log_level": "2"})
+    kinds = {"topic": ResourceType.TOPIC, "group": ResourceType.GROUP}
+    operations = {"read": AclOperation.READ, "write": AclOperation.WRITE}
+    bindings = [
+        AclBinding(kinds[spec.resource], spec.name, ResourcePatternType.LITERAL, principal, "*",
+                   operations[spec.operation], AclPermissionType.ALLOW)
+        for spec in specs
+    ]  # fmt: skip
+    for future in admin.create_acls(bindings, request_timeout=timeout_s).values():
+        future.result()

@@ -14,6 +14,7 @@ def test_every_topic_and_its_dlq() -> None:
         "scores.v1",
         "alerts.v1",
         "model-events.v1",
+        "feature-repairs.v1",
         "transactions.dlq.v1",
         "labels.dlq.v1",
         "model-events.dlq.v1",

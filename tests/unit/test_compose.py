@@ -1,0 +1,849 @@
+"""docker-compose.yml, the Dockerfile and deploy/ checked statically: no Docker engine needed.
+
+Every check is a function ``(Project) -> list[str]`` returning the problems it finds (empty: fine). The real files
+must have none; and for each check a deliberately broken copy must show the expected problem, so no check passes
+vacuously. Commands are parsed by the real CLI (``typer.main.get_command``) without running; ``FRAUD_`` variables
+are validated by the real :class:`~fraudpipe.settings.Settings`; dashboard queries against the collectors of
+:mod:`streams.metrics`.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import json
+import os
+import re
+import shlex
+import tomllib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path, PurePosixPath
+from typing import Any
+from unittest import mock
+
+import pytest
+import typer
+import typer.core
+import typer.main
+import yaml
+from prometheus_client.metrics import MetricWrapperBase
+from pydantic import BaseModel, ValidationError
+from pydantic_settings import SettingsError
+
+from fraudpipe.cli import app as cli_app
+from fraudpipe.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+INFRA = ("kafka", "redis", "prometheus", "grafana")  # long-running, not ours: each needs a health check
+SCALABLE = ("worker",)  # `docker compose up --scale worker=N`
+REQUIRED_DEPENDENCIES = {
+    "worker": {
+        "kafka": "service_healthy",
+        "redis": "service_healthy",
+        "init": "service_completed_successfully",
+        "trainer": "service_completed_successfully",
+    },
+    "init": {"kafka": "service_healthy"},
+    "replayer": {"init": "service_completed_successfully", "trainer": "service_completed_successfully"},
+    "retrainer": {"kafka": "service_healthy", "init": "service_completed_successfully"},
+}
+REQUIRED_DEPENDENCIES["labels"] = REQUIRED_DEPENDENCIES["api"] = REQUIRED_DEPENDENCIES["worker"]
+DASHBOARD_MUST_SHOW = (
+    "fraudpipe_events_in_total",
+    "fraudpipe_events_out_total",
+    "fraudpipe_end_to_end_seconds_bucket",
+    "fraudpipe_decisions_total",
+    "fraudpipe_dead_letters_total",
+    "fraudpipe_drift_psi",
+    "fraudpipe_model_info",
+)
+# name:MAJOR.MINOR.PATCH[-variant], optionally @sha256:digest, or name@sha256:digest
+PINNED = re.compile(r"^[^\s:@]+(?::v?\d+\.\d+\.\d+[\w.-]*(?:@sha256:[0-9a-f]{64})?|@sha256:[0-9a-f]{64})$")
+SAMPLE_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "gauge": ("",),
+    "info": ("_info",),
+    "stateset": ("",),
+    "histogram": ("_bucket", "_count", "_sum", "_created"),
+    "summary": ("", "_count", "_sum", "_created"),
+    "enum": ("",),
+    "gaugehistogram": ("_bucket", "_gcount", "_gsum"),
+}
+
+
+@dataclass
+class Project:
+    """The files under test, parsed (text where parsing is part of the check)."""
+
+    compose: dict[str, Any]
+    dockerfile: str
+    dockerignore: str
+    prometheus: dict[str, Any]
+    dashboard: str
+    datasources: dict[str, Any]
+    providers: dict[str, Any]
+    versions: dict[str, str]
+    pyproject: dict[str, Any]
+    services_sh: str
+
+
+@cache
+def _project() -> Project:
+    grafana = ROOT / "deploy" / "grafana"
+    return Project(
+        compose=yaml.safe_load((ROOT / "docker-compose.yml").read_text()),
+        dockerfile=(ROOT / "Dockerfile").read_text(),
+        dockerignore=(ROOT / ".dockerignore").read_text(),
+        prometheus=yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text()),
+        dashboard=(grafana / "dashboards" / "fraudpipe.json").read_text(),
+        datasources=yaml.safe_load((grafana / "provisioning" / "datasources" / "prometheus.yml").read_text()),
+        providers=yaml.safe_load((grafana / "provisioning" / "dashboards" / "fraudpipe.yml").read_text()),
+        versions=dict(
+            line.split("=", 1)
+            for line in (ROOT / "scripts" / "versions.env").read_text().splitlines()
+            if line.strip() and not line.startswith("#")
+        ),
+        pyproject=tomllib.loads((ROOT / "pyproject.toml").read_text()),
+        services_sh=(ROOT / "scripts" / "services.sh").read_text(),
+    )
+
+
+# --- reading the compose file ---------------------------------------------------------------------------------------
+
+
+def _services(p: Project) -> dict[str, dict[str, Any]]:
+    return p.compose.get("services") or {}
+
+
+def _ours(p: Project) -> dict[str, dict[str, Any]]:
+    """Services running the fraudpipe image."""
+    return {name: s for name, s in _services(p).items() if str(s.get("image", "")).startswith("fraudpipe:")}
+
+
+def _image(service: dict[str, Any]) -> tuple[str, str]:
+    """(repository, tag) of a service's image; tag "" when there is none."""
+    reference = str(service.get("image", "")).split("@")[0]
+    repository, _, tag = reference.rpartition(":") if ":" in reference.split("/")[-1] else (reference, "", "")
+    return repository, tag
+
+
+def _environment(service: dict[str, Any]) -> dict[str, Any]:
+    """A service's environment, from either the mapping or the ``KEY=VALUE`` list form."""
+    environment = service.get("environment") or {}
+    if isinstance(environment, list):
+        return dict(str(item).partition("=")[::2] for item in environment)
+    return dict(environment)
+
+
+def _fraud_env(service: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in _environment(service).items() if k.upper().startswith("FRAUD_")}
+
+
+_REDIRECT = re.compile(r"^\d*[<>]")
+
+
+def _cli_calls(service: dict[str, Any]) -> list[list[str]]:
+    """The fraudpipe command lines a service runs (without ``fraudpipe``): its command under the image's entrypoint,
+    or each ``fraudpipe ...`` of a ``sh -c`` script (one call per line, ended by ``||``, ``&&``, ``;`` or a
+    redirection)."""
+    command = service.get("command") or []
+    command = shlex.split(command) if isinstance(command, str) else [str(part) for part in command]
+    entrypoint = service.get("entrypoint")
+    if entrypoint is None:
+        return [command] if command else []
+    if not (Path(str(entrypoint[0])).name in {"sh", "bash"} and str(entrypoint[-1]).endswith("c")):
+        return [["<entrypoint>", *map(str, entrypoint)]]
+    calls: list[list[str]] = []
+    for line in "\n".join(command).splitlines():
+        current: list[str] | None = None
+        for token in shlex.split(line, comments=True):
+            if current is None:
+                current = [] if token == "fraudpipe" else None
+            elif token in {"||", "&&", ";", "|", "&"} or _REDIRECT.match(token):
+                calls.append(current)
+                current = None
+            else:
+                current.append(token.removesuffix(";"))
+        if current is not None:
+            calls.append(current)
+    return calls
+
+
+def _cli_problem(args: list[str]) -> str | None:
+    """Why the CLI would refuse ``fraudpipe ARGS`` (unknown command or option, bad value, missing argument)."""
+    command: Any = typer.main.get_command(cli_app)
+    parent, name, rest = None, "fraudpipe", list(args)
+    while isinstance(command, typer.core.TyperGroup):
+        context = typer.Context(command, info_name=name, parent=parent)
+        sub = command.get_command(context, rest[0]) if rest else None
+        if sub is None:
+            return f"`fraudpipe {' '.join(args)}`: no command {rest[0] if rest else '(none)'!r} under {name!r}"
+        parent, name, command, rest = context, rest[0], sub, rest[1:]
+    try:
+        command.make_context(name, rest, parent=parent)
+    except typer.TyperException as error:
+        return f"`fraudpipe {' '.join(args)}`: {error.format_message()}"
+    return None
+
+
+def _settings_of(service: dict[str, Any]) -> Settings:
+    """The settings a container of ``service`` reads (its FRAUD_ variables only; no .env)."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("FRAUD_")}
+    env.update({k: str(v) for k, v in _fraud_env(service).items()})
+    with mock.patch.dict(os.environ, env, clear=True):
+        return Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def _valid_settings(service: dict[str, Any]) -> Settings | None:
+    """The service's settings, or None when they do not validate (``fraud_settings`` reports why)."""
+    try:
+        return _settings_of(service)
+    except (ValidationError, SettingsError):
+        return None
+
+
+def _field_problem(name: str) -> str | None:
+    """Why ``name`` is not a settings field (``FRAUD_SECTION__FIELD``, upper case)."""
+    model: type[BaseModel] = Settings
+    parts = name.removeprefix("FRAUD_").split("__")
+    for depth, part in enumerate(parts):
+        field = model.model_fields.get(part.lower())
+        if field is None or part != part.upper():
+            return f"{name}: {'.'.join(parts[: depth + 1]).lower()} is not a setting"
+        section = isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        if section != (depth < len(parts) - 1):
+            return f"{name}: {'a section, not a field' if section else 'a field, not a section'}"
+        if section:
+            model = field.annotation  # type: ignore[assignment]
+    return None
+
+
+def _listening(name: str, service: dict[str, Any]) -> set[int]:
+    """Ports a container of the service listens on: from the settings for ours, from the image's defaults or its
+    listener configuration for the others."""
+    repository, _ = _image(service)
+    if repository == "fraudpipe":
+        settings = _valid_settings(service)
+        if settings is None:
+            return set()
+        ports = set()
+        for call in _cli_calls(service):
+            if call[:1] == ["worker"] and settings.metrics.port:
+                ports.add(settings.metrics.port)
+            if call[:1] == ["serve"]:
+                ports.add(settings.api.port)
+            if call[:1] == ["monitor"] and "--every" in call and settings.monitor.metrics_port:
+                ports.add(settings.monitor.metrics_port)
+        return ports
+    if repository == "apache/kafka":
+        listeners = str(_environment(service).get("KAFKA_LISTENERS", ""))
+        return {int(port) for port in re.findall(r":(\d+)(?:,|$)", listeners)}
+    return {"redis": {6379}, "prom/prometheus": {9090}, "grafana/grafana": {3000}}.get(repository, set())
+
+
+def _published(service: dict[str, Any]) -> Iterator[tuple[str, int | None, int, str]]:
+    """(host ip, host port or None for a random one, container port, protocol) of each published port."""
+    for entry in service.get("ports") or []:
+        if isinstance(entry, dict):
+            published = entry.get("published")
+            yield (
+                str(entry.get("host_ip", "")),
+                int(published) if published else None,
+                int(entry["target"]),
+                str(entry.get("protocol", "tcp")),
+            )
+            continue
+        spec, _, protocol = str(entry).partition("/")
+        parts = spec.rsplit(":", 2)
+        host_ip, host = (parts[0], parts[1]) if len(parts) == 3 else ("", parts[0] if len(parts) == 2 else "")
+        yield host_ip, int(host) if host else None, int(parts[-1]), protocol or "tcp"
+
+
+def _mounts(service: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """(source, target) of each volume entry (short syntax)."""
+    for entry in service.get("volumes") or []:
+        source, target = str(entry).split(":")[:2]
+        yield source, target
+
+
+# --- the checks -----------------------------------------------------------------------------------------------------
+
+
+def images_pinned(p: Project) -> list[str]:
+    """Every image has a version tag (major.minor.patch) or a digest, never ``latest``; ours carries pyproject's
+    version and is built here."""
+    problems = []
+    version = p.pyproject["project"]["version"]
+    for name, service in _services(p).items():
+        image = str(service.get("image", ""))
+        if not PINNED.match(image):
+            problems.append(f"{name}: image {image or '(none)'!r} is not pinned to a version or digest")
+        if "build" in service and image != f"fraudpipe:{version}":
+            problems.append(f"{name}: builds an image tagged {image!r}, not fraudpipe:{version}")
+    return problems
+
+
+def service_versions(p: Project) -> list[str]:
+    """Kafka and Redis are the versions scripts/versions.env pins (the local services run the same)."""
+    problems = []
+    found = {_image(s)[0]: _image(s)[1] for s in _services(p).values()}
+    if found.get("apache/kafka") != p.versions["KAFKA_VERSION"]:
+        problems.append(f"kafka image {found.get('apache/kafka')!r} != KAFKA_VERSION {p.versions['KAFKA_VERSION']}")
+    redis = p.versions.get("REDIS_IMAGE_VERSION", "")
+    if not re.fullmatch(rf"{re.escape(redis)}(-[\w.-]+)?", found.get("redis", "")):
+        problems.append(f"redis image {found.get('redis')!r} is not REDIS_IMAGE_VERSION {redis}")
+    return problems
+
+
+def healthchecks(p: Project) -> list[str]:
+    """Infrastructure and every service of ours that serves HTTP has a health check that is on."""
+    problems = []
+    for name, service in _services(p).items():
+        if name not in INFRA and not (name in _ours(p) and _listening(name, service)):
+            continue
+        check = service.get("healthcheck") or {}
+        test = check.get("test") or []
+        if check.get("disable") or not test or test[0] == "NONE":
+            problems.append(f"{name}: no health check")
+    return problems
+
+
+def dependencies(p: Project) -> list[str]:
+    """depends_on is long form with conditions: infrastructure healthy, one-shot jobs completed successfully; the
+    required edges are there; one-shot jobs never restart."""
+    problems = []
+    services = _services(p)
+    one_shots = {name for name, s in services.items() if str(s.get("restart", "no")) == "no"}
+    for name, service in services.items():
+        depends = service.get("depends_on") or {}
+        if not isinstance(depends, dict):
+            problems.append(f"{name}: depends_on must name a condition for each service")
+            continue
+        for target, spec in depends.items():
+            condition = (spec or {}).get("condition")
+            if target not in services:
+                problems.append(f"{name}: depends on unknown service {target!r}")
+            elif target in INFRA and condition != "service_healthy":
+                problems.append(f"{name}: must wait for {target} to be service_healthy, not {condition}")
+            elif target in one_shots and condition != "service_completed_successfully":
+                problems.append(f"{name}: must wait for one-shot {target} to be service_completed_successfully")
+            elif condition == "service_healthy" and not (services[target].get("healthcheck") or {}).get("test"):
+                problems.append(f"{name}: waits for {target} to be healthy, but {target} has no health check")
+        for target, condition in REQUIRED_DEPENDENCIES.get(name, {}).items():
+            if (depends.get(target) or {}).get("condition") != condition:
+                problems.append(f"{name}: must depend on {target} with condition {condition}")
+    for name in ("init", "trainer", "replayer"):
+        if name not in one_shots:
+            problems.append(f"{name}: a one-shot job must have restart: 'no'")
+    return problems
+
+
+def fraud_settings(p: Project) -> list[str]:
+    """Every FRAUD_ variable is a settings field, written as a string, and each service's set validates."""
+    problems = []
+    for name, service in _services(p).items():
+        variables = _fraud_env(service)
+        for variable, value in variables.items():
+            if (problem := _field_problem(variable)) is not None:
+                problems.append(f"{name}: {problem}")
+            if not isinstance(value, str):
+                problems.append(f"{name}: {variable} must be a quoted string, got {value!r}")
+        if variables:
+            try:
+                _settings_of(service)
+            except ValidationError as error:
+                problems.append(f"{name}: settings do not validate: {error.errors(include_url=False)}")
+            except SettingsError as error:
+                problems.append(f"{name}: settings do not validate: {error}: {error.__cause__}")
+    return problems
+
+
+def cli_commands(p: Project) -> list[str]:
+    """Every fraudpipe service runs real CLI commands with options the CLI accepts."""
+    problems = []
+    for name, service in _ours(p).items():
+        calls = _cli_calls(service)
+        if not calls:
+            problems.append(f"{name}: runs no fraudpipe command (the image's default is --help)")
+        problems += [f"{name}: {problem}" for call in calls if (problem := _cli_problem(call))]
+    return problems
+
+
+def host_ports(p: Project) -> list[str]:
+    """No two published ports take the same host port; a scalable service publishes no fixed host port and has no
+    container name."""
+    problems, taken = [], {}
+    for name, service in _services(p).items():
+        for host_ip, host, _, protocol in _published(service):
+            if host is None:
+                continue
+            if name in SCALABLE:
+                problems.append(f"{name}: scalable, so it must not publish the fixed host port {host}")
+            for (other_ip, other_port, other_protocol), other in taken.items():
+                wildcard = {host_ip, other_ip} & {"", "0.0.0.0"}
+                if (other_port, other_protocol) == (host, protocol) and (wildcard or host_ip == other_ip):
+                    problems.append(f"{name}: host port {host} is already published by {other}")
+            taken[(host_ip, host, protocol)] = name
+    problems += [
+        f"{name}: scalable, so no container_name" for name in SCALABLE if "container_name" in _services(p).get(name, {})
+    ]
+    return problems
+
+
+def reachable(p: Project) -> list[str]:
+    """What other containers call is listened on: published, exposed and health-checked ports are ports the
+    service listens on, and our servers bind to all interfaces."""
+    problems = []
+    for name, service in _services(p).items():
+        listening = _listening(name, service)
+        settings = _valid_settings(service) if name in _ours(p) and listening else None
+        if settings is not None:
+            binds = {"serve": settings.api.bind, "worker": settings.metrics.bind, "monitor": settings.metrics.bind}
+            for command in (call[0] for call in _cli_calls(service) if call):
+                if binds.get(command, "0.0.0.0") not in {"0.0.0.0", "::", ""}:
+                    problems.append(f"{name}: `{command}` binds {binds[command]}: unreachable from other containers")
+        checked = " ".join(map(str, (service.get("healthcheck") or {}).get("test") or []))
+        used = {("published", port) for _, _, port, _ in _published(service)}
+        used |= {("exposed", int(str(port).split("/")[0])) for port in service.get("expose") or []}
+        used |= {
+            ("health-checked", int(port)) for port in re.findall(rf"(?:127\.0\.0\.1|localhost|{name}):(\d+)", checked)
+        }
+        problems += [
+            f"{name}: {how} port {port} is not one it listens on {sorted(listening)}"
+            for how, port in sorted(used)
+            if port not in listening
+        ]
+    return problems
+
+
+def volumes(p: Project) -> list[str]:
+    """Named volumes are declared, bind mounts exist in the repository, and our data and models live on a volume
+    every fraudpipe service shares."""
+    problems, declared = [], set(p.compose.get("volumes") or {})
+    shared: set[str] | None = None
+    for name, service in _services(p).items():
+        mounts = dict(_mounts(service))
+        for source in mounts:
+            if source.startswith((".", "/")):
+                if not (ROOT / source).exists():
+                    problems.append(f"{name}: bind mount {source} does not exist")
+            elif source not in declared:
+                problems.append(f"{name}: volume {source!r} is not declared")
+        if name in _ours(p):
+            shared = set(mounts) if shared is None else shared & set(mounts)
+            settings = _valid_settings(service)
+            for path in (settings.paths.data_dir, settings.paths.models_dir) if settings else ():
+                if not any(path.is_relative_to(target) for source, target in mounts.items() if source in declared):
+                    problems.append(f"{name}: {path} is not on a named volume")
+    if not shared:
+        problems.append("the fraudpipe services share no volume (models and data must be shared)")
+    return problems
+
+
+def prometheus_targets(p: Project) -> list[str]:
+    """Scrape targets are compose services on ports they listen on; every metrics endpoint of ours is scraped; a
+    scalable service is found through DNS (one A record per replica); the API's metrics path needs no redirect."""
+    problems, scraped = [], set()
+    services = _services(p)
+    for job in p.prometheus.get("scrape_configs") or []:
+        targets = [tuple(t.rsplit(":", 1)) for c in job.get("static_configs") or [] for t in c.get("targets") or []]
+        for sd in job.get("dns_sd_configs") or []:
+            if sd.get("type") != "A" or "port" not in sd:
+                problems.append(f"job {job['job_name']}: dns_sd_configs needs type A and a port")
+            targets += [(host, str(sd.get("port"))) for host in sd.get("names") or []]
+        for host, port in targets:
+            scraped.add(host)
+            if host not in services:
+                problems.append(f"job {job['job_name']}: {host} is not a compose service")
+            elif int(port) not in _listening(host, services[host]):
+                problems.append(f"job {job['job_name']}: {host} does not listen on {port}")
+            elif host in SCALABLE and not job.get("dns_sd_configs"):
+                problems.append(f"job {job['job_name']}: {host} is scalable: find its replicas with dns_sd_configs")
+            serves_api = host in services and any(c[:1] == ["serve"] for c in _cli_calls(services[host]))
+            if serves_api and job.get("metrics_path") != "/metrics/":
+                problems.append(f"job {job['job_name']}: the API serves metrics at /metrics/ (/metrics redirects)")
+    problems += [
+        f"{name}: serves metrics but no scrape job targets it"
+        for name, service in _ours(p).items()
+        if _listening(name, service) and name not in scraped
+    ]
+    prometheus = services.get("prometheus", {})
+    config = next((a.split("=", 1)[1] for a in prometheus.get("command") or [] if a.startswith("--config.file=")), "")
+    if ("./deploy/prometheus/prometheus.yml", config) not in set(_mounts(prometheus)):
+        problems.append("prometheus: deploy/prometheus/prometheus.yml is not mounted at its --config.file")
+    return problems
+
+
+@cache
+def _metric_samples() -> frozenset[str]:
+    """Every sample name streams.metrics can expose (counters gain ``_total``, histograms ``_bucket``...)."""
+    from streams import metrics
+
+    names = set()
+    for collector in vars(metrics).values():
+        if isinstance(collector, MetricWrapperBase):
+            for family in collector.describe():
+                names |= {family.name + suffix for suffix in SAMPLE_SUFFIXES[family.type]}
+    return frozenset(names)
+
+
+def grafana(p: Project) -> list[str]:
+    """The dashboard parses, queries the provisioned data source, only metrics streams.metrics defines (quantiles
+    from ``_bucket`` series) and covers the pipeline; provisioning and mounts line up."""
+    try:
+        dashboard = json.loads(p.dashboard)
+    except json.JSONDecodeError as error:
+        return [f"dashboard: not JSON: {error}"]
+    problems, used = [], set()
+    uids = {source.get("uid") for source in p.datasources.get("datasources") or []}
+    for panel in dashboard.get("panels") or []:
+        title = panel.get("title", "?")
+        if not panel.get("targets"):
+            problems.append(f"panel {title!r}: no query")
+        for target in panel.get("targets") or []:
+            source = target.get("datasource") or panel.get("datasource") or {}
+            if source.get("uid") not in uids:
+                problems.append(f"panel {title!r}: data source {source.get('uid')!r} is not provisioned")
+            expr = str(target.get("expr", ""))
+            names = set(re.findall(r"\bfraudpipe_\w+", expr))
+            used |= names
+            problems += [
+                f"panel {title!r}: {n} is not a metric of streams/metrics.py"
+                for n in sorted(names)
+                if n not in _metric_samples()
+            ]
+            if "histogram_quantile" in expr and not all(n.endswith("_bucket") for n in names):
+                problems.append(f"panel {title!r}: histogram_quantile needs _bucket series")
+    if not dashboard.get("panels"):
+        problems.append("dashboard: no panels")
+    problems += [f"dashboard: shows no {name}" for name in DASHBOARD_MUST_SHOW if name not in used]
+    services = _services(p)
+    for source in p.datasources.get("datasources") or []:
+        host, _, port = str(source.get("url", "")).removeprefix("http://").partition(":")
+        if host not in services or not port.isdigit() or int(port) not in _listening(host, services[host]):
+            problems.append(f"data source {source.get('name')}: {source.get('url')} is no compose service port")
+    mounts = set(_mounts(services.get("grafana", {})))
+    for provider in p.providers.get("providers") or []:
+        if ("./deploy/grafana/dashboards", provider.get("options", {}).get("path")) not in mounts:
+            problems.append(f"provider {provider.get('name')}: deploy/grafana/dashboards is not mounted at its path")
+    if ("./deploy/grafana/provisioning", "/etc/grafana/provisioning") not in mounts:
+        problems.append("grafana: deploy/grafana/provisioning is not mounted at /etc/grafana/provisioning")
+    home = PurePosixPath(
+        str(_environment(services.get("grafana", {})).get("GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"))
+    )
+    mounted = [ROOT / source / home.relative_to(target) for source, target in mounts if home.is_relative_to(target)]
+    if not any(path.is_file() for path in mounted):
+        problems.append(f"grafana: the home dashboard {home} is no mounted file")
+    return problems
+
+
+def _dockerfile_stages(text: str) -> list[tuple[str, str, list[tuple[str, str]]]]:
+    """(base image, stage name, [(INSTRUCTION, arguments)]) per FROM, continuation lines joined, comments dropped."""
+    stages: list[tuple[str, str, list[tuple[str, str]]]] = []
+    logical = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            logical += line[:-1] + " "
+            continue
+        keyword, _, arguments = (logical + line).partition(" ")
+        logical = ""
+        if keyword.upper() == "FROM":
+            words = [w for w in arguments.split() if not w.startswith("--")]
+            stages.append((words[0], words[2] if len(words) > 2 else "", []))
+        elif stages:
+            stages[-1][2].append((keyword.upper(), arguments.strip()))
+    return stages
+
+
+def _packages(p: Project) -> list[str]:
+    """Top-level package folders pyproject's [tool.setuptools.packages.find] includes."""
+    include = p.pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    return sorted(
+        d.name
+        for d in ROOT.iterdir()
+        if (d / "__init__.py").exists() and any(fnmatch.fnmatch(d.name, pattern) for pattern in include)
+    )
+
+
+def _copied(instructions: list[tuple[str, str]]) -> list[str]:
+    """Sources of the COPY instructions that copy from the build context (not ``--from`` another stage)."""
+    sources = []
+    for keyword, arguments in instructions:
+        words = arguments.split()
+        if keyword == "COPY" and not any(word.startswith("--from") for word in words):
+            sources += [word for word in words[:-1] if not word.startswith("--")]
+    return sources
+
+
+def dockerfile(p: Project) -> list[str]:
+    """Multi-stage; base images pinned; the final stage runs as a non-root user with ENTRYPOINT fraudpipe; every
+    package pyproject includes (and the files it needs to build) is copied in."""
+    stages = _dockerfile_stages(p.dockerfile)
+    if len(stages) < 2:
+        return ["Dockerfile: not multi-stage"]
+    problems, names = [], set()
+    for base, name, _ in stages:
+        if base not in names and not PINNED.match(base):
+            problems.append(f"Dockerfile: base image {base!r} is not pinned to a version or digest")
+        names.add(name)
+    final = stages[-1][2]
+    users = [arguments.split(":")[0] for keyword, arguments in final if keyword == "USER"]
+    if not users or users[-1] in {"root", "0"}:
+        problems.append("Dockerfile: the final stage must run as a non-root USER")
+    entrypoints = [arguments for keyword, arguments in final if keyword == "ENTRYPOINT"]
+    if not entrypoints or not entrypoints[-1].startswith("[") or json.loads(entrypoints[-1]) != ["fraudpipe"]:
+        problems.append('Dockerfile: the final stage needs ENTRYPOINT ["fraudpipe"] (exec form)')
+    copied = {source for _, _, instructions in stages for source in _copied(instructions)}
+    needed = ["pyproject.toml", p.pyproject["project"]["readme"], *p.pyproject["project"]["license-files"]]
+    problems += [
+        f"Dockerfile: {item} is not copied"
+        for item in [*needed, *_packages(p)]
+        if "." not in copied and item not in copied
+    ]
+    return problems
+
+
+def dockerignore(p: Project) -> list[str]:
+    """The build context leaves out local state and caches, and keeps what the Dockerfile copies."""
+    patterns = [line.strip().rstrip("/") for line in p.dockerignore.splitlines() if line.strip()[:1] not in {"", "#"}]
+    problems = [
+        f".dockerignore: {must} is not excluded"
+        for must in (".venv", "var", ".services", ".git", ".env")
+        if must not in patterns
+    ]
+    for _, _, instructions in _dockerfile_stages(p.dockerfile):
+        problems += [
+            f".dockerignore: excludes {source}, which the Dockerfile copies"
+            for source in _copied(instructions)
+            if any(fnmatch.fnmatch(source, pattern) for pattern in patterns)
+        ]
+    return problems
+
+
+def kafka_parity(p: Project) -> list[str]:
+    """The compose broker has the settings scripts/services.sh gives the local one (listeners, paths and the security
+    mode aside: those the script fills in per run)."""
+    found = re.search(r'server\.properties" <<EOF\n(.*?)\nEOF', p.services_sh, re.DOTALL)
+    if found is None:
+        return ["scripts/services.sh: no server.properties heredoc found"]
+    environment = _environment(_services(p).get("kafka") or {})
+    problems = []
+    for line in found.group(1).splitlines():
+        key, _, value = line.partition("=")
+        if line.startswith("#") or not value or "$" in value:  # "$...": ports, paths, security mode of that run
+            continue
+        variable = "KAFKA_" + "".join({".": "_", "_": "__", "-": "___"}.get(c, c) for c in key).upper()
+        if str(environment.get(variable)) != value:
+            problems.append(f"kafka: {variable}={environment.get(variable)!r}, scripts/services.sh has {key}={value}")
+    return problems
+
+
+CHECKS: dict[str, Callable[[Project], list[str]]] = {
+    check.__name__: check
+    for check in (
+        images_pinned,
+        service_versions,
+        healthchecks,
+        dependencies,
+        fraud_settings,
+        cli_commands,
+        host_ports,
+        reachable,
+        volumes,
+        prometheus_targets,
+        grafana,
+        dockerfile,
+        dockerignore,
+        kafka_parity,
+    )
+}
+
+
+@pytest.mark.parametrize("name", list(CHECKS))
+def test_the_files_pass(name: str) -> None:
+    assert CHECKS[name](_project()) == []
+
+
+# --- each check can fail -------------------------------------------------------------------------------------------
+
+
+def _set(path: str, value: Any) -> Callable[[Project], None]:
+    """A mutation: set ``value`` at ``path`` in the compose dict (``services.worker.command``); None deletes."""
+
+    def mutate(p: Project) -> None:
+        *parents, last = path.split(".")
+        node = p.compose
+        for key in parents:
+            node = node.setdefault(key, {})
+        if value is None:
+            node.pop(last, None)
+        else:
+            node[last] = value
+
+    return mutate
+
+
+def _edit(field: str, old: str, new: str) -> Callable[[Project], None]:
+    """A mutation: replace ``old`` by ``new`` in a text file of the project (it must occur)."""
+
+    def mutate(p: Project) -> None:
+        text = getattr(p, field)
+        assert old in text, f"{old!r} not in {field}"
+        setattr(p, field, text.replace(old, new))
+
+    return mutate
+
+
+def _prometheus_target(job: str, target: str) -> Callable[[Project], None]:
+    def mutate(p: Project) -> None:
+        (config,) = [c for c in p.prometheus["scrape_configs"] if c["job_name"] == job]
+        config["static_configs"] = [{"targets": [target]}]
+        config.pop("dns_sd_configs", None)
+
+    return mutate
+
+
+BROKEN = [
+    ("images_pinned", _set("services.kafka.image", "apache/kafka:latest"), "not pinned"),
+    ("images_pinned", _set("services.grafana.image", "grafana/grafana"), "not pinned"),
+    ("images_pinned", _set("services.redis.image", "redis:7-alpine"), "not pinned"),
+    ("images_pinned", _set("services.worker.image", "fraudpipe:9.9.9"), "not fraudpipe:"),
+    ("service_versions", _set("services.kafka.image", "apache/kafka:4.0.0"), "KAFKA_VERSION"),
+    ("service_versions", _set("services.redis.image", "redis:7.2.4-alpine"), "REDIS_IMAGE_VERSION"),
+    ("healthchecks", _set("services.redis.healthcheck", None), "redis: no health check"),
+    ("healthchecks", _set("services.prometheus.healthcheck", {"disable": True}), "prometheus: no health check"),
+    ("healthchecks", _set("services.api.healthcheck", None), "api: no health check"),
+    ("dependencies", _set("services.worker.depends_on.trainer", {"condition": "service_started"}), "trainer"),
+    ("dependencies", _set("services.worker.depends_on", ["kafka", "redis"]), "must name a condition"),
+    ("dependencies", _set("services.worker.depends_on.redis", None), "worker: must depend on redis"),
+    ("dependencies", _set("services.labels.depends_on.kafak", {"condition": "service_healthy"}), "unknown service"),
+    ("dependencies", _set("services.api.depends_on.kafka", {"condition": "service_started"}), "service_healthy"),
+    ("dependencies", _set("services.trainer.restart", "on-failure"), "trainer: a one-shot"),
+    ("dependencies", _set("services.api.depends_on", {}), "api: must depend on init"),
+    ("fraud_settings", _set("services.worker.environment.FRAUD_WORKER__AGENTS", '["score","typo"]'), "validate"),
+    ("fraud_settings", _set("services.worker.environment.FRAUD_WORKER__AGENT", '["score"]'), "not a setting"),
+    ("fraud_settings", _set("services.api.environment.FRAUD_NOPE", "1"), "nope is not a setting"),
+    ("fraud_settings", _set("services.api.environment.FRAUD_API", "x"), "a section, not a field"),
+    ("fraud_settings", _set("services.api.environment.FRAUD_API__PORT", 8000), "quoted string"),
+    ("fraud_settings", _set("services.api.environment.FRAUD_API__PORT", "0"), "validate"),
+    ("cli_commands", _set("services.worker.command", ["wroker"]), "no command 'wroker'"),
+    ("cli_commands", _set("services.replayer.command", ["replay", "--rate", "500"]), "Missing argument"),
+    ("cli_commands", _set("services.replayer.command", ["replay", "/sim", "--rate", "fast"]), "--rate"),
+    ("cli_commands", _set("services.monitor.command", ["monitor", "--evry", "60"]), "No such option"),
+    ("cli_commands", _set("services.init.command", ["topics"]), "no command '(none)'"),
+    ("cli_commands", _set("services.api.command", None), "runs no fraudpipe command"),
+    ("cli_commands", _set("services.trainer.command", ["fraudpipe trian /sim --promote"]), "no command 'trian'"),
+    ("cli_commands", _set("services.trainer.command", ["echo fraudpipe-free"]), "runs no fraudpipe command"),
+    ("host_ports", _set("services.grafana.ports", ["127.0.0.1:8000:3000"]), "already published by api"),
+    ("host_ports", _set("services.prometheus.ports", ["8000:9090"]), "already published by api"),
+    ("host_ports", _set("services.worker.ports", ["9108:9108"]), "must not publish"),
+    ("host_ports", _set("services.worker.container_name", "worker"), "no container_name"),
+    ("reachable", _set("services.api.environment.FRAUD_API__BIND", "127.0.0.1"), "unreachable"),
+    ("reachable", _set("services.worker.environment.FRAUD_METRICS__BIND", "127.0.0.1"), "unreachable"),
+    ("reachable", _set("services.api.ports", ["127.0.0.1:8000:8080"]), "published port 8080"),
+    ("reachable", _set("services.monitor.expose", ["9108"]), "exposed port 9108"),
+    ("reachable", _set("services.worker.environment.FRAUD_METRICS__PORT", "9200"), "health-checked port 9108"),
+    ("volumes", _set("services.worker.volumes", ["fraudpipe:/srv"]), "is not on a named volume"),
+    ("volumes", _set("services.worker.volumes", ["elsewhere:/var/lib/fraudpipe"]), "not declared"),
+    (
+        "volumes",
+        _set("services.prometheus.volumes", ["./deploy/nope.yml:/etc/prometheus/prometheus.yml:ro"]),
+        "does not exist",
+    ),
+    ("prometheus_targets", _prometheus_target("labels", "lables:9108"), "not a compose service"),
+    ("prometheus_targets", _prometheus_target("monitor", "monitor:9108"), "does not listen on 9108"),
+    ("prometheus_targets", _prometheus_target("worker", "worker:9108"), "dns_sd_configs"),
+    ("prometheus_targets", _prometheus_target("api", "labels:9108"), "api: serves metrics but no scrape job"),
+    ("prometheus_targets", _set("services.prometheus.command", ["--config.file=/etc/p.yml"]), "not mounted"),
+    ("grafana", _edit("dashboard", "fraudpipe_decisions_total", "fraudpipe_decisions"), "not a metric"),
+    (
+        "grafana",
+        _edit("dashboard", "fraudpipe_end_to_end_seconds_bucket", "fraudpipe_end_to_end_seconds_sum"),
+        "_bucket",
+    ),
+    ("grafana", _edit("dashboard", '"uid": "prometheus"', '"uid": "other"'), "not provisioned"),
+    ("grafana", _edit("dashboard", '"panels": [', '"panels": [,'), "not JSON"),
+    ("grafana", _edit("dashboard", "fraudpipe_model_info", "fraudpipe_model_swaps_total"), "shows no"),
+    ("grafana", _set("services.grafana.volumes", []), "not mounted"),
+    ("grafana", _set("services.grafana.environment.GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH", "/x.json"), "home"),
+    ("dockerfile", _edit("dockerfile", "USER 10001:10001", "USER root"), "non-root"),
+    ("dockerfile", _edit("dockerfile", "USER 10001:10001", ""), "non-root"),
+    ("dockerfile", _edit("dockerfile", "AS runtime", "AS runtime\nFROM python:3.11-slim-bookworm"), "not pinned"),
+    (
+        "dockerfile",
+        _edit("dockerfile", "FROM python:3.11.13-slim-bookworm AS builder", "FROM python:latest AS b"),
+        "not pinned",
+    ),
+    ("dockerfile", _edit("dockerfile", 'ENTRYPOINT ["fraudpipe"]', 'ENTRYPOINT ["python"]'), "ENTRYPOINT"),
+    ("dockerfile", _edit("dockerfile", "COPY streams ./streams", ""), "streams is not copied"),
+    ("dockerignore", _edit("dockerignore", ".venv/", ""), ".venv is not excluded"),
+    ("dockerignore", _edit("dockerignore", "tests/", "tests/\nREADME.md"), "excludes README.md"),
+    ("kafka_parity", _set("services.kafka.environment.KAFKA_AUTO_CREATE_TOPICS_ENABLE", "true"), "auto.create"),
+    ("kafka_parity", _set("services.kafka.environment.KAFKA_NUM_PARTITIONS", None), "num.partitions"),
+]
+
+
+@pytest.mark.parametrize(("name", "mutate", "expected"), BROKEN, ids=[f"{b[0]}-{i}" for i, b in enumerate(BROKEN)])
+def test_each_check_finds_a_broken_copy(name: str, mutate: Callable[[Project], None], expected: str) -> None:
+    broken = copy.deepcopy(_project())
+    mutate(broken)
+    problems = CHECKS[name](broken)
+    assert any(expected in problem for problem in problems), problems
+
+
+def test_every_check_is_tested_broken() -> None:
+    assert {name for name, _, _ in BROKEN} == set(CHECKS)
+
+
+# --- the image carries the packages' data files ---------------------------------------------------------------------
+
+
+def package_data_problems(pyproject: dict[str, Any], root: Path, packages: list[str]) -> list[str]:
+    """Files other than Python sources under the packages that ``[tool.setuptools.package-data]`` does not ship: a
+    non-editable install (the Docker image) would not have them."""
+    package_data = pyproject.get("tool", {}).get("setuptools", {}).get("package-data", {})
+    problems = []
+    for top in packages:
+        for path in sorted((root / top).rglob("*")):
+            relative = path.relative_to(root)
+            if path.is_dir() or path.suffix in {".py", ".pyc", ".pyi"} or "__pycache__" in relative.parts:
+                continue
+            owners = [relative.parents[i] for i in range(len(relative.parts) - 1)]  # innermost folder first
+            shipped = any(
+                len(pattern.split("/")) == len(inside.parts)
+                and all(
+                    fnmatch.fnmatch(part, glob) for part, glob in zip(inside.parts, pattern.split("/"), strict=True)
+                )
+                for owner in owners
+                if (root / owner / "__init__.py").exists()
+                for key in (".".join(owner.parts), "*")
+                for pattern in package_data.get(key, [])
+                for inside in [PurePosixPath(path.relative_to(root / owner))]
+            )
+            if not shipped:
+                problems.append(f"{relative} is not in [tool.setuptools.package-data]")
+    return problems
+
+
+def test_package_data_check_can_fail(tmp_path: Path) -> None:
+    (tmp_path / "pkg" / "sub").mkdir(parents=True)
+    for name in ("pkg/__init__.py", "pkg/sub/__init__.py", "pkg/a.lua", "pkg/sub/page.html", "pkg/sub/x.py"):
+        (tmp_path / name).write_text("")
+    covered = {"tool": {"setuptools": {"package-data": {"pkg": ["*.lua", "sub/*.html"]}}}}
+    assert package_data_problems(covered, tmp_path, ["pkg"]) == []
+    partly = {"tool": {"setuptools": {"package-data": {"pkg": ["*.lua"]}}}}
+    assert package_data_problems(partly, tmp_path, ["pkg"]) == [
+        "pkg/sub/page.html is not in [tool.setuptools.package-data]"
+    ]
+    by_subpackage = {"tool": {"setuptools": {"package-data": {"pkg": ["*.lua"], "pkg.sub": ["*.html"]}}}}
+    assert package_data_problems(by_subpackage, tmp_path, ["pkg"]) == []
+
+
+def test_the_image_carries_every_package_data_file() -> None:
+    project = _project()
+    assert package_data_problems(project.pyproject, ROOT, _packages(project)) == []
