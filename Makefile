@@ -9,6 +9,9 @@ install: ## Create .venv and install fraudpipe with its dev tools
 	test -x $(VENV)/python || python3 -m venv .venv
 	$(VENV)/python -m pip install -q -e ".[dev]"
 
+demo: install ## The whole pipeline on this machine with a live summary (ARGS="--duration 60" to stop by itself)
+	$(VENV)/fraudpipe demo $(ARGS)
+
 test: ## Run every test against real Kafka and Redis (sets everything up; ARGS="-k faust" to select)
 	bash scripts/test.sh $(ARGS)
 
@@ -36,4 +39,4 @@ services-status: ## Show whether local Kafka and Redis run
 topics: ## Create fraudpipe's topics on the configured broker
 	$(VENV)/fraudpipe topics create
 
-.PHONY: help install test unit lint format services-start services-stop services-status topics
+.PHONY: help install demo test unit lint format services-start services-stop services-status topics

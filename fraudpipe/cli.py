@@ -103,6 +103,14 @@ def config_show() -> None:
     out.print_json(_settings().model_dump_json(indent=2))
 
 
+@config_app.command("table")
+def config_table() -> None:
+    """Every setting as markdown tables (the README's configuration section is this output)."""
+    from fraudpipe.settings import settings_table
+
+    sys.stdout.write(settings_table())
+
+
 @config_app.command("env-example")
 def config_env_example() -> None:
     """Print the text of .env.example: every variable with its default."""
@@ -547,7 +555,7 @@ def train(
 ) -> None:
     """Train a LightGBM model, register it (model, manifest, report) and optionally promote it."""
     from models.registry import Registry
-    from models.report import render_report
+    from models.report import render_report, report_data
     from models.train import latest_windows, train_version
 
     settings = _settings()
@@ -568,7 +576,7 @@ def train(
             raise CliError(str(error)) from None
     registry = Registry(settings.paths.models_dir)
     metrics = trained.fields["metrics"]
-    report = render_report(_report_data("fraudpipe model (validation window)", trained.fitted.booster,
+    report = render_report(report_data("fraudpipe model (validation window)", trained.fitted.booster,
                                         trained.valid, metrics, trained.fields["windows"]))  # fmt: skip
     segment_metrics = _card_segments(settings, source, trained.valid, trained.fields["thresholds"])
     manifest = registry.register(trained.fitted.booster, trained.fields, report, segment_metrics=segment_metrics)
@@ -579,36 +587,10 @@ def train(
         f"registered {manifest.version} ({trained.fitted.rounds} rounds, {metrics['train_seconds']:.1f} s) — "
         f"validation {windows.test[0]}..{windows.test[1] - timedelta(days=1)}: AUC {metrics['auc']:.3f}, "
         f"AP {metrics['ap']:.3f}, CP@{metrics['k']} {metrics['cp_at_k']:.3f}; thresholds review "
-        f"{thresholds['review']:.3f} / decline {thresholds['decline']:.3f}" + (" — now champion" if promote else ""),
+        f"{thresholds['review']:.3f} / decline {thresholds['decline']:.3f}"
+        + (" — now champion" if promote else "")
+        + f"\nreport: {registry.versions_dir / manifest.version / 'report.html'}",
         highlight=False,
-    )
-
-
-def _report_data(title: str, booster: Any, rows: Any, metrics: dict[str, Any], windows: dict[str, Any]) -> Any:
-    """The report's inputs from scored rows (META + score)."""
-    import numpy as np
-
-    from features.definitions import FEATURE_NAMES
-    from models.report import ReportData
-    from models.scorer import explain
-    from models.train import matrix
-
-    scores = rows.get_column("score").to_numpy()
-    top = rows.with_row_index("_i").sort("score", descending=True).head(3)
-    reasons = explain(booster, matrix(top), top=5)
-    return ReportData(
-        title=title,
-        metrics={k: v for k, v in metrics.items() if not isinstance(v, (list, dict))},
-        truth=rows.get_column("is_fraud").cast(int).to_numpy(),
-        scores=scores,
-        cp_per_day=[(item["day"], item["value"]) for item in metrics["cp_at_k_per_day"]],
-        k=metrics["k"],
-        importance=dict(zip(FEATURE_NAMES, np.asarray(booster.feature_importance("gain")).tolist(), strict=True)),
-        explanations=[
-            {"txn_id": txn, "score": score, "reasons": [r.model_dump() for r in codes]}
-            for txn, score, codes in zip(top["txn_id"], top["score"], reasons, strict=True)
-        ],
-        windows=windows,
     )
 
 
@@ -633,7 +615,7 @@ def evaluate(
 
     from models.evaluate import evaluate as run
     from models.protocol import Windows
-    from models.report import write_report
+    from models.report import report_data, write_report
 
     settings = _settings()
     windows = Windows(_day(train_start, "--train-start"), train_days, delay_days, test_days, history_days)
@@ -649,7 +631,7 @@ def evaluate(
     report.write_text(json.dumps(result.report, indent=2) + "\n")
     if html is not None:
         title = f"fraudpipe evaluate — test {windows.test[0]}..{windows.test[1] - timedelta(days=1)}"
-        write_report(_report_data(title, result.booster, result.test, result.report, result.report["windows"]), html)
+        write_report(report_data(title, result.booster, result.test, result.report, result.report["windows"]), html)
     r = result.report
     auc, ap = (f"{r[key]:.3f}" if r[key] is not None else "n/a" for key in ("auc", "ap"))
     Console(soft_wrap=True).print(
@@ -858,6 +840,61 @@ def _publish_model_event(settings: Settings, event: dict[str, Any]) -> None:
             raise KafkaException(failures[0] if failures else "not delivered within 10 s")
     except KafkaException as error:
         err.print(f"warning: model event not published to {settings.topics.registry_events}: {error}")
+
+
+@app.command()
+def demo(
+    duration: Annotated[
+        float | None,
+        typer.Option(
+            min=5.0, help="Run this many seconds, then stop and summarize (non-interactive); without it, until Ctrl-C."
+        ),
+    ] = None,
+    rate: Annotated[float, typer.Option(min=1.0, help="Transactions per second replayed live.")] = 100.0,
+    customers: Annotated[int, typer.Option(min=100, help="Simulated customers (one card each).")] = 2_000,
+    history_days: Annotated[int, typer.Option(min=20, help="Days of history (training, warm features).")] = 30,
+    live_days: Annotated[int, typer.Option(min=1, help="Days replayed live after the history.")] = 10,
+    work_dir: Annotated[Path, typer.Option(help="Where the demo keeps its simulation, models, data and logs.")] = Path(
+        "var/demo"
+    ),
+    port: Annotated[int, typer.Option(min=0, max=65_535, help="API and dashboard port (0: any free one).")] = 8000,
+) -> None:
+    """The whole pipeline on this machine: local Kafka and Redis, a simulated history, a champion, a worker, the
+    monitor, the API and its dashboard, and a live stream with labels — with a live summary. Ctrl-C stops all."""
+    from rich.live import Live
+
+    from streams.demo import DemoOptions, run
+    from streams.demo_report import render_live
+
+    settings = _settings()
+    options = DemoOptions(work_dir=work_dir.resolve(), duration_s=duration, rate=rate, customers=customers,
+                          history_days=history_days, live_days=live_days, api_port=port)  # fmt: skip
+    live = Live(console=out, refresh_per_second=2, transient=False)
+
+    def show(summary: Any, alerts: Any, url: str, elapsed: float) -> None:
+        if not live.is_started:
+            live.start()
+        live.update(render_live(summary, alerts, url, elapsed))
+
+    def say(text: str) -> None:
+        (live.console if live.is_started else out).print(f"[dim]demo:[/] {text}", highlight=False, soft_wrap=True)
+
+    try:
+        final = run(settings, options, say=say, show=show)
+    except (RuntimeError, OSError) as error:
+        raise CliError(f"demo: {error}") from None
+    finally:
+        if live.is_started:
+            live.stop()
+    out.print(
+        f"demo done: {final['decisions']:,} decisions ({final['by_outcome']['review']:,} review, "
+        f"{final['by_outcome']['decline']:,} decline), {final['alerts_seen']:,} alerts seen, "
+        f"{final['dead_letters']:,} dead letters, p99 {final['p99_ms'] or 0:.0f} ms, champion {final['champion']}\n"
+        f"summary report: {final['report']}\nlogs: {final['logs']}",
+        highlight=False, soft_wrap=True,
+    )  # fmt: skip
+    if final["decisions"] == 0:
+        raise CliError(f"demo: no decision was made; see the logs in {final['logs']}")
 
 
 @app.command()

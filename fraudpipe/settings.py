@@ -38,6 +38,7 @@ __all__ = [
     "WorkerSettings",
     "env_example",
     "get_settings",
+    "settings_table",
 ]
 
 DEV_TOKENIZATION_KEY = "dev-only-tokenization-key-change-me-in-production"
@@ -46,7 +47,7 @@ Port = Annotated[int, Field(ge=1, le=65_535)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
 class KafkaSettings(_Section):
@@ -57,13 +58,19 @@ class KafkaSettings(_Section):
     """
 
     bootstrap_servers: str = "127.0.0.1:9092"
+    """Comma-separated host:port of the brokers."""
     client_id: str = "fraudpipe"
+    """Client id the brokers see (logs, quotas)."""
     app_id: str = "fraudpipe"
+    """Faust application id: the workers' consumer group."""
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (TLS trusts the system CAs)."""
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    """PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, with a SASL protocol."""
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     request_timeout_ms: Annotated[int, Field(ge=100)] = 10_000
+    """Budget of one broker request (admin calls, produce)."""
 
     def client_config(self) -> dict[str, str]:
         """librdkafka (confluent-kafka) configuration for these settings; holds the password in clear."""
@@ -99,28 +106,42 @@ class RedisSettings(_Section):
     """Online feature store. Timeouts are short on purpose: a stalled call must not stall the consumer."""
 
     url: str = "redis://127.0.0.1:6379/0"
+    """The feature store's Redis (standalone, or a primary)."""
     username: str | None = None
+    """Redis ACL user (a login in the URL wins)."""
     password: SecretStr | None = None
     socket_timeout_ms: Annotated[int, Field(ge=1)] = 250
+    """Budget of one call; past it the batch is decided in degraded mode."""
     connect_timeout_ms: Annotated[int, Field(ge=1)] = 500
     key_prefix: str = "fp:v2:"
+    """Prefix of every key fraudpipe writes (versioned with the store's format)."""
 
 
 class TopicSettings(_Section):
     """Topic names, and how ``fraudpipe topics create`` makes them. ``prefix`` is prepended to every name."""
 
     prefix: str = ""
+    """Prepended to every topic name (one cluster, several deployments or tests)."""
     transactions: str = "transactions.v1"
+    """Input: payments to score, keyed by card token."""
     labels: str = "labels.v1"
+    """Input: chargebacks and analyst verdicts."""
     scores: str = "scores.v1"
+    """Output: one Decision per transaction (the audit record)."""
     alerts: str = "alerts.v1"
+    """Output: one Alert per review or decline."""
     registry_events: str = "model-events.v1"
+    """Model registrations, promotions and retraining verdicts."""
     repairs: str = "feature-repairs.v1"
     """Transactions decided without the feature store (degraded), applied to it once it answers."""
     partitions: Annotated[int, Field(ge=1, le=1_000)] = 6
+    """Partitions per topic: the most workers that can share a topic."""
     replication_factor: Annotated[int, Field(ge=1, le=10)] = 1
+    """Replicas per partition (3 in production)."""
     retention_ms: Annotated[int, Field(ge=-1)] = 7 * 24 * 3_600_000
+    """How long topics keep records (-1: forever)."""
     dlq_retention_ms: Annotated[int, Field(ge=-1)] = 30 * 24 * 3_600_000
+    """How long dead-letter topics keep records."""
 
     def full(self, name: str) -> str:
         """``name`` with the prefix applied."""
@@ -147,22 +168,30 @@ class ScoringSettings(_Section):
     """The hot path: micro-batches, thresholds, validation tolerance."""
 
     batch_size: Annotated[int, Field(ge=1, le=10_000)] = 500
+    """Most transactions per micro-batch (one Redis call and one model call each)."""
     batch_within_ms: Annotated[int, Field(ge=1, le=10_000)] = 20
+    """How long a batch waits to fill before it is scored anyway."""
     mode: Literal["score", "passthrough", "naive"] = "score"
     """``score``: the product. The other two are ``fraudpipe bench``'s baselines: ``passthrough`` forwards each
     record to ``scores.v1`` untouched (the ceiling of the client stack), ``naive`` scores one event at a time (one
     Redis call and one model call per event: the floor)."""
     review_threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    """Score from which a payment is reviewed (with thresholds_from=settings)."""
     decline_threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.9
+    """Score from which a payment is declined (with thresholds_from=settings)."""
     max_clock_skew_s: Annotated[float, Field(ge=0.0)] = 300.0
+    """Event times further than this in the future are refused."""
     model_threads: Annotated[int, Field(ge=1, le=64)] = 1
+    """Threads of one model call."""
     thresholds_from: Literal["model", "settings"] = "model"
     """``model``: the thresholds chosen on validation and stored in the champion's manifest; ``settings``: the two
     above."""
     review_amount: Annotated[float | None, Field(gt=0.0)] = None
     """Rule: payments of at least this amount are at least reviewed (unset: no such rule)."""
     reason_codes: Annotated[int, Field(ge=1, le=16)] = 3
+    """Reason codes per alert (largest SHAP contributions)."""
     model_alias: Literal["champion", "challenger"] = "champion"
+    """Registry alias the workers serve."""
     model_runtime: Literal["lightgbm", "lleaves"] = "lightgbm"
     """``lleaves``: score with the model compiled to native code (``pip install 'fraudpipe[compiled]'``): same
     scores, several times faster per batch; LightGBM stays the reference and computes the reason codes."""
@@ -177,6 +206,7 @@ class ScoringSettings(_Section):
     """Decisions while features cannot be read (Redis down or slow): ``fail_open`` approves payments below
     ``fallback_review_amount`` and reviews the others; ``fail_closed`` reviews every payment."""
     fallback_review_amount: Annotated[float, Field(gt=0.0)] = 100.0
+    """In degraded fail_open mode, amounts from this one are reviewed."""
     decision_memory_s: Annotated[int, Field(ge=60)] = 7 * 86_400
     """How long the decision of a transaction is remembered, so a redelivery republishes the same decision."""
 
@@ -211,14 +241,19 @@ class PrivacySettings(_Section):
     """
 
     tokenization_key: SecretStr = SecretStr(DEV_TOKENIZATION_KEY)
+    """HMAC key turning PANs into card tokens at the ingestion edge."""
     audit_key: SecretStr = SecretStr(DEV_AUDIT_KEY)
     """HMAC key sealing every decision-log row (``fraudpipe audit verify``) and digesting erased subjects."""
     erasure_poll_s: Annotated[float, Field(gt=0.0)] = 5.0
     """How often a worker re-reads the erasure list from Redis."""
     retain_decisions_days: Annotated[int, Field(ge=0)] = 400
+    """Days of the decision log kept (0: forever)."""
     retain_labels_days: Annotated[int, Field(ge=0)] = 400
+    """Days of the label log kept (0: forever)."""
     retain_deliveries_days: Annotated[int, Field(ge=0)] = 400
+    """Days of the alert delivery log kept (0: forever)."""
     retain_shadow_days: Annotated[int, Field(ge=0)] = 90
+    """Days of the shadow log kept (0: forever)."""
     retain_alerts_days: Annotated[int, Field(ge=0)] = 90
     """The alert sinks' copies: the Redis alert stream and the JSONL file."""
 
@@ -228,12 +263,16 @@ class GovernanceSettings(_Section):
     ``customers.parquet``, keyed by card token); ``protected_attributes`` may never be model features."""
 
     segments_path: Path | None = None
+    """Segment table (CSV or Parquet) for fairness reports and model cards."""
     segment_key: str = "card_token"
+    """Its column that joins decisions (card_token or customer_id)."""
     segment_columns: tuple[str, ...] = ("home_country", "age_band")
+    """Its columns reported on (region, age band...)."""
     protected_attributes: tuple[str, ...] = (
         "age", "age_band", "gender", "sex", "ethnicity", "race", "religion", "nationality", "home_country",
         "marital_status", "disability",
     )  # fmt: skip
+    """Names that may never be model features (a guard test checks)."""
     disparity_bound: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8
     """A segment's ratio to the reference segment outside [bound, 1 / bound] is flagged (the four-fifths rule)."""
     min_segment_decisions: Annotated[int, Field(ge=1)] = 200
@@ -244,31 +283,41 @@ class PathSettings(_Section):
     """Where files go; relative paths are relative to the working directory. Nothing is created on import."""
 
     data_dir: Path = Path("var/data")
+    """Decision, label, delivery and shadow logs, reports, receipts."""
     models_dir: Path = Path("var/models")
+    """The model registry."""
 
 
 class SinkSettings(_Section):
     """Where alerts go besides ``alerts.v1``. ``enabled``: any of log, redis_stream, jsonl, webhook."""
 
     enabled: tuple[Literal["log", "redis_stream", "jsonl", "webhook"], ...] = ("log", "redis_stream")
+    """Where alerts go besides alerts.v1: log, redis_stream, jsonl, webhook."""
     budget_s: Annotated[float, Field(gt=0.0)] = 2.0
     """Longest a sink may take for one batch before it counts as failed for that batch (retried with the next)."""
     redis_stream_key: str = "fp:alerts"
+    """Redis stream of alerts (the dashboard's feed)."""
     redis_stream_maxlen: Annotated[int, Field(ge=100)] = 10_000
+    """About how many alerts the stream keeps."""
     jsonl_path: Path = Path("var/alerts.jsonl")
+    """File of the jsonl sink."""
     webhook_url: str | None = None
+    """Where the webhook sink POSTs each alert."""
     webhook_attempts: Annotated[int, Field(ge=1, le=20)] = 5
     """Failed deliveries of an alert before it goes to ``alerts.dlq.v1``."""
     webhook_timeout_s: Annotated[float, Field(gt=0.0)] = 2.0
     webhook_backoff_s: Annotated[float, Field(ge=0.0)] = 0.2
     dedupe_ttl_s: Annotated[int, Field(ge=60)] = 7 * 86_400
+    """How long a sink remembers an alert it delivered (idempotency)."""
 
 
 class ApiSettings(_Section):
     """The REST scoring API (``fraudpipe serve``); it serves its metrics on its own ``/metrics``."""
 
     bind: str = "127.0.0.1"
+    """Address of the REST API and dashboard."""
     port: Port = 8000
+    """Its port."""
     dashboard_metrics_urls: tuple[str, ...] = ()
     """Prometheus endpoints the dashboard reads (workers, ``fraudpipe monitor``); empty: this host's worker
     (``metrics.bind:metrics.port``) and monitor (``metrics.bind:monitor.metrics_port``)."""
@@ -278,7 +327,9 @@ class MetricsSettings(_Section):
     """The Prometheus endpoint of a worker or the API (``/metrics``); port 0 turns it off."""
 
     bind: str = "127.0.0.1"
+    """Address of the worker's Prometheus endpoint."""
     port: Annotated[int, Field(ge=0, le=65_535)] = 9108
+    """Its port (0: off)."""
 
 
 class MonitorSettings(_Section):
@@ -289,8 +340,11 @@ class MonitorSettings(_Section):
     k: Annotated[int, Field(ge=1)] = 100
     """Cards investigated per day, for CP@k."""
     drift_window_hours: Annotated[float, Field(gt=0)] = 24.0
+    """Trailing window drift is measured over."""
     psi_moderate: Annotated[float, Field(gt=0)] = 0.1
+    """PSI from which a feature's drift is moderate."""
     psi_breach: Annotated[float, Field(gt=0)] = 0.25
+    """PSI from which it is a breach."""
     metrics_port: Annotated[int, Field(ge=0, le=65_535)] = 9109
     """Where ``fraudpipe monitor --every`` serves its gauges (on ``metrics.bind``); 0 turns it off."""
     decay_ap_drop: Annotated[float, Field(ge=0.0)] = 0.1
@@ -329,12 +383,14 @@ class WorkerSettings(_Section):
     sinks), ``labels`` (label-derived features and the label log). Run them apart to scale them apart."""
 
     agents: tuple[Literal["score", "alerts", "labels"], ...] = ("score", "alerts", "labels")
+    """Agents this worker runs: score, alerts, labels."""
 
 
 class WebSettings(_Section):
     """Faust's own web server (it can serve table contents): off by default, loopback when on."""
 
     enabled: bool = False
+    """Faust's own web server (it can serve table contents): off by default."""
     bind: str = "127.0.0.1"
     port: Port = 6066
 
@@ -350,6 +406,7 @@ class Settings(BaseSettings):
         env_ignore_empty=True,
         frozen=True,
         extra="forbid",
+        use_attribute_docstrings=True,
     )
 
     environment: Literal["dev", "test", "prod"] = "dev"
@@ -417,3 +474,26 @@ def env_example() -> str:
         "# Generated by `fraudpipe config env-example`; a guard test keeps it equal to fraudpipe/settings.py.",
     ]
     return "\n".join([*header, *_env_lines(Settings, "FRAUD_")]) + "\n"
+
+
+def settings_table() -> str:
+    """Every variable as markdown, one table per section (variable, default, meaning) under the section's own
+    description: the README's configuration table (``fraudpipe config table``; a guard test keeps them equal)."""
+    blocks = [_table("general", "Process-wide.", Settings, "FRAUD_")]
+    for name, field in Settings.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, _Section):
+            doc = " ".join((annotation.__doc__ or "").strip().split("\n\n")[0].split())
+            blocks.append(_table(name, doc, annotation, f"FRAUD_{name.upper()}__"))
+    return "\n".join(blocks)
+
+
+def _table(title: str, doc: str, model: type[BaseModel], prefix: str) -> str:
+    rows = [f"**{title}** — {doc}", "", "| variable | default | meaning |", "|---|---|---|"]
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, _Section):
+            continue
+        default = "(dev key: set your own)" if isinstance(field.default, SecretStr) else _env_value(field.default)
+        meaning = " ".join((field.description or "").split()).replace("|", "\\|")
+        rows.append(f"| `{prefix}{name.upper()}` | {f'`{default}`' if default else ''} | {meaning} |")
+    return "\n".join(rows) + "\n"

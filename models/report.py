@@ -44,6 +44,7 @@ __all__ = [
     "html_table",
     "new_axes",
     "render_report",
+    "report_data",
     "svg_figure",
     "write_html",
     "write_report",
@@ -84,6 +85,31 @@ class ReportData:
     importance: Mapping[str, float]
     explanations: Sequence[Mapping[str, object]]
     windows: Mapping[str, object] = field(default_factory=dict)
+
+
+def report_data(title: str, booster: Any, rows: Any, metrics: dict[str, Any], windows: dict[str, Any]) -> ReportData:
+    """The report's inputs from scored rows (:data:`models.train.META` columns + ``score``, a polars frame) and the
+    metrics :func:`models.evaluation.measure` gave them; the three highest scores are explained."""
+    from features.definitions import FEATURE_NAMES
+    from models.scorer import explain
+    from models.train import matrix
+
+    top = rows.with_row_index("_i").sort("score", descending=True).head(3)
+    reasons = explain(booster, matrix(top), top=5)
+    return ReportData(
+        title=title,
+        metrics={k: v for k, v in metrics.items() if not isinstance(v, (list, dict))},
+        truth=rows.get_column("is_fraud").cast(int).to_numpy(),
+        scores=rows.get_column("score").to_numpy(),
+        cp_per_day=[(item["day"], item["value"]) for item in metrics["cp_at_k_per_day"]],
+        k=metrics["k"],
+        importance=dict(zip(FEATURE_NAMES, np.asarray(booster.feature_importance("gain")).tolist(), strict=True)),
+        explanations=[
+            {"txn_id": txn, "score": score, "reasons": [r.model_dump() for r in codes]}
+            for txn, score, codes in zip(top["txn_id"], top["score"], reasons, strict=True)
+        ],
+        windows=windows,
+    )
 
 
 def render_report(data: ReportData) -> str:

@@ -366,15 +366,25 @@ def _answering(settings: Settings) -> bool:
     return True
 
 
-def ensure_services(settings: Settings) -> None:
-    """Start local Kafka and Redis with the project's script when they do not answer."""
-    if _answering(settings):
-        return
+def _services(action: str) -> None:
     script = Path(__file__).resolve().parents[1] / "scripts" / "services.sh"
     bash = shutil.which("bash")
     if not script.exists() or bash is None:
         raise RuntimeError("Kafka or Redis does not answer, and scripts/services.sh is not here to start them")
-    subprocess.run([bash, str(script), "start"], check=True)  # noqa: S603 - our own script
+    subprocess.run([bash, str(script), action], check=True)  # noqa: S603 - our own script
+
+
+def ensure_services(settings: Settings) -> bool:
+    """Start local Kafka and Redis with the project's script when they do not answer; whether it started them."""
+    if _answering(settings):
+        return False
+    _services("start")
+    return True
+
+
+def stop_services() -> None:
+    """Stop the local Kafka and Redis the project's script started (by their PID files)."""
+    _services("stop")
 
 
 def run(settings: Settings, options: BenchOptions, work_dir: Path,

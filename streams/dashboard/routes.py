@@ -20,6 +20,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from importlib.resources import files
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
@@ -48,6 +49,8 @@ _ERROR = {
 _REFUSED: dict[int | str, dict[str, Any]] = {
     422: {"description": "Refused query", "content": {"application/json": {"schema": _ERROR}}}
 }
+_REPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'"
+"""Reports are self-contained HTML with inline CSS and SVG, and no script."""
 _CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -218,9 +221,10 @@ async def _refused(_: Request, error: Exception) -> Response:
     return JSONResponse({"reason": "invalid_request", "detail": detail[:500] or "invalid request"}, status_code=422)
 
 
-def mount(app: FastAPI, dashboard: Dashboard) -> None:
+def mount(app: FastAPI, dashboard: Dashboard, reports: Path | None = None) -> None:
     """Add the dashboard's routes to ``app``; a request whose parameters fail validation gets ``422`` with
-    ``{"reason": "invalid_request", "detail": ...}`` (the API's error shape)."""
+    ``{"reason": "invalid_request", "detail": ...}`` (the API's error shape). ``/reports/champion`` serves the
+    champion's training report, ``/reports/demo`` the latest ``fraudpipe demo`` summary in ``reports``."""
     page, script, style = _asset("page.html"), _asset("app.js"), _asset("style.css")
     app.add_exception_handler(RequestValidationError, _refused)
     headers = {"Content-Security-Policy": _CSP, "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
@@ -240,6 +244,25 @@ def mount(app: FastAPI, dashboard: Dashboard) -> None:
     @app.get("/dashboard/style.css", include_in_schema=False)
     async def dashboard_style() -> Response:
         return Response(style, media_type="text/css; charset=utf-8", headers=headers)
+
+    report_headers = {"Content-Security-Policy": _REPORT_CSP, "X-Content-Type-Options": "nosniff"}
+
+    @app.get("/reports/champion", include_in_schema=False)
+    def champion_report() -> Response:
+        registry = dashboard.registry
+        version = registry.aliases().get("champion")
+        path = registry.versions_dir / version / "report.html" if version else None
+        if path is None or not path.is_file():
+            return JSONResponse({"reason": "no_report", "detail": "the champion has no report"}, status_code=404)
+        return Response(path.read_bytes(), media_type="text/html; charset=utf-8", headers=report_headers)
+
+    @app.get("/reports/demo", include_in_schema=False)
+    def demo_report() -> Response:
+        found = sorted(reports.glob("demo-*.html")) if reports is not None and reports.is_dir() else []
+        if not found:
+            return JSONResponse({"reason": "no_report", "detail": "no fraudpipe demo has finished yet"},
+                                status_code=404)  # fmt: skip
+        return Response(found[-1].read_bytes(), media_type="text/html; charset=utf-8", headers=report_headers)
 
     @app.get("/v1/dashboard/alerts", responses={**_REFUSED, 503: {"description": "Redis does not answer"}})
     def dashboard_alerts(

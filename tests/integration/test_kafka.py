@@ -42,10 +42,10 @@ def consume_all(bootstrap: str, topic: str, expected: int, *, group: str, timeou
 def test_topics_create_is_idempotent_and_applies_settings(settings: Settings, tmp_path: Path) -> None:
     first = run_cli(settings, "topics", "create", "--partitions", "2", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.count("created") == 9
+    assert first.stdout.count("created") == 10
     second = run_cli(settings, "topics", "create", "--partitions", "2", cwd=tmp_path)
     assert second.returncode == 0, second.stderr
-    assert second.stdout.count("exists") == 9
+    assert second.stdout.count("exists") == 10
     assert "created" not in second.stdout
 
     admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers})

@@ -99,12 +99,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _until_equal(client: redis_lib.Redis, prefix: str, txns: list[Transaction], timeout_s: float = 60) -> int:
-    """Mismatched keys once the worker's repairs have had up to ``timeout_s`` to land."""
+def _until_equal(client: redis_lib.Redis, prefix: str, txns: list[Transaction], since: float,
+                 timeout_s: float = 60) -> tuple[int, float]:  # fmt: skip
+    """Mismatched keys once the worker's repairs have had up to ``timeout_s`` to land, and the seconds from
+    ``since`` (monotonic) until the state was whole again."""
     deadline = time.monotonic() + timeout_s
     while (wrong := mismatched(client, prefix, txns)) and time.monotonic() < deadline:
-        time.sleep(1)
-    return wrong
+        time.sleep(0.5)
+    return wrong, time.monotonic() - since
 
 
 def test_broker_paused_30_s_then_restarted(settings: Settings, own_kafka: OwnKafka, history: list[Transaction],
@@ -125,14 +127,14 @@ def test_broker_paused_30_s_then_restarted(settings: Settings, own_kafka: OwnKaf
     os.kill(own_kafka.pid, signal.SIGCONT)
     resumed = time.monotonic()
     before = len(decisions.poll(0.5))
-    after_pause = decisions.first_after(resumed, before) if len(decisions.ids()) < 2 * third else 0.0
+    after_pause = decisions.first_after(resumed, before, log=log) if len(decisions.ids()) < 2 * third else 0.0
     decisions.wait_for(2 * third, 180, log)
     own_kafka.run("stop")
     own_kafka.run("start")
     restarted = time.monotonic()
     send(config, history[2 * third :])
     before = len(decisions.poll(0.5))
-    after_restart = decisions.first_after(restarted, before, timeout_s=180)
+    after_restart = decisions.first_after(restarted, before, timeout_s=180, log=log)
     decisions.wait_for(len(history), 180, log)
     decisions.poll(2.0)
     assert worker.poll() is None, "the worker died instead of recovering"
@@ -161,15 +163,13 @@ def test_redis_killed_and_restarted_mid_replay(topics: Settings, history: list[T
     time.sleep(5)
     back = time.monotonic()
     stop.append(_own_redis(port, folder))
-    before = len(decisions.poll(0.2))
     decisions.wait_for(len(history), 180, log)
-    recovery = decisions.first_after(back, before) if len(decisions.values) > before else 0.0
     decisions.poll(2.0)
     degraded = sum(d.degraded for d in decisions.decisions)
     lost, duplicated = decisions.judge(history)
-    wrong = _until_equal(redis_lib.Redis(port=port), config.redis.key_prefix, history)
-    record(Row(f"Redis kill -9 for 5 s, restart ({degraded} degraded decisions)", len(history), lost, duplicated,
-               wrong, round(recovery, 1)))  # fmt: skip
+    wrong, recovery = _until_equal(redis_lib.Redis(port=port), config.redis.key_prefix, history, back)
+    record(Row(f"Redis kill -9 for 5 s, restart ({degraded} degraded decisions; recovery = state whole again)",
+               len(history), lost, duplicated, wrong, round(recovery, 1)))  # fmt: skip
     assert degraded > 0, "the outage was not seen: the test proves nothing"
     assert lost == 0 and wrong == 0
     assert all(d.score is None for d in decisions.decisions if d.degraded)
@@ -201,14 +201,15 @@ def test_redis_stalling_2_s_repeatedly(topics: Settings, history: list[Transacti
     send(config, history[500:])
     staller.join(60)
     assert stalls.is_set()
+    last_stall = time.monotonic()
     decisions.wait_for(len(history), 180, log)
     decisions.poll(2.0)
     degraded = sum(d.degraded for d in decisions.decisions)
     slowest = max(d.latency_ms for d in decisions.decisions)
     lost, duplicated = decisions.judge(history)
-    wrong = _until_equal(redis_lib.Redis(port=port), config.redis.key_prefix, history)
-    record(Row(f"Redis stalls 2 s x6 ({degraded} degraded, slowest decision {slowest:.0f} ms)", len(history), lost,
-               duplicated, wrong, None))  # fmt: skip
+    wrong, recovery = _until_equal(redis_lib.Redis(port=port), config.redis.key_prefix, history, last_stall)
+    record(Row(f"Redis stalls 2 s x6 ({degraded} degraded, slowest decision {slowest:.0f} ms; recovery = state "
+               "whole after the last stall)", len(history), lost, duplicated, wrong, round(recovery, 1)))  # fmt: skip
     assert lost == 0 and wrong == 0 and duplicated == 0
     assert degraded > 0, "no stall was felt: the test proves nothing"
     assert joins == 1 and log.read_text().count("Joined group") == joins, "the worker was evicted from its group"
