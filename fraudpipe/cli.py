@@ -97,6 +97,35 @@ def topics_create(
         err.print(f"[yellow]warning[/]: {problem}")
 
 
+@topics_app.command("grant")
+def topics_grant(
+    principal: Annotated[str, typer.Option(help="Who gets the rights, e.g. User:worker.")],
+    agents: Annotated[str, typer.Option(help="Agents that principal runs (comma-separated).")] = "score,alerts,labels",
+    group: Annotated[str | None, typer.Option(help="Its consumer group [settings: kafka.app_id].")] = None,
+) -> None:
+    """Grant a worker principal the least it needs (streams.topics.worker_acls); run as a Kafka administrator."""
+    from confluent_kafka import KafkaException
+
+    from streams.topics import grant_acls, worker_acls
+
+    chosen = [a.strip() for a in agents.split(",") if a.strip()]
+    if not chosen or set(chosen) - {"score", "alerts", "labels"}:
+        raise CliError("--agents takes score, alerts and/or labels, comma-separated")
+    if not principal.startswith("User:"):
+        raise CliError("--principal looks like User:NAME")
+    settings = _settings()
+    specs = worker_acls(settings.topics, group or settings.kafka.app_id, chosen)
+    try:
+        grant_acls(settings.kafka, principal, specs)
+    except KafkaException as error:
+        raise CliError(f"the broker refused: {error.args[0]}") from None
+    table = Table("resource", "name", "operation", box=None)
+    for spec in specs:
+        table.add_row(spec.resource, spec.name, spec.operation)
+    out.print(table)
+    out.print(f"granted to {principal}", highlight=False)
+
+
 @config_app.command("show")
 def config_show() -> None:
     """Print the settings in force (secrets masked)."""

@@ -53,7 +53,7 @@ def test_tampered_models_are_refused_and_the_champion_keeps_serving(
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    worker, log = start(config, tmp_path, FRAUD_SCORING__MODEL_POLL_S="5", FRAUD_METRICS__PORT=str(port))
+    worker, log = start(config, tmp_path, FRAUD_SCORING__MODEL_POLL_S="2", FRAUD_METRICS__PORT=str(port))
     stop.append(worker)
     registry = Registry(config.paths.models_dir)
     decisions = Decisions(config)
@@ -63,8 +63,8 @@ def test_tampered_models_are_refused_and_the_champion_keeps_serving(
     decisions.wait_for(sent, 120, log)  # the worker serves v0001 before anything is tampered with
     for round_, tamper in enumerate(tampers, 1):
         version = factories.register_champion(config.paths.models_dir, seed=round_)  # promoted, still intact
-        tamper(registry.versions_dir / version)  # before the worker's next look at the registry (every 5 s)
-        time.sleep(7)
+        tamper(registry.versions_dir / version)  # before the worker's next look at the registry (every 2 s)
+        time.sleep(4)
         batch = [factories.transaction(txn_id=f"after-{round_}-{i}", card_token=f"tok_t{i % 4}") for i in range(20)]
         send(config, batch)
         sent += len(batch)
