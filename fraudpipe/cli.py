@@ -900,10 +900,10 @@ def demo(
                           history_days=history_days, live_days=live_days, api_port=port)  # fmt: skip
     live = Live(console=out, refresh_per_second=2, transient=False)
 
-    def show(summary: Any, alerts: Any, url: str, elapsed: float) -> None:
+    def show(summary: Any, alerts: Any, url: str, elapsed: float, status: str) -> None:
         if not live.is_started:
             live.start()
-        live.update(render_live(summary, alerts, url, elapsed))
+        live.update(render_live(summary, alerts, url, elapsed, status))
 
     def say(text: str) -> None:
         (live.console if live.is_started else out).print(f"[dim]demo:[/] {text}", highlight=False, soft_wrap=True)
@@ -918,7 +918,8 @@ def demo(
     out.print(
         f"demo done: {final['decisions']:,} decisions ({final['by_outcome']['review']:,} review, "
         f"{final['by_outcome']['decline']:,} decline), {final['alerts_seen']:,} alerts seen, "
-        f"{final['dead_letters']:,} dead letters, p99 {final['p99_ms'] or 0:.0f} ms, champion {final['champion']}\n"
+        f"{final['dead_letters']:,} dead letters, latest p99 "
+        f"{'-' if final['p99_ms'] is None else format(final['p99_ms'], '.0f') + ' ms'}, champion {final['champion']}\n"
         f"summary report: {final['report']}\nlogs: {final['logs']}",
         highlight=False, soft_wrap=True,
     )  # fmt: skip

@@ -177,9 +177,10 @@ def _env(settings: Settings, options: DemoOptions, run_id: str, ports: dict[str,
 
 
 def run(settings: Settings, options: DemoOptions, *, say: Callable[[str], None],
-        show: Callable[[dict[str, Any], list[dict[str, Any]], str, float], None]) -> dict[str, Any]:  # fmt: skip
-    """Run the demo (module docstring); ``show`` is called about once a second with the API's summary and
-    alerts. Returns the final numbers and where the report and logs are."""
+        show: Callable[[dict[str, Any], list[dict[str, Any]], str, float, str], None]) -> dict[str, Any]:  # fmt: skip
+    """Run the demo (module docstring); ``show`` is called about once a second with the API's summary, its alerts,
+    the dashboard URL, the seconds run and a status line. Returns the final numbers and where the report and logs
+    are."""
     started_services = ensure_services(settings)
     run_id = time.strftime("%Y%m%d%H%M%S")
     ports = {"worker": _free_port(), "monitor": _free_port(), "api": _free_port(options.api_port)}
@@ -200,7 +201,7 @@ def run(settings: Settings, options: DemoOptions, *, say: Callable[[str], None],
         processes.start("api", "serve")
         _wait_for_api(f"http://127.0.0.1:{ports['api']}/readyz", processes)
         say(f"dashboard: {url}")
-        processes.start("replay", "replay", str(live), "--rate", str(options.rate))
+        replay = processes.start("replay", "replay", str(live), "--rate", str(options.rate))
         began = time.monotonic()
         last_line = 0.0
         while options.duration_s is None or time.monotonic() - began < options.duration_s:
@@ -215,7 +216,9 @@ def run(settings: Settings, options: DemoOptions, *, say: Callable[[str], None],
                 continue
             samples.add(elapsed, summary, alerts)
             if options.duration_s is None:
-                show(summary, alerts, url, elapsed)
+                replayed = replay.poll() is not None
+                show(summary, alerts, url, elapsed,
+                     "the live days are replayed: the stream is idle; Ctrl-C to stop" if replayed else "")  # fmt: skip
             elif elapsed - last_line >= 10:
                 t = totals(summary)
                 say(f"{elapsed:4.0f} s: {t['decisions']:,} decisions ({t['by_outcome']['review']:,} review, "

@@ -49,8 +49,10 @@ def _number(value: float | None, unit: str = "", digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}{unit}"
 
 
-def render_live(summary: dict[str, Any], alerts: list[dict[str, Any]], url: str, elapsed_s: float) -> Group:
-    """The terminal view: headline, outcomes, drift, and the latest alerts with their reason codes."""
+def render_live(summary: dict[str, Any], alerts: list[dict[str, Any]], url: str, elapsed_s: float,
+                status: str = "") -> Group:  # fmt: skip
+    """The terminal view: headline, outcomes, drift, and the latest alerts with their reason codes; ``status``
+    (e.g. the replay has finished) under the headline."""
     t = totals(summary)
     head = Text.assemble(
         ("fraudpipe demo", "bold"), f"  · {elapsed_s:,.0f} s · champion {t['champion'] or '-'} · workers serve ",
@@ -71,7 +73,10 @@ def render_live(summary: dict[str, Any], alerts: list[dict[str, Any]], url: str,
         recent.add_row(alert["raised_at"][11:19], alert["decision"], _number(alert.get("score"), "", 3),
                        f"{alert['amount']:,.2f} {alert['currency']}", f"•••• {alert.get('card_last4') or '????'}",
                        reasons or "-")  # fmt: skip
-    return Group(Panel(Group(head, numbers, Text(f"top drift: {drift}", style="dim"))),
+    lines: list[Text | Table] = [head, numbers, Text(f"top drift: {drift}", style="dim")]
+    if status:
+        lines.append(Text(status, style="yellow"))
+    return Group(Panel(Group(*lines)),
                  Panel(recent, title="recent alerts"))  # fmt: skip
 
 
