@@ -1548,7 +1548,9 @@ def _print_fairness(report: Any, context: dict[str, Any]) -> None:
 
 
 def _fail(message: str) -> NoReturn:
-    err.print(f"[red]error[/]: {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    err.print(f"[red]error[/]: {escape(message)}", highlight=False, soft_wrap=True)
     raise SystemExit(1)
 
 

@@ -10,6 +10,8 @@ granted as ``admin`` with :func:`streams.topics.grant_acls`, exactly :func:`stre
 - the same credentials cannot write ``labels.v1``, read ``scores.v1``, use another consumer group, create a topic
   or grant themselves ACLs; an anonymous client cannot get through the SASL listener (nor the controller's); a
   wrong password is an authentication failure (for librdkafka and for aiokafka, Faust's client);
+- ``fraudpipe topics grant`` as an operator runs it: with admin's login it grants exactly worker_acls; with the
+  worker's the broker refuses, and the command says so on one line;
 - nothing listens on Faust's web port unless ``web.enabled``, and then only on loopback; the API and the metrics
   endpoint bind where configured (loopback by default).
 """
@@ -379,6 +381,51 @@ def test_worker_credentials_cannot_do_more_than_the_worker(secured: Secured, sas
     with pytest.raises(KafkaException) as granted:
         grant_acls(worker, "User:worker", [AclSpec("topic", topics.full(topics.labels), "write")], timeout_s=15)
     assert granted.value.args[0].code() == KafkaError.CLUSTER_AUTHORIZATION_FAILED
+
+
+def test_topics_grant_cli_as_admin_grants_and_as_the_worker_is_refused(
+    sasl_broker: SaslBroker, unique: str, tmp_path: Path
+) -> None:
+    """`fraudpipe topics grant` as users run it, with FRAUD_KAFKA__* logins: as admin it grants exactly
+    streams.topics.worker_acls (to a principal made up for this test, so every ACL it has is this command's); as the
+    worker the broker refuses, and the command says so on one line and exits 1."""
+    principal, topics, app_id = f"User:fresh-{unique}", TopicSettings(prefix=f"t{unique}-"), f"fp-test-{unique}"
+    command = [sys.executable, "-m", "fraudpipe", "topics", "grant", "--principal", principal, "--agents", "score"]
+
+    def grant_as(user: str) -> subprocess.CompletedProcess[str]:
+        env = {key: value for key, value in os.environ.items() if not key.startswith("FRAUD_")}
+        env |= kafka_env(sasl_broker.kafka(user)) | {
+            "FRAUD_KAFKA__BOOTSTRAP_SERVERS": sasl_broker.bootstrap,
+            "FRAUD_KAFKA__APP_ID": app_id,
+            "FRAUD_TOPICS__PREFIX": topics.prefix,
+        }
+        return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+                              check=False)  # fmt: skip
+
+    granted = grant_as("admin")
+    assert granted.returncode == 0, granted.stderr
+    assert f"granted to {principal}" in granted.stdout
+    expected = {(spec.resource.upper(), spec.name, spec.operation.upper())
+                for spec in worker_acls(topics, app_id, ["score"])}  # fmt: skip
+    client = AdminClient({**sasl_broker.kafka("admin").client_config(), "log_level": "2"})
+    everything = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, principal, None,
+                                  AclOperation.ANY, AclPermissionType.ANY)  # fmt: skip
+
+    def described() -> set[tuple[str, str, str]]:
+        bindings = client.describe_acls(everything).result(timeout=10)
+        assert all((b.permission_type, b.host, b.resource_pattern_type) == (AclPermissionType.ALLOW, "*",
+                   ResourcePatternType.LITERAL) for b in bindings), bindings  # fmt: skip
+        return {(b.restype.name, b.name, b.operation.name) for b in bindings}
+
+    wait_until(lambda: described() == expected, 30, f"ACLs of {principal}")  # the broker applies them a moment later
+    assert ("GROUP", app_id, "READ") in expected  # kafka.app_id is the group when --group is not given
+
+    refused = grant_as("worker")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    [line] = refused.stderr.strip().splitlines()
+    assert line.startswith("error: the broker refused: ") and "CLUSTER_AUTHORIZATION_FAILED" in line, line
+    assert refused.stdout == ""
+    assert described() == expected
 
 
 def _login(config: dict[str, str], timeout_s: float = 2.5) -> tuple[KafkaError | None, list[KafkaError]]:

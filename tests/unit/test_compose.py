@@ -5,16 +5,22 @@ must have none; and for each check a deliberately broken copy must show the expe
 vacuously. Commands are parsed by the real CLI (``typer.main.get_command``) without running; ``FRAUD_`` variables
 are validated by the real :class:`~fraudpipe.settings.Settings`; dashboard queries against the collectors of
 :mod:`streams.metrics`.
+
+docker-compose.sasl.yml is checked merged over docker-compose.yml (:func:`merge_compose`, Compose's merge rules):
+every check above, then the SASL ones: no listener without a login, each fraudpipe service that talks to Kafka
+logging in as its own SCRAM user with a password taken from the environment, and granted what its commands need.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import fnmatch
 import json
 import os
 import re
 import shlex
+import subprocess
 import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -34,6 +40,7 @@ from pydantic_settings import SettingsError
 
 from fraudpipe.cli import app as cli_app
 from fraudpipe.settings import Settings
+from streams.topics import AclSpec, worker_acls
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ("kafka", "redis", "prometheus", "grafana")  # long-running, not ours: each needs a health check
@@ -87,6 +94,7 @@ class Project:
     versions: dict[str, str]
     pyproject: dict[str, Any]
     services_sh: str
+    sasl_override: dict[str, Any]  # docker-compose.sasl.yml as written (``compose`` is the file it overrides)
 
 
 @cache
@@ -107,7 +115,62 @@ def _project() -> Project:
         ),
         pyproject=tomllib.loads((ROOT / "pyproject.toml").read_text()),
         services_sh=(ROOT / "scripts" / "services.sh").read_text(),
+        sasl_override=yaml.safe_load((ROOT / "docker-compose.sasl.yml").read_text()),
     )
+
+
+@cache
+def _sasl_project() -> Project:
+    """The project as ``docker compose -f docker-compose.yml -f docker-compose.sasl.yml`` sees it."""
+    project = _project()
+    return dataclasses.replace(project, compose=merge_compose(project.compose, project.sasl_override))
+
+
+# --- merging an override file, as Compose does ----------------------------------------------------------------------
+
+REPLACED = {("command",), ("entrypoint",), ("healthcheck", "test")}  # shell commands: the later file's wins
+MAPPING_LISTS = {"environment", "labels", "extra_hosts", "sysctls", "annotations"}  # KEY=VALUE lists are mappings
+
+
+def _as_mapping(value: Any) -> Any:
+    """A ``KEY=VALUE`` list as the mapping Compose reads it as (mappings pass through)."""
+    if isinstance(value, list):
+        return dict(str(item).partition("=")[::2] for item in value)
+    return value
+
+
+def _mount_target(entry: Any) -> str:
+    return str(entry.get("target")) if isinstance(entry, dict) else str(entry).split(":")[1]
+
+
+def _port_key(entry: Any) -> tuple[str, int | None, int, str]:
+    return next(_published({"ports": [entry]}))
+
+
+def merge_compose(base: Any, override: Any, path: tuple[str, ...] = ()) -> Any:
+    """``override`` merged into ``base`` by the Compose rules (reference/compose-file/merge): mappings merge key by
+    key; sequences append (an entry already there is not repeated), except ``command``, ``entrypoint`` and
+    ``healthcheck.test``, which the override replaces; ``environment`` and the other ``KEY=VALUE`` lists merge as
+    mappings; a service's ``volumes`` merge by mount target and its ``ports`` are kept unique; scalars are replaced.
+    (No ``!reset``/``!override`` tags: the test's YAML loader refuses them, so they cannot slip in unchecked.)"""
+    in_service = len(path) == 3 and path[0] == "services"
+    key = path[-1] if path else ""
+    if path[2:] in REPLACED and path[:1] == ("services",):
+        return copy.deepcopy(override)
+    if in_service and key in MAPPING_LISTS:
+        base, override = _as_mapping(base), _as_mapping(override)
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = copy.deepcopy(base)
+        for name, value in override.items():
+            merged[name] = merge_compose(base[name], value, (*path, name)) if name in base else copy.deepcopy(value)
+        return merged
+    if isinstance(base, list) and isinstance(override, list):
+        if in_service and key in {"volumes", "ports"}:
+            identity = _mount_target if key == "volumes" else _port_key
+            replaced = {identity(entry) for entry in override}
+            return [e for e in base if identity(e) not in replaced] + copy.deepcopy(override)
+        return copy.deepcopy(base) + [e for e in override if e not in base]
+    return copy.deepcopy(override)
 
 
 # --- reading the compose file ---------------------------------------------------------------------------------------
@@ -171,8 +234,9 @@ def _cli_calls(service: dict[str, Any]) -> list[list[str]]:
     return calls
 
 
-def _cli_problem(args: list[str]) -> str | None:
-    """Why the CLI would refuse ``fraudpipe ARGS`` (unknown command or option, bad value, missing argument)."""
+def _cli_parse(args: list[str]) -> dict[str, Any] | str:
+    """The parameters the CLI would run ``fraudpipe ARGS`` with (parsed, not run), or why it would refuse them
+    (unknown command or option, bad value, missing argument)."""
     command: Any = typer.main.get_command(cli_app)
     parent, name, rest = None, "fraudpipe", list(args)
     while isinstance(command, typer.core.TyperGroup):
@@ -182,10 +246,15 @@ def _cli_problem(args: list[str]) -> str | None:
             return f"`fraudpipe {' '.join(args)}`: no command {rest[0] if rest else '(none)'!r} under {name!r}"
         parent, name, command, rest = context, rest[0], sub, rest[1:]
     try:
-        command.make_context(name, rest, parent=parent)
+        return dict(command.make_context(name, rest, parent=parent).params)
     except typer.TyperException as error:
         return f"`fraudpipe {' '.join(args)}`: {error.format_message()}"
-    return None
+
+
+def _cli_problem(args: list[str]) -> str | None:
+    """Why the CLI would refuse ``fraudpipe ARGS``; None when it accepts them."""
+    parsed = _cli_parse(args)
+    return parsed if isinstance(parsed, str) else None
 
 
 def _settings_of(service: dict[str, Any]) -> Settings:
@@ -625,6 +694,28 @@ def dockerignore(p: Project) -> list[str]:
     return problems
 
 
+def _kafka_variable(key: str) -> str:
+    """The apache/kafka image's environment variable for server property ``key``: ``.`` -> ``_``, ``_`` -> ``__``,
+    ``-`` -> ``___``, upper case, prefixed KAFKA_ (``listener.name.x.scram-sha-512.sasl.jaas.config`` ->
+    ``KAFKA_LISTENER_NAME_X_SCRAM___SHA___512_SASL_JAAS_CONFIG``)."""
+    return "KAFKA_" + "".join({".": "_", "_": "__", "-": "___"}.get(c, c) for c in key).upper()
+
+
+def mounted_scripts(p: Project) -> list[str]:
+    """A script a service runs from /opt/fraudpipe is mounted there (from deploy/)."""
+    problems = []
+    for name, service in _services(p).items():
+        command = service.get("command") or []
+        words = shlex.split(command) if isinstance(command, str) else [str(word) for word in command]
+        targets = {target for _, target in _mounts(service)}
+        problems += [
+            f"{name}: runs {word}, which is not mounted"
+            for word in words
+            if word.startswith("/opt/fraudpipe/") and word not in targets
+        ]
+    return problems
+
+
 def kafka_parity(p: Project) -> list[str]:
     """The compose broker has the settings scripts/services.sh gives the local one (listeners, paths and the security
     mode aside: those the script fills in per run)."""
@@ -637,7 +728,7 @@ def kafka_parity(p: Project) -> list[str]:
         key, _, value = line.partition("=")
         if line.startswith("#") or not value or "$" in value:  # "$...": ports, paths, security mode of that run
             continue
-        variable = "KAFKA_" + "".join({".": "_", "_": "__", "-": "___"}.get(c, c) for c in key).upper()
+        variable = _kafka_variable(key)
         if str(environment.get(variable)) != value:
             problems.append(f"kafka: {variable}={environment.get(variable)!r}, scripts/services.sh has {key}={value}")
     return problems
@@ -660,13 +751,259 @@ CHECKS: dict[str, Callable[[Project], list[str]]] = {
         dockerfile,
         dockerignore,
         kafka_parity,
+        mounted_scripts,
     )
+}
+
+
+# --- the SASL override: docker-compose.sasl.yml merged over docker-compose.yml --------------------------------------
+
+SASL_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
+CLIENT_MECHANISM = "SCRAM-SHA-512"
+# Calls that never talk to Kafka: a service running only these gets no Kafka login.
+KAFKA_FREE = (("simulate",), ("train",), ("model", "show"), ("monitor",))
+# WRITE a principal needs for a call (a `worker` needs streams.topics.worker_acls of its agents and group).
+WRITES: dict[tuple[str, ...], tuple[str, ...]] = {
+    ("serve",): ("scores", "alerts", "repairs"),
+    ("replay",): ("transactions", "labels"),
+    ("retrain",): ("registry_events",),
+    ("model", "rollback"): ("registry_events",),
+}
+ADMIN_CALLS = (("topics",),)  # the only calls a service logging in as admin (a super user) may run
+_INTERPOLATION = re.compile(r"(?<!\$)\$\{([^}]*)\}")
+_SECRET = re.compile(r'\b(?:password|user_\w+)="([^"]*)"')
+
+
+def _calls_only(calls: list[list[str]], prefixes: tuple[tuple[str, ...], ...]) -> bool:
+    return bool(calls) and all(any(tuple(call[: len(p)]) == p for p in prefixes) for call in calls)
+
+
+def _password_variable(user: str) -> str:
+    return "FRAUDPIPE_KAFKA_SASL_PASSWORD_" + user.upper().replace("-", "_")
+
+
+def _required(value: Any, variable: str) -> bool:
+    """Whether ``value`` is exactly ``${VARIABLE:?message}``: taken from the environment, refused when unset."""
+    return re.fullmatch(rf"\$\{{{re.escape(variable)}:\?[^}}]+\}}", str(value)) is not None
+
+
+def _broker(p: Project) -> dict[str, str]:
+    return {key: str(value) for key, value in _environment(_services(p).get("kafka") or {}).items()}
+
+
+def _listener_map(value: str) -> dict[str, str]:
+    """``NAME://host:port,...`` as {NAME: host:port}."""
+    pairs = (item.strip().partition("://") for item in value.split(",") if item.strip())
+    return {name.upper(): address for name, _, address in pairs}
+
+
+def _broker_view(env: dict[str, str]) -> tuple[dict[str, str], dict[str, str], set[str]]:
+    """(listener -> host:port, listener -> security protocol, controller listeners) of the broker's settings."""
+    pairs = env.get("KAFKA_LISTENER_SECURITY_PROTOCOL_MAP", "").split(",")
+    protocols = dict(pair.strip().upper().split(":", 1) for pair in pairs if ":" in pair)
+    controllers = {name.strip().upper() for name in env.get("KAFKA_CONTROLLER_LISTENER_NAMES", "").split(",")}
+    return _listener_map(env.get("KAFKA_LISTENERS", "")), protocols, controllers - {""}
+
+
+def _mechanisms(env: dict[str, str], listener: str) -> list[str]:
+    """SASL mechanisms ``listener`` offers: its own setting, else the broker's (Kafka's default: GSSAPI)."""
+    value = env.get(_kafka_variable(f"listener.name.{listener.lower()}.sasl.enabled.mechanisms"))
+    value = value or env.get("KAFKA_SASL_ENABLED_MECHANISMS", "GSSAPI")
+    return [mechanism.strip() for mechanism in value.split(",") if mechanism.strip()]
+
+
+def _jaas_variable(listener: str, mechanism: str) -> str:
+    return _kafka_variable(f"listener.name.{listener.lower()}.{mechanism.lower()}.sasl.jaas.config")
+
+
+def sasl_listeners(p: Project) -> list[str]:
+    """No listener lets a client in without a login: every one is SASL, clients get SCRAM-SHA-512 only, the KRaft
+    controller's listener PLAIN for admin only; each has its login module; the broker logs in as admin; the health
+    check logs in too."""
+    env = _broker(p)
+    listeners, protocols, controllers = _broker_view(env)
+    inter = env.get("KAFKA_INTER_BROKER_LISTENER_NAME", "").upper()
+    problems = [] if listeners else ["kafka: no KAFKA_LISTENERS"]
+    for name in listeners:
+        protocol = protocols.get(name, name)
+        if protocol not in SASL_PROTOCOLS:
+            problems.append(f"kafka: listener {name} is {protocol}: a client gets in without logging in")
+            continue
+        wanted = ["PLAIN"] if name in controllers else [CLIENT_MECHANISM]
+        if _mechanisms(env, name) != wanted:
+            problems.append(f"kafka: listener {name} offers {_mechanisms(env, name)}, not {wanted} (SCRAM for "
+                            "clients; PLAIN only where the broker logs in to its own controller)")  # fmt: skip
+        for mechanism in _mechanisms(env, name):
+            jaas = env.get(_jaas_variable(name, mechanism))
+            if not jaas:
+                problems.append(f"kafka: listener {name} has no login module for {mechanism} "
+                                f"({_jaas_variable(name, mechanism)})")  # fmt: skip
+                continue
+            if name in controllers and set(re.findall(r"\buser_(\w+)=", jaas)) != {"admin"}:
+                problems.append(f"kafka: the controller listener {name} must take admin only (user_admin=)")
+            if name in {inter, *controllers} and 'username="admin"' not in jaas:
+                problems.append(f'kafka: on {name} the broker must log in as admin (username="admin")')
+    test = " ".join(map(str, (_services(p).get("kafka", {}).get("healthcheck") or {}).get("test") or []))
+    if "--command-config" not in test:
+        problems.append("kafka: the health check must log in (--command-config): the broker refuses anonymous requests")
+    return problems
+
+
+def sasl_parity(p: Project) -> list[str]:
+    """The compose broker has the SASL settings `scripts/services.sh start kafka --sasl` gives the local one
+    (authorizer, no access without an ACL, super user, mechanisms); the script's client listener is named
+    SASL_PLAINTEXT, its settings apply to each client listener here. Passwords aside: each run has its own."""
+    found = re.search(r"kafka_sasl_config\(\) \{.*?<<EOF\n(.*?)\nEOF", p.services_sh, re.DOTALL)
+    if found is None:
+        return ["scripts/services.sh: no kafka_sasl_config heredoc found"]
+    env = _broker(p)
+    listeners, _, controllers = _broker_view(env)
+    problems = []
+    for line in found.group(1).splitlines():
+        key, _, value = line.partition("=")
+        if line.startswith("#") or not value or "$" in value:
+            continue
+        scoped = re.fullmatch(r"listener\.name\.([a-z_]+)\.(.+)", key)
+        if scoped is None or scoped.group(1) == "controller":
+            targets = [(key, env.get(_kafka_variable(key)))]
+        else:
+            targets = [
+                (target, env.get(_kafka_variable(target), env.get(_kafka_variable(scoped.group(2)))))
+                for target in (
+                    f"listener.name.{n.lower()}.{scoped.group(2)}" for n in listeners if n not in controllers
+                )
+            ]
+        problems += [
+            f"kafka: {target}={actual!r}, scripts/services.sh --sasl has {key}={value}"
+            for target, actual in targets
+            if actual != value
+        ]
+    return problems
+
+
+def sasl_logins(p: Project) -> list[str]:
+    """Every fraudpipe service that talks to Kafka logs in over SASL with SCRAM-SHA-512 as a user the broker makes
+    at format time, with that user's own password variable; admin only for `fraudpipe topics`; services that never
+    talk to Kafka get no login. No password is literal: each is ``${FRAUDPIPE_KAFKA_SASL_PASSWORD_<USER>:?...}``,
+    and every ``${...}`` in the files is required (``:?``), so a missing one stops Compose instead of being empty."""
+    env = _broker(p)
+    users = {"admin", *env.get("FRAUDPIPE_KAFKA_SASL_USERS", "").split()}
+    problems = [
+        f"kafka: {_password_variable(user)} must be ${{{_password_variable(user)}:?...}}: SCRAM user {user}'s password"
+        for user in sorted(users)
+        if not _required(env.get(_password_variable(user)), _password_variable(user))
+    ]
+    for name, service in _services(p).items():
+        for variable, value in _environment(service).items():
+            secrets = _SECRET.findall(str(value)) + ([str(value)] if "PASSWORD" in variable.upper() else [])
+            if any(not re.fullmatch(r"\$\{FRAUDPIPE_KAFKA_SASL_PASSWORD_\w+:\?[^}]+\}", s) for s in secrets):
+                problems.append(
+                    f"{name}: {variable} holds a literal password, not ${{FRAUDPIPE_KAFKA_SASL_PASSWORD_...:?}}"
+                )
+    strings = json.dumps(p.compose)
+    problems += [
+        f"${{{found}}} is not required (${{NAME:?message}}): unset, it would silently be empty"
+        for found in _INTERPOLATION.findall(strings)
+        if not re.fullmatch(r"[A-Za-z_]\w*:\?.+", found)
+    ]
+    for name, service in _ours(p).items():
+        calls, settings = _cli_calls(service), _valid_settings(service)
+        if _calls_only(calls, KAFKA_FREE):
+            if any(key.startswith("FRAUD_KAFKA__SASL_") for key in _fraud_env(service)):
+                problems.append(f"{name}: never talks to Kafka, so it gets no Kafka login")
+            continue
+        if settings is None:
+            continue  # fraud_settings reports why
+        kafka = settings.kafka
+        if kafka.security_protocol not in SASL_PROTOCOLS:
+            problems.append(f"{name}: talks to Kafka over {kafka.security_protocol}, without a login")
+            continue
+        if kafka.sasl_mechanism != CLIENT_MECHANISM:
+            problems.append(f"{name}: logs in with {kafka.sasl_mechanism}, not {CLIENT_MECHANISM}")
+        user = str(kafka.sasl_username)
+        if user not in users:
+            problems.append(f"{name}: logs in as {user!r}, not a user the broker makes ({', '.join(sorted(users))})")
+        if not _required(_fraud_env(service).get("FRAUD_KAFKA__SASL_PASSWORD"), _password_variable(user)):
+            problems.append(f"{name}: FRAUD_KAFKA__SASL_PASSWORD must be ${{{_password_variable(user)}:?...}}, "
+                            f"{user}'s own")  # fmt: skip
+        if user == "admin" and not _calls_only(calls, ADMIN_CALLS):
+            problems.append(f"{name}: logs in as admin, a super user: only `fraudpipe topics` jobs may")
+    return problems
+
+
+def _granted(p: Project) -> tuple[dict[str, set[AclSpec]], dict[str, set[str]]]:
+    """(principal -> ACLs granted, principal -> services granting them): each ``fraudpipe topics grant`` as the CLI
+    parses it (streams.topics.worker_acls with its job's settings), and each PRINCIPAL=TOPIC,... argument of a
+    deploy/kafka/sasl-acls.sh job (WRITE)."""
+    granted: dict[str, set[AclSpec]] = {}
+    granters: dict[str, set[str]] = {}
+    for name, service in _services(p).items():
+        settings = _valid_settings(service) if name in _ours(p) else None
+        for call in _cli_calls(service) if settings else []:
+            params = _cli_parse(call) if call[:2] == ["topics", "grant"] else None
+            if not isinstance(params, dict) or settings is None:
+                continue  # not a grant, or one cli_commands reports
+            agents = [agent.strip() for agent in str(params["agents"]).split(",") if agent.strip()]
+            specs = worker_acls(settings.topics, params["group"] or settings.kafka.app_id, agents)
+            granted.setdefault(params["principal"], set()).update(specs)
+            granters.setdefault(params["principal"], set()).add(name)
+        command = [str(word) for word in service.get("command") or []] if name not in _ours(p) else []
+        if not any(word.endswith("/sasl-acls.sh") for word in command):
+            continue
+        for word in command:
+            principal, equals, topics = word.partition("=")
+            if equals and principal.startswith("User:"):
+                granted.setdefault(principal, set()).update(AclSpec("topic", t, "write") for t in topics.split(","))
+                granters.setdefault(principal, set()).add(name)
+    return granted, granters
+
+
+def sasl_grants(p: Project) -> list[str]:
+    """Each principal a fraudpipe service logs in as is granted what its commands need, by a job it waits for:
+    a worker, worker_acls of its agents and group (`fraudpipe topics grant` in init); the API, replayer and
+    retrainer, WRITE on what they publish (WRITES)."""
+    granted, granters = _granted(p)
+    problems = []
+    for name, service in _ours(p).items():
+        settings = _valid_settings(service)
+        if settings is None or settings.kafka.sasl_username in {None, "admin"}:
+            continue
+        principal, topics = f"User:{settings.kafka.sasl_username}", settings.topics
+        needed: set[AclSpec] = set()
+        for call in _cli_calls(service):
+            if call[:1] == ["worker"]:
+                needed |= set(worker_acls(topics, settings.kafka.app_id, settings.worker.agents))
+            for prefix, names in WRITES.items():
+                if tuple(call[: len(prefix)]) == prefix:
+                    needed |= {AclSpec("topic", topics.full(getattr(topics, n)), "write") for n in names}
+        problems += [
+            f"{name}: {principal} lacks {spec.operation.upper()} on {spec.resource} {spec.name}"
+            for spec in sorted(needed - granted.get(principal, set()), key=lambda s: (s.resource, s.name, s.operation))
+        ]
+        depends = service.get("depends_on") or {}
+        problems += [
+            f"{name}: must wait for {granter} (service_completed_successfully), which grants {principal} its ACLs"
+            for granter in sorted(granters.get(principal, set()) if needed else set())
+            if not isinstance(depends, dict)
+            or (depends.get(granter) or {}).get("condition") != "service_completed_successfully"
+        ]
+    return problems
+
+
+SASL_CHECKS: dict[str, Callable[[Project], list[str]]] = {
+    check.__name__: check for check in (sasl_listeners, sasl_parity, sasl_logins, sasl_grants)
 }
 
 
 @pytest.mark.parametrize("name", list(CHECKS))
 def test_the_files_pass(name: str) -> None:
     assert CHECKS[name](_project()) == []
+
+
+@pytest.mark.parametrize("name", [*CHECKS, *SASL_CHECKS])
+def test_the_sasl_override_passes(name: str) -> None:
+    """docker-compose.yml with docker-compose.sasl.yml over it: every check of the plain file, and the SASL ones."""
+    assert {**CHECKS, **SASL_CHECKS}[name](_sasl_project()) == []
 
 
 # --- each check can fail -------------------------------------------------------------------------------------------
@@ -785,6 +1122,7 @@ BROKEN = [
     ("dockerignore", _edit("dockerignore", "tests/", "tests/\nREADME.md"), "excludes README.md"),
     ("kafka_parity", _set("services.kafka.environment.KAFKA_AUTO_CREATE_TOPICS_ENABLE", "true"), "auto.create"),
     ("kafka_parity", _set("services.kafka.environment.KAFKA_NUM_PARTITIONS", None), "num.partitions"),
+    ("mounted_scripts", _set("services.kafka.command", ["/bin/bash", "/opt/fraudpipe/start.sh"]), "not mounted"),
 ]
 
 
@@ -796,8 +1134,234 @@ def test_each_check_finds_a_broken_copy(name: str, mutate: Callable[[Project], N
     assert any(expected in problem for problem in problems), problems
 
 
+_KAFKA_ENV = "services.kafka.environment."
+_ADMIN = "${FRAUDPIPE_KAFKA_SASL_PASSWORD_ADMIN:?set it}"
+_INIT_GRANTS = (
+    "fraudpipe topics create --timeout 60\nfraudpipe topics grant --principal User:worker --agents score,alerts"
+)
+
+SASL_BROKEN = [
+    (
+        "sasl_listeners",
+        _set(
+            _KAFKA_ENV + "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP",
+            "INTERNAL:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT,HOST:PLAINTEXT",
+        ),
+        "HOST is PLAINTEXT",
+    ),
+    (
+        "sasl_listeners",
+        _set(
+            _KAFKA_ENV + "KAFKA_LISTENERS", "INTERNAL://0.0.0.0:9092,CONTROLLER://0.0.0.0:9093,PLAINTEXT://0.0.0.0:9094"
+        ),
+        "PLAINTEXT is PLAINTEXT",
+    ),
+    ("sasl_listeners", _set(_KAFKA_ENV + "KAFKA_SASL_ENABLED_MECHANISMS", "PLAIN,SCRAM-SHA-512"), "offers"),
+    (
+        "sasl_listeners",
+        _set(_KAFKA_ENV + "KAFKA_LISTENER_NAME_HOST_SCRAM___SHA___512_SASL_JAAS_CONFIG", None),
+        "HOST has no login module",
+    ),
+    (
+        "sasl_listeners",
+        _set(
+            _KAFKA_ENV + "KAFKA_LISTENER_NAME_CONTROLLER_PLAIN_SASL_JAAS_CONFIG",
+            f'PlainLoginModule required username="admin" password="{_ADMIN}" user_admin="{_ADMIN}" '
+            f'user_worker="{_ADMIN}";',
+        ),
+        "admin only",
+    ),
+    (
+        "sasl_listeners",
+        _set(
+            _KAFKA_ENV + "KAFKA_LISTENER_NAME_INTERNAL_SCRAM___SHA___512_SASL_JAAS_CONFIG", "ScramLoginModule required;"
+        ),
+        "log in as admin",
+    ),
+    (
+        "sasl_listeners",
+        _set(
+            "services.kafka.healthcheck.test",
+            ["CMD-SHELL", "kafka-broker-api-versions.sh --bootstrap-server kafka:9092"],
+        ),
+        "health check must log in",
+    ),
+    ("sasl_parity", _set(_KAFKA_ENV + "KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND", "true"), "allow.everyone"),
+    ("sasl_parity", _set(_KAFKA_ENV + "KAFKA_AUTHORIZER_CLASS_NAME", None), "authorizer.class.name=None"),
+    ("sasl_parity", _set(_KAFKA_ENV + "KAFKA_SUPER_USERS", "User:admin;User:worker"), "super.users"),
+    ("sasl_parity", _set(_KAFKA_ENV + "KAFKA_SASL_MECHANISM_INTER_BROKER_PROTOCOL", "PLAIN"), "inter.broker"),
+    ("sasl_logins", _set("services.worker.environment.FRAUD_KAFKA__SASL_PASSWORD", "s3cret-password"), "literal"),
+    ("sasl_logins", _set("services.worker.environment.FRAUD_KAFKA__SASL_PASSWORD", _ADMIN), "worker's own"),
+    (
+        "sasl_logins",
+        _set(
+            "services.worker.environment.FRAUD_KAFKA__SASL_PASSWORD",
+            "${FRAUDPIPE_KAFKA_SASL_PASSWORD_WORKER:-changeme}",
+        ),
+        "is not required",
+    ),
+    ("sasl_logins", _set(_KAFKA_ENV + "FRAUDPIPE_KAFKA_SASL_PASSWORD_LABELER", "labeler-password"), "literal"),
+    (
+        "sasl_logins",
+        _set(
+            _KAFKA_ENV + "KAFKA_LISTENER_NAME_INTERNAL_SCRAM___SHA___512_SASL_JAAS_CONFIG",
+            'ScramLoginModule required username="admin" password="hunter2-hunter2";',
+        ),
+        "literal",
+    ),
+    ("sasl_logins", _set(_KAFKA_ENV + "FRAUDPIPE_KAFKA_SASL_USERS", "worker replayer labeler"), "not a user"),
+    ("sasl_logins", _set("services.labels.environment.FRAUD_KAFKA__SASL_USERNAME", "nobody"), "'nobody'"),
+    (
+        "sasl_logins",
+        _set("services.replayer.environment.FRAUD_KAFKA__SECURITY_PROTOCOL", "PLAINTEXT"),
+        "replayer: talks to Kafka over PLAINTEXT",
+    ),
+    ("sasl_logins", _set("services.worker.environment.FRAUD_KAFKA__SASL_MECHANISM", "SCRAM-SHA-256"), "SHA-256"),
+    ("sasl_logins", _set("services.monitor.environment", {"FRAUD_KAFKA__SASL_PASSWORD": _ADMIN}), "no Kafka login"),
+    (
+        "sasl_logins",
+        lambda p: p.compose["services"]["api"]["environment"].update(
+            FRAUD_KAFKA__SASL_USERNAME="admin", FRAUD_KAFKA__SASL_PASSWORD=_ADMIN
+        ),
+        "api: logs in as admin",
+    ),
+    (
+        "sasl_grants",
+        _set("services.init.command", [_INIT_GRANTS]),
+        "labels: User:labeler lacks READ on topic labels.v1",
+    ),
+    ("sasl_grants", _set("services.init.command", [_INIT_GRANTS + " --group fraudpipe-labels"]), "worker: User:wor"),
+    (
+        "sasl_grants",
+        _set(
+            "services.acls.command",
+            ["/bin/bash", "/opt/fraudpipe/sasl-acls.sh", "User:replayer=transactions.v1,labels.v1"],
+        ),
+        "retrainer: User:retrainer lacks WRITE on topic model-events.v1",
+    ),
+    (
+        "sasl_grants",
+        _set(
+            "services.acls.command",
+            [
+                "/bin/bash",
+                "/opt/fraudpipe/sasl-acls.sh",
+                "User:replayer=transaction.v1,labels.v1",
+                "User:retrainer=model-events.v1",
+            ],
+        ),
+        "lacks WRITE on topic transactions.v1",
+    ),
+    (
+        "sasl_grants",
+        _set("services.worker.environment.FRAUD_WORKER__AGENTS", '["score","alerts","labels"]'),
+        "worker: User:worker lacks READ on topic labels.v1",
+    ),
+    ("sasl_grants", _set("services.replayer.depends_on.acls", None), "replayer: must wait for acls"),
+    (
+        "sasl_grants",
+        _set("services.api.environment.FRAUD_KAFKA__SASL_USERNAME", "replayer"),
+        "lacks WRITE on topic scores.v1",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "mutate", "expected"), SASL_BROKEN, ids=[f"{b[0]}-{i}" for i, b in enumerate(SASL_BROKEN)]
+)
+def test_each_sasl_check_finds_a_broken_copy(name: str, mutate: Callable[[Project], None], expected: str) -> None:
+    broken = copy.deepcopy(_sasl_project())
+    mutate(broken)
+    problems = SASL_CHECKS[name](broken)
+    assert any(expected in problem for problem in problems), problems
+
+
 def test_every_check_is_tested_broken() -> None:
     assert {name for name, _, _ in BROKEN} == set(CHECKS)
+    assert {name for name, _, _ in SASL_BROKEN} == set(SASL_CHECKS)
+
+
+def test_the_override_is_merged_as_compose_merges() -> None:
+    base = {
+        "services": {
+            "a": {
+                "image": "a:1.0.0",
+                "command": ["one"],
+                "environment": ["A=1", "B=2"],
+                "healthcheck": {"test": ["CMD", "old"], "interval": "5s"},
+                "volumes": ["data:/data", "./f.sh:/f.sh:ro"],
+                "ports": ["127.0.0.1:80:80"],
+                "expose": ["1"],
+                "depends_on": {"b": {"condition": "service_healthy"}},
+            }
+        },
+        "volumes": {"data": None},
+    }
+    override = {
+        "services": {
+            "a": {
+                "command": ["two"],
+                "environment": {"B": "3", "C": "4"},
+                "healthcheck": {"test": ["CMD", "new"]},
+                "volumes": ["other:/data"],
+                "ports": ["127.0.0.1:80:80", "127.0.0.1:81:81"],
+                "expose": ["2"],
+                "depends_on": {"c": {"condition": "service_completed_successfully"}},
+            },
+            "d": {"image": "d:1.0.0"},
+        },
+        "volumes": {"other": None},
+    }
+    merged = merge_compose(base, override)
+    a = merged["services"]["a"]
+    assert a["command"] == ["two"]  # shell commands: replaced
+    assert a["environment"] == {"A": "1", "B": "3", "C": "4"}  # by key, list or mapping
+    assert a["healthcheck"] == {"test": ["CMD", "new"], "interval": "5s"}  # test replaced, the rest merged
+    assert a["volumes"] == ["./f.sh:/f.sh:ro", "other:/data"]  # by mount target
+    assert a["ports"] == ["127.0.0.1:80:80", "127.0.0.1:81:81"]  # unique
+    assert a["expose"] == ["1", "2"]  # other sequences append
+    assert set(a["depends_on"]) == {"b", "c"}
+    assert merged["services"]["d"] == {"image": "d:1.0.0"}
+    assert set(merged["volumes"]) == {"data", "other"}
+    assert base["services"]["a"]["command"] == ["one"]  # the inputs are left alone
+
+
+def test_the_sasl_override_changes_only_what_it_must() -> None:
+    """Everything docker-compose.yml says still holds with the override, except the broker's listeners, volume,
+    start and health check and the clients' logins; and the plain file has no SASL in it."""
+    base, merged = _project().compose, _sasl_project().compose
+    for name, service in base["services"].items():
+        for key, value in service.items():
+            if key == "environment":
+                kept = {k: v for k, v in _environment(service).items() if not re.search(r"LISTENER|SECURITY", k)}
+                assert kept.items() <= _environment(merged["services"][name]).items(), name
+            elif key not in {"command", "healthcheck", "volumes", "depends_on", "entrypoint"}:
+                assert merged["services"][name][key] == value, (name, key)
+    assert not any(check(_project()) == [] for check in (sasl_listeners, sasl_logins))
+
+
+def test_the_broker_scripts_parse() -> None:
+    for script in sorted((ROOT / "deploy" / "kafka").glob("*.sh")):
+        checked = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False)
+        assert checked.returncode == 0, f"{script.name}: {checked.stderr}"
+
+
+def test_the_start_script_writes_the_properties_the_image_would() -> None:
+    """sasl-start.sh formats the storage with server properties made from the KAFKA_* variables (the image makes
+    its own from the same variables when it starts): each one is the property _kafka_variable names, the image's
+    own start-script settings left out."""
+    text = (ROOT / "deploy" / "kafka" / "sasl-start.sh").read_text()
+    found = re.search(r"^server_properties\(\) \{.*?^\}$", text, re.DOTALL | re.MULTILINE)
+    assert found is not None, "sasl-start.sh: no server_properties function"
+    variables = {k: _INTERPOLATION.sub("pw-12345678", v) for k, v in _broker(_sasl_project()).items()}
+    variables |= {"KAFKA_OPTS": "-Dx=y", "KAFKA_HEAP_OPTS": "-Xmx1g", "KAFKA_LOG4J_LOGGERS": "a=INFO"}
+    rendered = subprocess.run(["bash", "-c", found.group(0) + "\nserver_properties"], capture_output=True, text=True,
+                              env={"PATH": os.environ["PATH"], **variables}, check=True).stdout  # fmt: skip
+    properties = dict(line.split("=", 1) for line in rendered.splitlines())
+    expected = {k: v for k, v in variables.items() if k.startswith("KAFKA_") and k not in
+                {"KAFKA_OPTS", "KAFKA_HEAP_OPTS", "KAFKA_LOG4J_LOGGERS"}}  # fmt: skip
+    assert {_kafka_variable(key): value for key, value in properties.items()} == expected
+    assert properties["listener.name.internal.scram-sha-512.sasl.jaas.config"].endswith('password="pw-12345678";')
 
 
 # --- the image carries the packages' data files ---------------------------------------------------------------------
