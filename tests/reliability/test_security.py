@@ -199,17 +199,6 @@ def start(command: str, settings: Settings, cwd: Path, **env: str) -> tuple[subp
     return process, log
 
 
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Processes this test started, killed (by PID) at its end."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
-
-
 def wait_until(check: Callable[[], bool], timeout_s: float, what: str, log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
@@ -283,7 +272,7 @@ def test_worker_with_least_privilege_scores_end_to_end(
     redis_url: str,  # noqa: F811
     unique: str,
     tmp_path: Path,
-    processes: list[subprocess.Popen[bytes]],
+    stop: list[subprocess.Popen[bytes]],
 ) -> None:
     worker, admin = secured.worker, secured.admin
     redis_admin = redis_lib.Redis.from_url(redis_url, socket_timeout=5)
@@ -299,7 +288,7 @@ def test_worker_with_least_privilege_scores_end_to_end(
         with redis_user(redis_admin, user, worker_rules(password, worker.redis.key_prefix,
                                                         worker.sinks.redis_stream_key)):  # fmt: skip
             process, log = start("worker", worker, tmp_path, **env)
-            processes.append(process)
+            stop.append(process)
             producer = Producer(admin.kafka.client_config())
             topic = admin.topics.full(admin.topics.transactions)
             for txn in txns:
@@ -512,23 +501,23 @@ def test_every_protocol_reaches_faust_as_it_reaches_librdkafka() -> None:
 
 
 def test_faust_web_listens_on_loopback_only_and_only_when_enabled(
-    secured: Secured, tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+    secured: Secured, tmp_path: Path, stop: list[subprocess.Popen[bytes]]
 ) -> None:
     port = _free_port()
     process, log = start("worker", secured.worker, tmp_path, FRAUD_WEB__ENABLED="true", FRAUD_WEB__PORT=str(port),
                          FRAUD_WORKER__AGENTS='["labels"]')  # fmt: skip
-    processes.append(process)
+    stop.append(process)
     wait_until(lambda: "Ready" in log.read_text(errors="replace") or process.poll() is not None, 90, "worker", log)
     assert process.poll() is None, log.read_text(errors="replace")[-4000:]
     wait_until(lambda: bool(listening(process.pid)), 10, "web server", log)
     assert listening(process.pid) == {("127.0.0.1", port)}
 
 
-def test_api_binds_where_configured(secured: Secured, tmp_path: Path, processes: list[subprocess.Popen[bytes]]) -> None:
+def test_api_binds_where_configured(secured: Secured, tmp_path: Path, stop: list[subprocess.Popen[bytes]]) -> None:
     port = _free_port()
     assert secured.worker.api.bind == "127.0.0.1"  # the default
     process, log = start("serve", secured.worker, tmp_path, FRAUD_API__PORT=str(port))
-    processes.append(process)
+    stop.append(process)
     wait_until(lambda: process.poll() is not None or bool(listening(process.pid)), 60, "API", log)
     assert process.poll() is None, log.read_text(errors="replace")[-4000:]
     assert listening(process.pid) == {("127.0.0.1", port)}  # the API serves its metrics on its own /metrics

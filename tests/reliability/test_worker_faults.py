@@ -54,6 +54,21 @@ def _until_lag_zero(settings: Settings, timeout_s: float = 60) -> None:
         time.sleep(1)
 
 
+def _restart_and_judge(settings: Settings, tmp_path: Path, stop: list[subprocess.Popen[bytes]],
+                       decisions: Decisions, txns: list[Transaction], store_client: redis_lib.Redis,
+                       before: int) -> tuple[int, int, int, float]:  # fmt: skip
+    """Start a fresh worker, wait until every transaction of ``txns`` is decided; (lost, duplicated, mismatched
+    keys, seconds from the restart to the first decision past ``before``)."""
+    restarted = time.monotonic()
+    worker, log = start(settings, tmp_path)
+    stop.append(worker)
+    recovery = decisions.first_after(restarted, before, log=log)
+    decisions.wait_for(len(txns), 180, log)
+    decisions.poll(2.0)
+    lost, duplicated = decisions.judge(txns)
+    return lost, duplicated, mismatched(store_client, settings.redis.key_prefix, txns), recovery
+
+
 def test_kill_9_mid_stream_then_restart(champion: Settings, history: list[Transaction], tmp_path: Path,
                                        stop: list[subprocess.Popen[bytes]],
                                        store_client: redis_lib.Redis) -> None:  # fmt: skip
@@ -67,14 +82,8 @@ def test_kill_9_mid_stream_then_restart(champion: Settings, history: list[Transa
     worker.wait(10)
     before = len(decisions.poll(1.0))
     uncommitted = before - _committed(settings)  # decided, but past the offsets the group had committed
-    restarted = time.monotonic()
-    worker, log = start(settings, tmp_path)
-    stop.append(worker)
-    recovery = decisions.first_after(restarted, before, log=log)
-    decisions.wait_for(len(history), 180, log)
-    decisions.poll(2.0)
-    lost, duplicated = decisions.judge(history)
-    wrong = mismatched(store_client, settings.redis.key_prefix, history)
+    lost, duplicated, wrong, recovery = _restart_and_judge(settings, tmp_path, stop, decisions, history,
+                                                           store_client, before)  # fmt: skip
     record(Row("kill -9 mid-stream (30 %), restart", len(history), lost, duplicated, wrong, round(recovery, 1)))
     assert lost == 0 and wrong == 0
     assert duplicated <= uncommitted, "duplicates are at most the decisions the group had not committed yet"
@@ -92,15 +101,8 @@ def test_sigterm_stops_within_10_s_with_offsets_committed(champion: Settings, hi
     decisions.wait_for(int(0.3 * len(history)), 120, log)
     worker.send_signal(signal.SIGTERM)
     took = wait_exit(worker, 10)
-    decided_before = len(decisions.poll(1.0))
-    restarted = time.monotonic()
-    worker, log = start(settings, tmp_path)
-    stop.append(worker)
-    recovery = decisions.first_after(restarted, decided_before, log=log)
-    decisions.wait_for(len(history), 180, log)
-    decisions.poll(2.0)
-    lost, duplicated = decisions.judge(history)
-    wrong = mismatched(store_client, settings.redis.key_prefix, history)
+    lost, duplicated, wrong, recovery = _restart_and_judge(settings, tmp_path, stop, decisions, history,
+                                                           store_client, len(decisions.poll(1.0)))  # fmt: skip
     record(Row(f"SIGTERM mid-stream (exit in {took:.1f} s), restart", len(history), lost, duplicated, wrong,
                round(recovery, 1)))  # fmt: skip
     assert lost == 0 and wrong == 0
@@ -183,14 +185,8 @@ def test_a_slow_event_killed_mid_flight_is_decided_after_restart(champion: Setti
     decisions = Decisions(settings)
     before = len(decisions.poll(1.0))
     assert slow.txn_id not in decisions.ids()
-    restarted = time.monotonic()
-    worker, log = start(settings, tmp_path)
-    stop.append(worker)
-    recovery = decisions.first_after(restarted, before, log=log)
-    decisions.wait_for(len(txns), 120, log)
-    decisions.poll(1.0)
-    lost, duplicated = decisions.judge(txns)
-    wrong = mismatched(store_client, settings.redis.key_prefix, txns)
+    lost, duplicated, wrong, recovery = _restart_and_judge(settings, tmp_path, stop, decisions, txns, store_client,
+                                                           before)  # fmt: skip
     record(Row("slow event (handler sleeps), kill -9, restart", len(txns), lost, duplicated, wrong,
                round(recovery, 1)))  # fmt: skip
     assert slow.txn_id in decisions.ids() and lost == 0 and wrong == 0
