@@ -1,53 +1,47 @@
--- fraudpipe online features, one EVALSHA per micro-batch. Semantics are mirrored by features/memory.py and held
--- equal to it by a parity test; the binary formats are those of features/blobs.py, which decodes what this returns.
--- Keys are built here from the prefix and ids in the arguments: standalone Redis, see features/store.py.
+-- fraudpipe online features: each entity is a journal, folded lazily. Semantics are those of features/memory.py,
+-- held equal to it by a parity test; binary formats are those of features/blobs.py. Keys are built here from the
+-- prefix and ids in the arguments: standalone Redis, see features/store.py.
 --
---   ARGV[1] 'txns'    ARGV[2] JSON layout (features/plan.py: layout())   ARGV[3] prefix
---                     then 5 per transaction: txn id, card token, terminal id, merchant id, record (plan.py: RECORD)
---     apply each transaction once (marker SET NX) and return 12 strings for the whole batch: per-transaction heads
---     (blobs.py: REPLY_HEAD), then, concatenated over the batch, the card's m5, h, d and fraud rings after the
---     payment, the last-seen times of its terminals, merchants and countries, the terminal's d and fraud rings and
---     the merchant's d and fraud rings
+-- An entity's value is its base (the state as of its last fold) followed by the records appended since, oldest
+-- first: a card's records are transaction records (plan.py: RECORD), a terminal's or merchant's the payment's day
+-- (DAY). Applying a payment is an APPEND per entity, a few bytes written in place; the fold (applying the records
+-- to the base, exactly as one at a time) happens when a caller asks for it ('fold'), or before a label moves the
+-- entity. Readers (features/blobs.py) fold a base and its records the same way, in numpy.
+--
+--   ARGV[1] 'txns'    ARGV[2] JSON layout (plan.py: layout())   ARGV[3] prefix
+--                     then 5 per transaction: txn id, card token, terminal id, merchant id ('' if none), record
+--     apply each transaction once (marker: field txn id of hash 'seen:<event day>', set in this call) and return
+--     one head per transaction (blobs.py: HEAD): applied, and the byte length of its card, terminal and merchant
+--     values right after it (0: the payment has no such place)
+--   ARGV[1] 'fold'    ARGV[2] JSON layout   ARGV[3] prefix   then entity names ('card:<token>', 'terminal:<id>', ...)
+--     fold each entity's records into its base; return how many entities had records
 --   ARGV[1] 'labels'  ARGV[2] JSON layout   ARGV[3] prefix   then 7 per label: txn id, version, fraud 0/1, day,
 --                     and the entities it moves: 'card:<token>', 'terminal:<id>' or '', 'merchant:<id>' or ''
 --     apply each label whose version is newer than the last applied for its transaction; return how many
 --   ARGV[1] 'show'    ARGV[2] JSON layout   ARGV[3] prefix   ARGV[4] card token
---     the card's blob (nil when it has none), for `fraudpipe features show`
+--     the card's folded value (nil when it has none), for `fraudpipe features show`; nothing is written
 --
 -- Rings are binary strings of entries sorted by bucket (bucket first, as a 4-byte integer). A payment ring's
 -- newest bucket is its last entry; buckets at or below newest - kept are dropped and never re-added; a fraud ring
--- follows its payment ring 'd'. Each key is read once and written once per call (a batch cache).
+-- follows its payment ring 'd'.
 
 local mode = ARGV[1]
 local layout = cjson.decode(ARGV[2])
 local prefix = ARGV[3]
 
 local CARD_HEAD = '<HHHHHHHHHi8i8dd'  -- flags, entries m5 h d f, items t m c v, pt, pcp (µs, lat, lon)
-local PLACE_HEAD = '<HH'               -- entries d f
+local CARD_HEAD_SIZE = 50
+local PLACE_HEAD, PLACE_HEAD_SIZE = '<HH', 4  -- entries d f
 local CARD_ENTRY, CARD_WIDTH = '<i4i4i8i8', 24   -- bucket, count, cents, cents²
 local PAIR, PAIR_WIDTH = '<i4i4', 8              -- bucket, count (place d) or frauds (f)
+local RECORD, RECORD_WIDTH = '<i8i8i8BddBc8c8c8c8', 74
+local DAY, DAY_WIDTH = '<i4', 4
 local KINDS = {'t', 'm', 'c', 'v'}              -- terminal, merchant, country, device
-
-local cache, dirty, ttls = {}, {}, {}
-
-local function fetch(key)
-  local blob = cache[key]
-  if blob == nil then
-    blob = redis.call('GET', key) or false
-    cache[key] = blob
-  end
-  return blob
-end
-
-local function store(key, blob, ttl)
-  cache[key] = blob
-  dirty[key] = true
-  ttls[key] = ttl
-end
-
-local function flush()
-  for key in pairs(dirty) do redis.call('SET', key, cache[key], 'EX', ttls[key]) end
-end
+local RINGS = {'m5', 'h', 'd'}
+local EMPTY_CARD = struct.pack(CARD_HEAD, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+local EMPTY_PLACE = struct.pack(PLACE_HEAD, 0, 0)
+local DAY_US = layout.size.d
+local kept_day = layout.kept.d
 
 local function newest(ring, width)
   if #ring == 0 then return nil end
@@ -63,42 +57,75 @@ local function prune(ring, width, top, kept)
   return string.sub(ring, pos)
 end
 
--- Add `deltas` to bucket `idx`; a payment ring (advances) moves its newest and drops what falls out, a fraud ring
--- counts retention from `limit`. Returns the ring and whether it changed.
-local function add(ring, width, format, idx, kept, deltas, advances, limit)
-  local top = limit
-  if advances then top = newest(ring, width) end
-  if top and idx <= top - kept then return ring, false end
-  local at = #ring + 1  -- where the entry goes, scanning from the newest (the usual place)
+-- Add `deltas` to bucket `idx` of a fraud ring kept from `limit` (its payment ring's newest). Returns the ring
+-- and whether it changed.
+local function add_fraud(ring, idx, kept, delta, limit)
+  if limit and idx <= limit - kept then return ring, false end
+  local at = #ring + 1  -- where the entry goes, scanning from the newest
   while at > 1 do
-    local previous = struct.unpack('<i4', ring, at - width)
+    local previous, count = struct.unpack(PAIR, ring, at - PAIR_WIDTH)
     if previous < idx then break end
     if previous == idx then
-      local entry = {struct.unpack(format, ring, at - width)}
-      for d = 1, #deltas do entry[d + 1] = entry[d + 1] + deltas[d] end
-      ring = string.sub(ring, 1, at - width - 1) .. struct.pack(format, unpack(entry, 1, #deltas + 1))
-        .. string.sub(ring, at)
-      return ring, true
+      return string.sub(ring, 1, at - PAIR_WIDTH - 1) .. struct.pack(PAIR, idx, count + delta) .. string.sub(ring, at),
+        true
     end
-    at = at - width
+    at = at - PAIR_WIDTH
   end
-  ring = string.sub(ring, 1, at - 1) .. struct.pack(format, idx, unpack(deltas)) .. string.sub(ring, at)
-  if advances and ((not top) or idx > top) then ring = prune(ring, width, idx, kept) end
-  return ring, true
+  return string.sub(ring, 1, at - 1) .. struct.pack(PAIR, idx, delta) .. string.sub(ring, at), true
+end
+
+-- Payments folded into a payment ring, exactly as added one at a time: a bucket at or below newest - kept when it
+-- comes is dropped (ring_add), and the ring keeps what is above its final newest - kept (ring_merge). `acc` holds
+-- the running newest, the lowest bucket added and the sums per bucket ({bucket, deltas...}).
+local function ring_acc(ring, width, kept)
+  return {top = newest(ring, width), kept = kept, sums = {}, low = nil}
+end
+
+local function ring_add(acc, idx, a, b, c)
+  local top = acc.top
+  if top and idx <= top - acc.kept then return end
+  local entry = acc.sums[idx]
+  if entry then
+    entry[2] = entry[2] + a
+    if b then entry[3], entry[4] = entry[3] + b, entry[4] + c end
+  else
+    acc.sums[idx] = b and {idx, a, b, c} or {idx, a}
+    if (not acc.low) or idx < acc.low then acc.low = idx end
+  end
+  if (not top) or idx > top then acc.top = idx end
+end
+
+-- The ring with `acc` merged in. Entries older than every bucket added stay as they are (bytes, not parsed).
+local function ring_merge(ring, width, format, acc)
+  local low, top, sums = acc.low, acc.top, acc.sums
+  if not low then return ring end
+  local cut = #ring + 1
+  while cut > 1 and struct.unpack('<i4', ring, cut - width) >= low do
+    local entry = {struct.unpack(format, ring, cut - width)}
+    entry[#entry] = nil  -- struct.unpack's next position
+    local sum = sums[entry[1]]
+    if sum then
+      for d = 2, #sum do sum[d] = sum[d] + entry[d] end
+    else
+      sums[entry[1]] = entry
+    end
+    cut = cut - width
+  end
+  local order = {}
+  for idx in pairs(sums) do if idx > top - acc.kept then order[#order + 1] = idx end end
+  table.sort(order)
+  local parts = {prune(string.sub(ring, 1, cut - 1), width, top, acc.kept)}
+  for _, idx in ipairs(order) do parts[#parts + 1] = struct.pack(format, unpack(sums[idx])) end
+  return table.concat(parts)
 end
 
 local function card_parse(blob)
-  local card = {flags = 0, items = {}}
-  if not blob then
-    card.m5, card.h, card.d, card.f = '', '', '', ''
-    for _, kind in ipairs(KINDS) do card.items[kind] = {ids = '', times = ''} end
-    return card
-  end
+  local card = {items = {}}
   local counts = {}
   local pos
   card.flags, counts.m5, counts.h, counts.d, counts.f, counts.t, counts.m, counts.c, counts.v,
     card.pt, card.pcp_t, card.lat, card.lon, pos = struct.unpack(CARD_HEAD, blob)
-  for _, ring in ipairs({'m5', 'h', 'd'}) do
+  for _, ring in ipairs(RINGS) do
     card[ring] = string.sub(blob, pos, pos + counts[ring] * CARD_WIDTH - 1)
     pos = pos + counts[ring] * CARD_WIDTH
   end
@@ -109,14 +136,14 @@ local function card_parse(blob)
     card.items[kind] = {ids = string.sub(blob, pos, pos + size - 1), times = string.sub(blob, pos + size, pos + 2 * size - 1)}
     pos = pos + 2 * size
   end
+  card.size = pos - 1  -- the base's length: records follow
   return card
 end
 
 local function card_blob(card)
   local parts = {struct.pack(CARD_HEAD, card.flags, #card.m5 / CARD_WIDTH, #card.h / CARD_WIDTH,
     #card.d / CARD_WIDTH, #card.f / PAIR_WIDTH, #card.items.t.ids / 8, #card.items.m.ids / 8, #card.items.c.ids / 8,
-    #card.items.v.ids / 8, card.pt or 0, card.pcp_t or 0, card.lat or 0, card.lon or 0),
-    card.m5, card.h, card.d, card.f}
+    #card.items.v.ids / 8, card.pt, card.pcp_t, card.lat, card.lon), card.m5, card.h, card.d, card.f}
   for _, kind in ipairs(KINDS) do
     parts[#parts + 1] = card.items[kind].ids
     parts[#parts + 1] = card.items[kind].times
@@ -125,10 +152,11 @@ local function card_blob(card)
 end
 
 local function place_parse(blob)
-  if not blob then return {d = '', f = ''} end
   local nd, nf, pos = struct.unpack(PLACE_HEAD, blob)
-  return {d = string.sub(blob, pos, pos + nd * PAIR_WIDTH - 1), f = string.sub(blob, pos + nd * PAIR_WIDTH,
-    pos + (nd + nf) * PAIR_WIDTH - 1)}
+  local place = {d = string.sub(blob, pos, pos + nd * PAIR_WIDTH - 1)}
+  place.f = string.sub(blob, pos + nd * PAIR_WIDTH, pos + (nd + nf) * PAIR_WIDTH - 1)
+  place.size = PLACE_HEAD_SIZE + (nd + nf) * PAIR_WIDTH
+  return place
 end
 
 local function place_blob(place)
@@ -173,15 +201,143 @@ local function touch(items, id, t, cap)
   items.times = string.sub(items.times, 1, off) .. string.sub(items.times, off + 9)
 end
 
-local DAY_US = layout.size.d
-local kept_day = layout.kept.d
+-- Touch items of one kind: `latest` (id -> latest use) and `order` (ids in order of first use) are the uses, as one
+-- touch() each when no item has to be forgotten; otherwise `replay` touches them one at a time.
+local function touch_all(items, latest, order, cap, replay)
+  local stored, added = {}, {}
+  for _, id in ipairs(order) do
+    local k = find(items.ids, id)
+    if k then stored[k] = id else added[#added + 1] = id end
+  end
+  if #items.ids / 8 + #added > cap then return replay() end
+  local moved = {}
+  for k, id in pairs(stored) do
+    if latest[id] > struct.unpack('<i8', items.times, (k - 1) * 8 + 1) then moved[#moved + 1] = k end
+  end
+  local times, from = {}, 1
+  table.sort(moved)
+  for _, k in ipairs(moved) do
+    times[#times + 1] = string.sub(items.times, from, (k - 1) * 8)
+    times[#times + 1] = struct.pack('<i8', latest[stored[k]])
+    from = k * 8 + 1
+  end
+  times[#times + 1] = string.sub(items.times, from)
+  local ids = {items.ids}
+  for _, id in ipairs(added) do
+    ids[#ids + 1] = id
+    times[#times + 1] = struct.pack('<i8', latest[id])
+  end
+  items.ids, items.times = table.concat(ids), table.concat(times)
+end
+
+-- A card's value with its records folded into its base (nil if it has no records).
+local function fold_card(blob)
+  local card = card_parse(blob)
+  if card.size == #blob then return nil end
+  local size_m5, size_h = layout.size.m5, layout.size.h
+  local m5 = ring_acc(card.m5, CARD_WIDTH, layout.kept.m5)
+  local h = ring_acc(card.h, CARD_WIDTH, layout.kept.h)
+  local d = ring_acc(card.d, CARD_WIDTH, kept_day)
+  local latest = {t = {}, m = {}, c = {}, v = {}}
+  local order = {t = {}, m = {}, c = {}, v = {}}
+  local has_pt, has_pcp = card.flags % 2, math.floor(card.flags / 2) % 2
+  local function use(kind, id, t)
+    local seen = latest[kind]
+    local last = seen[id]
+    if last == nil then
+      local list = order[kind]
+      list[#list + 1] = id
+      seen[id] = t
+    elseif t > last then
+      seen[id] = t
+    end
+  end
+  for pos = card.size + 1, #blob, RECORD_WIDTH do
+    local t, amount, square, has_geo, lat, lon, present, id_t, id_m, id_c, id_v = struct.unpack(RECORD, blob, pos)
+    ring_add(m5, math.floor(t / size_m5), 1, amount, square)
+    ring_add(h, math.floor(t / size_h), 1, amount, square)
+    ring_add(d, math.floor(t / DAY_US), 1, amount, square)
+    if has_pt == 0 or t > card.pt then card.pt = t; has_pt = 1 end
+    if has_geo == 1 and (has_pcp == 0 or t >= card.pcp_t) then
+      card.pcp_t, card.lat, card.lon, has_pcp = t, lat, lon, 1
+    end
+    if present % 2 == 1 then use('t', id_t, t) end
+    if present % 4 >= 2 then use('m', id_m, t) end
+    if present % 8 >= 4 then use('c', id_c, t) end
+    if present >= 8 then use('v', id_v, t) end
+  end
+  card.m5 = ring_merge(card.m5, CARD_WIDTH, CARD_ENTRY, m5)
+  card.h = ring_merge(card.h, CARD_WIDTH, CARD_ENTRY, h)
+  card.d = ring_merge(card.d, CARD_WIDTH, CARD_ENTRY, d)
+  card.f = prune(card.f, PAIR_WIDTH, newest(card.d, CARD_WIDTH), kept_day)
+  card.flags = has_pt + 2 * has_pcp
+  for bit, kind in ipairs(KINDS) do
+    if #order[kind] > 0 then
+      touch_all(card.items[kind], latest[kind], order[kind], layout.recent_items, function()
+        for pos = card.size + 1, #blob, RECORD_WIDTH do
+          local record = {struct.unpack(RECORD, blob, pos)}
+          if math.floor(record[7] / 2 ^ (bit - 1)) % 2 == 1 then
+            touch(card.items[kind], record[7 + bit], record[1], layout.recent_items)
+          end
+        end
+      end)
+    end
+  end
+  return card_blob(card)
+end
+
+-- A terminal's or merchant's value with its records folded into its base (nil if it has no records).
+local function fold_place(blob)
+  local place = place_parse(blob)
+  if place.size == #blob then return nil end
+  local days = ring_acc(place.d, PAIR_WIDTH, layout.place_kept)
+  for pos = place.size + 1, #blob, DAY_WIDTH do ring_add(days, (struct.unpack(DAY, blob, pos)), 1) end
+  place.d = ring_merge(place.d, PAIR_WIDTH, PAIR, days)
+  place.f = prune(place.f, PAIR_WIDTH, newest(place.d, PAIR_WIDTH), layout.place_kept)
+  return place_blob(place)
+end
+
+local function fold(name, blob)
+  if string.sub(name, 1, 5) == 'card:' then return fold_card(blob) end
+  return fold_place(blob)
+end
+
+-- Fold the entity `name` in place, keeping its expiry; return its folded value (false if it has none).
+local function fold_key(name)
+  local key = prefix .. name
+  local blob = redis.call('GET', key)
+  if not blob then return false end
+  local folded = fold(name, blob)
+  if not folded then return blob end
+  local ttl = redis.call('PTTL', key)
+  if ttl > 0 then redis.call('SET', key, folded, 'PX', ttl) else redis.call('SET', key, folded) end
+  return folded
+end
 
 if mode == 'show' then
-  return redis.call('GET', prefix .. 'card:' .. ARGV[4])
+  local name = 'card:' .. ARGV[4]
+  local blob = redis.call('GET', prefix .. name)
+  if not blob then return nil end
+  return fold(name, blob) or blob
+end
+
+if mode == 'fold' then
+  local folded = 0
+  for i = 4, #ARGV do
+    local key = prefix .. ARGV[i]
+    local blob = redis.call('GET', key)
+    local value = blob and fold(ARGV[i], blob)
+    if value then
+      redis.call('SET', key, value, 'EX', layout.entity_ttl)
+      folded = folded + 1
+    end
+  end
+  return folded
 end
 
 if mode == 'labels' then
   local applied = 0
+  local states, dirty = {}, {}
   for i = 4, #ARGV, 7 do
     local txn, version, fraud, day = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
     local state_key = prefix .. 'label:' .. txn
@@ -195,22 +351,20 @@ if mode == 'labels' then
       local delta = fraud - last_fraud
       if delta ~= 0 then
         for e = 0, 2 do
-          local ident = ARGV[i + 4 + e]
-          if ident ~= '' then
-            local key = prefix .. ident
-            local blob = fetch(key)
-            local state, width, kept
-            if e == 0 then state, width, kept = card_parse(blob), CARD_WIDTH, kept_day
-            else state, width, kept = place_parse(blob), PAIR_WIDTH, layout.place_kept end
-            local ring, changed = add(state.f, PAIR_WIDTH, PAIR, day, kept, {delta}, false, newest(state.d, width))
+          local name = ARGV[i + 4 + e]
+          if name ~= '' then
+            local state = states[name]
+            if state == nil then
+              local blob = fold_key(name)
+              if e == 0 then state = card_parse(blob or EMPTY_CARD) else state = place_parse(blob or EMPTY_PLACE) end
+              states[name] = state
+            end
+            local width, kept = PAIR_WIDTH, layout.place_kept
+            if e == 0 then width, kept = CARD_WIDTH, kept_day end
+            local ring, changed = add_fraud(state.f, day, kept, delta, newest(state.d, width))
             if changed then
               state.f = ring
-              local ttl = ttls[key]
-              if not ttl then
-                ttl = redis.call('TTL', key)
-                if ttl <= 0 then ttl = layout.entity_ttl end
-              end
-              store(key, e == 0 and card_blob(state) or place_blob(state), ttl)
+              dirty[name] = e == 0
             end
           end
         end
@@ -219,77 +373,92 @@ if mode == 'labels' then
       applied = applied + 1
     end
   end
-  flush()
+  for name, is_card in pairs(dirty) do
+    local key = prefix .. name
+    local ttl = redis.call('PTTL', key)
+    if ttl <= 0 then ttl = layout.entity_ttl * 1000 end
+    local state = states[name]
+    redis.call('SET', key, is_card and card_blob(state) or place_blob(state), 'PX', ttl)
+  end
   return applied
 end
 
-local heads, card_m5, card_h, card_d, card_f, seen_t, seen_m, seen_c = {}, {}, {}, {}, {}, {}, {}, {}
-local term_d, term_f, merch_d, merch_f = {}, {}, {}, {}
-local SIZE_M5, SIZE_H = layout.size.m5, layout.size.h
-local NONE = 65535  -- the payment has no such item / place
-local REPLY_HEAD = '<HHHHHHHHHHHHHHHi8i8dd'
-
+-- 'txns': first which transactions were applied before (one HMGET per event day), then the appends.
+local days, by_day = {}, {}
 for i = 4, #ARGV, 5 do
-  local t, amount, square, has_geo, lat, lon, present, id_t, id_m, id_c, id_v =
-    struct.unpack('<i8i8i8BddBc8c8c8c8', ARGV[i + 4])
-  local ids = {t = id_t, m = id_m, c = id_c, v = id_v}
-  local has = {t = present % 2 >= 1, m = present % 4 >= 2, c = present % 8 >= 4, v = present % 16 >= 8}
-  local card_key = prefix .. 'card:' .. ARGV[i + 1]
-  local applied = redis.call('SET', prefix .. 'seen:' .. ARGV[i], '1', 'NX', 'EX', layout.marker_ttl) and 1 or 0
-  local card = card_parse(fetch(card_key))
-  local has_pt, has_pcp = card.flags % 2, math.floor(card.flags / 2) % 2
-  local head_flags, head_pt, head_pcp_t, head_lat, head_lon = card.flags, card.pt, card.pcp_t, card.lat, card.lon
-  local seen_device = has.v and (find(card.items.v.ids, id_v) and 1 or 0) or NONE
-  local seen_terminal = has.t and (find(card.items.t.ids, id_t) and 1 or 0) or NONE
-  local day = math.floor(t / DAY_US)
-  if applied == 1 then
-    local deltas = {1, amount, square}
-    card.m5 = add(card.m5, CARD_WIDTH, CARD_ENTRY, math.floor(t / SIZE_M5), layout.kept.m5, deltas, true, nil)
-    card.h = add(card.h, CARD_WIDTH, CARD_ENTRY, math.floor(t / SIZE_H), layout.kept.h, deltas, true, nil)
-    card.d = add(card.d, CARD_WIDTH, CARD_ENTRY, day, kept_day, deltas, true, nil)
-    card.f = prune(card.f, PAIR_WIDTH, newest(card.d, CARD_WIDTH), kept_day)
-    if has_pt == 0 or t > card.pt then card.pt = t; has_pt = 1 end
-    if has_geo == 1 and (has_pcp == 0 or t >= card.pcp_t) then
-      card.pcp_t, card.lat, card.lon, has_pcp = t, lat, lon, 1
-    end
-    card.flags = has_pt + 2 * has_pcp
-    for _, kind in ipairs(KINDS) do
-      if has[kind] then touch(card.items[kind], ids[kind], t, layout.recent_items) end
-    end
-    store(card_key, card_blob(card), layout.entity_ttl)
+  local day = math.floor(struct.unpack('<i8', ARGV[i + 4]) / DAY_US)
+  local group = by_day[day]
+  if not group then
+    group = {}
+    by_day[day] = group
+    days[#days + 1] = day
   end
-  local places = {}
-  for _, kind in ipairs({'terminal', 'merchant'}) do
-    local ident = ARGV[i + (kind == 'terminal' and 2 or 3)]
-    if ident ~= '' then
-      local key = prefix .. kind .. ':' .. ident
-      local place = place_parse(fetch(key))
-      if applied == 1 then
-        place.d = add(place.d, PAIR_WIDTH, PAIR, day, layout.place_kept, {1}, true, nil)
-        place.f = prune(place.f, PAIR_WIDTH, newest(place.d, PAIR_WIDTH), layout.place_kept)
-        store(key, place_blob(place), layout.entity_ttl)
-      end
-      places[kind] = place
-    end
-  end
-  local term, merch = places.terminal, places.merchant
-  heads[#heads + 1] = struct.pack(REPLY_HEAD, applied, seen_device, seen_terminal, head_flags,
-    #card.m5 / CARD_WIDTH, #card.h / CARD_WIDTH, #card.d / CARD_WIDTH, #card.f / PAIR_WIDTH,
-    has.t and #card.items.t.times / 8 or NONE, has.m and #card.items.m.times / 8 or NONE,
-    has.c and #card.items.c.times / 8 or NONE, term and #term.d / PAIR_WIDTH or NONE, term and #term.f / PAIR_WIDTH or 0,
-    merch and #merch.d / PAIR_WIDTH or NONE, merch and #merch.f / PAIR_WIDTH or 0,
-    head_pt or 0, head_pcp_t or 0, head_lat or 0, head_lon or 0)
-  card_m5[#card_m5 + 1] = card.m5
-  card_h[#card_h + 1] = card.h
-  card_d[#card_d + 1] = card.d
-  card_f[#card_f + 1] = card.f
-  if has.t then seen_t[#seen_t + 1] = card.items.t.times end
-  if has.m then seen_m[#seen_m + 1] = card.items.m.times end
-  if has.c then seen_c[#seen_c + 1] = card.items.c.times end
-  if term then term_d[#term_d + 1] = term.d; term_f[#term_f + 1] = term.f end
-  if merch then merch_d[#merch_d + 1] = merch.d; merch_f[#merch_f + 1] = merch.f end
+  group[#group + 1] = ARGV[i]
 end
-flush()
-return {table.concat(heads), table.concat(card_m5), table.concat(card_h), table.concat(card_d), table.concat(card_f),
-  table.concat(seen_t), table.concat(seen_m), table.concat(seen_c), table.concat(term_d), table.concat(term_f),
-  table.concat(merch_d), table.concat(merch_f)}
+local seen = {}
+for _, day in ipairs(days) do
+  local ids = by_day[day]
+  local found = redis.call('HMGET', prefix .. 'seen:' .. day, unpack(ids))
+  for k = 1, #ids do
+    if found[k] then seen[ids[k]] = true end
+  end
+end
+
+local lengths = {}  -- key -> its value's length now
+
+local function append(key, record, empty)
+  local length = redis.call('APPEND', key, record)
+  if length == #record then  -- a new entity: its empty base first
+    redis.call('SET', key, empty .. record, 'EX', layout.entity_ttl)
+    length = #empty + #record
+  else
+    redis.call('EXPIRE', key, layout.entity_ttl)
+  end
+  lengths[key] = length
+  return length
+end
+
+local function length_of(key)
+  local length = lengths[key]
+  if length == nil then
+    length = redis.call('STRLEN', key)
+    lengths[key] = length
+  end
+  return length
+end
+
+local heads, marks = {}, {}
+for i = 4, #ARGV, 5 do
+  local txn, record = ARGV[i], ARGV[i + 4]
+  local card_key = prefix .. 'card:' .. ARGV[i + 1]
+  local terminal_key = ARGV[i + 2] ~= '' and (prefix .. 'terminal:' .. ARGV[i + 2]) or nil
+  local merchant_key = ARGV[i + 3] ~= '' and (prefix .. 'merchant:' .. ARGV[i + 3]) or nil
+  local applied, card, terminal, merchant = 0, 0, 0, 0
+  if seen[txn] then  -- a redelivery: read where its entities stand
+    card = length_of(card_key)
+    if terminal_key then terminal = length_of(terminal_key) end
+    if merchant_key then merchant = length_of(merchant_key) end
+  else
+    seen[txn] = true
+    applied = 1
+    local day = math.floor(struct.unpack('<i8', record) / DAY_US)
+    local day_record = struct.pack(DAY, day)
+    card = append(card_key, record, EMPTY_CARD)
+    if terminal_key then terminal = append(terminal_key, day_record, EMPTY_PLACE) end
+    if merchant_key then merchant = append(merchant_key, day_record, EMPTY_PLACE) end
+    local list = marks[day]
+    if not list then
+      list = {}
+      marks[day] = list
+    end
+    list[#list + 1] = txn
+    list[#list + 1] = '1'
+  end
+  heads[#heads + 1] = struct.pack('<BI4I4I4', applied, card, terminal, merchant)
+end
+for day, list in pairs(marks) do
+  local key = prefix .. 'seen:' .. day
+  redis.call('HSET', key, unpack(list))
+  redis.call('EXPIRE', key, layout.marker_ttl)
+end
+return table.concat(heads)

@@ -1,15 +1,20 @@
 """The in-memory twin of the Redis feature store: the same operations, in Python, on dicts.
 
-It mirrors ``features/apply.lua`` step by step (and returns the same values per transaction), so unit tests can
-run without Redis and the parity test can hold the two equal on generated sequences, in replies and in state (the
-Redis blobs decoded by :mod:`features.blobs` into this module's plain values). It is
-also the sequential reference the offline builder is checked against. Key expiry (wall-clock housekeeping in Redis)
-is not modelled.
+It defines what applying a transaction or a label means, one step at a time (``features/apply.lua`` folds the
+same steps, and :mod:`features.blobs` reads them back the same way, vectorized), so unit tests can run without
+Redis and the parity test can hold the two equal on generated sequences, in replies and in state (the Redis values
+folded and decoded by :mod:`features.blobs` into this module's plain values). It is also the sequential reference
+the offline builder is checked against. Key expiry (wall-clock housekeeping in Redis) is not modelled.
+
+The steps are module functions on plain values so the reader can replay a stored base and its records exactly:
+:func:`apply_card` / :func:`apply_place` (one applied payment), :func:`card_row` / :func:`place_row` (what a
+transaction reads, after it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from features.formulas import RECENT_ITEMS
@@ -17,9 +22,28 @@ from features.plan import KINDS, RECORD, label_plan, layout, plan
 from features.snapshot import Snapshot, StoreReply, decode_reply
 from fraudpipe.contracts import Label, Transaction
 
-__all__ = ["InMemoryFeatureStore"]
+__all__ = ["InMemoryFeatureStore", "Record", "apply_card", "apply_place", "card_row", "place_row", "previous_of"]
 
 _DAY = "d"
+_NAN = float("nan")
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A transaction as the store applies it (:data:`features.plan.RECORD` unpacked): µs, cents, cents², the
+    card-present position if it has one, and its recent items by kind."""
+
+    t: int
+    amount: int
+    square: int
+    geo: tuple[float, float] | None
+    ids: dict[str, int]
+
+    @classmethod
+    def unpack(cls, record: bytes, offset: int = 0) -> Record:
+        t, amount, square, has_geo, lat, lon, mask, *raw_ids = RECORD.unpack_from(record, offset)
+        ids = {kind: int.from_bytes(raw_ids[i], "little") for i, kind in enumerate(KINDS) if mask >> i & 1}
+        return cls(t, amount, square, (lat, lon) if has_geo else None, ids)
 
 
 def _newest(ring: list[int] | None, width: int) -> int | None:
@@ -64,93 +88,128 @@ def _sum(ring: list[int] | None, width: int, first: int, last: int, kept: int, t
     return sums
 
 
-class InMemoryFeatureStore:
-    """Feature state in process memory. Same interface as :class:`features.store.RedisFeatureStore`."""
+def apply_card(card: dict[str, Any], rec: Record, lay: dict[str, Any]) -> None:
+    """Apply one payment to a card's plain state, in place."""
+    for res in lay["card_rings"]:
+        bucket = rec.t // lay["size"][res]
+        card[res], _ = _add(card.get(res, []), 4, bucket, lay["kept"][res], [1, rec.amount, rec.square], True, None)
+    if "f" in card:
+        card["f"] = _prune(card["f"], 2, _newest(card[_DAY], 4), lay["kept"][_DAY])
+        if not card["f"]:
+            del card["f"]
+    if "pt" not in card or rec.t > card["pt"]:
+        card["pt"] = rec.t
+    if rec.geo is not None and ("pcp" not in card or rec.t >= card["pcp"][0]):
+        card["pcp"] = [rec.t, *rec.geo]
+    recent: dict[str, dict[int, int]] = card.get("r", {})
+    for kind, item in rec.ids.items():
+        members = recent.setdefault(kind, {})
+        if item not in members or rec.t > members[item]:
+            members[item] = rec.t
+        if len(members) > lay["recent_items"]:
+            del members[min(members, key=lambda ident: (members[ident], ident))]
+    if recent:
+        card["r"] = recent
 
-    def __init__(self, prefix: str = "fp:v2:", *, recent_items: int = RECENT_ITEMS) -> None:
+
+def apply_place(place: dict[str, Any], day: int, lay: dict[str, Any]) -> None:
+    """Apply one payment on ``day`` to a terminal's or merchant's plain state, in place."""
+    kept = lay["place_kept"]
+    place["d"], _ = _add(place.get("d", []), 2, day, kept, [1], True, None)
+    if "f" in place:
+        place["f"] = _prune(place["f"], 2, _newest(place["d"], 2), kept)
+        if not place["f"]:
+            del place["f"]
+
+
+def previous_of(card: dict[str, Any], rec: Record) -> tuple[list[float], dict[str, int]]:
+    """What a transaction reads of its card before it is applied: the previous payment's time and card-present
+    (µs, lat, lon) (NaN: none), and whether its device and terminal were among the recent items (kinds it has)."""
+    pcp = card.get("pcp")
+    previous: list[float] = [float(card["pt"]) if "pt" in card else _NAN, *(map(float, pcp) if pcp else [_NAN] * 3)]
+    recent = card.get("r", {})
+    seen: dict[str, int] = {
+        kind: int(rec.ids[kind] in recent.get(kind, {})) for kind in ("device", "terminal") if kind in rec.ids
+    }
+    return previous, seen
+
+
+def card_row(card: dict[str, Any], rec: Record, seen: dict[str, int], lay: dict[str, Any]) -> list[int]:
+    """A transaction's card values of the store reply (:mod:`features.snapshot`), from its card after it."""
+    out: list[int] = []
+    for res, length in lay["card_windows"]:
+        last = rec.t // lay["size"][res]
+        ring = card.get(res, [])
+        out += _sum(ring, 4, last - length + 1, last, lay["kept"][res], _newest(ring, 4))
+    kept_day = lay["kept"][_DAY]
+    top = _newest(card.get(_DAY), 4)
+    day = rec.t // lay["size"][_DAY]
+    out.append(int(top is not None and day > top - kept_day))
+    out.append(_sum(card.get("f"), 2, day - lay["card_frauds"] + 1, day, kept_day, top)[0])
+    since = rec.t - lay["size"][_DAY]
+    recent = card.get("r", {})
+    for kind in ("terminal", "merchant", "country"):
+        out.append(sum(1 for when in recent.get(kind, {}).values() if when > since) if kind in rec.ids else -1)
+    return [*out, seen.get("device", -1), seen.get("terminal", -1)]
+
+
+def place_row(place: dict[str, Any] | None, day: int, lay: dict[str, Any]) -> list[int]:
+    """A transaction's terminal (or merchant) values of the store reply, from the place after it (None: the payment
+    has no such place)."""
+    if place is None:
+        return [-1] * (len(lay["place_windows"]) + 2 * len(lay["fraud_windows"]))
+    kept = lay["place_kept"]
+    top = _newest(place.get("d"), 2)
+    out = [_sum(place.get("d"), 2, day - n + 1, day, kept, top)[0] for n in lay["place_windows"]]
+    last = day - lay["label_delay"]
+    for n in lay["fraud_windows"]:
+        out.append(_sum(place.get("f"), 2, last - n + 1, last, kept, top)[0])
+        out.append(_sum(place.get("d"), 2, last - n + 1, last, kept, top)[0])
+    return out
+
+
+class InMemoryFeatureStore:
+    """Feature state in process memory. Same interface as :class:`features.store.RedisFeatureStore`.
+
+    ``values`` holds what Redis holds, decoded: ``seen:<day>`` {txn id: "1"}, ``label:<txn>`` "version,fraud",
+    and each entity's plain state.
+    """
+
+    def __init__(self, prefix: str = "fp:v3:", *, recent_items: int = RECENT_ITEMS) -> None:
         self.prefix = prefix
         self.layout = layout(recent_items=recent_items, marker_ttl_s=1, entity_ttl_s=1, label_ttl_s=1)
-        self.values: dict[str, Any] = {}  # key -> marker "1", label state "v,f", or an entity's map
-
-    def _bucket(self, micros: int, res: str) -> int:
-        return micros // int(self.layout["size"][res])
+        self.values: dict[str, Any] = {}
 
     def raw(self, txns: Sequence[Transaction]) -> StoreReply:
         """What the Redis store answers for ``txns``: their state after applying each once."""
         lay = self.layout
         rows: list[list[int]] = []
         previous: list[list[float]] = []
-        kept_day = lay["kept"][_DAY]
-        nan = float("nan")
         for txn in txns:
             txn_id, card_id, terminal_id, merchant_id, record = plan(txn)
-            t, amount, square, has_geo, lat, lon, mask, *raw_ids = RECORD.unpack(record)
-            ids = {kind: int.from_bytes(raw_ids[i], "little") for i, kind in enumerate(KINDS) if mask >> i & 1}
-            since = t - lay["size"][_DAY]
+            rec = Record.unpack(record)
+            day = rec.t // lay["size"][_DAY]
+            markers = self.values.setdefault(f"{self.prefix}seen:{day}", {})
+            applied = txn_id not in markers
             card_key = f"{self.prefix}card:{card_id}"
-            marker = f"{self.prefix}seen:{txn_id}"
-            applied = marker not in self.values
-            if applied:
-                self.values[marker] = "1"
             card: dict[str, Any] = self.values.get(card_key, {})
-            pcp = card.get("pcp")
-            previous.append([float(card["pt"]) if "pt" in card else nan, *(map(float, pcp) if pcp else [nan] * 3)])
-            recent: dict[str, dict[int, int]] = card.get("r", {})
-            seen = {kind: int(ids[kind] in recent.get(kind, {})) for kind in ("device", "terminal") if kind in ids}
+            before, seen = previous_of(card, rec)
+            previous.append(before)
             if applied:
-                for res in lay["card_rings"]:
-                    card[res], _ = _add(card.get(res, []), 4, self._bucket(t, res), lay["kept"][res],
-                                        [1, amount, square], True, None)  # fmt: skip
-                if "f" in card:
-                    card["f"] = _prune(card["f"], 2, _newest(card[_DAY], 4), kept_day)
-                    if not card["f"]:
-                        del card["f"]
-                if "pt" not in card or t > card["pt"]:
-                    card["pt"] = t
-                if has_geo and ("pcp" not in card or t >= card["pcp"][0]):
-                    card["pcp"] = [t, lat, lon]
-                for kind, item in ids.items():
-                    members = recent.setdefault(kind, {})
-                    if item not in members or t > members[item]:
-                        members[item] = t
-                    if len(members) > lay["recent_items"]:
-                        del members[min(members, key=lambda ident: (members[ident], ident))]
-                if recent:
-                    card["r"] = recent
+                markers[txn_id] = "1"
+                apply_card(card, rec, lay)
                 self.values[card_key] = card
-            out = [int(applied)]
-            for res, length in lay["card_windows"]:
-                last = self._bucket(t, res)
-                ring = card.get(res, [])
-                out += _sum(ring, 4, last - length + 1, last, lay["kept"][res], _newest(ring, 4))
-            top = _newest(card.get(_DAY), 4)
-            day = self._bucket(t, _DAY)
-            out.append(int(top is not None and day > top - kept_day))
-            out.append(_sum(card.get("f"), 2, day - lay["card_frauds"] + 1, day, kept_day, top)[0])
-            for kind in ("terminal", "merchant", "country"):
-                out.append(sum(1 for when in recent.get(kind, {}).values() if when > since) if kind in ids else -1)
-            out += [seen.get("device", -1), seen.get("terminal", -1)]
+            row = [int(applied), *card_row(card, rec, seen, lay)]
             for kind, ident in (("terminal", terminal_id), ("merchant", merchant_id)):
-                if not ident:
-                    out += [-1] * (len(lay["place_windows"]) + 2 * len(lay["fraud_windows"]))
-                    continue
-                key = f"{self.prefix}{kind}:{ident}"
-                place: dict[str, Any] = self.values.get(key, {})
-                kept = lay["place_kept"]
-                if applied:
-                    place["d"], _ = _add(place.get("d", []), 2, day, kept, [1], True, None)
-                    if "f" in place:
-                        place["f"] = _prune(place["f"], 2, _newest(place["d"], 2), kept)
-                        if not place["f"]:
-                            del place["f"]
-                    self.values[key] = place
-                place_top = _newest(place.get("d"), 2)
-                out += [_sum(place.get("d"), 2, day - n + 1, day, kept, place_top)[0] for n in lay["place_windows"]]
-                last = day - lay["label_delay"]
-                for n in lay["fraud_windows"]:
-                    out.append(_sum(place.get("f"), 2, last - n + 1, last, kept, place_top)[0])
-                    out.append(_sum(place.get("d"), 2, last - n + 1, last, kept, place_top)[0])
-            rows.append(out)
+                place: dict[str, Any] | None = None
+                if ident:
+                    key = f"{self.prefix}{kind}:{ident}"
+                    place = self.values.get(key, {})
+                    if applied:
+                        apply_place(place, day, lay)
+                        self.values[key] = place
+                row += place_row(place, day, lay)
+            rows.append(row)
         return StoreReply.from_rows(rows, previous)
 
     def apply(self, txns: Sequence[Transaction]) -> list[Snapshot]:

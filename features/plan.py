@@ -3,24 +3,28 @@
 A plan is a transaction reduced to what the script needs: its ids (key names) and one fixed binary record (time,
 cents, cents², geo, recent-item ids); the layout carries the bucket sizes, retention and windows of
 :mod:`features.windows`, so the script holds no constant of its own. Keys (``P`` = ``settings.redis.key_prefix``,
-``fp:v2:``; value formats in :mod:`features.blobs`)::
+``fp:v3:``; value formats in :mod:`features.blobs`)::
 
-    P seen:<txn_id>                    marker: the transaction's increments were applied (TTL = replay horizon)
+    P seen:<day>                       hash: field <txn_id> = "1" when the transaction's record was appended (one hash
+                                       per event day, µs // 86,400,000,000; expires marker_ttl after its last field)
     P label:<txn_id>                   "version,fraud" of the last label applied (fraud 1 / genuine 0)
-    P card:<token>                     binary: rings m5, h, d (bucket, count, cents, cents²), f (day, frauds), latest
-                                       event time, latest card-present payment (µs, lat, lon), and for each kind of
-                                       recent item (terminal, merchant, country, device) the ids and last-seen times
-                                       of the RECENT_ITEMS most recent
-    P terminal:<id>, P merchant:<id>   binary: rings d (day, payments) and f (day, frauds)
+    P card:<token>                     binary base — rings m5, h, d (bucket, count, cents, cents²), f (day, frauds),
+                                       latest event time, latest card-present payment (µs, lat, lon), and for each
+                                       kind of recent item (terminal, merchant, country, device) the ids and
+                                       last-seen times of the RECENT_ITEMS most recent — then the RECORDs appended
+                                       since the base was last folded
+    P terminal:<id>, P merchant:<id>   binary base — rings d (day, payments) and f (day, frauds) — then the days
+                                       (4 bytes each) of the payments appended since
 
-One key per entity, read and written at most once per call (see ``features/apply.lua``). Recent items are kept as
-48-bit ids (:func:`item_id`), never as names: fixed-width records the script finds with one ``string.find``.
-Bucket indexes are those of :mod:`features.windows`, computed by the script from integer microseconds (exact in
-Redis' Lua doubles).
+A redelivery is recognised by its transaction id within its event day: a transaction sent again with another
+event time is a different event. Recent items are kept as 48-bit ids (:func:`item_id`), never as names:
+fixed-width records the script finds with one ``string.find``. Bucket indexes are those of :mod:`features.windows`,
+computed by the script from integer microseconds (exact in Redis' Lua doubles).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 from typing import Any
@@ -30,7 +34,7 @@ from features.windows import KEPT, LABEL_DELAY_DAYS, PLACE_KEPT_DAYS, RESOLUTION
 from fraudpipe.clock import micros_of
 from fraudpipe.contracts import Label, Transaction
 
-__all__ = ["KINDS", "RECORD", "item_id", "label_plan", "layout", "micros_of", "plan"]
+__all__ = ["KINDS", "RECORD", "item_id", "label_plan", "layout", "marker_key", "micros_of", "plan"]
 
 KINDS = ("terminal", "merchant", "country", "device")
 """Kinds of recent item a card remembers, in record order."""
@@ -64,16 +68,27 @@ def item_id(name: str) -> int:
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=6).digest(), "little")
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _item_bytes(name: str) -> bytes:
+    """:func:`item_id` as the record stores it; terminals, merchants, countries and devices recur, so cached."""
+    return item_id(name).to_bytes(8, "little")
+
+
 def plan(txn: Transaction) -> tuple[str, str, str, str, bytes]:
     """One transaction as the script reads it: txn id, card token, terminal id, merchant id ("" if none), record."""
     amount = cents(txn.amount)
     geo = txn.channel == "card_present" and txn.lat is not None and txn.lon is not None
     names = (txn.terminal_id, txn.merchant_id, txn.country, txn.device_id)
     mask = sum(1 << i for i, name in enumerate(names) if name is not None)
-    ids = [item_id(name).to_bytes(8, "little") if name is not None else _NO_ID for name in names]
+    ids = [_NO_ID if name is None else _item_bytes(name) for name in names]
     record = RECORD.pack(micros_of(txn.event_time), amount, square(amount), int(geo), txn.lat if geo else 0.0,
                          txn.lon if geo else 0.0, mask, *ids)  # fmt: skip
     return txn.txn_id, txn.card_token, txn.terminal_id or "", txn.merchant_id or "", record
+
+
+def marker_key(prefix: str, txn: Transaction) -> str:
+    """The hash holding ``txn``'s applied-marker (field: its transaction id): one per event day."""
+    return f"{prefix}seen:{micros_of(txn.event_time) // (RESOLUTIONS['d'] * 1_000_000)}"
 
 
 def label_plan(label: Label, day_us: int) -> tuple[str, int, int, int, str, str, str]:

@@ -42,6 +42,9 @@ import redis
 from fraudpipe.clock import Clock, micros_of
 from fraudpipe.logstore import Logs
 
+_DAY_US = 86_400_000_000
+"""A day in µs: the feature store keeps applied-markers in one hash per event day (``features.plan``)."""
+
 __all__ = ["ErasureList", "Receipt", "customer_cards", "erase", "retain", "subject_digest"]
 
 log = logging.getLogger(__name__)
@@ -169,16 +172,21 @@ def erase(cards: Iterable[str], *, requested_as: str, client: redis.Redis, prefi
     if digests:
         client.hset(f"{prefix}erased", mapping=dict.fromkeys(digests, micros_of(now)))
         time.sleep(settle_s)  # every worker re-reads the list within one poll: nothing is written back after this
-    txns: set[str] = set()
+    txns: dict[str, int] = {}  # txn id -> event day (its applied-marker is a field of that day's hash)
     for day_log in logs.all().values():
         rows = day_log.find("card_token", tokens)
         if rows.height:
-            txns.update(rows["txn_id"].to_list())
+            for txn, when in zip(rows["txn_id"].to_list(), rows["event_time"].to_list(), strict=True):
+                txns[txn] = micros_of(when) // _DAY_US
     names = [f"{prefix}card:{token}" for token in tokens]
     for txn in sorted(txns):
-        names += [f"{prefix}{kind}:{txn}" for kind in ("seen", "label", "decided")]
+        names += [f"{prefix}{kind}:{txn}" for kind in ("label", "decided")]
         names += [f"{prefix}sunk:{sink}:alert:{txn}" for sink in ("redis_stream", "webhook")]  # streams.sinks
     deleted = sum(int(client.delete(*names[i : i + 1_000])) for i in range(0, len(names), 1_000))
+    by_day: dict[int, list[str]] = {}
+    for txn, day in txns.items():
+        by_day.setdefault(day, []).append(txn)
+    deleted += sum(int(client.hdel(f"{prefix}seen:{day}", *ids)) for day, ids in sorted(by_day.items()))
     entries = _stream_entries(client, alert_stream, set(tokens))
     if entries:
         client.xdel(alert_stream, *entries)

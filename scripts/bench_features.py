@@ -1,12 +1,14 @@
-"""Benchmark of the online feature store (not a test): transactions/s for apply + read + the feature matrix at
-several batch sizes, from one process against a local Redis, and Redis bytes per card and per terminal.
+"""Benchmark of the online feature store (not a test): transactions/s for update + read (``store.raw``: the Redis
+transaction and the batch read back with numpy) at several batch sizes, from one process against a local Redis,
+alone and with the feature matrix; and Redis bytes per card and per terminal.
 
     .venv/bin/python scripts/bench_features.py [--redis redis://127.0.0.1:6379/0] [--days 30] [--json out.json]
 
 Uses a simulated history (default preset). Two situations: *fresh* — the first 30,000 payments of the history on an
 empty store (cards with little state); *steady* — the last day's payments after every earlier day was applied
 (cards, terminals and merchants with a month of state, what a running system sees). Medians of --repeat runs per
-batch size, each on a fresh key prefix; Redis' own time per transaction (INFO commandstats) alongside.
+batch size, each on a fresh key prefix; Redis' own time per transaction (INFO commandstats: the script and the
+MGET) alongside.
 """
 
 from __future__ import annotations
@@ -35,20 +37,25 @@ def _transactions(days: int) -> list[Transaction]:
     return [Transaction(**row) for row in frame.select(fields).iter_rows(named=True)]
 
 
-def _script_us(client: redis.Redis) -> float:
-    stats = client.info("commandstats").get("cmdstat_evalsha", {})
-    return float(stats.get("usec", 0))
+def _server_us(client: redis.Redis) -> float:
+    stats = client.info("commandstats")
+    return sum(float(stats.get(f"cmdstat_{name}", {}).get("usec", 0)) for name in ("evalsha", "mget"))
 
 
-def _run(client: redis.Redis, store: RedisFeatureStore, txns: list[Transaction], batch: int) -> tuple[float, float]:
-    """(transactions/s end to end, Redis µs per transaction) for ``txns`` in batches of ``batch``."""
-    before = _script_us(client)
-    started = time.perf_counter()
+def _run(client: redis.Redis, store: RedisFeatureStore, txns: list[Transaction], batch: int) -> tuple[
+        float, float, float]:  # fmt: skip
+    """(update + read tx/s, tx/s with the feature matrix, Redis µs per transaction) in batches of ``batch``."""
+    before = _server_us(client)
+    store_s = matrix_s = 0.0
     for i in range(0, len(txns), batch):
         chunk = txns[i : i + batch]
-        feature_matrix(store.raw(chunk), chunk)
-    elapsed = time.perf_counter() - started
-    return len(txns) / elapsed, (_script_us(client) - before) / len(txns)
+        started = time.perf_counter()
+        reply = store.raw(chunk)
+        read = time.perf_counter()
+        feature_matrix(reply, chunk)
+        store_s += read - started
+        matrix_s += time.perf_counter() - read
+    return len(txns) / store_s, len(txns) / (store_s + matrix_s), (_server_us(client) - before) / len(txns)
 
 
 def _bytes(client: redis.Redis, pattern: str, entities: str) -> float:
@@ -61,6 +68,16 @@ def _bytes(client: redis.Redis, pattern: str, entities: str) -> float:
 def _drop(client: redis.Redis, prefix: str) -> None:
     for key in client.scan_iter(match=f"{prefix}*", count=10_000):
         client.delete(key)
+
+
+def _report(results: dict[str, object], label: str, key: str, batch: int,
+            runs: list[tuple[float, float, float]]) -> None:  # fmt: skip
+    rates, with_matrix, server = ([run[i] for run in runs] for i in range(3))
+    results[f"{key}tx_per_s_batch_{batch}"] = round(statistics.median(rates))
+    results[f"{key}tx_per_s_with_features_batch_{batch}"] = round(statistics.median(with_matrix))
+    print(f"{label} batch {batch:>4}: {statistics.median(rates):>9,.0f} tx/s update+read "
+          f"({statistics.median(with_matrix):,.0f} with the feature matrix), Redis {statistics.median(server):5.1f} "
+          f"µs/tx (runs: {', '.join(f'{r:,.0f}' for r in rates)})")  # fmt: skip
 
 
 def main() -> None:
@@ -77,19 +94,15 @@ def main() -> None:
     today = [t for t in txns if t.event_time > last_day]
     results: dict[str, object] = {"transactions": len(txns), "steady_transactions": len(today)}
     for batch, limit in ((1, 5_000), (50, 30_000), (500, 30_000)):
-        rates, server = [], []
+        runs = []
         for _ in range(args.repeat):
             prefix = f"bench:{uuid.uuid4().hex[:8]}:"
-            rate, redis_us = _run(client, RedisFeatureStore(client, prefix), txns[:limit], batch)
-            rates.append(rate)
-            server.append(redis_us)
+            runs.append(_run(client, RedisFeatureStore(client, prefix), txns[:limit], batch))
             _drop(client, prefix)
-        results[f"tx_per_s_batch_{batch}"] = round(statistics.median(rates))
-        print(f"fresh  batch {batch:>4}: {statistics.median(rates):>9,.0f} tx/s, Redis "
-              f"{statistics.median(server):5.1f} µs/tx (runs: {', '.join(f'{r:,.0f}' for r in rates)})")  # fmt: skip
+        _report(results, "fresh ", "", batch, runs)
     prefix = f"bench:{uuid.uuid4().hex[:8]}:"
     store = RedisFeatureStore(client, prefix)
-    rate, redis_us = _run(client, store, history, 500)
+    rate, _, redis_us = _run(client, store, history, 500)
     print(f"warming {len(history):,} payments of {args.days - 1} days at batch 500: {rate:,.0f} tx/s, Redis "
           f"{redis_us:.1f} µs/tx")  # fmt: skip
     results["bytes_per_card"] = round(_bytes(client, f"{prefix}card:*", "card"))
@@ -97,19 +110,15 @@ def main() -> None:
     print(f"{args.days - 1} days of history: {results['bytes_per_card']:,} bytes per card, "
           f"{results['bytes_per_terminal']:,} per terminal")  # fmt: skip
     for batch in (50, 500):
-        rates, server = [], []
+        runs = []
         for _ in range(args.repeat):  # the last day on a copy of the warm state (markers left out: applied anew)
             copy = f"bench:{uuid.uuid4().hex[:8]}:"
             for key in client.scan_iter(match=f"{prefix}*", count=10_000):
                 if b":seen:" not in key:
                     client.copy(key, copy + key.decode()[len(prefix) :])
-            rate, redis_us = _run(client, RedisFeatureStore(client, copy), today, batch)
-            rates.append(rate)
-            server.append(redis_us)
+            runs.append(_run(client, RedisFeatureStore(client, copy), today, batch))
             _drop(client, copy)
-        results[f"steady_tx_per_s_batch_{batch}"] = round(statistics.median(rates))
-        print(f"steady batch {batch:>4}: {statistics.median(rates):>9,.0f} tx/s, Redis "
-              f"{statistics.median(server):5.1f} µs/tx (runs: {', '.join(f'{r:,.0f}' for r in rates)})")  # fmt: skip
+        _report(results, "steady", "steady_", batch, runs)
     _drop(client, prefix)
     if args.json_path:
         with open(args.json_path, "w") as handle:

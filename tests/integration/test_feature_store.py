@@ -20,6 +20,7 @@ from fraudpipe.contracts import Label, Transaction
 from fraudpipe.settings import RedisSettings, Settings
 
 START = datetime(2024, 1, 1, tzinfo=UTC)
+LAYOUT = InMemoryFeatureStore().layout
 
 
 def _txn(i: int, minutes: int, card: int, terminal: int | None, amount: float, extra: dict[str, Any]) -> Transaction:
@@ -115,16 +116,20 @@ def _run(store: RedisFeatureStore | InMemoryFeatureStore, batches: list[list[Tra
     return replies
 
 
-def _dump(store_client: redis.Redis, prefix: str) -> dict[str, object]:
+def _dump(store_client: redis.Redis, prefix: str, layout: dict[str, Any] = LAYOUT) -> dict[str, object]:
     """Every key under ``prefix`` with its value; entity blobs decoded into the twin's plain values."""
     state: dict[str, object] = {}
     for key in store_client.scan_iter(match=f"{prefix}*", count=1000):
-        name, value = key.decode(), store_client.get(key)
+        name = key.decode()
+        if f"{prefix}seen:" in name:
+            state[name] = {k.decode(): v.decode() for k, v in store_client.hgetall(key).items()}
+            continue
+        value = store_client.get(key)
         assert isinstance(value, bytes)
         if f"{prefix}card:" in name:
-            state[name] = decode_card(value)
+            state[name] = decode_card(value, layout)
         elif f"{prefix}terminal:" in name or f"{prefix}merchant:" in name:
-            state[name] = decode_place(value)
+            state[name] = decode_place(value, layout)
         else:
             state[name] = value.decode()
     return state
@@ -134,20 +139,34 @@ def _twin_dump(twin: InMemoryFeatureStore) -> dict[str, object]:
     return dict(twin.values)
 
 
+STORES = {  # (fold_after, recent_items, vectorize_from): the default, read record by record (small batches); the
+    # default read with numpy; a fold after every payment with items forgotten all the time; records that are never
+    # folded (each batch is read from a long journal) with a few items
+    "default": (16, 64, 24),
+    "default-numpy": (16, 64, 1),
+    "fold-always": (1, 2, 1),
+    "fold-never": (10_000, 3, 1),
+}
+
+
+@pytest.mark.parametrize("config", list(STORES))
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batches=sequences())
 def test_redis_equals_its_twin_and_a_second_replay_changes_nothing(
-    store_client: redis.Redis, settings: Settings, batches: list[list[Transaction] | list[Label]]
+    store_client: redis.Redis, settings: Settings, config: str, batches: list[list[Transaction] | list[Label]]
 ) -> None:
+    fold_after, recent_items, vectorize_from = STORES[config]
     prefix = f"{settings.redis.key_prefix}{id(batches)}:"
-    online = RedisFeatureStore(store_client, prefix)
-    twin = InMemoryFeatureStore(prefix)
+    online = RedisFeatureStore(
+        store_client, prefix, fold_after=fold_after, recent_items=recent_items, vectorize_from=vectorize_from
+    )
+    twin = InMemoryFeatureStore(prefix, recent_items=recent_items)
     assert _run(online, batches) == _run(twin, batches)
-    before = _dump(store_client, prefix)
+    before = _dump(store_client, prefix, online.layout)
     assert before == _twin_dump(twin)  # the same state, field by field, not just the same answers
 
     again = _run(online, batches)
-    assert _dump(store_client, prefix) == before  # duplicates change nothing
+    assert _dump(store_client, prefix, online.layout) == before  # duplicates change nothing
     assert not any(
         flag for reply in again if not isinstance(reply, int) for flag in reply.applied
     )  # nothing re-applied

@@ -159,6 +159,9 @@ class Decisions(Tail):
         return len(ids - set(outcomes)), len(self.decisions) - len(outcomes)
 
 
+LAYOUT = InMemoryFeatureStore().layout
+
+
 def online_state(client: redis_lib.Redis, prefix: str) -> dict[str, Any]:
     """Every entity key (decoded) and applied-marker under ``prefix``."""
     state: dict[str, Any] = {}
@@ -168,9 +171,9 @@ def online_state(client: redis_lib.Redis, prefix: str) -> dict[str, Any]:
         if kind in ("card", "terminal", "merchant"):
             value = client.get(key)
             assert isinstance(value, bytes)
-            state[name] = decode_card(value) if kind == "card" else decode_place(value)
-        elif kind == "seen":
-            state[name] = "1"
+            state[name] = decode_card(value, LAYOUT) if kind == "card" else decode_place(value, LAYOUT)
+        elif kind == "seen":  # one hash of applied-markers per event day
+            state[name] = {txn.decode(): flag.decode() for txn, flag in client.hgetall(key).items()}
     return state
 
 

@@ -1,0 +1,413 @@
+"""Reading a batch back from the store, vectorized: every transaction's state after it, from its entities' bases and
+records, with numpy for the whole batch.
+
+:func:`features.blobs.replay` is the definition (the twin's steps, record by record); :func:`read_batch` computes the
+same values column-wise, and a test holds the two equal. A transaction's card state is the card's base plus its
+first ``p`` records (``p`` from the script's head); a record counts in a ring when its bucket was above the ring's
+newest - kept when it came (a running maximum over the card's records), and a bucket counts in a window when it is
+in the window and above the state's newest - kept. Recent items are the base's with the records' uses (latest time
+per id); a card whose items of a kind overflow RECENT_ITEMS in the batch (something is forgotten) is read with
+:func:`~features.blobs.replay` instead, which forgets exactly as the store does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from features.blobs import CARD_ENTRY, CARD_HEAD, DAY, HEAD, PAIR, PLACE_HEAD, replay
+from features.plan import KINDS, RECORD
+from features.snapshot import CARD_WIDTH, PLACE_WIDTH, REPLY_WIDTH, StoreReply
+
+__all__ = ["RECORDS", "read_batch"]
+
+RECORDS = np.dtype(
+    {
+        "names": ["t", "amount", "square", "geo", "lat", "lon", "mask", *KINDS],
+        "formats": ["<i8", "<i8", "<i8", "u1", "<f8", "<f8", "u1", "<i8", "<i8", "<i8", "<i8"],
+        "offsets": [0, 8, 16, 24, 25, 33, 41, 42, 50, 58, 66],
+        "itemsize": RECORD.size,
+    }
+)
+""":data:`features.plan.RECORD` as a numpy dtype."""
+_CARD_HEADS = np.dtype(
+    [("flags", "<u2"), ("m5", "<u2"), ("h", "<u2"), ("d", "<u2"), ("f", "<u2")]
+    + [(kind, "<u2") for kind in KINDS]
+    + [("pt", "<i8"), ("pcp_t", "<i8"), ("lat", "<f8"), ("lon", "<f8")]
+)
+_PLACE_HEADS = np.dtype([("d", "<u2"), ("f", "<u2")])
+_ITEM = np.dtype("<i8")
+_NONE = np.iinfo(np.int64).min // 4  # "no bucket": below every real one, and safe to subtract from
+_STRIDE = np.int64(1) << 32  # entity << 32 | bucket: sorts entity by entity, then by bucket
+_MISSING_CARD = bytes(CARD_HEAD.size)
+_MISSING_PLACE = bytes(PLACE_HEAD.size)
+
+
+def _expand(counts: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """(owner, position within its owner) of ``sum(counts)`` items laid out owner by owner."""
+    owner = np.repeat(np.arange(len(counts)), counts)
+    starts = np.cumsum(counts) - counts
+    return owner, np.arange(len(owner)) - starts[owner]
+
+
+class _Values:
+    """Values of entities of one kind concatenated, and what their heads say."""
+
+    def __init__(self, blobs: list[bytes], head: np.dtype[Any]) -> None:
+        lengths = np.array([len(b) for b in blobs], dtype=np.int64)
+        self.buffer = np.frombuffer(b"".join(blobs), np.uint8)
+        self.starts = np.cumsum(lengths) - lengths
+        self.lengths = lengths
+        self._rows: dict[int, NDArray[np.uint8]] = {}
+        self.head = self._windows(head.itemsize)[self.starts].view(head).reshape(len(blobs))
+
+    def gather(self, offsets: NDArray[np.int64], counts: NDArray[np.int64], dtype: np.dtype[Any]) -> tuple[
+            NDArray[Any], NDArray[np.int64], NDArray[np.int64]]:  # fmt: skip
+        """Entries of ``dtype`` at byte ``offsets`` of each value (``counts`` of them): the entries, their owner
+        value, and their position within it."""
+        owner, position = _expand(counts)
+        first = self.starts[owner] + offsets[owner] + position * dtype.itemsize
+        return self._windows(dtype.itemsize)[first].view(dtype).reshape(len(owner)), owner, position
+
+    def _windows(self, width: int) -> NDArray[np.uint8]:
+        """The buffer seen through a window of ``width`` bytes starting at every byte: a view, no copy."""
+        rows = self._rows.get(width)
+        if rows is None:
+            shape = (max(len(self.buffer) - width + 1, 0), width)
+            rows = self._rows[width] = np.lib.stride_tricks.as_strided(self.buffer, shape, (1, 1), writeable=False)
+        return rows
+
+
+class _Log:
+    """Records of several entities, laid out entity by entity, in the order they were appended."""
+
+    def __init__(self, owner: NDArray[np.int64], position: NDArray[np.int64], counts: NDArray[np.int64]) -> None:
+        self.owner, self.position, self.counts = owner, position, counts
+        self.first = np.cumsum(counts) - counts
+
+    def running_max(self, values: NDArray[np.int64], base: NDArray[np.int64]) -> NDArray[np.int64]:
+        """Per record: the maximum of its entity's ``base`` and of ``values`` of its records up to it."""
+        if not len(values):
+            return values.copy()
+        current = np.maximum(values, base[self.owner])
+        real = current != _NONE
+        if not real.any():
+            return current
+        low = current[real].min() - 1  # stands for _NONE while accumulating
+        current = np.where(real, current, low) - low
+        step = current.max() + 1  # a later entity's values always compare higher: one accumulate for all
+        if step * (len(self.counts) + 1) >= 1 << 62:  # too wide to stack: by rank instead
+            levels, current = np.unique(current, return_inverse=True)
+            step = len(levels)
+            stacked = np.maximum.accumulate(current.ravel() + self.owner * step) - self.owner * step
+            out = levels[stacked] + low
+        else:
+            out = np.maximum.accumulate(current + self.owner * step) - self.owner * step + low
+        return np.where(out == low, _NONE, out)
+
+    def before(self, through: NDArray[np.int64], base: NDArray[np.int64]) -> NDArray[np.int64]:
+        """Per record: ``through`` of the record before it (its entity's ``base`` for the first)."""
+        out = base[self.owner].copy()
+        later = self.position > 0
+        out[later] = through[np.flatnonzero(later) - 1]
+        return out
+
+    def at(self, count: NDArray[np.int64], entity: NDArray[np.int64], through: NDArray[np.int64],
+           base: NDArray[np.int64]) -> NDArray[np.int64]:  # fmt: skip
+        """Per transaction: ``through`` of its entity's record number ``count`` (1-based; ``base`` when 0)."""
+        out = base[entity].copy()
+        has = count > 0
+        out[has] = through[self.first[entity[has]] + count[has] - 1]
+        return out
+
+    def pairs(self, count: NDArray[np.int64], entity: NDArray[np.int64]) -> tuple[NDArray[np.int64],
+                                                                                  NDArray[np.int64]]:  # fmt: skip
+        """(transaction, record) for each transaction's entity's first ``count`` records."""
+        tx, position = _expand(count)
+        return tx, self.first[entity[tx]] + position
+
+
+def _window_sums(base: tuple[NDArray[Any], NDArray[np.int64]], entity: NDArray[np.int64],
+                 records: tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]],
+                 windows: list[tuple[NDArray[np.int64], NDArray[np.int64]]], fields: Sequence[str],
+                 record_values: Sequence[NDArray[np.int64]]) -> NDArray[np.int64]:  # fmt: skip
+    """(n, windows, fields): per transaction, ``fields`` of its entity's base entries plus ``record_values`` of the
+    records in its state, summed over buckets in each window ``[low, high]``. ``base`` is (entries, entries per
+    entity): sorted by bucket within an entity, so a window is a range of them (a difference of cumulative sums);
+    ``records`` is (transaction, record, record bucket) for the counted records in each state."""
+    n, w, f = len(entity), len(windows), len(fields)
+    out = np.zeros((n, w, f), dtype=np.int64)
+    entries, counts = base
+    owner = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+    key = owner * _STRIDE + entries["idx"]
+    sums = [np.concatenate([[0], np.cumsum(entries[name], dtype=np.int64)]) for name in fields]
+    rec_tx, rec_index, rec_bucket = records
+    values = [v[rec_index] for v in record_values]
+    for k, (low, high) in enumerate(windows):
+        low, high = np.minimum(np.maximum(low, 0), _STRIDE - 1), np.minimum(np.maximum(high, -1), _STRIDE - 1)
+        first = np.searchsorted(key, entity * _STRIDE + low, side="left")
+        last = np.maximum(np.searchsorted(key, entity * _STRIDE + high, side="right"), first)
+        inside = (rec_bucket >= low[rec_tx]) & (rec_bucket <= high[rec_tx])
+        for j in range(f):
+            out[:, k, j] = sums[j][last] - sums[j][first]
+            if len(rec_tx):  # sums stay below 2^53: exact in a float bincount
+                out[:, k, j] += np.bincount(rec_tx[inside], weights=values[j][inside], minlength=n).astype(np.int64)
+    return out
+
+
+def _among_latest(pairs: tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]], own: NDArray[np.int64],
+                  cap: int, full: NDArray[np.bool_]) -> NDArray[np.bool_]:  # fmt: skip
+    """Per transaction: whether ``own`` is among the ``cap`` latest (by last use, then id) of its (transaction, id,
+    time) ``pairs``; only transactions marked ``full`` can have more than ``cap`` ids."""
+    tx, ident, when = pairs
+    n = len(own)
+    hit = np.zeros(n, dtype=bool)
+    mine = ident == own[tx]
+    hit[tx[mine]] = True
+    crowded = full & hit
+    if crowded.any():
+        keep = crowded[tx]
+        tx, ident, when = tx[keep], ident[keep], when[keep]
+        key = tx * (np.int64(1) << 48) + ident
+        order = np.lexsort((when, key))
+        last = np.r_[key[order][1:] != key[order][:-1], True]  # each id once, at its latest use
+        tx, ident, when = tx[order[last]], ident[order[last]], when[order[last]]
+        own_time = np.full(n, _NONE)
+        mine = ident == own[tx]
+        own_time[tx[mine]] = when[mine]
+        ahead = (when > own_time[tx]) | ((when == own_time[tx]) & (ident > own[tx]))
+        hit &= ~crowded | (np.bincount(tx[ahead], minlength=n) < cap)
+    return hit
+
+
+def _tops(entries: NDArray[Any], counts: NDArray[np.int64]) -> NDArray[np.int64]:
+    """Each entity's newest bucket (its last entry: rings are sorted), _NONE if it has none."""
+    top = np.full(len(counts), _NONE)
+    has = counts > 0
+    top[has] = entries["idx"][np.cumsum(counts)[has] - 1]
+    return top
+
+
+def _index(names: Sequence[str]) -> tuple[list[str], NDArray[np.int64]]:
+    """Distinct names in order, and each name's position among them."""
+    distinct = {name: k for k, name in enumerate(dict.fromkeys(names))}
+    return list(distinct), np.array([distinct[name] for name in names], dtype=np.int64)
+
+
+def _place_block(plans: Sequence[tuple[str, str, str, str, bytes]], column: int, kind: str,
+                 head: NDArray[Any], day: NDArray[np.int64], values: Mapping[str, bytes | None], prefix: str,
+                 layout: dict[str, Any], fold_after: int) -> tuple[NDArray[np.int64], list[str]]:  # fmt: skip
+    """The terminal's (or merchant's) PLACE_WIDTH values of each transaction (-1 without one), and the places with
+    ``fold_after`` records or more."""
+    n = len(plans)
+    block = np.full((n, PLACE_WIDTH), -1, dtype=np.int64)
+    present = np.array([bool(one[column]) for one in plans])
+    rows = np.flatnonzero(present)
+    if not len(rows):
+        return block, []
+    names, entity = _index([str(plans[i][column]) for i in rows.tolist()])
+    places = _Values([values.get(f"{prefix}{kind}:{name}") or _MISSING_PLACE for name in names], _PLACE_HEADS)
+    nd, nf = places.head["d"].astype(np.int64), places.head["f"].astype(np.int64)
+    base_len = PLACE_HEAD.size + (nd + nf) * PAIR.itemsize
+    d_entries, _, _ = places.gather(np.full(len(names), PLACE_HEAD.size), nd, PAIR)
+    f_entries, _, _ = places.gather(PLACE_HEAD.size + nd * PAIR.itemsize, nf, PAIR)
+    n_records = (places.lengths - base_len) // DAY.size
+    days, owner, position = places.gather(base_len, n_records, np.dtype("<i4"))
+    days = days.astype(np.int64)
+    log = _Log(owner, position, n_records)
+    kept = layout["place_kept"]
+    base_top = _tops(d_entries, nd)
+    through = log.running_max(days, base_top)
+    counted = days > log.before(through, base_top) - kept
+    count = np.maximum((head[kind][rows].astype(np.int64) - base_len[entity]) // DAY.size, 0)
+    top = log.at(count, entity, through, base_top)
+    floor = top - kept + 1
+    today = day[rows]
+    last = today - layout["label_delay"]
+    current = [(np.maximum(today - length + 1, floor), today) for length in layout["place_windows"]]
+    rated = [(np.maximum(last - length + 1, floor), last) for length in layout["fraud_windows"]]
+    tx, record = log.pairs(count, entity)
+    keep = counted[record]
+    ones = np.ones(len(days), dtype=np.int64)
+    paid = _window_sums((d_entries, nd), entity, (tx[keep], record[keep], days[record[keep]]), current + rated,
+                        ("count",), [ones])[:, :, 0]  # fmt: skip
+    none = (np.empty(0, dtype=np.int64),) * 3
+    known = _window_sums((f_entries, nf), entity, none, rated, ("count",), [ones])[:, :, 0]
+    out = np.empty((len(rows), PLACE_WIDTH), dtype=np.int64)
+    out[:, : len(current)] = paid[:, : len(current)]
+    out[:, len(current) :: 2] = known
+    out[:, len(current) + 1 :: 2] = paid[:, len(current) :]
+    out[top == _NONE] = 0  # no payment kept: nothing counts (frauds of a place without payments neither)
+    block[rows] = out
+    return block, [f"{kind}:{names[k]}" for k in np.flatnonzero(n_records >= fold_after)]
+
+
+class _Cards:
+    """The batch's cards: their values parsed (base and records), and where each transaction stands in its card's
+    records: ``count`` records in its state after it, ``before`` of them applied before its own."""
+
+    def __init__(self, plans: Sequence[tuple[str, str, str, str, bytes]], applied: NDArray[np.int64],
+                 lengths: NDArray[np.int64], values: Mapping[str, bytes | None], prefix: str) -> None:  # fmt: skip
+        self.names, self.entity = _index([one[1] for one in plans])
+        self.values = _Values([values.get(f"{prefix}card:{name}") or _MISSING_CARD for name in self.names],
+                              _CARD_HEADS)  # fmt: skip
+        head = self.values.head
+        self.counts = {part: head[part].astype(np.int64) for part in ("m5", "h", "d", "f", *KINDS)}
+        self.offsets, at = {}, np.full(len(self.names), CARD_HEAD.size, dtype=np.int64)
+        for part, width in (("m5", 24), ("h", 24), ("d", 24), ("f", 8)):
+            self.offsets[part], at = at, at + self.counts[part] * width
+        for kind in KINDS:
+            self.offsets[kind], at = at, at + self.counts[kind] * 16
+        self.n_records = (self.values.lengths - at) // RECORD.size
+        self.records, self.owner, position = self.values.gather(at, self.n_records, RECORDS)
+        self.log = _Log(self.owner, position, self.n_records)
+        self.count = np.maximum((lengths - at[self.entity]) // RECORD.size, 0)
+        self.before = self.count - applied
+        self.tx, self.record = self.log.pairs(self.count, self.entity)  # (transaction, record) in its state
+        flags = head["flags"]
+        self.pt = np.where(flags & 1, head["pt"], _NONE)
+        self.pcp = np.where(flags & 2, head["pcp_t"], _NONE)
+        self.latest = self.log.running_max(self.records["t"], self.pt)  # the card's latest time, per record
+
+    def part(self, name: str, dtype: np.dtype[Any]) -> NDArray[Any]:
+        """Every card's entries of ring or item part ``name``, card by card."""
+        return self.values.gather(self.offsets[name], self.counts[name], dtype)[0]
+
+
+def _card_windows(cards: _Cards, out: NDArray[np.int64], t: NDArray[np.int64], layout: dict[str, Any]) -> None:
+    """Columns 1-14: (count, cents, cents²) per card window, whether the payment's day is kept, frauds in 30 days."""
+    size, kept = layout["size"], layout["kept"]
+    rt = cards.records["t"]
+    tx, record = cards.tx, cards.record
+    log = cards.log
+    column, top = 1, np.empty(0, dtype=np.int64)
+    for res in ("m5", "h", "d"):
+        ring = cards.part(res, CARD_ENTRY)
+        base_top = _tops(ring, cards.counts[res])
+        buckets = rt // size[res]
+        through = log.running_max(buckets, base_top)
+        counted = (buckets > log.before(through, base_top) - kept[res])[record]
+        top = log.at(cards.count, cards.entity, through, base_top)
+        last = t // size[res]
+        lengths = [length for ring_name, length in layout["card_windows"] if ring_name == res]
+        windows = [(np.maximum(last - length + 1, top - kept[res] + 1), last) for length in lengths]
+        values = [np.ones(len(rt), dtype=np.int64), cards.records["amount"], cards.records["square"]]
+        sums = _window_sums((ring, cards.counts[res]), cards.entity, (tx[counted], record[counted],
+                            buckets[record[counted]]), windows, ("count", "cents", "squares"), values)  # fmt: skip
+        for k in range(len(lengths)):
+            out[:, column : column + 3] = sums[:, k, :]
+            column += 3
+    day = t // size["d"]
+    out[:, column] = (top != _NONE) & (day > top - kept["d"])  # top: the d ring's
+    none = (np.empty(0, dtype=np.int64),) * 3
+    frauds = _window_sums((cards.part("f", PAIR), cards.counts["f"]), cards.entity, none,
+                          [(np.maximum(day - layout["card_frauds"] + 1, top - kept["d"] + 1), day)], ("count",),
+                          [none[0]])  # fmt: skip
+    out[:, column + 1] = np.where(top == _NONE, 0, frauds[:, 0, 0])
+
+
+def _card_items(cards: _Cards, out: NDArray[np.int64], txn: NDArray[Any], layout: dict[str, Any]) -> NDArray[np.bool_]:
+    """Columns 15-19: distinct terminals, merchants and countries in 24h, device and terminal seen before. Returns
+    the cards to read by replay instead: items forgotten with records out of time order."""
+    n, cap = len(txn), layout["recent_items"]
+    since = txn["t"] - layout["size"]["d"]
+    records, owner, rt = cards.records, cards.owner, cards.records["t"]
+    tx, record = cards.tx, cards.record
+    late = rt < cards.log.before(cards.latest, cards.pt)  # older than the card's latest payment when it came
+    out_of_order = np.bincount(owner[late], minlength=len(cards.names)) > 0
+    exact = np.zeros(len(cards.names), dtype=bool)
+    before_tx, before_record = cards.log.pairs(cards.before, cards.entity)
+    shift = np.int64(1) << 48  # item ids are 48-bit
+    for k, kind in enumerate(KINDS):
+        counts = cards.counts[kind]
+        ids, item_owner, _ = cards.values.gather(cards.offsets[kind], counts, _ITEM)
+        times = cards.values.gather(cards.offsets[kind] + 8 * counts, counts, _ITEM)[0]
+        uses = ((records["mask"] >> k) & 1).astype(bool)
+        overflow = counts + np.bincount(owner[uses], minlength=len(cards.names)) > cap  # possibly
+        if overflow.any():  # exactly: the base's items and the distinct new ones
+            used = uses & overflow[owner]
+            use_keys = owner[used] * shift + records[kind][used]
+            had = overflow[item_owner]
+            fresh = np.unique(use_keys[~np.isin(use_keys, item_owner[had] * shift + ids[had])])
+            overflow = counts + np.bincount(fresh // shift, minlength=len(cards.names)) > cap
+        exact |= overflow & out_of_order
+        # In time order, a card's items are the `cap` latest (by time, then id) of its base's and its records'.
+        present = ((txn["mask"] >> k) & 1).astype(bool)
+        item_tx, item_pos = _expand(counts[cards.entity])
+        item = (np.cumsum(counts) - counts)[cards.entity[item_tx]] + item_pos
+        if kind != "device":  # distinct items used in the 24h before, this payment included
+            recent = np.concatenate([
+                (item_tx * shift + ids[item])[times[item] > since[item_tx]],
+                (tx * shift + records[kind][record])[uses[record] & (rt[record] > since[tx])],
+            ])  # fmt: skip
+            distinct = np.minimum(np.bincount(np.unique(recent) // shift, minlength=n), cap)
+            out[:, 15 + ("terminal", "merchant", "country").index(kind)] = np.where(present, distinct, -1)
+        if kind in ("device", "terminal"):  # among the recent items before this payment
+            used = uses[before_record]
+            pairs = (
+                np.concatenate([item_tx, before_tx[used]]),
+                np.concatenate([ids[item], records[kind][before_record[used]]]),
+                np.concatenate([times[item], rt[before_record[used]]]),
+            )
+            hit = _among_latest(pairs, txn[kind], cap, overflow[cards.entity])
+            out[:, 18 if kind == "device" else 19] = np.where(present, hit, -1)
+    return exact
+
+
+def _previous(cards: _Cards) -> NDArray[np.float64]:
+    """Per transaction: the card's previous payment time and card-present payment (µs, lat, lon), NaN if none."""
+    n, log, entity, before = len(cards.entity), cards.log, cards.entity, cards.before
+    head, records, rt = cards.values.head, cards.records, cards.records["t"]
+    previous = np.full((n, 4), np.nan)
+    pt = log.at(before, entity, cards.latest, cards.pt)
+    previous[pt != _NONE, 0] = pt[pt != _NONE]
+    geo = records["geo"] == 1
+    best = log.running_max(np.where(geo, rt, _NONE), cards.pcp)
+    takes = geo & (rt >= log.before(best, cards.pcp))  # a card-present payment as late as the latest replaces it
+    latest = np.maximum.accumulate(np.where(takes, np.arange(len(rt)), -1)) if len(rt) else np.empty(0, np.int64)
+    chosen = np.full(n, -1)
+    has = before > 0
+    where = log.first[entity[has]] + before[has] - 1
+    chosen[has] = np.where(latest[where] >= log.first[entity[has]], latest[where], -1)  # within its own card
+    by_record = chosen >= 0
+    previous[by_record, 1:] = np.stack([rt, records["lat"], records["lon"]], axis=1)[chosen[by_record]]
+    by_base = ~by_record & (cards.pcp[entity] != _NONE)
+    base = entity[by_base]
+    previous[by_base, 1:] = np.stack([head["pcp_t"][base], head["lat"][base], head["lon"][base]], axis=1)
+    return previous
+
+
+def read_batch(heads: bytes, plans: Sequence[tuple[str, str, str, str, bytes]],
+               values: Mapping[str, bytes | None], prefix: str, layout: dict[str, Any],
+               fold_after: int) -> tuple[StoreReply, list[str]]:  # fmt: skip
+    """The batch's :class:`StoreReply` from the script's heads and the entities' values at the end of the batch
+    (equal to :func:`features.blobs.replay`, computed for the whole batch at once), and the entities holding
+    ``fold_after`` records or more (a place 4 times as many: its records are 4 bytes)."""
+    head = np.frombuffer(heads, HEAD)
+    n = len(plans)
+    if len(head) != n:
+        raise ValueError(f"store reply has {len(head)} heads for {n} transactions")
+    if n == 0:
+        return StoreReply.from_rows([], []), []
+    txn = np.frombuffer(b"".join(one[4] for one in plans), RECORDS)
+    applied = head["applied"].astype(np.int64)
+    out = np.zeros((n, REPLY_WIDTH), dtype=np.int64)
+    out[:, 0] = applied
+    cards = _Cards(plans, applied, head["card"].astype(np.int64), values, prefix)
+    _card_windows(cards, out, txn["t"], layout)
+    exact = _card_items(cards, out, txn, layout)
+    previous = _previous(cards)
+    due = [f"card:{cards.names[k]}" for k in np.flatnonzero(cards.n_records >= fold_after)]
+    day = txn["t"] // layout["size"]["d"]
+    for column, kind, block in ((2, "terminal", slice(CARD_WIDTH, CARD_WIDTH + PLACE_WIDTH)),
+                                (3, "merchant", slice(CARD_WIDTH + PLACE_WIDTH, REPLY_WIDTH))):  # fmt: skip
+        out[:, block], places = _place_block(plans, column, kind, head, day, values, prefix, layout, 4 * fold_after)
+        due += places
+    if exact.any():
+        rows = np.flatnonzero(exact[cards.entity])
+        again, _ = replay(head[rows].tobytes(), [plans[i] for i in rows.tolist()], values, prefix, layout)
+        out[rows], previous[rows] = again.values, again.previous
+    return StoreReply(out, previous), due
