@@ -18,33 +18,27 @@ from fraudpipe.settings import Settings, TopicSettings
 from tests.reliability.conftest import Decisions, Row, Tail, mismatched, record, send, start, wait_exit
 
 
-def _committed(settings: Settings) -> int:
-    """Sum over the partitions of ``transactions.v1`` of the worker group's committed offsets."""
-    topic = settings.topics.full(settings.topics.transactions)
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": settings.kafka.app_id,
-                         "enable.auto.commit": False})  # fmt: skip
-    try:
-        partitions = [TopicPartition(topic, p) for p in range(settings.topics.partitions)]
-        return sum(max(tp.offset, 0) for tp in consumer.committed(partitions, timeout=10))
-    finally:
-        consumer.close()
-
-
-def _lag(settings: Settings) -> int:
-    """Messages of ``transactions.v1`` the worker group has not committed yet."""
+def _offsets(settings: Settings) -> list[tuple[int, int]]:
+    """Per partition of ``transactions.v1``: the worker group's committed offset (0 if none) and the high watermark."""
     topic = settings.topics.full(settings.topics.transactions)
     consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": settings.kafka.app_id,
                          "enable.auto.commit": False})  # fmt: skip
     try:
         partitions = [TopicPartition(topic, p) for p in range(settings.topics.partitions)]
         committed = consumer.committed(partitions, timeout=10)
-        lag = 0
-        for tp in committed:
-            _, high = consumer.get_watermark_offsets(tp, timeout=10)
-            lag += high - max(tp.offset, 0)
-        return lag
+        return [(max(tp.offset, 0), consumer.get_watermark_offsets(tp, timeout=10)[1]) for tp in committed]
     finally:
         consumer.close()
+
+
+def _committed(settings: Settings) -> int:
+    """Sum over the partitions of ``transactions.v1`` of the worker group's committed offsets."""
+    return sum(done for done, _ in _offsets(settings))
+
+
+def _lag(settings: Settings) -> int:
+    """Messages of ``transactions.v1`` the worker group has not committed yet."""
+    return sum(high - done for done, high in _offsets(settings))
 
 
 def _until_lag_zero(settings: Settings, timeout_s: float = 60) -> None:
