@@ -183,6 +183,50 @@ def _among_latest(pairs: tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.
     return hit
 
 
+def _per_transaction(entity: NDArray[np.int64], owner: NDArray[np.int64], entities: int,
+                     rows: NDArray[np.bool_] | None = None) -> tuple[NDArray[np.int64], NDArray[np.int64]]:  # fmt: skip
+    """(transaction, item) for each transaction's entity's items (``owner``: each item's entity, items laid out entity
+    by entity); with ``rows``, only for the transactions it marks."""
+    counts = np.bincount(owner, minlength=entities)
+    per_tx = counts[entity] if rows is None else np.where(rows, counts[entity], 0)
+    tx, position = _expand(per_tx)
+    return tx, (np.cumsum(counts) - counts)[entity[tx]] + position
+
+
+def _member(keys: NDArray[np.int64], wanted: NDArray[np.int64]) -> NDArray[np.bool_]:
+    """Whether each of ``wanted`` is in the sorted ``keys``."""
+    if not len(keys):
+        return np.zeros(len(wanted), dtype=bool)
+    found: NDArray[np.bool_] = keys[np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)] == wanted
+    return found
+
+
+def _seen(items: tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]], keys: NDArray[np.int64], cards: _Cards,
+          before_tx: NDArray[np.int64], before_record: NDArray[np.int64], kind: str, own: NDArray[np.int64], cap: int,
+          full: NDArray[np.bool_]) -> NDArray[np.bool_]:  # fmt: skip
+    """Per transaction: whether its ``own`` item of ``kind`` was among its card's recent items before it. ``items``:
+    the bases' (ids, owner card, last-seen times), ``keys`` their (card << 48 | id), sorted; the records before each
+    transaction add theirs. Only transactions marked ``full`` can have more than ``cap`` items: for those, by rank
+    (:func:`_among_latest`)."""
+    ids, owner, times = items
+    hit = _member(keys, cards.entity * (np.int64(1) << 48) + own)
+    records = cards.records
+    used = ((records["mask"][before_record] >> KINDS.index(kind)) & 1).astype(bool)
+    by_tx, by_record = before_tx[used], before_record[used]
+    hit[by_tx[records[kind][by_record] == own[by_tx]]] = True
+    crowded = full & hit
+    if crowded.any():
+        item_tx, item = _per_transaction(cards.entity, owner, len(cards.names), crowded)
+        mine = crowded[by_tx]
+        pairs = (
+            np.concatenate([item_tx, by_tx[mine]]),
+            np.concatenate([ids[item], records[kind][by_record[mine]]]),
+            np.concatenate([times[item], records["t"][by_record[mine]]]),
+        )
+        hit[crowded] = _among_latest(pairs, own, cap, full)[crowded]
+    return hit
+
+
 def _tops(entries: NDArray[Any], counts: NDArray[np.int64]) -> NDArray[np.int64]:
     """Each entity's newest bucket (its last entry: rings are sorted), _NONE if it has none."""
     top = np.full(len(counts), _NONE)
@@ -325,34 +369,32 @@ def _card_items(cards: _Cards, out: NDArray[np.int64], txn: NDArray[Any], layout
         counts = cards.counts[kind]
         ids, item_owner, _ = cards.values.gather(cards.offsets[kind], counts, _ITEM)
         times = cards.values.gather(cards.offsets[kind] + 8 * counts, counts, _ITEM)[0]
+        keys = np.sort(item_owner * shift + ids)  # (card, item): the bases' items, to look up
         uses = ((records["mask"] >> k) & 1).astype(bool)
         overflow = counts + np.bincount(owner[uses], minlength=len(cards.names)) > cap  # possibly
         if overflow.any():  # exactly: the base's items and the distinct new ones
             used = uses & overflow[owner]
             use_keys = owner[used] * shift + records[kind][used]
-            had = overflow[item_owner]
-            fresh = np.unique(use_keys[~np.isin(use_keys, item_owner[had] * shift + ids[had])])
+            fresh = np.unique(use_keys[~_member(keys, use_keys)])
             overflow = counts + np.bincount(fresh // shift, minlength=len(cards.names)) > cap
         exact |= overflow & out_of_order
         # In time order, a card's items are the `cap` latest (by time, then id) of its base's and its records'.
         present = ((txn["mask"] >> k) & 1).astype(bool)
-        item_tx, item_pos = _expand(counts[cards.entity])
-        item = (np.cumsum(counts) - counts)[cards.entity[item_tx]] + item_pos
         if kind != "device":  # distinct items used in the 24h before, this payment included
+            card_since = np.full(len(cards.names), np.iinfo(np.int64).max)
+            np.minimum.at(card_since, cards.entity, since)
+            live = np.flatnonzero(times > card_since[item_owner])  # used within 24h of one of its card's payments
+            live_tx, item = _per_transaction(cards.entity, item_owner[live], len(cards.names))
+            item = live[item]
             recent = np.concatenate([
-                (item_tx * shift + ids[item])[times[item] > since[item_tx]],
+                (live_tx * shift + ids[item])[times[item] > since[live_tx]],
                 (tx * shift + records[kind][record])[uses[record] & (rt[record] > since[tx])],
             ])  # fmt: skip
             distinct = np.minimum(np.bincount(np.unique(recent) // shift, minlength=n), cap)
             out[:, 15 + ("terminal", "merchant", "country").index(kind)] = np.where(present, distinct, -1)
         if kind in ("device", "terminal"):  # among the recent items before this payment
-            used = uses[before_record]
-            pairs = (
-                np.concatenate([item_tx, before_tx[used]]),
-                np.concatenate([ids[item], records[kind][before_record[used]]]),
-                np.concatenate([times[item], rt[before_record[used]]]),
-            )
-            hit = _among_latest(pairs, txn[kind], cap, overflow[cards.entity])
+            hit = _seen((ids, item_owner, times), keys, cards, before_tx, before_record, kind, txn[kind], cap,
+                        overflow[cards.entity])  # fmt: skip
             out[:, 18 if kind == "device" else 19] = np.where(present, hit, -1)
     return exact
 
