@@ -1,0 +1,276 @@
+"""Commands that make and manage models: ``train`` (and register) a version, ``evaluate`` under the published
+protocol, and the registry's ``model list|show|promote|rollback|history|card``."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fraudpipe.cli._apps import app, model_app
+from fraudpipe.cli._common import (
+    CliError,
+    RateOption,
+    RoundsOption,
+    SeedOption,
+    _day,
+    _duration,
+    _registry,
+    _settings,
+    _training,
+    _training_segments,
+    err,
+    out,
+)
+from fraudpipe.settings import Settings
+
+if TYPE_CHECKING:
+    from models.dataset import History
+
+MapOption = Annotated[str | None, typer.Option("--map", help="target=column pairs, as for replay.")]
+
+
+def _history(source: Path, mapping: str | None, settings: Settings, label_delay: timedelta) -> History:
+    from fraudpipe.files import SourceError, parse_mapping
+    from models.dataset import load_history
+
+    with err.status(f"reading {source}"):
+        try:
+            history = load_history(
+                source,
+                parse_mapping(mapping),
+                key=settings.privacy.tokenization_key.get_secret_value().encode(),
+                label_delay=label_delay,
+            )
+        except SourceError as error:
+            raise CliError(str(error)) from None
+    if history.rejected:
+        err.print(f"{history.rejected:,} rows failed validation and were left out (fraudpipe replay lists them)")
+    return history
+
+
+def _fitting(total: int) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("rounds"), TimeElapsedColumn(),
+        console=err, transient=True,
+    )  # fmt: skip
+    task = progress.add_task("train", total=total)
+    return progress, lambda done, _: progress.update(task, completed=done)
+
+
+@app.command()
+def train(
+    source: Annotated[Path, typer.Argument(help="Simulator output folder, or a .csv / .parquet / .jsonl file.")],
+    mapping: MapOption = None,
+    train_start: Annotated[str | None, typer.Option(help="First training day [latest that fits].")] = None,
+    train_days: Annotated[int, typer.Option(min=1, help="Days of the training window.")] = 14,
+    history_days: Annotated[int, typer.Option(min=0, help="More training days before the window.")] = 0,
+    delay_days: Annotated[int, typer.Option(min=0, help="Gap whose labels are not known yet.")] = 7,
+    valid_days: Annotated[int, typer.Option(min=1, help="Validation days after the gap (early stopping).")] = 7,
+    label_delay: Annotated[str, typer.Option(help="Delay of labels derived from a file's label column.")] = "7d",
+    alerts_per_day: Annotated[int, typer.Option(min=1, help="Review budget the review threshold is set for.")] = 100,
+    decline_precision: Annotated[float, typer.Option(min=0.0, max=1.0, help="Precision the decline needs.")] = 0.9,
+    seed: SeedOption = None,
+    rounds: RoundsOption = None,
+    learning_rate: RateOption = None,
+    promote: Annotated[bool, typer.Option(help="Make the new version the champion.")] = False,
+    why: Annotated[str, typer.Option(help="Recorded with the promotion.")] = "trained with fraudpipe train",
+) -> None:
+    """Train a LightGBM model, register it (model, manifest, report) and optionally promote it."""
+    from models.registry import Registry
+    from models.report import render_report, report_data
+    from models.train import latest_windows, train_version
+
+    settings = _settings()
+    history = _history(source, mapping, settings, _duration(label_delay))
+    windows = latest_windows(history, train_days, delay_days, valid_days)
+    if train_start is not None:
+        windows = replace(windows, train_start=_day(train_start, "--train-start"))
+    windows = replace(windows, history_days=history_days)
+    training = _training(settings, seed, rounds, learning_rate)
+    progress, update = _fitting(training.rounds)
+    with progress:
+        try:
+            trained = train_version(
+                history, windows, training, alerts_per_day=alerts_per_day, decline_precision=decline_precision,
+                progress=update,
+            )  # fmt: skip
+        except ValueError as error:
+            raise CliError(str(error)) from None
+    registry = Registry(settings.paths.models_dir)
+    metrics = trained.fields["metrics"]
+    report = render_report(report_data("fraudpipe model (validation window)", trained.fitted.booster,
+                                        trained.valid, metrics, trained.fields["windows"]))  # fmt: skip
+    segment_metrics = _card_segments(settings, source, trained.valid, trained.fields["thresholds"])
+    manifest = registry.register(trained.fitted.booster, trained.fields, report, segment_metrics=segment_metrics)
+    if promote:
+        registry.promote(manifest.version, why=why)
+    thresholds = manifest.thresholds
+    Console(soft_wrap=True).print(
+        f"registered {manifest.version} ({trained.fitted.rounds} rounds, {metrics['train_seconds']:.1f} s) — "
+        f"validation {windows.test[0]}..{windows.test[1] - timedelta(days=1)}: AUC {metrics['auc']:.3f}, "
+        f"AP {metrics['ap']:.3f}, CP@{metrics['k']} {metrics['cp_at_k']:.3f}; thresholds review "
+        f"{thresholds['review']:.3f} / decline {thresholds['decline']:.3f}"
+        + (" — now champion" if promote else "")
+        + f"\nreport: {registry.versions_dir / manifest.version / 'report.html'}",
+        highlight=False,
+    )
+
+
+@app.command()
+def evaluate(
+    source: Annotated[Path, typer.Option("--input", help="Simulator folder or .csv / .parquet / .jsonl file.")],
+    train_start: Annotated[str, typer.Option(help="First training day, YYYY-MM-DD.")],
+    report: Annotated[Path, typer.Option(help="JSON report to write.")],
+    mapping: MapOption = None,
+    train_days: Annotated[int, typer.Option(min=1)] = 7,
+    delay_days: Annotated[int, typer.Option(min=0)] = 7,
+    test_days: Annotated[int, typer.Option(min=1)] = 7,
+    history_days: Annotated[int, typer.Option(min=0, help="More training days before the window.")] = 0,
+    k: Annotated[int, typer.Option(min=1, help="Cards investigated per day (CP@k).")] = 100,
+    html: Annotated[Path | None, typer.Option(help="HTML report to write.")] = None,
+    seed: SeedOption = None,
+    rounds: RoundsOption = None,
+    learning_rate: RateOption = None,
+) -> None:
+    """Train and test under the published protocol (delay gap, known-compromised cards removed); write the report."""
+    import json
+
+    from models.evaluate import evaluate as run
+    from models.protocol import Windows
+    from models.report import report_data, write_report
+
+    settings = _settings()
+    windows = Windows(_day(train_start, "--train-start"), train_days, delay_days, test_days, history_days)
+    history = _history(source, mapping, settings, timedelta(days=delay_days))
+    training = _training(settings, seed, rounds, learning_rate)
+    progress, update = _fitting(training.rounds)
+    with progress:
+        try:
+            result = run(history, windows, training, k=k, progress=update)
+        except ValueError as error:
+            raise CliError(str(error)) from None
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(json.dumps(result.report, indent=2) + "\n")
+    if html is not None:
+        title = f"fraudpipe evaluate — test {windows.test[0]}..{windows.test[1] - timedelta(days=1)}"
+        write_report(report_data(title, result.booster, result.test, result.report, result.report["windows"]), html)
+    r = result.report
+    auc, ap = (f"{r[key]:.3f}" if r[key] is not None else "n/a" for key in ("auc", "ap"))
+    Console(soft_wrap=True).print(
+        f"AUC {auc}  AP {ap}  CP@{k} {r['cp_at_k']:.3f}  ({r['n_test']:,} test transactions, "
+        f"{r['n_test_fraud']:,} frauds) → {report}" + (f", {html}" if html else ""),
+        highlight=False,
+    )
+
+
+@model_app.command("list")
+def model_list() -> None:
+    """Every version with its validation metrics and aliases."""
+    registry = _registry()
+    aliases = registry.aliases()
+    table = Table("version", "created", "AUC", "AP", "CP@k", "aliases")
+    for version in registry.versions():
+        m = registry.manifest(version)
+        names = ", ".join(alias for alias, target in aliases.items() if target == version)
+        auc, ap = (f"{m.metrics.get(key) or 0:.3f}" for key in ("auc", "ap"))
+        table.add_row(version, f"{m.created_at:%Y-%m-%d %H:%M}", auc, ap, f"{m.metrics.get('cp_at_k', 0):.3f}", names)
+    out.print(table)
+
+
+@model_app.command("show")
+def model_show(ref: Annotated[str, typer.Argument(help="Version (v0001) or alias (champion).")] = "champion") -> None:
+    """A version's manifest (without its reference distributions), verified against its model file."""
+    import json
+
+    from models.registry import RegistryError
+
+    registry = _registry()
+    try:
+        manifest = registry.load(ref).manifest
+    except RegistryError as error:
+        raise CliError(str(error)) from None
+    shown = manifest.model_dump(mode="json", exclude={"reference"})
+    Console(soft_wrap=True).print_json(json.dumps(shown))
+
+
+@model_app.command("promote")
+def model_promote(
+    version: Annotated[str, typer.Argument(help="Version to promote.")],
+    why: Annotated[str, typer.Option(help="Why (recorded).")],
+    alias: Annotated[str, typer.Option(help="champion or challenger.")] = "champion",
+) -> None:
+    """Point an alias at a version (verified first)."""
+    from models.registry import RegistryError
+
+    try:
+        _registry().promote(version, alias=alias, why=why)
+    except RegistryError as error:
+        raise CliError(str(error)) from None
+    out.print(f"{alias} → {version}")
+
+
+@model_app.command("rollback")
+def model_rollback(
+    why: Annotated[str, typer.Option(help="Why (recorded).")],
+    alias: Annotated[str, typer.Option(help="champion or challenger.")] = "champion",
+) -> None:
+    """Point an alias back at the version it had before."""
+    from models.registry import RegistryError
+
+    try:
+        version = _registry().rollback(alias=alias, why=why)
+    except RegistryError as error:
+        raise CliError(str(error)) from None
+    out.print(f"{alias} → {version} (rolled back)")
+
+
+@model_app.command("history")
+def model_history() -> None:
+    """Every alias change: when, what, who, why."""
+    table = Table("at", "alias", "action", "version", "previous", "by", "why")
+    for entry in _registry().history():
+        table.add_row(entry["at"][:19], entry["alias"], entry["action"], entry["version"] or "-",
+                      entry["previous"] or "-", entry["by"], entry["why"])  # fmt: skip
+    out.print(table)
+
+
+@model_app.command("card")
+def model_card(
+    ref: Annotated[str, typer.Argument(help="Version (v0001) or alias (champion).")] = "champion",
+    out_path: Annotated[Path | None, typer.Option("--out", help="Write the card here instead of printing it.")] = None,
+) -> None:
+    """A version's model card (Markdown): intended use, training data, features, metrics overall and per segment,
+    fairness summary, known limitations. Versions registered before cards get one rendered from their manifest."""
+    from models.registry import RegistryError
+
+    try:
+        text = _registry().card(ref)
+    except RegistryError as error:
+        raise CliError(str(error)) from None
+    if out_path is None:
+        sys.stdout.write(text)
+        return
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(text)
+    out.print(f"model card of {ref} → {out_path}", highlight=False)
+
+
+def _card_segments(settings: Settings, source: Path, rows: Any, thresholds: dict[str, Any]) -> Any:
+    """Per-segment metrics and fairness of a trained version on its scored validation ``rows``, for its card."""
+    from models.fairness import card_segments
+
+    segments = _training_segments(settings, source)
+    if segments is None:
+        return None
+    g = settings.governance
+    return card_segments(rows, thresholds, segments, window="validation", bound=g.disparity_bound,
+                         min_decisions=g.min_segment_decisions)  # fmt: skip

@@ -1,0 +1,306 @@
+"""Commands that watch the served model and close the loop: ``monitor`` (live quality as labels mature, drift,
+automatic rollback) and ``retrain`` (a challenger from the decision log, promoted only if it beats the champion);
+both can repeat on a schedule (``--every``)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fraudpipe.cli._apps import app
+from fraudpipe.cli._common import (
+    CliError,
+    RateOption,
+    RoundsOption,
+    SeedOption,
+    _fmt,
+    _latest,
+    _registry,
+    _served_logs,
+    _settings,
+    _training,
+    _training_segments,
+    err,
+)
+from fraudpipe.settings import Settings
+
+
+@app.command()
+def monitor(
+    as_of: Annotated[
+        str | None, typer.Option(help="Judge as of this time (ISO 8601); default: the stream's latest decision time.")
+    ] = None,
+    days: Annotated[int, typer.Option(min=1, help="Show the last N event days.")] = 14,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write quality and drift as JSON here.")] = None,
+    every: Annotated[
+        float | None, typer.Option(min=1.0, help="Repeat every N seconds, serving the numbers as Prometheus gauges.")
+    ] = None,
+    fail_on_breach: Annotated[bool, typer.Option(help="Exit 3 when a drift breach is found (for schedulers).")] = False,
+) -> None:
+    """Live quality per day and model version (as labels mature) and drift of the served features and scores."""
+    import time
+
+    settings = _settings()
+    if every is not None and settings.monitor.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.monitor.metrics_port, addr=settings.metrics.bind)
+    while True:
+        if every is None:
+            if _monitor_once(settings, as_of, days, json_out) and fail_on_breach:
+                raise typer.Exit(3)
+            return
+        _repeating(lambda: _monitor_once(settings, as_of, days, json_out))
+        time.sleep(every)
+
+
+@app.command()
+def retrain(
+    as_of: Annotated[
+        str | None, typer.Option(help="Judge as of this time (ISO 8601); default: the stream's latest decision time.")
+    ] = None,
+    every: Annotated[float | None, typer.Option(min=1.0, help="Run every N seconds (scheduled).")] = None,
+    only_on_breach: Annotated[
+        bool,
+        typer.Option(
+            help="Train only when the champion's served features or scores breach the drift bound (triggered)."
+        ),
+    ] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the run's report here.")] = None,
+    seed: SeedOption = None,
+    rounds: RoundsOption = None,
+    learning_rate: RateOption = None,
+) -> None:
+    """Train a challenger from the decision log and matured labels; promote it only if it beats the champion.
+
+    Exit codes: 0 promoted (or nothing to do), 3 the training data failed validation, 4 the gate kept the champion.
+    """
+    import time
+
+    settings = _settings()
+    training = _training(settings, seed, rounds, learning_rate)
+    while True:
+        if every is None:
+            if code := _retrain_once(settings, as_of, only_on_breach, json_out, training):
+                raise typer.Exit(code)
+            return
+        _repeating(lambda: _retrain_once(settings, as_of, only_on_breach, json_out, training))
+        time.sleep(every)
+
+
+def _repeating(run: Any) -> None:
+    """One pass of a scheduled (``--every``) command: an expected failure (no decisions yet, Kafka away) is printed
+    and the schedule goes on; the next pass tries again."""
+    try:
+        run()
+    except CliError as error:
+        err.print(f"[yellow]skipped this pass[/]: {error}", highlight=False, soft_wrap=True)
+
+
+def _retrain_once(settings: Settings, as_of_text: str | None, only_on_breach: bool, json_out: Path | None,
+                  training: Any) -> int:  # fmt: skip
+    import json
+    from datetime import UTC
+
+    from models.registry import RegistryError
+    from models.retrain import DataValidationError
+    from models.retrain import retrain as run
+
+    out = Console(soft_wrap=True)
+    r = settings.retrain
+    reach = r.train_days + r.valid_days + r.holdout_days + settings.monitor.maturity_days + 1
+    decisions, labels, as_of = _served_logs(settings, reach, as_of_text)
+    registry = _registry()
+    champion = registry.aliases().get("champion")
+    if only_on_breach and champion is not None:
+        reasons = _retrain_reasons(settings, registry, champion, decisions, labels, as_of)
+        if not reasons:
+            out.print(f"no drift breach or decay for champion {champion}: nothing to retrain", highlight=False)
+            return 0
+        out.print(f"{'; '.join(reasons)}: retraining", highlight=False)
+    try:
+        outcome = run(decisions, labels, registry, as_of=as_of, maturity=timedelta(days=settings.monitor.maturity_days),
+                      settings=settings.retrain, training=training, k=settings.monitor.k,
+                      segments=_training_segments(settings, None), governance=settings.governance)  # fmt: skip
+    except DataValidationError as error:
+        out.print("[red]training data failed validation, nothing trained:[/red]")
+        for failure in error.failures:
+            out.print(f"  - {failure}", highlight=False)
+        return 3
+    except (ValueError, RegistryError) as error:
+        raise CliError(str(error)) from None
+    report = outcome.report()
+    text = json.dumps(report, indent=2) + "\n"
+    # Every run's verdict is kept, promoted or not. Not 'retrain': a folder named like a module of the models package
+    # would shadow it when models_dir is ./models under an editable install.
+    runs = settings.paths.models_dir / "retrain-runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    (runs / f"{stamp}-{outcome.challenger}.json").write_text(text)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(text)
+    for name, numbers in outcome.metrics.items():
+        out.print(f"{name:<10} on the holdout: " + "  ".join(f"{k} {v:.4f}" for k, v in numbers.items()
+                                                            if isinstance(v, float)), highlight=False)  # fmt: skip
+    _publish_model_event(settings, {"event": "promoted" if outcome.promoted else "refused", "alias": "champion",
+                                    "version": outcome.challenger, "previous": outcome.champion,
+                                    "refusals": outcome.refusals, "metrics": outcome.metrics})  # fmt: skip
+    if outcome.promoted:
+        out.print(f"promoted {outcome.challenger} to champion (was {outcome.champion}); workers swap it in",
+                  highlight=False)  # fmt: skip
+        return 0
+    refusals = "; ".join(outcome.refusals)
+    out.print(f"kept champion {outcome.champion}; challenger {outcome.challenger} refused: {refusals}", highlight=False)
+    return 4
+
+
+def _auto_rollback(settings: Settings, registry: Any, quality: Any, out: Console) -> None:
+    """Roll the champion back when its matured AP fell below the previous champion's (``monitor`` settings)."""
+    from models.monitor import rollback_reason
+
+    history = [entry for entry in registry.history() if entry["alias"] == "champion"]
+    if not history or history[-1]["action"] != "promote" or history[-1]["previous"] is None:
+        return  # only a promotion is undone automatically: never a rollback, never twice
+    current, previous = history[-1]["version"], history[-1]["previous"]
+    cfg = settings.monitor
+    assert cfg.rollback_margin_ap is not None
+    reason = rollback_reason(quality, current, previous, margin=cfg.rollback_margin_ap, min_days=cfg.rollback_min_days)
+    if reason is None:
+        return
+    back = registry.rollback(by="fraudpipe monitor", why=f"automatic rollback: {reason}")
+    out.print(f"[red]rolled the champion back from {current} to {back}:[/red] {reason}", highlight=False)
+    _publish_model_event(settings, {"event": "rolled_back", "alias": "champion", "version": back,
+                                    "previous": current, "refusals": [reason], "metrics": {}})  # fmt: skip
+
+
+def _retrain_reasons(settings: Settings, registry: Any, champion: str, decisions: Any, labels: Any,
+                     as_of: datetime) -> list[str]:  # fmt: skip
+    """What calls for retraining the champion: a drift breach over the monitor's window, or matured-metric decay."""
+    from models.monitor import decay_reason, live_quality
+
+    cfg = settings.monitor
+    manifest = registry.manifest(champion)
+    windows = _drift(settings, decisions, {champion: manifest.reference})
+    breaches = [d.name for w in windows for d in w.breaches]
+    reasons = [f"drift breach for champion {champion} ({', '.join(breaches[:5])})"] if breaches else []
+    quality = live_quality(decisions, labels, as_of=as_of, maturity=timedelta(days=cfg.maturity_days), k=cfg.k)
+    decay = decay_reason(quality, champion, manifest.metrics.get("ap"), days=settings.retrain.holdout_days,
+                         max_drop=cfg.decay_ap_drop)  # fmt: skip
+    return reasons + ([f"decay: {decay}"] if decay else [])
+
+
+def _publish_model_event(settings: Settings, event: dict[str, Any]) -> None:
+    """Tell model-events.v1 what a retraining run decided (workers also follow the registry on their own)."""
+    import json
+    import logging
+    from datetime import UTC
+
+    from confluent_kafka import KafkaException, Producer
+
+    event = {**event, "at": datetime.now(UTC).isoformat()}
+    failures: list[str] = []
+
+    def delivered(error: Any, _: Any) -> None:
+        if error is not None:
+            failures.append(str(error))
+
+    try:
+        config = {**settings.kafka.client_config(), "message.timeout.ms": 5_000}
+        producer = Producer(config, logger=logging.getLogger("fraudpipe.kafka"))
+        producer.produce(settings.topics.full(settings.topics.registry_events), value=json.dumps(event).encode(),
+                         on_delivery=delivered)  # fmt: skip
+        if producer.flush(10) != 0 or failures:
+            raise KafkaException(failures[0] if failures else "not delivered within 10 s")
+    except KafkaException as error:
+        err.print(f"warning: model event not published to {settings.topics.registry_events}: {error}")
+
+
+def _drift(settings: Settings, decisions: Any, references: dict[str, Any]) -> Any:
+    """Drift of the decisions made in the monitor's window before the latest one, per model version."""
+    from models.monitor import live_drift
+
+    cfg = settings.monitor
+    since = _latest(decisions, "decided_at") - timedelta(hours=cfg.drift_window_hours)
+    return live_drift(decisions, references, since=since, moderate=cfg.psi_moderate, breach=cfg.psi_breach)
+
+
+def _monitor_once(settings: Settings, as_of_text: str | None, days: int, json_out: Path | None) -> int:
+    """One pass of ``fraudpipe monitor``: print, export, write; the number of drift breaches."""
+    import json
+
+    import polars as pl
+
+    from fraudpipe.logstore import DayLog
+    from models.monitor import live_quality
+    from models.registry import RegistryError
+    from streams import metrics
+
+    cfg = settings.monitor
+    decisions, labels, as_of = _served_logs(settings, days, as_of_text)
+    maturity = timedelta(days=cfg.maturity_days)
+    quality = live_quality(decisions, labels, as_of=as_of, maturity=maturity, k=cfg.k)
+    first_day = as_of.date() - timedelta(days=days)
+    shadow = DayLog(settings.paths.data_dir / "shadow", "event_time").read(
+        (first_day, as_of.date() + timedelta(days=1))
+    )
+    if not shadow.is_empty():  # the challenger's would-be decisions, judged on the same labels
+        judged = live_quality(shadow, labels, as_of=as_of, maturity=maturity, k=cfg.k)
+        judged = judged.with_columns(model_version=pl.col("model_version") + " (shadow)")
+        quality = pl.concat([quality, judged]).sort("day", "model_version")
+    first = as_of.date() - timedelta(days=days - 1)
+    quality = quality.filter(pl.col("day") >= first) if not quality.is_empty() else quality
+    references = {}
+    registry = _registry()
+    for version in decisions.get_column("model_version").drop_nulls().unique().to_list():
+        try:
+            references[version] = registry.manifest(version).reference
+        except RegistryError:
+            continue
+    windows = _drift(settings, decisions, references)
+
+    table = Table("day", "model", "matured", "decisions", "alert rate", "frauds", "caught", "precision", "recall",
+                  "AP", f"CP@{cfg.k}", "labelled", box=None)  # fmt: skip
+    for row in quality.iter_rows(named=True):
+        rates = [_fmt(row[name]) for name in ("precision", "recall", "ap", "cp_at_k", "label_coverage")]
+        table.add_row(str(row["day"]), row["model_version"], "yes" if row["matured"] else "no",
+                      f"{row['decisions']:,}", _fmt(row["alert_rate"]), str(row["frauds"]), str(row["caught"]),
+                      *rates)  # fmt: skip
+    out = Console(soft_wrap=True)
+    out.print(f"as of {as_of.isoformat()} (days matured after {cfg.maturity_days} days)", highlight=False)
+    out.print(table)
+    breaches = 0
+    for window in windows:
+        top = sorted(window.drift, key=lambda d: d.psi, reverse=True)[:5]
+        worst = ", ".join(f"{d.name} {d.psi:.3f} ({d.level})" for d in top)
+        out.print(f"drift of model {window.model_version} over {window.decisions:,} decisions in the last "
+                  f"{cfg.drift_window_hours:g} h: {len(window.breaches)} breaches; highest PSI: {worst}",
+                  highlight=False)  # fmt: skip
+        breaches += len(window.breaches)
+        metrics.DRIFT_BREACHES.labels(window.model_version).set(len(window.breaches))
+        for drift in window.drift:
+            metrics.DRIFT_PSI.labels(window.model_version, drift.name).set(drift.psi)
+    if cfg.rollback_margin_ap is not None:
+        _auto_rollback(settings, registry, quality, out)
+    matured = quality.filter(pl.col("matured")) if not quality.is_empty() else quality
+    for (version,), group in matured.group_by("model_version") if not matured.is_empty() else []:
+        latest = group.sort("day").row(-1, named=True)
+        for name in ("precision", "recall", "ap", "cp_at_k", "alert_rate", "label_coverage"):
+            if latest[name] is not None:
+                metrics.LIVE_QUALITY.labels(str(version), name).set(latest[name])
+    if json_out is not None:
+        payload = {
+            "as_of": as_of.isoformat(),
+            "quality": [{**row, "day": str(row["day"])} for row in quality.iter_rows(named=True)],
+            "drift": [{"model_version": w.model_version, "decisions": w.decisions,
+                       "columns": [{"name": d.name, "psi": d.psi, "kl": d.kl, "level": d.level} for d in w.drift]}
+                      for w in windows],
+        }  # fmt: skip
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(payload, indent=2) + "\n")
+    return breaches
