@@ -241,19 +241,27 @@ def _index(names: Sequence[str]) -> tuple[list[str], NDArray[np.int64]]:
     return list(distinct), np.array([distinct[name] for name in names], dtype=np.int64)
 
 
-def _place_block(plans: Sequence[tuple[str, str, str, str, bytes]], column: int, kind: str,
-                 head: NDArray[Any], day: NDArray[np.int64], values: Mapping[str, bytes | None], prefix: str,
-                 layout: dict[str, Any], fold_after: int) -> tuple[NDArray[np.int64], list[str]]:  # fmt: skip
-    """The terminal's (or merchant's) PLACE_WIDTH values of each transaction (-1 without one), and the places with
-    ``fold_after`` records or more."""
+def _place_blocks(plans: Sequence[tuple[str, str, str, str, bytes]], head: NDArray[Any], day: NDArray[np.int64],
+                  values: Mapping[str, bytes | None], prefix: str, layout: dict[str, Any],
+                  fold_after: int) -> tuple[NDArray[np.int64], list[str]]:  # fmt: skip
+    """Each transaction's terminal PLACE_WIDTH values then its merchant's (-1 where it has no such place), both kinds
+    read at once; and the places with ``fold_after`` records or more."""
     n = len(plans)
-    block = np.full((n, PLACE_WIDTH), -1, dtype=np.int64)
-    present = np.array([bool(one[column]) for one in plans])
-    rows = np.flatnonzero(present)
-    if not len(rows):
-        return block, []
-    names, entity = _index([str(plans[i][column]) for i in rows.tolist()])
-    places = _Values([values.get(f"{prefix}{kind}:{name}") or _MISSING_PLACE for name in names], _PLACE_HEADS)
+    blocks = np.full((n, 2, PLACE_WIDTH), -1, dtype=np.int64)
+    rows: list[int] = []
+    sides: list[int] = []
+    keys: list[str] = []
+    for kind, ids in (("terminal", [one[2] for one in plans]), ("merchant", [one[3] for one in plans])):
+        for i, ident in enumerate(ids):
+            if ident:
+                rows.append(i)
+                sides.append(kind == "merchant")
+                keys.append(f"{kind}:{ident}")
+    if not rows:
+        return blocks.reshape(n, 2 * PLACE_WIDTH), []
+    row, side = np.array(rows, dtype=np.int64), np.array(sides, dtype=np.int64)
+    names, entity = _index(keys)
+    places = _Values([values.get(prefix + name) or _MISSING_PLACE for name in names], _PLACE_HEADS)
     nd, nf = places.head["d"].astype(np.int64), places.head["f"].astype(np.int64)
     base_len = PLACE_HEAD.size + (nd + nf) * PAIR.itemsize
     d_entries, _, _ = places.gather(np.full(len(names), PLACE_HEAD.size), nd, PAIR)
@@ -266,10 +274,11 @@ def _place_block(plans: Sequence[tuple[str, str, str, str, bytes]], column: int,
     base_top = _tops(d_entries, nd)
     through = log.running_max(days, base_top)
     counted = days > log.before(through, base_top) - kept
-    count = np.maximum((head[kind][rows].astype(np.int64) - base_len[entity]) // DAY.size, 0)
+    lengths = np.where(side == 0, head["terminal"][row], head["merchant"][row]).astype(np.int64)
+    count = np.maximum((lengths - base_len[entity]) // DAY.size, 0)
     top = log.at(count, entity, through, base_top)
     floor = top - kept + 1
-    today = day[rows]
+    today = day[row]
     last = today - layout["label_delay"]
     current = [(np.maximum(today - length + 1, floor), today) for length in layout["place_windows"]]
     rated = [(np.maximum(last - length + 1, floor), last) for length in layout["fraud_windows"]]
@@ -280,13 +289,13 @@ def _place_block(plans: Sequence[tuple[str, str, str, str, bytes]], column: int,
                         ("count",), [ones])[:, :, 0]  # fmt: skip
     none = (np.empty(0, dtype=np.int64),) * 3
     known = _window_sums((f_entries, nf), entity, none, rated, ("count",), [ones])[:, :, 0]
-    out = np.empty((len(rows), PLACE_WIDTH), dtype=np.int64)
+    out = np.empty((len(row), PLACE_WIDTH), dtype=np.int64)
     out[:, : len(current)] = paid[:, : len(current)]
     out[:, len(current) :: 2] = known
     out[:, len(current) + 1 :: 2] = paid[:, len(current) :]
     out[top == _NONE] = 0  # no payment kept: nothing counts (frauds of a place without payments neither)
-    block[rows] = out
-    return block, [f"{kind}:{names[k]}" for k in np.flatnonzero(n_records >= fold_after)]
+    blocks[row, side] = out
+    return blocks.reshape(n, 2 * PLACE_WIDTH), [names[k] for k in np.flatnonzero(n_records >= fold_after)]
 
 
 class _Cards:
@@ -444,10 +453,8 @@ def read_batch(heads: bytes, plans: Sequence[tuple[str, str, str, str, bytes]],
     previous = _previous(cards)
     due = [f"card:{cards.names[k]}" for k in np.flatnonzero(cards.n_records >= fold_after)]
     day = txn["t"] // layout["size"]["d"]
-    for column, kind, block in ((2, "terminal", slice(CARD_WIDTH, CARD_WIDTH + PLACE_WIDTH)),
-                                (3, "merchant", slice(CARD_WIDTH + PLACE_WIDTH, REPLY_WIDTH))):  # fmt: skip
-        out[:, block], places = _place_block(plans, column, kind, head, day, values, prefix, layout, 4 * fold_after)
-        due += places
+    out[:, CARD_WIDTH:], places = _place_blocks(plans, head, day, values, prefix, layout, 4 * fold_after)
+    due += places
     if exact.any():
         rows = np.flatnonzero(exact[cards.entity])
         again, _ = replay(head[rows].tobytes(), [plans[i] for i in rows.tolist()], values, prefix, layout)
