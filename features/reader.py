@@ -331,30 +331,50 @@ class _Cards:
 
 
 def _card_windows(cards: _Cards, out: NDArray[np.int64], t: NDArray[np.int64], layout: dict[str, Any]) -> None:
-    """Columns 1-14: (count, cents, cents²) per card window, whether the payment's day is kept, frauds in 30 days."""
-    size, kept = layout["size"], layout["kept"]
-    rt = cards.records["t"]
-    tx, record = cards.tx, cards.record
-    log = cards.log
-    column, top = 1, np.empty(0, dtype=np.int64)
-    for res in ("m5", "h", "d"):
-        ring = cards.part(res, CARD_ENTRY)
-        base_top = _tops(ring, cards.counts[res])
-        buckets = rt // size[res]
-        through = log.running_max(buckets, base_top)
-        counted = (buckets > log.before(through, base_top) - kept[res])[record]
-        top = log.at(cards.count, cards.entity, through, base_top)
-        last = t // size[res]
-        lengths = [length for ring_name, length in layout["card_windows"] if ring_name == res]
-        windows = [(np.maximum(last - length + 1, top - kept[res] + 1), last) for length in lengths]
-        values = [np.ones(len(rt), dtype=np.int64), cards.records["amount"], cards.records["square"]]
-        sums = _window_sums((ring, cards.counts[res]), cards.entity, (tx[counted], record[counted],
-                            buckets[record[counted]]), windows, ("count", "cents", "squares"), values)  # fmt: skip
-        for k in range(len(lengths)):
-            out[:, column : column + 3] = sums[:, k, :]
-            column += 3
+    """Columns 1-14: (count, cents, cents²) per card window, whether the payment's day is kept, frauds in 30 days.
+
+    The three rings are read at once: each (card, ring) is an entity of its own, card by card and ring by ring within
+    a card (the order the base stores them in), and each card's records are counted once per ring."""
+    size, kept, names = layout["size"], layout["kept"], layout["card_rings"]  # rings in the base's order
+    n, rings = len(t), len(names)
+    stacked = np.stack([cards.counts[res] for res in names], axis=1)
+    per_ring = stacked.ravel()  # entries per (card, ring)
+    entries = cards.values.gather(cards.offsets[names[0]], stacked.sum(axis=1), CARD_ENTRY)[0]
+    bucket_size = np.array([size[res] for res in names], dtype=np.int64)
+    ring_kept = np.array([kept[res] for res in names], dtype=np.int64)
+    owner, position = _expand(np.repeat(cards.n_records, rings))  # each card's records, once per ring
+    record = cards.log.first[owner // rings] + position
+    ring = owner % rings
+    log = _Log(owner, position, np.repeat(cards.n_records, rings))
+    buckets = cards.records["t"][record] // bucket_size[ring]
+    base_top = _tops(entries, per_ring)
+    through = log.running_max(buckets, base_top)
+    counted = buckets > log.before(through, base_top) - ring_kept[ring]
+    entity = (cards.entity * rings + np.arange(rings)[:, None]).ravel()  # queries: ring by ring, then transaction
+    query_ring = np.repeat(np.arange(rings), n)
+    top = log.at(np.tile(cards.count, rings), entity, through, base_top)
+    last = np.tile(t, rings) // bucket_size[query_ring]
+    floor = top - ring_kept[query_ring] + 1
+    most = max(sum(1 for res, _ in layout["card_windows"] if res == name) for name in names)
+    lengths = np.zeros((most, rings), dtype=np.int64)  # each ring's window lengths (0: none, an empty window)
+    columns: list[tuple[int, int]] = []  # (ring, window) of each card window, in reply order
+    for res, length in layout["card_windows"]:
+        r = names.index(res)
+        k = sum(1 for ring_of, _ in columns if ring_of == r)
+        lengths[k, r] = length
+        columns.append((r, k))
+    windows = [(np.maximum(last - lengths[k][query_ring] + 1, floor), last) for k in range(most)]
+    tx, state = log.pairs(np.tile(cards.count, rings), entity)
+    keep = counted[state]
+    amounts = cards.records["amount"][record], cards.records["square"][record]
+    sums = _window_sums((entries, per_ring), entity, (tx[keep], state[keep], buckets[state[keep]]), windows,
+                        ("count", "cents", "squares"), [np.ones(len(record), dtype=np.int64), *amounts])  # fmt: skip
+    for column, (r, k) in enumerate(columns):
+        out[:, 1 + 3 * column : 4 + 3 * column] = sums[r * n : (r + 1) * n, k, :]
+    column = 1 + 3 * len(columns)
+    top = top[(rings - 1) * n :]  # the d ring's
     day = t // size["d"]
-    out[:, column] = (top != _NONE) & (day > top - kept["d"])  # top: the d ring's
+    out[:, column] = (top != _NONE) & (day > top - kept["d"])
     none = (np.empty(0, dtype=np.int64),) * 3
     frauds = _window_sums((cards.part("f", PAIR), cards.counts["f"]), cards.entity, none,
                           [(np.maximum(day - layout["card_frauds"] + 1, top - kept["d"] + 1), day)], ("count",),
