@@ -405,14 +405,17 @@ for _, day in ipairs(days) do
 end
 
 local lengths = {}  -- key -> its value's length now
+local renewed = {}  -- keys whose expiry this call has set
 
 local function append(key, record, empty)
   local length = redis.call('APPEND', key, record)
   if length == #record then  -- a new entity: its empty base first
     redis.call('SET', key, empty .. record, 'EX', layout.entity_ttl)
     length = #empty + #record
-  else
+    renewed[key] = true
+  elseif not renewed[key] then  -- its expiry renewed once per call
     redis.call('EXPIRE', key, layout.entity_ttl)
+    renewed[key] = true
   end
   lengths[key] = length
   return length
