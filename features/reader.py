@@ -42,6 +42,7 @@ _PLACE_HEADS = np.dtype([("d", "<u2"), ("f", "<u2")])
 _ITEM = np.dtype("<i8")
 _NONE = np.iinfo(np.int64).min // 4  # "no bucket": below every real one, and safe to subtract from
 _STRIDE = np.int64(1) << 32  # entity << 32 | bucket: sorts entity by entity, then by bucket
+_ID_SHIFT = np.int64(1) << 48  # card << 48 | item id (ids are 48-bit): sorts card by card, then by id
 _MISSING_CARD = bytes(CARD_HEAD.size)
 _MISSING_PLACE = bytes(PLACE_HEAD.size)
 
@@ -171,7 +172,7 @@ def _among_latest(pairs: tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.
     if crowded.any():
         keep = crowded[tx]
         tx, ident, when = tx[keep], ident[keep], when[keep]
-        key = tx * (np.int64(1) << 48) + ident
+        key = tx * _ID_SHIFT + ident
         order = np.lexsort((when, key))
         last = np.r_[key[order][1:] != key[order][:-1], True]  # each id once, at its latest use
         tx, ident, when = tx[order[last]], ident[order[last]], when[order[last]]
@@ -202,16 +203,17 @@ def _member(keys: NDArray[np.int64], wanted: NDArray[np.int64]) -> NDArray[np.bo
 
 
 def _seen(items: tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]], keys: NDArray[np.int64], cards: _Cards,
-          before_tx: NDArray[np.int64], before_record: NDArray[np.int64], kind: str, own: NDArray[np.int64], cap: int,
-          full: NDArray[np.bool_]) -> NDArray[np.bool_]:  # fmt: skip
+          before: tuple[NDArray[np.int64], NDArray[np.int64]], kind: str, uses: NDArray[np.bool_],
+          own: NDArray[np.int64], cap: int, full: NDArray[np.bool_]) -> NDArray[np.bool_]:  # fmt: skip
     """Per transaction: whether its ``own`` item of ``kind`` was among its card's recent items before it. ``items``:
     the bases' (ids, owner card, last-seen times), ``keys`` their (card << 48 | id), sorted; the records before each
-    transaction add theirs. Only transactions marked ``full`` can have more than ``cap`` items: for those, by rank
-    (:func:`_among_latest`)."""
+    transaction (``before``: (transaction, record) pairs) that use the kind (``uses``, per record) add theirs. Only
+    transactions marked ``full`` can have more than ``cap`` items: for those, by rank (:func:`_among_latest`)."""
     ids, owner, times = items
-    hit = _member(keys, cards.entity * (np.int64(1) << 48) + own)
+    hit = _member(keys, cards.entity * _ID_SHIFT + own)
     records = cards.records
-    used = ((records["mask"][before_record] >> KINDS.index(kind)) & 1).astype(bool)
+    before_tx, before_record = before
+    used = uses[before_record]
     by_tx, by_record = before_tx[used], before_record[used]
     hit[by_tx[records[kind][by_record] == own[by_tx]]] = True
     crowded = full & hit
@@ -342,17 +344,19 @@ def _card_windows(cards: _Cards, out: NDArray[np.int64], t: NDArray[np.int64], l
     entries = cards.values.gather(cards.offsets[names[0]], stacked.sum(axis=1), CARD_ENTRY)[0]
     bucket_size = np.array([size[res] for res in names], dtype=np.int64)
     ring_kept = np.array([kept[res] for res in names], dtype=np.int64)
-    owner, position = _expand(np.repeat(cards.n_records, rings))  # each card's records, once per ring
+    records_per = np.repeat(cards.n_records, rings)  # each card's records, once per ring
+    owner, position = _expand(records_per)
     record = cards.log.first[owner // rings] + position
     ring = owner % rings
-    log = _Log(owner, position, np.repeat(cards.n_records, rings))
+    log = _Log(owner, position, records_per)
     buckets = cards.records["t"][record] // bucket_size[ring]
     base_top = _tops(entries, per_ring)
     through = log.running_max(buckets, base_top)
     counted = buckets > log.before(through, base_top) - ring_kept[ring]
     entity = (cards.entity * rings + np.arange(rings)[:, None]).ravel()  # queries: ring by ring, then transaction
     query_ring = np.repeat(np.arange(rings), n)
-    top = log.at(np.tile(cards.count, rings), entity, through, base_top)
+    count = np.tile(cards.count, rings)
+    top = log.at(count, entity, through, base_top)
     last = np.tile(t, rings) // bucket_size[query_ring]
     floor = top - ring_kept[query_ring] + 1
     most = max(sum(1 for res, _ in layout["card_windows"] if res == name) for name in names)
@@ -364,7 +368,7 @@ def _card_windows(cards: _Cards, out: NDArray[np.int64], t: NDArray[np.int64], l
         lengths[k, r] = length
         columns.append((r, k))
     windows = [(np.maximum(last - lengths[k][query_ring] + 1, floor), last) for k in range(most)]
-    tx, state = log.pairs(np.tile(cards.count, rings), entity)
+    tx, state = log.pairs(count, entity)
     keep = counted[state]
     amounts = cards.records["amount"][record], cards.records["square"][record]
     sums = _window_sums((entries, per_ring), entity, (tx[keep], state[keep], buckets[state[keep]]), windows,
@@ -392,37 +396,36 @@ def _card_items(cards: _Cards, out: NDArray[np.int64], txn: NDArray[Any], layout
     late = rt < cards.log.before(cards.latest, cards.pt)  # older than the card's latest payment when it came
     out_of_order = np.bincount(owner[late], minlength=len(cards.names)) > 0
     exact = np.zeros(len(cards.names), dtype=bool)
-    before_tx, before_record = cards.log.pairs(cards.before, cards.entity)
-    shift = np.int64(1) << 48  # item ids are 48-bit
+    before = cards.log.pairs(cards.before, cards.entity)
+    card_since = np.full(len(cards.names), np.iinfo(np.int64).max)  # per card: its batch's earliest 24h bound
+    np.minimum.at(card_since, cards.entity, since)
     for k, kind in enumerate(KINDS):
         counts = cards.counts[kind]
         ids, item_owner, _ = cards.values.gather(cards.offsets[kind], counts, _ITEM)
         times = cards.values.gather(cards.offsets[kind] + 8 * counts, counts, _ITEM)[0]
-        keys = np.sort(item_owner * shift + ids)  # (card, item): the bases' items, to look up
+        keys = np.sort(item_owner * _ID_SHIFT + ids)  # (card, item): the bases' items, to look up
         uses = ((records["mask"] >> k) & 1).astype(bool)
         overflow = counts + np.bincount(owner[uses], minlength=len(cards.names)) > cap  # possibly
         if overflow.any():  # exactly: the base's items and the distinct new ones
             used = uses & overflow[owner]
-            use_keys = owner[used] * shift + records[kind][used]
+            use_keys = owner[used] * _ID_SHIFT + records[kind][used]
             fresh = np.unique(use_keys[~_member(keys, use_keys)])
-            overflow = counts + np.bincount(fresh // shift, minlength=len(cards.names)) > cap
+            overflow = counts + np.bincount(fresh // _ID_SHIFT, minlength=len(cards.names)) > cap
         exact |= overflow & out_of_order
         # In time order, a card's items are the `cap` latest (by time, then id) of its base's and its records'.
         present = ((txn["mask"] >> k) & 1).astype(bool)
         if kind != "device":  # distinct items used in the 24h before, this payment included
-            card_since = np.full(len(cards.names), np.iinfo(np.int64).max)
-            np.minimum.at(card_since, cards.entity, since)
             live = np.flatnonzero(times > card_since[item_owner])  # used within 24h of one of its card's payments
             live_tx, item = _per_transaction(cards.entity, item_owner[live], len(cards.names))
             item = live[item]
             recent = np.concatenate([
-                (live_tx * shift + ids[item])[times[item] > since[live_tx]],
-                (tx * shift + records[kind][record])[uses[record] & (rt[record] > since[tx])],
+                (live_tx * _ID_SHIFT + ids[item])[times[item] > since[live_tx]],
+                (tx * _ID_SHIFT + records[kind][record])[uses[record] & (rt[record] > since[tx])],
             ])  # fmt: skip
-            distinct = np.minimum(np.bincount(np.unique(recent) // shift, minlength=n), cap)
+            distinct = np.minimum(np.bincount(np.unique(recent) // _ID_SHIFT, minlength=n), cap)
             out[:, 15 + ("terminal", "merchant", "country").index(kind)] = np.where(present, distinct, -1)
         if kind in ("device", "terminal"):  # among the recent items before this payment
-            hit = _seen((ids, item_owner, times), keys, cards, before_tx, before_record, kind, txn[kind], cap,
+            hit = _seen((ids, item_owner, times), keys, cards, before, kind, uses, txn[kind], cap,
                         overflow[cards.entity])  # fmt: skip
             out[:, 18 if kind == "device" else 19] = np.where(present, hit, -1)
     return exact
