@@ -5,21 +5,24 @@
 -- An entity's value is its base (the state as of its last fold) followed by the records appended since, oldest
 -- first: a card's records are transaction records (plan.py: RECORD), a terminal's or merchant's the payment's day
 -- (DAY). Applying a payment is an APPEND per entity, a few bytes written in place; the fold (applying the records
--- to the base, exactly as one at a time) happens when a caller asks for it ('fold'), or before a label moves the
--- entity. Readers (features/blobs.py) fold a base and its records the same way, in numpy.
+-- to the base, exactly as one at a time) happens in the client (features/fold.py), written back with 'rebase', or
+-- here before a label moves the entity. Readers (features/blobs.py) fold a base and its records the same way.
 --
 --   ARGV[1] 'txns'    ARGV[2] JSON layout (plan.py: layout())   ARGV[3] prefix
 --                     then 5 per transaction: txn id, card token, terminal id, merchant id ('' if none), record
 --     apply each transaction once (marker: field txn id of hash 'seen:<event day>', set in this call) and return
 --     one head per transaction (blobs.py: HEAD): applied, and the byte length of its card, terminal and merchant
 --     values right after it (0: the payment has no such place)
---   ARGV[1] 'fold'    ARGV[2] JSON layout   ARGV[3] prefix   then entity names ('card:<token>', 'terminal:<id>', ...)
---     fold each entity's records into its base; return how many entities had records
+--   ARGV[1] 'rebase'  ARGV[2] JSON layout   ARGV[3] prefix   then 3 per entity: name ('card:<token>', 'terminal:<id>',
+--                     ...), the value it was folded from, its folded base
+--     replace each entity's value by its folded base followed by the records appended since, only if the value still
+--     starts with exactly the bytes folded (a compare-and-set; else another fold or a label rewrote it first), keeping
+--     its expiry; return how many were replaced
 --   ARGV[1] 'labels'  ARGV[2] JSON layout   ARGV[3] prefix   then 7 per label: txn id, version, fraud 0/1, day,
 --                     and the entities it moves: 'card:<token>', 'terminal:<id>' or '', 'merchant:<id>' or ''
 --     apply each label whose version is newer than the last applied for its transaction; return how many
---   ARGV[1] 'show'    ARGV[2] JSON layout   ARGV[3] prefix   ARGV[4] card token
---     the card's folded value (nil when it has none), for `fraudpipe features show`; nothing is written
+--   ARGV[1] 'show'    ARGV[2] JSON layout   ARGV[3] prefix   ARGV[4] entity name ('card:<token>', ...)
+--     the entity's folded value (nil when it has none), for `fraudpipe features show`; nothing is written
 --
 -- Rings are binary strings of entries sorted by bucket (bucket first, as a 4-byte integer). A payment ring's
 -- newest bucket is its last entry; buckets at or below newest - kept are dropped and never re-added; a fraud ring
@@ -315,24 +318,23 @@ local function fold_key(name)
 end
 
 if mode == 'show' then
-  local name = 'card:' .. ARGV[4]
+  local name = ARGV[4]
   local blob = redis.call('GET', prefix .. name)
   if not blob then return nil end
   return fold(name, blob) or blob
 end
 
-if mode == 'fold' then
-  local folded = 0
-  for i = 4, #ARGV do
-    local key = prefix .. ARGV[i]
-    local blob = redis.call('GET', key)
-    local value = blob and fold(ARGV[i], blob)
-    if value then
-      redis.call('SET', key, value, 'EX', layout.entity_ttl)
-      folded = folded + 1
+if mode == 'rebase' then
+  local rebased = 0
+  for i = 4, #ARGV, 3 do
+    local key, folded_from = prefix .. ARGV[i], ARGV[i + 1]
+    local value = redis.call('GET', key)
+    if value and string.sub(value, 1, #folded_from) == folded_from then
+      redis.call('SET', key, ARGV[i + 2] .. string.sub(value, #folded_from + 1), 'KEEPTTL')
+      rebased = rebased + 1
     end
   end
-  return folded
+  return rebased
 end
 
 if mode == 'labels' then

@@ -22,7 +22,7 @@ from features.blobs import CARD_ENTRY, CARD_HEAD, DAY, HEAD, PAIR, PLACE_HEAD, r
 from features.plan import KINDS, RECORD
 from features.snapshot import CARD_WIDTH, PLACE_WIDTH, REPLY_WIDTH, StoreReply
 
-__all__ = ["RECORDS", "read_batch"]
+__all__ = ["CARD_HEADS", "PLACE_HEADS", "RECORDS", "Values", "card_parts", "expand", "read_batch"]
 
 RECORDS = np.dtype(
     {
@@ -33,12 +33,12 @@ RECORDS = np.dtype(
     }
 )
 """:data:`features.plan.RECORD` as a numpy dtype."""
-_CARD_HEADS = np.dtype(
+CARD_HEADS = np.dtype(
     [("flags", "<u2"), ("m5", "<u2"), ("h", "<u2"), ("d", "<u2"), ("f", "<u2")]
     + [(kind, "<u2") for kind in KINDS]
     + [("pt", "<i8"), ("pcp_t", "<i8"), ("lat", "<f8"), ("lon", "<f8")]
 )
-_PLACE_HEADS = np.dtype([("d", "<u2"), ("f", "<u2")])
+PLACE_HEADS = np.dtype([("d", "<u2"), ("f", "<u2")])
 _ITEM = np.dtype("<i8")
 _NONE = np.iinfo(np.int64).min // 4  # "no bucket": below every real one, and safe to subtract from
 _STRIDE = np.int64(1) << 32  # entity << 32 | bucket: sorts entity by entity, then by bucket
@@ -47,14 +47,14 @@ _MISSING_CARD = bytes(CARD_HEAD.size)
 _MISSING_PLACE = bytes(PLACE_HEAD.size)
 
 
-def _expand(counts: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+def expand(counts: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     """(owner, position within its owner) of ``sum(counts)`` items laid out owner by owner."""
     owner = np.repeat(np.arange(len(counts)), counts)
     starts = np.cumsum(counts) - counts
     return owner, np.arange(len(owner)) - starts[owner]
 
 
-class _Values:
+class Values:
     """Values of entities of one kind concatenated, and what their heads say."""
 
     def __init__(self, blobs: list[bytes], head: np.dtype[Any]) -> None:
@@ -69,7 +69,7 @@ class _Values:
             NDArray[Any], NDArray[np.int64], NDArray[np.int64]]:  # fmt: skip
         """Entries of ``dtype`` at byte ``offsets`` of each value (``counts`` of them): the entries, their owner
         value, and their position within it."""
-        owner, position = _expand(counts)
+        owner, position = expand(counts)
         first = self.starts[owner] + offsets[owner] + position * dtype.itemsize
         return self._windows(dtype.itemsize)[first].view(dtype).reshape(len(owner)), owner, position
 
@@ -127,7 +127,7 @@ class _Log:
     def pairs(self, count: NDArray[np.int64], entity: NDArray[np.int64]) -> tuple[NDArray[np.int64],
                                                                                   NDArray[np.int64]]:  # fmt: skip
         """(transaction, record) for each transaction's entity's first ``count`` records."""
-        tx, position = _expand(count)
+        tx, position = expand(count)
         return tx, self.first[entity[tx]] + position
 
 
@@ -190,7 +190,7 @@ def _per_transaction(entity: NDArray[np.int64], owner: NDArray[np.int64], entiti
     by entity); with ``rows``, only for the transactions it marks."""
     counts = np.bincount(owner, minlength=entities)
     per_tx = counts[entity] if rows is None else np.where(rows, counts[entity], 0)
-    tx, position = _expand(per_tx)
+    tx, position = expand(per_tx)
     return tx, (np.cumsum(counts) - counts)[entity[tx]] + position
 
 
@@ -263,7 +263,7 @@ def _place_blocks(plans: Sequence[tuple[str, str, str, str, bytes]], head: NDArr
         return blocks.reshape(n, 2 * PLACE_WIDTH), []
     row, side = np.array(rows, dtype=np.int64), np.array(sides, dtype=np.int64)
     names, entity = _index(keys)
-    places = _Values([values.get(prefix + name) or _MISSING_PLACE for name in names], _PLACE_HEADS)
+    places = Values([values.get(prefix + name) or _MISSING_PLACE for name in names], PLACE_HEADS)
     nd, nf = places.head["d"].astype(np.int64), places.head["f"].astype(np.int64)
     base_len = PLACE_HEAD.size + (nd + nf) * PAIR.itemsize
     d_entries, _, _ = places.gather(np.full(len(names), PLACE_HEAD.size), nd, PAIR)
@@ -300,6 +300,20 @@ def _place_blocks(plans: Sequence[tuple[str, str, str, str, bytes]], head: NDArr
     return blocks.reshape(n, 2 * PLACE_WIDTH), [names[k] for k in np.flatnonzero(n_records >= fold_after)]
 
 
+def card_parts(head: NDArray[Any]) -> tuple[dict[str, NDArray[np.int64]], dict[str, NDArray[np.int64]],
+                                           NDArray[np.int64]]:  # fmt: skip
+    """From cards' heads (:data:`CARD_HEADS`): the entries of each ring and item part, their byte offsets in each
+    value, and where each value's records start (the base's length)."""
+    counts = {part: head[part].astype(np.int64) for part in ("m5", "h", "d", "f", *KINDS)}
+    offsets, at = {}, np.full(len(head), CARD_HEAD.size, dtype=np.int64)
+    for part, width in (("m5", CARD_ENTRY.itemsize), ("h", CARD_ENTRY.itemsize), ("d", CARD_ENTRY.itemsize),
+                        ("f", PAIR.itemsize)):  # fmt: skip
+        offsets[part], at = at, at + counts[part] * width
+    for kind in KINDS:
+        offsets[kind], at = at, at + counts[kind] * 16
+    return counts, offsets, at
+
+
 class _Cards:
     """The batch's cards: their values parsed (base and records), and where each transaction stands in its card's
     records: ``count`` records in its state after it, ``before`` of them applied before its own."""
@@ -307,15 +321,10 @@ class _Cards:
     def __init__(self, plans: Sequence[tuple[str, str, str, str, bytes]], applied: NDArray[np.int64],
                  lengths: NDArray[np.int64], values: Mapping[str, bytes | None], prefix: str) -> None:  # fmt: skip
         self.names, self.entity = _index([one[1] for one in plans])
-        self.values = _Values([values.get(f"{prefix}card:{name}") or _MISSING_CARD for name in self.names],
-                              _CARD_HEADS)  # fmt: skip
+        self.values = Values([values.get(f"{prefix}card:{name}") or _MISSING_CARD for name in self.names],
+                              CARD_HEADS)  # fmt: skip
         head = self.values.head
-        self.counts = {part: head[part].astype(np.int64) for part in ("m5", "h", "d", "f", *KINDS)}
-        self.offsets, at = {}, np.full(len(self.names), CARD_HEAD.size, dtype=np.int64)
-        for part, width in (("m5", 24), ("h", 24), ("d", 24), ("f", 8)):
-            self.offsets[part], at = at, at + self.counts[part] * width
-        for kind in KINDS:
-            self.offsets[kind], at = at, at + self.counts[kind] * 16
+        self.counts, self.offsets, at = card_parts(head)
         self.n_records = (self.values.lengths - at) // RECORD.size
         self.records, self.owner, position = self.values.gather(at, self.n_records, RECORDS)
         self.log = _Log(self.owner, position, self.n_records)
@@ -345,7 +354,7 @@ def _card_windows(cards: _Cards, out: NDArray[np.int64], t: NDArray[np.int64], l
     bucket_size = np.array([size[res] for res in names], dtype=np.int64)
     ring_kept = np.array([kept[res] for res in names], dtype=np.int64)
     records_per = np.repeat(cards.n_records, rings)  # each card's records, once per ring
-    owner, position = _expand(records_per)
+    owner, position = expand(records_per)
     record = cards.log.first[owner // rings] + position
     ring = owner % rings
     log = _Log(owner, position, records_per)

@@ -9,8 +9,9 @@ if the records had been applied one at a time. A redelivered transaction is read
 through the same script, de-duplicated by (transaction id, label version). Key layout: :mod:`features.plan`.
 
 Appending instead of rewriting keeps the work per payment small in Redis (and in its AOF and replication stream).
-An entity's records are folded into its base once it has ``fold_after`` of them (the store asks for it in its next
-transaction); a label folds the entities it moves first.
+An entity's records are folded into its base once it has ``fold_after`` of them: by this client, from the value the
+batch read (:mod:`features.fold`), written back in its next transaction by the script's compare-and-set ``rebase``
+(Redis' single thread only copies bytes); a label folds the entities it moves first, in the script.
 
 The script names keys inside its arguments, so it needs a standalone Redis (or a primary with replicas), not a
 Redis Cluster: sharding one card's keys together would need hash tags, which a later change can add.
@@ -32,6 +33,7 @@ from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from features.blobs import decode_card, replay
+from features.fold import fold, records_in
 from features.formulas import RECENT_ITEMS
 from features.plan import label_plan, layout, plan
 from features.reader import read_batch
@@ -68,7 +70,8 @@ class RedisFeatureStore:
     ``marker_ttl_s`` must cover the longest replay or redelivery horizon (default 40 days); ``entity_ttl_s`` ends
     the state of cards, terminals and merchants inactive that long (default 32 days: past every window);
     ``fold_after`` bounds the records a card keeps before they are folded into its base (a terminal or merchant
-    4 times as many: its records are 4 bytes). Batches of ``vectorize_from`` transactions or more are read with
+    4 times as many: its records are 4 bytes); this client folds ``fold_group`` such entities together, or fewer
+    when the first has waited ``fold_wait`` batches. Batches of ``vectorize_from`` transactions or more are read with
     numpy (:func:`features.reader.read_batch`), smaller ones record by record (:func:`features.blobs.replay`,
     cheaper for a few); the two are equal.
     """
@@ -83,21 +86,26 @@ class RedisFeatureStore:
         label_ttl_s: int = 180 * DAY_S,
         recent_items: int = RECENT_ITEMS,
         fold_after: int = 16,
+        fold_group: int = 64,
+        fold_wait: int = 16,
         vectorize_from: int = 24,
     ) -> None:
         if not 0 < recent_items < 0xFFFF:
             raise ValueError("recent_items must be between 1 and 65534")
-        if fold_after < 1:
-            raise ValueError("fold_after must be at least 1")
+        if min(fold_after, fold_group, fold_wait) < 1:
+            raise ValueError("fold_after, fold_group and fold_wait must be at least 1")
         self.client = client
         self.prefix = prefix
         self.layout = layout(
             recent_items=recent_items, marker_ttl_s=marker_ttl_s, entity_ttl_s=entity_ttl_s, label_ttl_s=label_ttl_s
         )
-        self.fold_after, self.vectorize_from = fold_after, vectorize_from
+        self.fold_after, self.fold_group, self.fold_wait = fold_after, fold_group, fold_wait
+        self.vectorize_from = vectorize_from
         self._layout = json.dumps(self.layout)
         self._script = client.register_script(_SCRIPT)
-        self._pending: set[str] = set()  # entities to fold in the next transaction
+        self._due: dict[str, bytes] = {}  # entities waiting to be folded: their value as last read
+        self._due_since = 0  # batches since the first of them became due
+        self._rebase: list[bytes | str] = []  # folded entities to write back in the next transaction
 
     def _call(self, mode: str, args: list[Any]) -> Any:
         try:
@@ -134,15 +142,37 @@ class RedisFeatureStore:
         keys = [self.prefix + name for name in names]
         commands: list[tuple[Any, ...]] = []
         head = (self._script.sha, 0)
-        if self._pending:
-            commands.append(("EVALSHA", *head, "fold", self._layout, self.prefix, *sorted(self._pending)))
+        if self._rebase:
+            commands.append(("EVALSHA", *head, "rebase", self._layout, self.prefix, *self._rebase))
         commands.append(("EVALSHA", *head, "txns", self._layout, self.prefix, *(v for one in plans for v in one)))
         commands.append(("MGET", *keys))
         *_, heads, values = self._transaction(commands)
         read = read_batch if len(plans) >= self.vectorize_from else replay
-        reply, due = read(heads, plans, dict(zip(keys, values, strict=True)), self.prefix, self.layout, self.fold_after)
-        self._pending = set(due)
+        read_back = dict(zip(keys, values, strict=True))
+        reply, due = read(heads, plans, read_back, self.prefix, self.layout, self.fold_after)
+        self._rebase = self._fold(due, read_back)
         return reply
+
+    def _fold(self, due: list[str], read_back: dict[str, bytes]) -> list[bytes | str]:
+        """The write-backs for the next transaction: entities due are folded ``fold_group`` at a time (most of a
+        small fold's cost is numpy's per call: ~1 ms), or fewer once the first has waited ``fold_wait`` batches or
+        one holds twice the records that make it due (a busy card in a quiet stream)."""
+        waiting = self._due
+        for name in [name for name in waiting if self.prefix + name in read_back]:
+            del waiting[name]  # read again: due again below, with its newer value, unless someone else folded it
+        if waiting or due:
+            self._due_since += 1
+        fresh = {name: read_back[self.prefix + name] for name in due}
+        waiting.update(fresh)
+        overdue = any(
+            records_in(name, value) >= 2 * self.fold_after * (1 if name.startswith("card:") else 4)
+            for name, value in fresh.items()
+        )
+        if len(waiting) < self.fold_group and self._due_since < self.fold_wait and not overdue:
+            return []
+        folded = fold(waiting, self.layout)
+        self._due, self._due_since = {}, 0
+        return [part for name, base in folded.items() for part in (name, waiting[name], base)]
 
     def apply(self, txns: Sequence[Transaction]) -> list[Snapshot]:
         """Apply each transaction once (a redelivery is read, not re-applied) and return the snapshots, in order.
@@ -154,7 +184,7 @@ class RedisFeatureStore:
 
     def card_state(self, card_token: str) -> dict[str, Any] | None:
         """The card's state as plain values (:func:`features.blobs.decode_card`); ``None`` if it has none."""
-        blob = self._call("show", [card_token])
+        blob = self._call("show", [f"card:{card_token}"])
         return None if blob is None else decode_card(blob, self.layout)
 
     def apply_labels(self, labels: Sequence[Label]) -> int:

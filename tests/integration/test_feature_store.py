@@ -13,8 +13,10 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from features.blobs import decode_card, decode_place
+from features.blobs import card_base, decode_card, decode_place
+from features.fold import fold
 from features.memory import InMemoryFeatureStore
+from features.plan import RECORD
 from features.store import RedisFeatureStore, StoreUnavailableError, redis_client
 from fraudpipe.contracts import Label, Transaction
 from fraudpipe.settings import RedisSettings, Settings
@@ -139,13 +141,15 @@ def _twin_dump(twin: InMemoryFeatureStore) -> dict[str, object]:
     return dict(twin.values)
 
 
-STORES = {  # (fold_after, recent_items, vectorize_from): the default, read record by record (small batches); the
-    # default read with numpy; a fold after every payment with items forgotten all the time; records that are never
-    # folded (each batch is read from a long journal) with a few items
-    "default": (16, 64, 24),
-    "default-numpy": (16, 64, 1),
-    "fold-always": (1, 2, 1),
-    "fold-never": (10_000, 3, 1),
+STORES: dict[str, dict[str, int]] = {  # the default, read record by record (small batches); the default read with
+    # numpy; every entity with a record folded after every batch, items forgotten all the time; folds that wait for
+    # a group (values read batches earlier, written back over newer ones); records that are never folded (each batch
+    # is read from a long journal) with a few items
+    "default": {"vectorize_from": 24},
+    "default-numpy": {"vectorize_from": 1},
+    "fold-always": {"fold_after": 1, "fold_group": 1, "recent_items": 2, "vectorize_from": 1},
+    "fold-grouped": {"fold_after": 2, "fold_group": 4, "fold_wait": 3, "recent_items": 3, "vectorize_from": 1},
+    "fold-never": {"fold_after": 10_000, "recent_items": 3, "vectorize_from": 1},
 }
 
 
@@ -155,11 +159,9 @@ STORES = {  # (fold_after, recent_items, vectorize_from): the default, read reco
 def test_redis_equals_its_twin_and_a_second_replay_changes_nothing(
     store_client: redis.Redis, settings: Settings, config: str, batches: list[list[Transaction] | list[Label]]
 ) -> None:
-    fold_after, recent_items, vectorize_from = STORES[config]
     prefix = f"{settings.redis.key_prefix}{id(batches)}:"
-    online = RedisFeatureStore(
-        store_client, prefix, fold_after=fold_after, recent_items=recent_items, vectorize_from=vectorize_from
-    )
+    online = RedisFeatureStore(store_client, prefix, **STORES[config])
+    recent_items = STORES[config].get("recent_items", online.layout["recent_items"])
     twin = InMemoryFeatureStore(prefix, recent_items=recent_items)
     assert _run(online, batches) == _run(twin, batches)
     before = _dump(store_client, prefix, online.layout)
@@ -173,6 +175,63 @@ def test_redis_equals_its_twin_and_a_second_replay_changes_nothing(
     assert all(reply == 0 for reply in again if isinstance(reply, int))  # no label re-applied
     for key in store_client.scan_iter(match=f"{prefix}*", count=1000):
         store_client.delete(key)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=sequences(), recent_items=st.sampled_from([1, 2, 64]))
+def test_the_client_fold_equals_the_scripts(
+    store_client: redis.Redis, settings: Settings, batches: list[list[Transaction] | list[Label]], recent_items: int
+) -> None:
+    """Every entity's value folded by features.fold decodes to what the script's fold gives, with no records left."""
+    prefix = f"{settings.redis.key_prefix}{id(batches)}:"
+    store = RedisFeatureStore(store_client, prefix, fold_after=10_000, recent_items=recent_items)
+    _run(store, batches)
+    names = [key.decode()[len(prefix) :] for key in store_client.scan_iter(match=f"{prefix}*", count=1000)]
+    names = [name for name in names if name.split(":")[0] in {"card", "terminal", "merchant"}]
+    values = dict(zip(names, store_client.mget([prefix + name for name in names]), strict=True))
+    folded = fold(values, store.layout)
+    for name in names:
+        decode = decode_card if name.startswith("card:") else decode_place
+        script = store_client.evalsha(store._script.sha, 0, "show", store._layout, prefix, name)
+        assert isinstance(script, bytes)
+        if script == values[name]:  # nothing to fold: the client folds nothing either
+            assert name not in folded
+            continue
+        assert decode(folded[name], store.layout) == decode(script, store.layout)
+        assert decode(folded[name], store.layout) == decode(values[name], store.layout)
+        assert len(folded[name]) == len(script)  # a base only: the same parts, no records left
+    for key in store_client.scan_iter(match=f"{prefix}*", count=1000):
+        store_client.delete(key)
+
+
+def test_a_fold_is_written_back_only_over_the_bytes_it_folded(store_client: redis.Redis, settings: Settings) -> None:
+    """A fold is written back in the next transaction: records another client appended meanwhile are kept; if a label
+    rewrote the value first, the fold is dropped. Either way the state equals applying everything once."""
+    prefix = settings.redis.key_prefix
+    txns = [_txn(i, 7 * i, 0, i % 3, 5.0 + i, {"channel": "ecommerce", "device_id": f"d{i % 2}"}) for i in range(30)]
+    folding = RedisFeatureStore(store_client, prefix, fold_after=4, fold_group=1)
+    other = RedisFeatureStore(store_client, prefix, fold_after=10_000)
+    twin = InMemoryFeatureStore(prefix)
+    label = Label(
+        txn_id="t3", card_token="card-0", event_time=txns[3].event_time, known_at=txns[9].event_time, is_fraud=True,
+        source="chargeback", label_version=1, terminal_id=txns[3].terminal_id, merchant_id=txns[3].merchant_id,
+    )  # fmt: skip
+    steps: list[tuple[RedisFeatureStore, list[Transaction] | list[Label]]] = [
+        (folding, txns[:8]),  # card-0, T0..T2 and M0, M1 due: folded by the client, written back next time
+        (other, txns[8:12]),  # appended before the write-back: kept after the folded base
+        (folding, txns[12:20]),  # the write-back applies; more folds due
+        (other, [label]),  # the label folds and rewrites card-0 in the script: the pending fold no longer applies
+        (folding, txns[20:30]),
+    ]
+    records = []
+    for store, batch in steps:
+        _run(store, [batch])
+        _run(twin, [batch])
+        card = store_client.get(f"{prefix}card:card-0")
+        assert isinstance(card, bytes)
+        records.append((len(card) - card_base(card)[1]) // RECORD.size)
+    assert records == [8, 12, 4 + 8, 0, 10]  # rebased over the first 8 (kept the other's 4); the label folded all
+    assert _dump(store_client, prefix) == _twin_dump(twin)
 
 
 def test_features_from_both_stores_are_identical(store_client: redis.Redis, settings: Settings) -> None:
