@@ -6,7 +6,8 @@
 -- first: a card's records are transaction records (plan.py: RECORD), a terminal's or merchant's the payment's day
 -- (DAY). Applying a payment is an APPEND per entity, a few bytes written in place; the fold (applying the records
 -- to the base, exactly as one at a time) happens in the client (features/fold.py), written back with 'rebase', or
--- here before a label moves the entity. Readers (features/blobs.py) fold a base and its records the same way.
+-- here before a label moves the entity. Readers (features/blobs.py, features/reader.py) read a base and its records
+-- the same way.
 --
 --   ARGV[1] 'txns'    ARGV[2] JSON layout (plan.py: layout())   ARGV[3] prefix
 --                     then 5 per transaction: txn id, card token, terminal id, merchant id ('' if none), record

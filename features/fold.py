@@ -1,10 +1,10 @@
 """Folding entities' records into their bases in the client, for many entities at once, with numpy.
 
 The reader tells the store which entities of a batch hold ``fold_after`` records or more; the store folds their
-values as the batch read them (base and records) here, and writes the new bases back in its next transaction with
-the script's ``rebase``: a compare-and-set that replaces the bytes folded, only if the value still starts with
-exactly them, and keeps the records appended since. Another worker's fold or a label's (both rewrite the base) wins;
-the entity is folded again when it is next read with many records.
+values as last read (base and records) here, a group at a time, and writes the new bases back in its next
+transaction with the script's ``rebase``: a compare-and-set that replaces the bytes folded, only if the value still
+starts with exactly them, and keeps the records appended since. Another worker's fold or a label's (both rewrite
+the base) wins; the entity is folded again when it is next read with many records.
 
 The result is the state of applying the records one at a time (:func:`features.memory.apply_card` /
 :func:`~features.memory.apply_place`; the script's own fold, used by labels, is the same), computed per entity and
@@ -32,11 +32,10 @@ from numpy.typing import NDArray
 
 from features.blobs import CARD_ENTRY, CARD_HEAD, DAY, PAIR, PLACE_HEAD
 from features.plan import KINDS, RECORD
-from features.reader import CARD_HEADS, PLACE_HEADS, RECORDS, Values, card_parts
+from features.reader import CARD_HEADS, NO_BUCKET, PLACE_HEADS, RECORDS, Values, card_parts
 
 __all__ = ["fold", "records_in"]
 
-_NONE = np.iinfo(np.int64).min // 4  # "no bucket": below every real one, and safe to subtract from
 _ITEM = np.dtype("<i8")
 
 
@@ -69,14 +68,14 @@ def records_in(name: str, value: bytes) -> int:
 def _merge(who: _Ints, idx: _Ints, columns: list[_Ints], kept: int, n: int) -> tuple[_Ints, _Ints, list[_Ints], _Ints]:
     """Ring entries (owner ``who``, bucket ``idx``, ``columns``) summed per owner and bucket, keeping the buckets
     above each owner's newest - ``kept``: (owner, bucket, sums) sorted by owner then bucket, and each owner's newest
-    (_NONE: none)."""
+    (NO_BUCKET: none)."""
     key = who << 32 | idx  # buckets are non-negative and below 2**32
     order = np.argsort(key, kind="stable")
     key = key[order]
     first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.empty(0, dtype=np.int64)
     owner, bucket = who[order][first], idx[order][first]
     sums = [np.add.reduceat(column[order], first) if len(first) else column[:0] for column in columns]
-    top = np.full(n, _NONE)
+    top = np.full(n, NO_BUCKET)
     last = np.r_[owner[1:] != owner[:-1], True] if len(owner) else np.empty(0, dtype=bool)
     top[owner[last]] = bucket[last]
     keep = bucket > top[owner] - kept
@@ -84,6 +83,7 @@ def _merge(who: _Ints, idx: _Ints, columns: list[_Ints], kept: int, n: int) -> t
 
 
 def _packed(dtype: np.dtype[Any], columns: Sequence[NDArray[Any]]) -> bytes:
+    """``columns`` as one array of the structured ``dtype``, in bytes."""
     out = np.empty(len(columns[0]), dtype)
     for name, column in zip(dtype.names or (), columns, strict=True):
         out[name] = column
@@ -122,6 +122,7 @@ def _items(values: Values, offsets: NDArray[np.int64], counts: NDArray[np.int64]
 
 
 def _fold_cards(blobs: list[bytes], layout: dict[str, Any]) -> list[bytes | None]:
+    """Each card value folded into a base (None: it has no records)."""
     n = len(blobs)
     values = Values(blobs, CARD_HEADS)
     head = values.head
@@ -132,7 +133,7 @@ def _fold_cards(blobs: list[bytes], layout: dict[str, Any]) -> list[bytes | None
     ones = np.ones(len(t), dtype=np.int64)
     new = np.zeros(n, CARD_HEADS)
     parts: list[list[bytes]] = []
-    top_day = np.full(n, _NONE)
+    top_day = np.full(n, NO_BUCKET)
     for res in layout["card_rings"]:
         base, base_owner, _ = values.gather(offsets[res], counts[res], CARD_ENTRY)
         who, bucket, sums, top = _merge(
@@ -158,7 +159,7 @@ def _fold_cards(blobs: list[bytes], layout: dict[str, Any]) -> list[bytes | None
         parts.append(_slices(ident.astype("<i8").tobytes(), entries, 8))
         parts.append(_slices(when.astype("<i8").tobytes(), entries, 8))
     has_pt = (head["flags"] & 1).astype(bool)
-    pt = np.where(has_pt, head["pt"], _NONE)
+    pt = np.where(has_pt, head["pt"], NO_BUCKET)
     np.maximum.at(pt, owner, t)
     has_pt |= n_records > 0
     has_pcp = (head["flags"] & 2).astype(bool)
@@ -184,6 +185,7 @@ def _fold_cards(blobs: list[bytes], layout: dict[str, Any]) -> list[bytes | None
 
 
 def _fold_places(blobs: list[bytes], layout: dict[str, Any]) -> list[bytes | None]:
+    """Each terminal or merchant value folded into a base (None: it has no records)."""
     n = len(blobs)
     values = Values(blobs, PLACE_HEADS)
     nd, nf = values.head["d"].astype(np.int64), values.head["f"].astype(np.int64)

@@ -1,7 +1,8 @@
 """The in-memory twin of the Redis feature store: the same operations, in Python, on dicts.
 
-It defines what applying a transaction or a label means, one step at a time (``features/apply.lua`` folds the
-same steps, and :mod:`features.blobs` reads them back the same way, vectorized), so unit tests can run without
+It defines what applying a transaction or a label means, one step at a time (:mod:`features.fold` and
+``features/apply.lua`` fold the same steps; :mod:`features.blobs` replays them record by record and
+:mod:`features.reader` reads them with numpy), so unit tests can run without
 Redis and the parity test can hold the two equal on generated sequences, in replies and in state (the Redis values
 folded and decoded by :mod:`features.blobs` into this module's plain values). It is also the sequential reference
 the offline builder is checked against. Key expiry (wall-clock housekeeping in Redis) is not modelled.

@@ -22,7 +22,7 @@ from features.blobs import CARD_ENTRY, CARD_HEAD, DAY, HEAD, PAIR, PLACE_HEAD, r
 from features.plan import KINDS, RECORD
 from features.snapshot import CARD_WIDTH, PLACE_WIDTH, REPLY_WIDTH, StoreReply
 
-__all__ = ["CARD_HEADS", "PLACE_HEADS", "RECORDS", "Values", "card_parts", "expand", "read_batch"]
+__all__ = ["CARD_HEADS", "NO_BUCKET", "PLACE_HEADS", "RECORDS", "Values", "card_parts", "read_batch"]
 
 RECORDS = np.dtype(
     {
@@ -40,14 +40,14 @@ CARD_HEADS = np.dtype(
 )
 PLACE_HEADS = np.dtype([("d", "<u2"), ("f", "<u2")])
 _ITEM = np.dtype("<i8")
-_NONE = np.iinfo(np.int64).min // 4  # "no bucket": below every real one, and safe to subtract from
+NO_BUCKET = np.iinfo(np.int64).min // 4  # "no bucket": below every real one, and safe to subtract from
 _STRIDE = np.int64(1) << 32  # entity << 32 | bucket: sorts entity by entity, then by bucket
 _ID_SHIFT = np.int64(1) << 48  # card << 48 | item id (ids are 48-bit): sorts card by card, then by id
 _MISSING_CARD = bytes(CARD_HEAD.size)
 _MISSING_PLACE = bytes(PLACE_HEAD.size)
 
 
-def expand(counts: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+def _expand(counts: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     """(owner, position within its owner) of ``sum(counts)`` items laid out owner by owner."""
     owner = np.repeat(np.arange(len(counts)), counts)
     starts = np.cumsum(counts) - counts
@@ -69,7 +69,7 @@ class Values:
             NDArray[Any], NDArray[np.int64], NDArray[np.int64]]:  # fmt: skip
         """Entries of ``dtype`` at byte ``offsets`` of each value (``counts`` of them): the entries, their owner
         value, and their position within it."""
-        owner, position = expand(counts)
+        owner, position = _expand(counts)
         first = self.starts[owner] + offsets[owner] + position * dtype.itemsize
         return self._windows(dtype.itemsize)[first].view(dtype).reshape(len(owner)), owner, position
 
@@ -94,10 +94,10 @@ class _Log:
         if not len(values):
             return values.copy()
         current = np.maximum(values, base[self.owner])
-        real = current != _NONE
+        real = current != NO_BUCKET
         if not real.any():
             return current
-        low = current[real].min() - 1  # stands for _NONE while accumulating
+        low = current[real].min() - 1  # stands for NO_BUCKET while accumulating
         current = np.where(real, current, low) - low
         step = current.max() + 1  # a later entity's values always compare higher: one accumulate for all
         if step * (len(self.counts) + 1) >= 1 << 62:  # too wide to stack: by rank instead
@@ -107,7 +107,7 @@ class _Log:
             out = levels[stacked] + low
         else:
             out = np.maximum.accumulate(current + self.owner * step) - self.owner * step + low
-        return np.where(out == low, _NONE, out)
+        return np.where(out == low, NO_BUCKET, out)
 
     def before(self, through: NDArray[np.int64], base: NDArray[np.int64]) -> NDArray[np.int64]:
         """Per record: ``through`` of the record before it (its entity's ``base`` for the first)."""
@@ -127,7 +127,7 @@ class _Log:
     def pairs(self, count: NDArray[np.int64], entity: NDArray[np.int64]) -> tuple[NDArray[np.int64],
                                                                                   NDArray[np.int64]]:  # fmt: skip
         """(transaction, record) for each transaction's entity's first ``count`` records."""
-        tx, position = expand(count)
+        tx, position = _expand(count)
         return tx, self.first[entity[tx]] + position
 
 
@@ -176,7 +176,7 @@ def _among_latest(pairs: tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.
         order = np.lexsort((when, key))
         last = np.r_[key[order][1:] != key[order][:-1], True]  # each id once, at its latest use
         tx, ident, when = tx[order[last]], ident[order[last]], when[order[last]]
-        own_time = np.full(n, _NONE)
+        own_time = np.full(n, NO_BUCKET)
         mine = ident == own[tx]
         own_time[tx[mine]] = when[mine]
         ahead = (when > own_time[tx]) | ((when == own_time[tx]) & (ident > own[tx]))
@@ -190,7 +190,7 @@ def _per_transaction(entity: NDArray[np.int64], owner: NDArray[np.int64], entiti
     by entity); with ``rows``, only for the transactions it marks."""
     counts = np.bincount(owner, minlength=entities)
     per_tx = counts[entity] if rows is None else np.where(rows, counts[entity], 0)
-    tx, position = expand(per_tx)
+    tx, position = _expand(per_tx)
     return tx, (np.cumsum(counts) - counts)[entity[tx]] + position
 
 
@@ -230,8 +230,8 @@ def _seen(items: tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]],
 
 
 def _tops(entries: NDArray[Any], counts: NDArray[np.int64]) -> NDArray[np.int64]:
-    """Each entity's newest bucket (its last entry: rings are sorted), _NONE if it has none."""
-    top = np.full(len(counts), _NONE)
+    """Each entity's newest bucket (its last entry: rings are sorted), NO_BUCKET if it has none."""
+    top = np.full(len(counts), NO_BUCKET)
     has = counts > 0
     top[has] = entries["idx"][np.cumsum(counts)[has] - 1]
     return top
@@ -295,7 +295,7 @@ def _place_blocks(plans: Sequence[tuple[str, str, str, str, bytes]], head: NDArr
     out[:, : len(current)] = paid[:, : len(current)]
     out[:, len(current) :: 2] = known
     out[:, len(current) + 1 :: 2] = paid[:, len(current) :]
-    out[top == _NONE] = 0  # no payment kept: nothing counts (frauds of a place without payments neither)
+    out[top == NO_BUCKET] = 0  # no payment kept: nothing counts (frauds of a place without payments neither)
     blocks[row, side] = out
     return blocks.reshape(n, 2 * PLACE_WIDTH), [names[k] for k in np.flatnonzero(n_records >= fold_after)]
 
@@ -332,8 +332,8 @@ class _Cards:
         self.before = self.count - applied
         self.tx, self.record = self.log.pairs(self.count, self.entity)  # (transaction, record) in its state
         flags = head["flags"]
-        self.pt = np.where(flags & 1, head["pt"], _NONE)
-        self.pcp = np.where(flags & 2, head["pcp_t"], _NONE)
+        self.pt = np.where(flags & 1, head["pt"], NO_BUCKET)
+        self.pcp = np.where(flags & 2, head["pcp_t"], NO_BUCKET)
         self.latest = self.log.running_max(self.records["t"], self.pt)  # the card's latest time, per record
 
     def part(self, name: str, dtype: np.dtype[Any]) -> NDArray[Any]:
@@ -354,7 +354,7 @@ def _card_windows(cards: _Cards, out: NDArray[np.int64], t: NDArray[np.int64], l
     bucket_size = np.array([size[res] for res in names], dtype=np.int64)
     ring_kept = np.array([kept[res] for res in names], dtype=np.int64)
     records_per = np.repeat(cards.n_records, rings)  # each card's records, once per ring
-    owner, position = expand(records_per)
+    owner, position = _expand(records_per)
     record = cards.log.first[owner // rings] + position
     ring = owner % rings
     log = _Log(owner, position, records_per)
@@ -387,12 +387,12 @@ def _card_windows(cards: _Cards, out: NDArray[np.int64], t: NDArray[np.int64], l
     column = 1 + 3 * len(columns)
     top = top[(rings - 1) * n :]  # the d ring's
     day = t // size["d"]
-    out[:, column] = (top != _NONE) & (day > top - kept["d"])
+    out[:, column] = (top != NO_BUCKET) & (day > top - kept["d"])
     none = (np.empty(0, dtype=np.int64),) * 3
     frauds = _window_sums((cards.part("f", PAIR), cards.counts["f"]), cards.entity, none,
                           [(np.maximum(day - layout["card_frauds"] + 1, top - kept["d"] + 1), day)], ("count",),
                           [none[0]])  # fmt: skip
-    out[:, column + 1] = np.where(top == _NONE, 0, frauds[:, 0, 0])
+    out[:, column + 1] = np.where(top == NO_BUCKET, 0, frauds[:, 0, 0])
 
 
 def _card_items(cards: _Cards, out: NDArray[np.int64], txn: NDArray[Any], layout: dict[str, Any]) -> NDArray[np.bool_]:
@@ -446,9 +446,9 @@ def _previous(cards: _Cards) -> NDArray[np.float64]:
     head, records, rt = cards.values.head, cards.records, cards.records["t"]
     previous = np.full((n, 4), np.nan)
     pt = log.at(before, entity, cards.latest, cards.pt)
-    previous[pt != _NONE, 0] = pt[pt != _NONE]
+    previous[pt != NO_BUCKET, 0] = pt[pt != NO_BUCKET]
     geo = records["geo"] == 1
-    best = log.running_max(np.where(geo, rt, _NONE), cards.pcp)
+    best = log.running_max(np.where(geo, rt, NO_BUCKET), cards.pcp)
     takes = geo & (rt >= log.before(best, cards.pcp))  # a card-present payment as late as the latest replaces it
     latest = np.maximum.accumulate(np.where(takes, np.arange(len(rt)), -1)) if len(rt) else np.empty(0, np.int64)
     chosen = np.full(n, -1)
@@ -457,7 +457,7 @@ def _previous(cards: _Cards) -> NDArray[np.float64]:
     chosen[has] = np.where(latest[where] >= log.first[entity[has]], latest[where], -1)  # within its own card
     by_record = chosen >= 0
     previous[by_record, 1:] = np.stack([rt, records["lat"], records["lon"]], axis=1)[chosen[by_record]]
-    by_base = ~by_record & (cards.pcp[entity] != _NONE)
+    by_base = ~by_record & (cards.pcp[entity] != NO_BUCKET)
     base = entity[by_base]
     previous[by_base, 1:] = np.stack([head["pcp_t"][base], head["lat"][base], head["lon"][base]], axis=1)
     return previous

@@ -71,9 +71,9 @@ class RedisFeatureStore:
     the state of cards, terminals and merchants inactive that long (default 32 days: past every window);
     ``fold_after`` bounds the records a card keeps before they are folded into its base (a terminal or merchant
     4 times as many: its records are 4 bytes); this client folds ``fold_group`` such entities together, or fewer
-    when the first has waited ``fold_wait`` batches. Batches of ``vectorize_from`` transactions or more are read with
-    numpy (:func:`features.reader.read_batch`), smaller ones record by record (:func:`features.blobs.replay`,
-    cheaper for a few); the two are equal.
+    when the first has waited ``fold_wait`` batches or one holds twice that many records. Batches of
+    ``vectorize_from`` transactions or more are read with numpy (:func:`features.reader.read_batch`), smaller ones
+    record by record (:func:`features.blobs.replay`, cheaper for a few); the two are equal.
     """
 
     def __init__(
@@ -105,7 +105,7 @@ class RedisFeatureStore:
         self._script = client.register_script(_SCRIPT)
         self._due: dict[str, bytes] = {}  # entities waiting to be folded: their value as last read
         self._due_since = 0  # batches since the first of them became due
-        self._rebase: list[bytes | str] = []  # folded entities to write back in the next transaction
+        self._rebase: list[tuple[str, bytes, bytes]] = []  # (name, value folded, base) to write back next
 
     def _call(self, mode: str, args: list[Any]) -> Any:
         try:
@@ -143,7 +143,8 @@ class RedisFeatureStore:
         commands: list[tuple[Any, ...]] = []
         head = (self._script.sha, 0)
         if self._rebase:
-            commands.append(("EVALSHA", *head, "rebase", self._layout, self.prefix, *self._rebase))
+            rebase = [part for entity in self._rebase for part in entity]
+            commands.append(("EVALSHA", *head, "rebase", self._layout, self.prefix, *rebase))
         commands.append(("EVALSHA", *head, "txns", self._layout, self.prefix, *(v for one in plans for v in one)))
         commands.append(("MGET", *keys))
         *_, heads, values = self._transaction(commands)
@@ -153,26 +154,28 @@ class RedisFeatureStore:
         self._rebase = self._fold(due, read_back)
         return reply
 
-    def _fold(self, due: list[str], read_back: dict[str, bytes]) -> list[bytes | str]:
+    def _fold(self, due: list[str], read_back: dict[str, bytes]) -> list[tuple[str, bytes, bytes]]:
         """The write-backs for the next transaction: entities due are folded ``fold_group`` at a time (most of a
         small fold's cost is numpy's per call: ~1 ms), or fewer once the first has waited ``fold_wait`` batches or
         one holds twice the records that make it due (a busy card in a quiet stream)."""
         waiting = self._due
         for name in [name for name in waiting if self.prefix + name in read_back]:
             del waiting[name]  # read again: due again below, with its newer value, unless someone else folded it
-        if waiting or due:
-            self._due_since += 1
+        if not waiting:
+            self._due_since = 0
         fresh = {name: read_back[self.prefix + name] for name in due}
         waiting.update(fresh)
+        if waiting:
+            self._due_since += 1
         overdue = any(
             records_in(name, value) >= 2 * self.fold_after * (1 if name.startswith("card:") else 4)
             for name, value in fresh.items()
         )
         if len(waiting) < self.fold_group and self._due_since < self.fold_wait and not overdue:
             return []
+        self._due, self._due_since = {}, 0  # first: a fold that raised must not be retried with every batch
         folded = fold(waiting, self.layout)
-        self._due, self._due_since = {}, 0
-        return [part for name, base in folded.items() for part in (name, waiting[name], base)]
+        return [(name, waiting[name], base) for name, base in folded.items()]
 
     def apply(self, txns: Sequence[Transaction]) -> list[Snapshot]:
         """Apply each transaction once (a redelivery is read, not re-applied) and return the snapshots, in order.

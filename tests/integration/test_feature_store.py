@@ -217,7 +217,7 @@ def test_a_fold_is_written_back_only_over_the_bytes_it_folded(store_client: redi
         source="chargeback", label_version=1, terminal_id=txns[3].terminal_id, merchant_id=txns[3].merchant_id,
     )  # fmt: skip
     steps: list[tuple[RedisFeatureStore, list[Transaction] | list[Label]]] = [
-        (folding, txns[:8]),  # card-0, T0..T2 and M0, M1 due: folded by the client, written back next time
+        (folding, txns[:8]),  # card-0 due (8 records; a place needs 16): folded by the client, written back next
         (other, txns[8:12]),  # appended before the write-back: kept after the folded base
         (folding, txns[12:20]),  # the write-back applies; more folds due
         (other, [label]),  # the label folds and rewrites card-0 in the script: the pending fold no longer applies
