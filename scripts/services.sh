@@ -212,8 +212,12 @@ kafka_start() {
   local java_cmd=(java -Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true "-Dfraudpipe.state=$STATE_DIR"
     "-Dlog4j2.configurationFile=$ROOT/scripts/kafka/log4j2.properties" -cp "$KAFKA_LIB/*")
   if [[ ! -f "$KAFKA_DIR/data/meta.properties" ]]; then
-    local cluster_id
-    cluster_id="$(python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')"
+    local cluster_id=-
+    # A cluster id in URL-safe base64 begins with '-' once in 64: the format tool would read it as an option (CI
+    # failed so). Kafka's own Uuid.randomUuid() draws again in that case; so does this.
+    while [[ "$cluster_id" == -* ]]; do
+      cluster_id="$(python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')"
+    done
     "${java_cmd[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$KAFKA_DIR/server.properties" "${SCRAM_ARGS[@]}" \
       >"$KAFKA_DIR/format.log" 2>&1 || { cat "$KAFKA_DIR/format.log" >&2; die "kafka: storage format failed"; }
   fi
