@@ -31,7 +31,7 @@ from features.memory import Record, apply_card, apply_place, card_row, place_row
 from features.plan import KINDS, RECORD
 from features.snapshot import StoreReply
 
-__all__ = ["DAY", "HEAD", "card_base", "decode_card", "decode_place", "place_base", "replay"]
+__all__ = ["DAY", "HEAD", "PLACE_FOLD", "card_base", "decode_card", "decode_place", "place_base", "replay"]
 
 CARD_HEAD = struct.Struct("<HHHHHHHHHqqdd")
 PLACE_HEAD = struct.Struct("<HH")
@@ -42,6 +42,8 @@ HEAD = np.dtype([("applied", "u1"), ("card", "<u4"), ("terminal", "<u4"), ("merc
 CARD_ENTRY = np.dtype([("idx", "<i4"), ("count", "<i4"), ("cents", "<i8"), ("squares", "<i8")])
 PAIR = np.dtype([("idx", "<i4"), ("count", "<i4")])
 _RINGS = ("m5", "h", "d")
+PLACE_FOLD = 4
+"""A terminal or merchant is due for a fold after this many times a card's ``fold_after``: its records are 4 bytes."""
 
 
 def _flat(entries: NDArray[Any]) -> list[int]:
@@ -127,10 +129,11 @@ class _Replay:
 
 
 def replay(heads: bytes, plans: Sequence[tuple[str, str, str, str, bytes]], values: Mapping[str, bytes | None],
-           prefix: str, layout: dict[str, Any], fold_after: int = 0) -> tuple[StoreReply, list[str]]:  # fmt: skip
+           prefix: str, layout: dict[str, Any], fold_after: int = 0) -> tuple[StoreReply, dict[str, int]]:  # fmt: skip
     """The batch's :class:`StoreReply` from the script's heads and the entities' values at the end of the batch,
     replaying each record with the twin's steps: exact, one transaction at a time (cheaper than numpy for a few).
-    With ``fold_after``, also the entities holding that many records or more (a place 4 times as many)."""
+    With ``fold_after``, also the entities holding that many records or more (a place PLACE_FOLD times as many), with
+    how many times that many they hold."""
     head = np.frombuffer(heads, HEAD)
     if len(head) != len(plans):
         raise ValueError(f"store reply has {len(head)} heads for {len(plans)} transactions")
@@ -156,9 +159,9 @@ def replay(heads: bytes, plans: Sequence[tuple[str, str, str, str, bytes]], valu
             row += place_row(place.state, rec.t // day_us, layout)
         rows.append(row)
         previous.append(before)
-    due = [
-        key[len(prefix) :]
-        for key, entity in entities.items()
-        if fold_after and entity.records >= (fold_after if entity.card else 4 * fold_after)
-    ]
+    due: dict[str, int] = {}
+    for key, entity in entities.items() if fold_after else ():
+        owed = entity.records // (fold_after if entity.card else PLACE_FOLD * fold_after)
+        if owed:
+            due[key[len(prefix) :]] = owed
     return StoreReply.from_rows(rows, previous), due

@@ -30,11 +30,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from features.blobs import CARD_ENTRY, CARD_HEAD, DAY, PAIR, PLACE_HEAD
+from features.blobs import CARD_ENTRY, PAIR
 from features.plan import KINDS, RECORD
-from features.reader import CARD_HEADS, NO_BUCKET, PLACE_HEADS, RECORDS, Values, card_parts
+from features.reader import CARD_HEADS, NO_BUCKET, PLACE_HEADS, RECORDS, Values, card_parts, place_parts
 
-__all__ = ["fold", "records_in"]
+__all__ = ["fold"]
 
 _ITEM = np.dtype("<i8")
 
@@ -53,16 +53,6 @@ def fold(values: Mapping[str, bytes], layout: dict[str, Any]) -> dict[str, bytes
 
 
 _Ints = NDArray[np.int64]
-
-
-def records_in(name: str, value: bytes) -> int:
-    """How many records ``value`` (the value of entity ``name``) holds after its base."""
-    if name.startswith("card:"):
-        _, m5, h, d, f, *items = CARD_HEAD.unpack_from(value)[:9]
-        base = CARD_HEAD.size + (m5 + h + d) * CARD_ENTRY.itemsize + f * PAIR.itemsize + 16 * sum(items)
-        return int((len(value) - base) // RECORD.size)
-    nd, nf = PLACE_HEAD.unpack_from(value)
-    return int((len(value) - PLACE_HEAD.size - (nd + nf) * PAIR.itemsize) // DAY.size)
 
 
 def _merge(who: _Ints, idx: _Ints, columns: list[_Ints], kept: int, n: int) -> tuple[_Ints, _Ints, list[_Ints], _Ints]:
@@ -187,17 +177,14 @@ def _fold_cards(blobs: list[bytes], layout: dict[str, Any]) -> list[bytes | None
 def _fold_places(blobs: list[bytes], layout: dict[str, Any]) -> list[bytes | None]:
     """Each terminal or merchant value folded into a base (None: it has no records)."""
     n = len(blobs)
-    values = Values(blobs, PLACE_HEADS)
-    nd, nf = values.head["d"].astype(np.int64), values.head["f"].astype(np.int64)
-    days_base, days_owner, _ = values.gather(np.full(n, PLACE_HEAD.size), nd, PAIR)
-    frauds, fraud_owner, _ = values.gather(PLACE_HEAD.size + nd * PAIR.itemsize, nf, PAIR)
-    base_len = PLACE_HEAD.size + (nd + nf) * PAIR.itemsize
-    n_records = (values.lengths - base_len) // DAY.size
-    days, owner, _ = values.gather(base_len, n_records, np.dtype("<i4"))
+    places = place_parts(Values(blobs, PLACE_HEADS))
+    (days_base, days_owner, _), (frauds, fraud_owner, _) = places.days, places.frauds
+    days, owner, _ = places.records
+    n_records = places.n_records
     kept = layout["place_kept"]
     who, day, (paid,), top = _merge(
         np.concatenate([days_owner, owner]),
-        np.concatenate([days_base["idx"].astype(np.int64), days.astype(np.int64)]),
+        np.concatenate([days_base["idx"].astype(np.int64), days]),
         [np.concatenate([days_base["count"].astype(np.int64), np.ones(len(days), dtype=np.int64)])],
         kept, n,
     )  # fmt: skip

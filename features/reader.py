@@ -13,16 +13,26 @@ per id); a card whose items of a kind overflow RECENT_ITEMS in the batch (someth
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
 
-from features.blobs import CARD_ENTRY, CARD_HEAD, DAY, HEAD, PAIR, PLACE_HEAD, replay
+from features.blobs import CARD_ENTRY, CARD_HEAD, DAY, HEAD, PAIR, PLACE_FOLD, PLACE_HEAD, replay
 from features.plan import KINDS, RECORD
 from features.snapshot import CARD_WIDTH, PLACE_WIDTH, REPLY_WIDTH, StoreReply
 
-__all__ = ["CARD_HEADS", "NO_BUCKET", "PLACE_HEADS", "RECORDS", "Values", "card_parts", "read_batch"]
+__all__ = [
+    "CARD_HEADS",
+    "NO_BUCKET",
+    "PLACE_HEADS",
+    "RECORDS",
+    "PlaceParts",
+    "Values",
+    "card_parts",
+    "place_parts",
+    "read_batch",
+]
 
 RECORDS = np.dtype(
     {
@@ -245,9 +255,9 @@ def _index(names: Sequence[str]) -> tuple[list[str], NDArray[np.int64]]:
 
 def _place_blocks(plans: Sequence[tuple[str, str, str, str, bytes]], head: NDArray[Any], day: NDArray[np.int64],
                   values: Mapping[str, bytes | None], prefix: str, layout: dict[str, Any],
-                  fold_after: int) -> tuple[NDArray[np.int64], list[str]]:  # fmt: skip
+                  fold_after: int) -> tuple[NDArray[np.int64], dict[str, int]]:  # fmt: skip
     """Each transaction's terminal PLACE_WIDTH values then its merchant's (-1 where it has no such place), both kinds
-    read at once; and the places with ``fold_after`` records or more."""
+    read at once; and the places with ``fold_after`` records or more, with how many times that many they hold."""
     n = len(plans)
     blocks = np.full((n, 2, PLACE_WIDTH), -1, dtype=np.int64)
     rows: list[int] = []
@@ -260,18 +270,13 @@ def _place_blocks(plans: Sequence[tuple[str, str, str, str, bytes]], head: NDArr
                 sides.append(kind == "merchant")
                 keys.append(f"{kind}:{ident}")
     if not rows:
-        return blocks.reshape(n, 2 * PLACE_WIDTH), []
+        return blocks.reshape(n, 2 * PLACE_WIDTH), {}
     row, side = np.array(rows, dtype=np.int64), np.array(sides, dtype=np.int64)
     names, entity = _index(keys)
-    places = Values([values.get(prefix + name) or _MISSING_PLACE for name in names], PLACE_HEADS)
-    nd, nf = places.head["d"].astype(np.int64), places.head["f"].astype(np.int64)
-    base_len = PLACE_HEAD.size + (nd + nf) * PAIR.itemsize
-    d_entries, _, _ = places.gather(np.full(len(names), PLACE_HEAD.size), nd, PAIR)
-    f_entries, _, _ = places.gather(PLACE_HEAD.size + nd * PAIR.itemsize, nf, PAIR)
-    n_records = (places.lengths - base_len) // DAY.size
-    days, owner, position = places.gather(base_len, n_records, np.dtype("<i4"))
-    days = days.astype(np.int64)
-    log = _Log(owner, position, n_records)
+    places = place_parts(Values([values.get(prefix + name) or _MISSING_PLACE for name in names], PLACE_HEADS))
+    nd, nf, base_len, n_records = places.nd, places.nf, places.base_len, places.n_records
+    d_entries, f_entries, days = places.days[0], places.frauds[0], places.records[0]
+    log = _Log(*places.records[1:], n_records)
     kept = layout["place_kept"]
     base_top = _tops(d_entries, nd)
     through = log.running_max(days, base_top)
@@ -297,7 +302,39 @@ def _place_blocks(plans: Sequence[tuple[str, str, str, str, bytes]], head: NDArr
     out[:, len(current) + 1 :: 2] = paid[:, len(current) :]
     out[top == NO_BUCKET] = 0  # no payment kept: nothing counts (frauds of a place without payments neither)
     blocks[row, side] = out
-    return blocks.reshape(n, 2 * PLACE_WIDTH), [names[k] for k in np.flatnonzero(n_records >= fold_after)]
+    return blocks.reshape(n, 2 * PLACE_WIDTH), _owed(names, n_records, fold_after)
+
+
+class PlaceParts(NamedTuple):
+    """Terminals' or merchants' values parsed: entries per ring, base length and records, each gathered part as
+    (entries, owner, position) (:meth:`Values.gather`); the records are days, as int64."""
+
+    nd: NDArray[np.int64]
+    nf: NDArray[np.int64]
+    base_len: NDArray[np.int64]
+    n_records: NDArray[np.int64]
+    days: tuple[NDArray[Any], NDArray[np.int64], NDArray[np.int64]]
+    frauds: tuple[NDArray[Any], NDArray[np.int64], NDArray[np.int64]]
+    records: tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]
+
+
+def place_parts(values: Values) -> PlaceParts:
+    """Places' values (heads :data:`PLACE_HEADS`) parsed into their rings d and f and their records."""
+    nd, nf = values.head["d"].astype(np.int64), values.head["f"].astype(np.int64)
+    base_len = PLACE_HEAD.size + (nd + nf) * PAIR.itemsize
+    n_records = (values.lengths - base_len) // DAY.size
+    days, owner, position = values.gather(base_len, n_records, np.dtype("<i4"))
+    return PlaceParts(
+        nd, nf, base_len, n_records,
+        values.gather(np.full(len(nd), PLACE_HEAD.size), nd, PAIR),
+        values.gather(PLACE_HEAD.size + nd * PAIR.itemsize, nf, PAIR),
+        (days.astype(np.int64), owner, position),
+    )  # fmt: skip
+
+
+def _owed(names: Sequence[str], n_records: NDArray[np.int64], threshold: int) -> dict[str, int]:
+    """The entities holding ``threshold`` records or more, with how many times that many they hold."""
+    return {names[k]: int(n_records[k] // threshold) for k in np.flatnonzero(n_records >= threshold).tolist()}
 
 
 def card_parts(head: NDArray[Any]) -> tuple[dict[str, NDArray[np.int64]], dict[str, NDArray[np.int64]],
@@ -465,7 +502,7 @@ def _previous(cards: _Cards) -> NDArray[np.float64]:
 
 def read_batch(heads: bytes, plans: Sequence[tuple[str, str, str, str, bytes]],
                values: Mapping[str, bytes | None], prefix: str, layout: dict[str, Any],
-               fold_after: int) -> tuple[StoreReply, list[str]]:  # fmt: skip
+               fold_after: int) -> tuple[StoreReply, dict[str, int]]:  # fmt: skip
     """The batch's :class:`StoreReply` from the script's heads and the entities' values at the end of the batch
     (equal to :func:`features.blobs.replay`, computed for the whole batch at once), and the entities holding
     ``fold_after`` records or more (a place 4 times as many: its records are 4 bytes)."""
@@ -474,7 +511,7 @@ def read_batch(heads: bytes, plans: Sequence[tuple[str, str, str, str, bytes]],
     if len(head) != n:
         raise ValueError(f"store reply has {len(head)} heads for {n} transactions")
     if n == 0:
-        return StoreReply.from_rows([], []), []
+        return StoreReply.from_rows([], []), {}
     txn = np.frombuffer(b"".join(one[4] for one in plans), RECORDS)
     applied = head["applied"].astype(np.int64)
     out = np.zeros((n, REPLY_WIDTH), dtype=np.int64)
@@ -483,10 +520,10 @@ def read_batch(heads: bytes, plans: Sequence[tuple[str, str, str, str, bytes]],
     _card_windows(cards, out, txn["t"], layout)
     exact = _card_items(cards, out, txn, layout)
     previous = _previous(cards)
-    due = [f"card:{cards.names[k]}" for k in np.flatnonzero(cards.n_records >= fold_after)]
+    due = _owed([f"card:{name}" for name in cards.names], cards.n_records, fold_after)
     day = txn["t"] // layout["size"]["d"]
-    out[:, CARD_WIDTH:], places = _place_blocks(plans, head, day, values, prefix, layout, 4 * fold_after)
-    due += places
+    out[:, CARD_WIDTH:], places = _place_blocks(plans, head, day, values, prefix, layout, PLACE_FOLD * fold_after)
+    due.update(places)
     if exact.any():
         rows = np.flatnonzero(exact[cards.entity])
         again, _ = replay(head[rows].tobytes(), [plans[i] for i in rows.tolist()], values, prefix, layout)

@@ -33,7 +33,7 @@ from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from features.blobs import decode_card, replay
-from features.fold import fold, records_in
+from features.fold import fold
 from features.formulas import RECENT_ITEMS
 from features.plan import label_plan, layout, plan
 from features.reader import read_batch
@@ -154,7 +154,7 @@ class RedisFeatureStore:
         self._rebase = self._fold(due, read_back)
         return reply
 
-    def _fold(self, due: list[str], read_back: dict[str, bytes]) -> list[tuple[str, bytes, bytes]]:
+    def _fold(self, due: dict[str, int], read_back: dict[str, bytes]) -> list[tuple[str, bytes, bytes]]:
         """The write-backs for the next transaction: entities due are folded ``fold_group`` at a time (most of a
         small fold's cost is numpy's per call: ~1 ms), or fewer once the first has waited ``fold_wait`` batches or
         one holds twice the records that make it due (a busy card in a quiet stream)."""
@@ -163,14 +163,10 @@ class RedisFeatureStore:
             del waiting[name]  # read again: due again below, with its newer value, unless someone else folded it
         if not waiting:
             self._due_since = 0
-        fresh = {name: read_back[self.prefix + name] for name in due}
-        waiting.update(fresh)
+        waiting.update((name, read_back[self.prefix + name]) for name in due)
         if waiting:
             self._due_since += 1
-        overdue = any(
-            records_in(name, value) >= 2 * self.fold_after * (1 if name.startswith("card:") else 4)
-            for name, value in fresh.items()
-        )
+        overdue = any(owed >= 2 for owed in due.values())
         if len(waiting) < self.fold_group and self._due_since < self.fold_wait and not overdue:
             return []
         self._due, self._due_since = {}, 0  # first: a fold that raised must not be retried with every batch
