@@ -1,8 +1,9 @@
 """Warming the online store from history, so a stream starts with its cards', terminals' and merchants' past.
 
 History is applied exactly as the stream would have applied it (transactions by event time, each label once replay
-time reaches its ``known_at``), in micro-batches through the store's one-call-per-batch primitive. Transactions
-already applied are skipped by the store's markers, so a backfill can be re-run or resumed safely.
+time reaches its ``known_at``), in micro-batches through the store's one-call-per-batch primitive, pipelined
+(:meth:`features.store.RedisFeatureStore.stream`). Transactions already applied are skipped by the store's markers,
+so a backfill can be re-run or resumed safely.
 """
 
 from __future__ import annotations
@@ -102,16 +103,18 @@ def backfill(
         while start < len(txns):
             due = _unerased(queue.take_until(int(times[start])), erasures, stats)
             stats.labels += store.apply_labels(due) if due else 0
-            # The batch stops before the next transaction that a queued label must precede.
-            stop = min(start + batch_size, len(txns))
+            # Batches are pipelined up to the next transaction that a queued label must precede: a label is applied
+            # between two streams, never while a batch is in flight.
+            stop = len(txns)
             if len(queue.known_us):
-                stop = min(stop, max(start + 1, int(np.searchsorted(times, queue.known_us[0], side="left"))))
-            snapshots = store.apply(txns[start:stop])
-            stats.transactions += len(snapshots)
-            stats.applied += sum(snapshot.applied for snapshot in snapshots)
+                stop = max(start + 1, int(np.searchsorted(times, queue.known_us[0], side="left")))
+            batches = (txns[i : min(i + batch_size, stop)] for i in range(start, stop, batch_size))
+            for reply in store.stream(batches):
+                stats.transactions += len(reply)
+                stats.applied += int(reply.values[:, 0].sum())
+                if on_progress is not None:
+                    on_progress(stats)
             start = stop
-            if on_progress is not None:
-                on_progress(stats)
     end = limit_us - 1 if limit_us is not None else last_us
     rest = _unerased(queue.take_until(end), erasures, stats) if end is not None else []
     stats.labels += store.apply_labels(rest) if rest else 0

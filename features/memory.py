@@ -14,7 +14,7 @@ transaction reads, after it).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -212,6 +212,10 @@ class InMemoryFeatureStore:
                 row += place_row(place, day, lay)
             rows.append(row)
         return StoreReply.from_rows(rows, previous)
+
+    def stream(self, batches: Iterable[Sequence[Transaction]]) -> Iterator[StoreReply]:
+        """:meth:`raw` for each batch in turn (the Redis store pipelines them; the replies are the same)."""
+        return (self.raw(txns) for txns in batches)
 
     def apply(self, txns: Sequence[Transaction]) -> list[Snapshot]:
         """Apply each transaction once (a redelivery is read, not re-applied) and return the snapshots, in order."""

@@ -23,13 +23,16 @@ Budgets are short on purpose (settings: ``socket_timeout_ms``): a slow or absent
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Any
 
 import redis
+from redis.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import ExecAbortError, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from features.blobs import decode_card, replay
@@ -113,45 +116,92 @@ class RedisFeatureStore:
         except (RedisConnectionError, RedisTimeoutError) as error:
             raise StoreUnavailableError(f"Redis unavailable: {error}") from None
 
-    def _transaction(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """Run ``commands`` in one MULTI/EXEC; load the script once if Redis does not have it (a restart)."""
-        for attempt in range(2):
-            pipe = self.client.pipeline(transaction=True)
-            for command in commands:
-                pipe.execute_command(*command)  # type: ignore[no-untyped-call]
-            try:
-                return pipe.execute()
-            except NoScriptError:
-                if attempt:
-                    raise
-                self.client.script_load(_SCRIPT)
-            except (RedisConnectionError, RedisTimeoutError) as error:
-                raise StoreUnavailableError(f"Redis unavailable: {error}") from None
-        raise AssertionError("unreachable")
-
     def raw(self, txns: Sequence[Transaction]) -> StoreReply:
         """Apply ``txns`` (each once) and return their state after it, for the formulas.
 
         Raises:
             StoreUnavailableError: Redis did not answer within the budget.
         """
-        if not txns:
-            return StoreReply.from_rows([], [])
+        (reply,) = self.stream([txns])  # the stream run to its end: the connection goes back to the pool
+        return reply
+
+    def stream(self, batches: Iterable[Sequence[Transaction]]) -> Iterator[StoreReply]:
+        """:meth:`raw` for each batch in turn, pipelined: batch k+1's transaction is sent before batch k's reply
+        is read, so Redis applies k+1 while this process reads k (Redis pipelining, on one connection). Each batch
+        is still one atomic transaction and they run in order, so every reply is the one :meth:`raw` would give;
+        the folds found reading batch k are written back with batch k+2 (the write-back is a compare-and-set).
+
+        If the stream stops early (an error, or the caller leaves the loop), the batch in flight may have been
+        applied without its reply being read; delivering it again is safe (it is read, not applied twice).
+
+        Raises:
+            StoreUnavailableError: Redis did not answer within the budget.
+        """
+        pool = self.client.connection_pool
+        try:
+            connection = pool.get_connection()
+        except (RedisConnectionError, RedisTimeoutError) as error:
+            raise StoreUnavailableError(f"Redis unavailable: {error}") from None
+        in_flight: deque[_Sent] = deque()
+        try:
+            for txns in batches:
+                in_flight.append(self._send(connection, txns))
+                if len(in_flight) == 2:
+                    yield self._receive(connection, in_flight)
+            while in_flight:
+                yield self._receive(connection, in_flight)
+        except (RedisConnectionError, RedisTimeoutError) as error:
+            connection.disconnect()  # type: ignore[no-untyped-call]
+            raise StoreUnavailableError(f"Redis unavailable: {error}") from None
+        except GeneratorExit:  # the caller left at a yield: only the batch in flight is left unread
+            if in_flight:
+                connection.disconnect()  # type: ignore[no-untyped-call]
+            raise
+        except BaseException:
+            connection.disconnect()  # type: ignore[no-untyped-call]  # replies may be left unread on it
+            raise
+        finally:
+            pool.release(connection)
+
+    def _send(self, connection: Connection, txns: Sequence[Transaction]) -> _Sent:
+        """Send the batch's transaction (nothing for an empty batch) without waiting for its reply."""
         plans = [plan(txn) for txn in txns]
         names = list(dict.fromkeys(name for one in plans for name in _entities(one)))
-        keys = [self.prefix + name for name in names]
-        commands: list[tuple[Any, ...]] = []
-        head = (self._script.sha, 0)
-        if self._rebase:
-            rebase = [part for entity in self._rebase for part in entity]
-            commands.append(("EVALSHA", *head, "rebase", self._layout, self.prefix, *rebase))
-        commands.append(("EVALSHA", *head, "txns", self._layout, self.prefix, *(v for one in plans for v in one)))
-        commands.append(("MGET", *keys))
-        *_, heads, values = self._transaction(commands)
-        read = read_batch if len(plans) >= self.vectorize_from else replay
-        read_back = dict(zip(keys, values, strict=True))
-        reply, due = read(heads, plans, read_back, self.prefix, self.layout, self.fold_after)
-        self._rebase = self._fold(due, read_back)
+        sent = _Sent(plans, [self.prefix + name for name in names])
+        if plans:
+            head = (self._script.sha, 0)
+            if self._rebase:
+                rebase = [part for entity in self._rebase for part in entity]
+                sent.commands.append(("EVALSHA", *head, "rebase", self._layout, self.prefix, *rebase))
+                self._rebase = []  # sent once: if its transaction fails, the entities are folded again later
+            txns_args = (v for one in plans for v in one)
+            sent.commands.append(("EVALSHA", *head, "txns", self._layout, self.prefix, *txns_args))
+            sent.commands.append(("MGET", *sent.keys))
+            _send_transaction(connection, sent.commands)
+        return sent
+
+    def _receive(self, connection: Connection, in_flight: deque[_Sent]) -> StoreReply:
+        """Read the oldest batch in flight: its transaction's reply, then its state after it. A Redis that lost the
+        script (a restart) ran none of the transactions sent since: the script is loaded and they are sent again."""
+        sent = in_flight.popleft()
+        if not sent.plans:
+            return StoreReply.from_rows([], [])
+        replies = _read_transaction(connection, len(sent.commands))
+        if any(isinstance(reply, NoScriptError) for reply in replies):
+            for later in in_flight:
+                _read_transaction(connection, len(later.commands))
+            self.client.script_load(_SCRIPT)
+            for again in (sent, *in_flight):
+                _send_transaction(connection, again.commands)
+            replies = _read_transaction(connection, len(sent.commands))
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        *_, heads, values = replies
+        read = read_batch if len(sent.plans) >= self.vectorize_from else replay
+        read_back = dict(zip(sent.keys, values, strict=True))
+        reply, due = read(heads, sent.plans, read_back, self.prefix, self.layout, self.fold_after)
+        self._rebase += self._fold(due, read_back)
         return reply
 
     def _fold(self, due: dict[str, int], read_back: dict[str, bytes]) -> list[tuple[str, bytes, bytes]]:
@@ -206,3 +256,38 @@ def _entities(one: tuple[str, str, str, str, bytes]) -> list[str]:
     if merchant:
         names.append(f"merchant:{merchant}")
     return names
+
+
+@dataclass(slots=True)
+class _Sent:
+    """A batch whose transaction is in flight: its plans, the keys its MGET reads, the commands (to send again)."""
+
+    plans: list[tuple[str, str, str, str, bytes]]
+    keys: list[str]
+    commands: list[tuple[Any, ...]] = field(default_factory=list)
+
+
+def _send_transaction(connection: Connection, commands: list[tuple[Any, ...]]) -> None:
+    if commands:
+        packed = connection.pack_commands([("MULTI",), *commands, ("EXEC",)])  # type: ignore[no-untyped-call]
+        connection.send_packed_command(packed)  # type: ignore[no-untyped-call]
+
+
+def _read_transaction(connection: Connection, commands: int) -> list[Any]:
+    """EXEC's replies, errors among them as exception values (as redis-py's own transactions read them). A command
+    Redis refused to queue aborts the transaction: its error is raised once every reply is read."""
+    if not commands:
+        return []
+    refused: ResponseError | None = None
+    for _ in range(commands + 1):  # +OK for MULTI, +QUEUED for each command
+        try:
+            connection.read_response()
+        except ResponseError as error:
+            refused = refused or error
+    try:
+        replies = connection.read_response()
+    except ExecAbortError:
+        if refused:
+            raise refused from None
+        raise
+    return list(replies)

@@ -1,5 +1,6 @@
-"""Benchmark of the online feature store (not a test): transactions/s for update + read (``store.raw``: the Redis
-transaction and the batch read back with numpy) at several batch sizes, from one process against a local Redis,
+"""Benchmark of the online feature store (not a test): transactions/s for update + read (the Redis transaction and
+the batch read back with numpy) at several batch sizes, from one process against a local Redis, one batch at a
+time (``store.raw``) and pipelined (``store.stream``: Redis applies batch k+1 while the process reads batch k),
 alone and with the feature matrix; and Redis bytes per card and per terminal.
 
     .venv/bin/python scripts/bench_features.py [--redis redis://127.0.0.1:6379/0] [--days 30] [--json out.json]
@@ -14,6 +15,7 @@ MGET) alongside.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import time
@@ -42,20 +44,22 @@ def _server_us(client: redis.Redis) -> float:
     return sum(float(stats.get(f"cmdstat_{name}", {}).get("usec", 0)) for name in ("evalsha", "mget"))
 
 
-def _run(client: redis.Redis, store: RedisFeatureStore, txns: list[Transaction], batch: int) -> tuple[
+def _run(client: redis.Redis, store: RedisFeatureStore, txns: list[Transaction], batch: int, pipelined: bool) -> tuple[
         float, float, float]:  # fmt: skip
-    """(update + read tx/s, tx/s with the feature matrix, Redis µs per transaction) in batches of ``batch``."""
+    """(update + read tx/s, tx/s with the feature matrix, Redis µs per transaction) in batches of ``batch``: one
+    transaction at a time (``store.raw``), or ``pipelined`` (``store.stream``: Redis applies the next batch while
+    this process reads one)."""
+    chunks = [txns[i : i + batch] for i in range(0, len(txns), batch)]
     before = _server_us(client)
-    store_s = matrix_s = 0.0
-    for i in range(0, len(txns), batch):
-        chunk = txns[i : i + batch]
-        started = time.perf_counter()
-        reply = store.raw(chunk)
+    matrix_s = 0.0
+    started = time.perf_counter()
+    replies = store.stream(chunks) if pipelined else (store.raw(chunk) for chunk in chunks)
+    for reply, chunk in zip(replies, chunks, strict=True):
         read = time.perf_counter()
         feature_matrix(reply, chunk)
-        store_s += read - started
         matrix_s += time.perf_counter() - read
-    return len(txns) / store_s, len(txns) / (store_s + matrix_s), (_server_us(client) - before) / len(txns)
+    total_s = time.perf_counter() - started
+    return len(txns) / (total_s - matrix_s), len(txns) / total_s, (_server_us(client) - before) / len(txns)
 
 
 def _bytes(client: redis.Redis, pattern: str, entities: str) -> float:
@@ -71,13 +75,15 @@ def _drop(client: redis.Redis, prefix: str) -> None:
 
 
 def _report(results: dict[str, object], label: str, key: str, batch: int,
-            runs: list[tuple[float, float, float]]) -> None:  # fmt: skip
-    rates, with_matrix, server = ([run[i] for run in runs] for i in range(3))
-    results[f"{key}tx_per_s_batch_{batch}"] = round(statistics.median(rates))
-    results[f"{key}tx_per_s_with_features_batch_{batch}"] = round(statistics.median(with_matrix))
-    print(f"{label} batch {batch:>4}: {statistics.median(rates):>9,.0f} tx/s update+read "
-          f"({statistics.median(with_matrix):,.0f} with the feature matrix), Redis {statistics.median(server):5.1f} "
-          f"µs/tx (runs: {', '.join(f'{r:,.0f}' for r in rates)})")  # fmt: skip
+            runs: dict[bool, list[tuple[float, float, float]]]) -> None:  # fmt: skip
+    for pipelined, mode in ((False, "one at a time"), (True, "pipelined")):
+        rates, with_matrix, server = ([run[i] for run in runs[pipelined]] for i in range(3))
+        name = f"{key}{'pipelined_' if pipelined else ''}tx_per_s"
+        results[f"{name}_batch_{batch}"] = round(statistics.median(rates))
+        results[f"{name}_with_features_batch_{batch}"] = round(statistics.median(with_matrix))
+        print(f"{label} batch {batch:>4}, {mode:>13}: {statistics.median(rates):>9,.0f} tx/s update+read "
+              f"({statistics.median(with_matrix):,.0f} with the feature matrix), Redis "
+              f"{statistics.median(server):5.1f} µs/tx (runs: {', '.join(f'{r:,.0f}' for r in rates)})")  # fmt: skip
 
 
 def main() -> None:
@@ -94,15 +100,15 @@ def main() -> None:
     today = [t for t in txns if t.event_time > last_day]
     results: dict[str, object] = {"transactions": len(txns), "steady_transactions": len(today)}
     for batch, limit in ((1, 5_000), (50, 30_000), (500, 30_000)):
-        runs = []
-        for _ in range(args.repeat):
+        runs: dict[bool, list[tuple[float, float, float]]] = {False: [], True: []}
+        for _, pipelined in itertools.product(range(args.repeat), (False, True)):
             prefix = f"bench:{uuid.uuid4().hex[:8]}:"
-            runs.append(_run(client, RedisFeatureStore(client, prefix), txns[:limit], batch))
+            runs[pipelined].append(_run(client, RedisFeatureStore(client, prefix), txns[:limit], batch, pipelined))
             _drop(client, prefix)
         _report(results, "fresh ", "", batch, runs)
     prefix = f"bench:{uuid.uuid4().hex[:8]}:"
     store = RedisFeatureStore(client, prefix)
-    rate, _, redis_us = _run(client, store, history, 500)
+    rate, _, redis_us = _run(client, store, history, 500, pipelined=True)
     print(f"warming {len(history):,} payments of {args.days - 1} days at batch 500: {rate:,.0f} tx/s, Redis "
           f"{redis_us:.1f} µs/tx")  # fmt: skip
     results["bytes_per_card"] = round(_bytes(client, f"{prefix}card:*", "card"))
@@ -110,13 +116,13 @@ def main() -> None:
     print(f"{args.days - 1} days of history: {results['bytes_per_card']:,} bytes per card, "
           f"{results['bytes_per_terminal']:,} per terminal")  # fmt: skip
     for batch in (50, 500):
-        runs = []
-        for _ in range(args.repeat):  # the last day on a copy of the warm state (markers left out: applied anew)
-            copy = f"bench:{uuid.uuid4().hex[:8]}:"
+        runs = {False: [], True: []}
+        for _, pipelined in itertools.product(range(args.repeat), (False, True)):
+            copy = f"bench:{uuid.uuid4().hex[:8]}:"  # the last day on a copy of the warm state (no markers)
             for key in client.scan_iter(match=f"{prefix}*", count=10_000):
                 if b":seen:" not in key:
                     client.copy(key, copy + key.decode()[len(prefix) :])
-            runs.append(_run(client, RedisFeatureStore(client, copy), today, batch))
+            runs[pipelined].append(_run(client, RedisFeatureStore(client, copy), today, batch, pipelined))
             _drop(client, copy)
         _report(results, "steady", "steady_", batch, runs)
     _drop(client, prefix)

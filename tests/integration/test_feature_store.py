@@ -4,7 +4,9 @@ bounded in memory."""
 
 from __future__ import annotations
 
+import itertools
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -107,14 +109,22 @@ def sequences(draw: st.DrawFn) -> list[list[Transaction] | list[Label]]:
     return batches
 
 
-def _run(store: RedisFeatureStore | InMemoryFeatureStore, batches: list[list[Transaction] | list[Label]]) -> list[Any]:
-    """One reply per batch: the transactions' StoreReply, or the number of labels applied."""
+def _run(
+    store: RedisFeatureStore | InMemoryFeatureStore,
+    batches: list[list[Transaction] | list[Label]],
+    *,
+    pipelined: bool = False,
+) -> list[Any]:
+    """One reply per batch: the transactions' StoreReply, or the number of labels applied. ``pipelined``: each run
+    of transaction batches between labels goes through ``store.stream``."""
     replies: list[Any] = []
-    for batch in batches:
-        if isinstance(batch[0], Transaction):
-            replies.append(store.raw(batch))  # type: ignore[arg-type]
+    for payments, run in itertools.groupby(batches, key=lambda batch: isinstance(batch[0], Transaction)):
+        if not payments:
+            replies += [store.apply_labels(labels) for labels in run]  # type: ignore[arg-type]
+        elif pipelined:
+            replies += store.stream(run)  # type: ignore[arg-type]
         else:
-            replies.append(store.apply_labels(batch))  # type: ignore[arg-type]
+            replies += [store.raw(txns) for txns in run]  # type: ignore[arg-type]
     return replies
 
 
@@ -153,21 +163,26 @@ STORES: dict[str, dict[str, int]] = {  # the default, read record by record (sma
 }
 
 
-@pytest.mark.parametrize("config", list(STORES))
+PIPELINED = ("default", "fold-always", "fold-grouped")  # also run through stream(): a fold written back 2 batches on
+
+
+@pytest.mark.parametrize("config", [*STORES, *(f"{name} pipelined" for name in PIPELINED)])
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batches=sequences())
 def test_redis_equals_its_twin_and_a_second_replay_changes_nothing(
     store_client: redis.Redis, settings: Settings, config: str, batches: list[list[Transaction] | list[Label]]
 ) -> None:
     prefix = f"{settings.redis.key_prefix}{id(batches)}:"
-    online = RedisFeatureStore(store_client, prefix, **STORES[config])
-    recent_items = STORES[config].get("recent_items", online.layout["recent_items"])
+    name, _, mode = config.partition(" ")
+    pipelined = mode == "pipelined"
+    online = RedisFeatureStore(store_client, prefix, **STORES[name])
+    recent_items = STORES[name].get("recent_items", online.layout["recent_items"])
     twin = InMemoryFeatureStore(prefix, recent_items=recent_items)
-    assert _run(online, batches) == _run(twin, batches)
+    assert _run(online, batches, pipelined=pipelined) == _run(twin, batches)
     before = _dump(store_client, prefix, online.layout)
     assert before == _twin_dump(twin)  # the same state, field by field, not just the same answers
 
-    again = _run(online, batches)
+    again = _run(online, batches, pipelined=pipelined)
     assert _dump(store_client, prefix, online.layout) == before  # duplicates change nothing
     assert not any(
         flag for reply in again if not isinstance(reply, int) for flag in reply.applied
@@ -231,6 +246,55 @@ def test_a_fold_is_written_back_only_over_the_bytes_it_folded(store_client: redi
         assert isinstance(card, bytes)
         records.append((len(card) - card_base(card)[1]) // RECORD.size)
     assert records == [8, 12, 4 + 8, 0, 10]  # rebased over the first 8 (kept the other's 4); the label folded all
+    assert _dump(store_client, prefix) == _twin_dump(twin)
+
+
+def _script_loads(client: redis.Redis) -> int:
+    return int(client.info("commandstats").get("cmdstat_script|load", {}).get("calls", 0))
+
+
+def test_a_script_lost_mid_stream_is_loaded_again_and_nothing_is_lost(
+    store_client: redis.Redis, settings: Settings
+) -> None:
+    """Redis forgets scripts when it restarts: the transactions sent since ran nothing, and are sent again in order
+    (both in flight, or the newest only) once the script is loaded."""
+    prefix = settings.redis.key_prefix
+    txns = [_txn(i, 7 * i, i % 3, i % 4, 5.0 + i % 11, {"channel": "ecommerce", "device_id": "d1"}) for i in range(60)]
+    batches = [txns[i : i + 10] for i in range(0, len(txns), 10)]
+    store = RedisFeatureStore(store_client, prefix, fold_after=2, fold_group=1, vectorize_from=1)
+    store.raw(batches[0])  # the script is loaded, and folds are pending
+
+    def arriving() -> Iterator[list[Transaction]]:
+        for k, batch in enumerate(batches[1:]):
+            if k in (0, 2):  # before two batches are sent (both fail); before one is sent behind another
+                store_client.script_flush()
+            yield batch
+
+    loads = _script_loads(store_client)
+    replies = list(store.stream(arriving()))
+    assert _script_loads(store_client) - loads >= 2
+    twin = InMemoryFeatureStore(prefix)
+    twin.raw(batches[0])
+    assert replies == list(twin.stream(batches[1:]))
+    assert _dump(store_client, prefix) == _twin_dump(twin)
+
+
+def test_a_stream_left_early_loses_nothing(store_client: redis.Redis, settings: Settings) -> None:
+    """The batch in flight when the caller stops reading is applied without its reply being read; delivered again,
+    it is read, not applied twice, and the store's connection is not left with a reply unread."""
+    prefix = settings.redis.key_prefix
+    txns = [_txn(i, 11 * i, i % 2, i % 3, 3.0 + i, {}) for i in range(30)]
+    batches = [txns[:10], txns[10:20], txns[20:]]
+    store = RedisFeatureStore(store_client, prefix, vectorize_from=1)
+    twin = InMemoryFeatureStore(prefix)
+    for reply in store.stream(batches):
+        assert reply == twin.raw(batches[0])
+        break
+    redelivered = store.raw(batches[1])
+    assert not any(redelivered.applied)  # applied by the stream, though its reply was never read
+    store.raw(batches[2])
+    for batch in batches[1:]:
+        twin.raw(batch)
     assert _dump(store_client, prefix) == _twin_dump(twin)
 
 
