@@ -182,7 +182,8 @@ class RedisFeatureStore:
 
     def _receive(self, connection: Connection, in_flight: deque[_Sent]) -> StoreReply:
         """Read the oldest batch in flight: its transaction's reply, then its state after it. A Redis that lost the
-        script (a restart) ran none of the transactions sent since: the script is loaded and they are sent again."""
+        script (a restart) ran none of the transactions sent since: the script is loaded and they are sent again, in
+        order. (Had another client loaded it in between, a later one may have run: sent again, it is a redelivery.)"""
         sent = in_flight.popleft()
         if not sent.plans:
             return StoreReply.from_rows([], [])

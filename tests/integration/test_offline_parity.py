@@ -78,8 +78,10 @@ def test_a_pipelined_backfill_leaves_the_state_the_offline_builder_reaches(
     probes = (
         transactions.sort("event_time")
         .unique("card_token", keep="last", maintain_order=True)
-        .with_columns(pl.lit(last + timedelta(microseconds=1)).alias("event_time"), ("probe-" + pl.col("txn_id")).alias("txn_id"))
-    )  # fmt: skip
+        .with_columns(
+            pl.lit(last + timedelta(microseconds=1)).alias("event_time"), ("probe-" + pl.col("txn_id")).alias("txn_id")
+        )
+    )
     known = labels.filter(pl.col("known_at") <= last)  # what the backfill applied; later ones are the stream's
     offline = build_features(pl.concat([transactions, probes]), known).tail(probes.height)
     online = store.apply([Transaction.model_construct(**r) for r in probes.drop("is_fraud", "fraud_scenario")
