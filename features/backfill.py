@@ -1,7 +1,7 @@
 """Warming the online store from history, so a stream starts with its cards', terminals' and merchants' past.
 
 History is applied exactly as the stream would have applied it (transactions by event time, each label once replay
-time reaches its ``known_at``), in micro-batches through the store's one-call-per-batch primitive, pipelined
+time reaches its ``known_at``), in micro-batches, each one atomic transaction of the store, pipelined
 (:meth:`features.store.RedisFeatureStore.stream`). Transactions already applied are skipped by the store's markers,
 so a backfill can be re-run or resumed safely.
 """

@@ -1,10 +1,11 @@
 """Folding entities' records into their bases in the client, for many entities at once, with numpy.
 
 The reader tells the store which entities of a batch hold ``fold_after`` records or more; the store folds their
-values as last read (base and records) here, a group at a time, and writes the new bases back in its next
-transaction with the script's ``rebase``: a compare-and-set that replaces the bytes folded, only if the value still
-starts with exactly them, and keeps the records appended since. Another worker's fold or a label's (both rewrite
-the base) wins; the entity is folded again when it is next read with many records.
+values as last read (base and records) here, a group at a time, and writes the new bases back with the next
+transaction it sends (pipelined: the one after the next) by the script's ``rebase``: a compare-and-set that replaces
+the bytes folded, only if the value still starts with exactly them, and keeps the records appended since. Another
+worker's fold or a label's (both rewrite the base) wins; the entity is folded again when it is next read with many
+records.
 
 The result is the state of applying the records one at a time (:func:`features.memory.apply_card` /
 :func:`~features.memory.apply_place`; the script's own fold, used by labels, is the same), computed per entity and

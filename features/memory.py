@@ -214,7 +214,8 @@ class InMemoryFeatureStore:
         return StoreReply.from_rows(rows, previous)
 
     def stream(self, batches: Iterable[Sequence[Transaction]]) -> Iterator[StoreReply]:
-        """:meth:`raw` for each batch in turn (the Redis store pipelines them; the replies are the same)."""
+        """:meth:`raw` for each batch in turn (the Redis store pipelines them and takes batch k+1 before it yields
+        reply k; the replies are the same)."""
         return (self.raw(txns) for txns in batches)
 
     def apply(self, txns: Sequence[Transaction]) -> list[Snapshot]:

@@ -7,10 +7,13 @@ answers with each transaction's applied flag and where its entities' values stoo
 that follows returns those values. :mod:`features.blobs` then reads every transaction's state after it, exactly as
 if the records had been applied one at a time. A redelivered transaction is read, never re-applied; labels go
 through the same script, de-duplicated by (transaction id, label version). Key layout: :mod:`features.plan`.
+:meth:`RedisFeatureStore.stream` pipelines such transactions on one connection: Redis applies batch k+1 while
+this client reads batch k.
 
 Appending instead of rewriting keeps the work per payment small in Redis (and in its AOF and replication stream).
 An entity's records are folded into its base once it has ``fold_after`` of them: by this client, from the value the
-batch read (:mod:`features.fold`), written back in its next transaction by the script's compare-and-set ``rebase``
+batch read (:mod:`features.fold`), written back with the next transaction it sends by the script's compare-and-set
+``rebase``
 (Redis' single thread only copies bytes); a label folds the entities it moves first, in the script.
 
 The script names keys inside its arguments, so it needs a standalone Redis (or a primary with replicas), not a
@@ -108,7 +111,7 @@ class RedisFeatureStore:
         self._script = client.register_script(_SCRIPT)
         self._due: dict[str, bytes] = {}  # entities waiting to be folded: their value as last read
         self._due_since = 0  # batches since the first of them became due
-        self._rebase: list[tuple[str, bytes, bytes]] = []  # (name, value folded, base) to write back next
+        self._rebase: list[tuple[str, bytes, bytes]] = []  # (name, value folded, base) for the next transaction
 
     def _call(self, mode: str, args: list[Any]) -> Any:
         try:
@@ -122,6 +125,8 @@ class RedisFeatureStore:
         Raises:
             StoreUnavailableError: Redis did not answer within the budget.
         """
+        if not txns:
+            return StoreReply.from_rows([], [])
         (reply,) = self.stream([txns])  # the stream run to its end: the connection goes back to the pool
         return reply
 
@@ -131,8 +136,9 @@ class RedisFeatureStore:
         is still one atomic transaction and they run in order, so every reply is the one :meth:`raw` would give;
         the folds found reading batch k are written back with batch k+2 (the write-back is a compare-and-set).
 
-        If the stream stops early (an error, or the caller leaves the loop), the batch in flight may have been
-        applied without its reply being read; delivering it again is safe (it is read, not applied twice).
+        Batch k+1 is taken from ``batches`` before reply k is yielded: it cannot depend on reply k. If the stream
+        stops early (an error, or the caller leaves the loop), the batch in flight may have been applied without its
+        reply being read; delivering it again is safe (it is read, not applied twice).
 
         Raises:
             StoreUnavailableError: Redis did not answer within the budget.
@@ -144,6 +150,7 @@ class RedisFeatureStore:
             raise StoreUnavailableError(f"Redis unavailable: {error}") from None
         in_flight: deque[_Sent] = deque()
         try:
+            connection.check_health()  # type: ignore[no-untyped-call]  # here: sends skip it, a PING would misread
             for txns in batches:
                 in_flight.append(self._send(connection, txns))
                 if len(in_flight) == 2:
@@ -173,6 +180,7 @@ class RedisFeatureStore:
             if self._rebase:
                 rebase = [part for entity in self._rebase for part in entity]
                 sent.commands.append(("EVALSHA", *head, "rebase", self._layout, self.prefix, *rebase))
+                sent.rebased = [name for name, _, _ in self._rebase]
                 self._rebase = []  # sent once: if its transaction fails, the entities are folded again later
             txns_args = (v for one in plans for v in one)
             sent.commands.append(("EVALSHA", *head, "txns", self._layout, self.prefix, *txns_args))
@@ -181,19 +189,24 @@ class RedisFeatureStore:
         return sent
 
     def _receive(self, connection: Connection, in_flight: deque[_Sent]) -> StoreReply:
-        """Read the oldest batch in flight: its transaction's reply, then its state after it. A Redis that lost the
-        script (a restart) ran none of the transactions sent since: the script is loaded and they are sent again, in
-        order. (Had another client loaded it in between, a later one may have run: sent again, it is a redelivery.)"""
+        """Read the oldest batch in flight: its transaction's reply, then its state after it.
+
+        A Redis that lost the script (restarted, flushed, failed over) ran none of the transactions sent since that
+        call it: the script is loaded and those are sent again, in order. A later one that did run (another client
+        loaded the script in between) keeps its reply; the earlier one then runs after it, as a late arrival."""
         sent = in_flight.popleft()
         if not sent.plans:
             return StoreReply.from_rows([], [])
-        replies = _read_transaction(connection, len(sent.commands))
-        if any(isinstance(reply, NoScriptError) for reply in replies):
+        replies = sent.replies if sent.replies is not None else _read_transaction(connection, len(sent.commands))
+        if _lost_script(replies):
             for later in in_flight:
-                _read_transaction(connection, len(later.commands))
+                if later.replies is None:
+                    later.replies = _read_transaction(connection, len(later.commands))
             self.client.script_load(_SCRIPT)
-            for again in (sent, *in_flight):
-                _send_transaction(connection, again.commands)
+            again = [sent, *(later for later in in_flight if _lost_script(later.replies))]
+            for one in again:
+                one.replies = None
+                _send_transaction(connection, one.commands)
             replies = _read_transaction(connection, len(sent.commands))
         for reply in replies:
             if isinstance(reply, Exception):
@@ -202,7 +215,8 @@ class RedisFeatureStore:
         read = read_batch if len(sent.plans) >= self.vectorize_from else replay
         read_back = dict(zip(sent.keys, values, strict=True))
         reply, due = read(heads, sent.plans, read_back, self.prefix, self.layout, self.fold_after)
-        self._rebase += self._fold(due, read_back)
+        pending = {name for name, _, _ in self._rebase} | {name for later in in_flight for name in later.rebased}
+        self._rebase += self._fold({name: owed for name, owed in due.items() if name not in pending}, read_back)
         return reply
 
     def _fold(self, due: dict[str, int], read_back: dict[str, bytes]) -> list[tuple[str, bytes, bytes]]:
@@ -261,17 +275,24 @@ def _entities(one: tuple[str, str, str, str, bytes]) -> list[str]:
 
 @dataclass(slots=True)
 class _Sent:
-    """A batch whose transaction is in flight: its plans, the keys its MGET reads, the commands (to send again)."""
+    """A batch whose transaction is in flight: its plans, the keys its MGET reads, the commands (to send again), the
+    entities it writes folds back for, and its replies when they were read ahead (a lost script)."""
 
     plans: list[tuple[str, str, str, str, bytes]]
     keys: list[str]
     commands: list[tuple[Any, ...]] = field(default_factory=list)
+    rebased: list[str] = field(default_factory=list)
+    replies: list[Any] | None = None
+
+
+def _lost_script(replies: list[Any] | None) -> bool:
+    return replies is not None and any(isinstance(reply, NoScriptError) for reply in replies)
 
 
 def _send_transaction(connection: Connection, commands: list[tuple[Any, ...]]) -> None:
     if commands:
         packed = connection.pack_commands([("MULTI",), *commands, ("EXEC",)])  # type: ignore[no-untyped-call]
-        connection.send_packed_command(packed)  # type: ignore[no-untyped-call]
+        connection.send_packed_command(packed, check_health=False)  # type: ignore[no-untyped-call]
 
 
 def _read_transaction(connection: Connection, commands: int) -> list[Any]:

@@ -1,7 +1,7 @@
 """Benchmark of the online feature store (not a test): transactions/s for update + read (the Redis transaction and
 the batch read back with numpy) at several batch sizes, from one process against a local Redis, one batch at a
 time (``store.raw``) and pipelined (``store.stream``: Redis applies batch k+1 while the process reads batch k),
-alone and with the feature matrix; and Redis bytes per card and per terminal.
+pipelined with the feature matrix too; and Redis bytes per card and per terminal.
 
     .venv/bin/python scripts/bench_features.py [--redis redis://127.0.0.1:6379/0] [--days 30] [--json out.json]
 
@@ -44,22 +44,23 @@ def _server_us(client: redis.Redis) -> float:
     return sum(float(stats.get(f"cmdstat_{name}", {}).get("usec", 0)) for name in ("evalsha", "mget"))
 
 
-def _run(client: redis.Redis, store: RedisFeatureStore, txns: list[Transaction], batch: int, pipelined: bool) -> tuple[
-        float, float, float]:  # fmt: skip
-    """(update + read tx/s, tx/s with the feature matrix, Redis µs per transaction) in batches of ``batch``: one
-    transaction at a time (``store.raw``), or ``pipelined`` (``store.stream``: Redis applies the next batch while
-    this process reads one)."""
+MODES = {"one at a time": (False, False), "pipelined": (True, False), "pipelined + matrix": (True, True)}
+"""How a run sends its batches: ``store.raw`` one after the other, or ``store.stream`` (Redis applies the next
+batch while this process reads one); and whether the feature matrix is built from each reply, inside the timing."""
+
+
+def _run(client: redis.Redis, store: RedisFeatureStore, txns: list[Transaction], batch: int, mode: str) -> tuple[
+        float, float]:  # fmt: skip
+    """(transactions/s, Redis µs per transaction) in batches of ``batch``, sent as ``mode`` says (MODES)."""
+    pipelined, matrix = MODES[mode]
     chunks = [txns[i : i + batch] for i in range(0, len(txns), batch)]
     before = _server_us(client)
-    matrix_s = 0.0
     started = time.perf_counter()
     replies = store.stream(chunks) if pipelined else (store.raw(chunk) for chunk in chunks)
     for reply, chunk in zip(replies, chunks, strict=True):
-        read = time.perf_counter()
-        feature_matrix(reply, chunk)
-        matrix_s += time.perf_counter() - read
-    total_s = time.perf_counter() - started
-    return len(txns) / (total_s - matrix_s), len(txns) / total_s, (_server_us(client) - before) / len(txns)
+        if matrix:
+            feature_matrix(reply, chunk)
+    return len(txns) / (time.perf_counter() - started), (_server_us(client) - before) / len(txns)
 
 
 def _bytes(client: redis.Redis, pattern: str, entities: str) -> float:
@@ -75,14 +76,12 @@ def _drop(client: redis.Redis, prefix: str) -> None:
 
 
 def _report(results: dict[str, object], label: str, key: str, batch: int,
-            runs: dict[bool, list[tuple[float, float, float]]]) -> None:  # fmt: skip
-    for pipelined, mode in ((False, "one at a time"), (True, "pipelined")):
-        rates, with_matrix, server = ([run[i] for run in runs[pipelined]] for i in range(3))
-        name = f"{key}{'pipelined_' if pipelined else ''}tx_per_s"
-        results[f"{name}_batch_{batch}"] = round(statistics.median(rates))
-        results[f"{name}_with_features_batch_{batch}"] = round(statistics.median(with_matrix))
-        print(f"{label} batch {batch:>4}, {mode:>13}: {statistics.median(rates):>9,.0f} tx/s update+read "
-              f"({statistics.median(with_matrix):,.0f} with the feature matrix), Redis "
+            runs: dict[str, list[tuple[float, float]]]) -> None:  # fmt: skip
+    for mode, mode_runs in runs.items():
+        rates, server = [run[0] for run in mode_runs], [run[1] for run in mode_runs]
+        name = {"one at a time": "", "pipelined": "pipelined_", "pipelined + matrix": "pipelined_with_features_"}[mode]
+        results[f"{key}{name}tx_per_s_batch_{batch}"] = round(statistics.median(rates))
+        print(f"{label} batch {batch:>4}, {mode:>18}: {statistics.median(rates):>9,.0f} tx/s, Redis "
               f"{statistics.median(server):5.1f} µs/tx (runs: {', '.join(f'{r:,.0f}' for r in rates)})")  # fmt: skip
 
 
@@ -100,15 +99,15 @@ def main() -> None:
     today = [t for t in txns if t.event_time > last_day]
     results: dict[str, object] = {"transactions": len(txns), "steady_transactions": len(today)}
     for batch, limit in ((1, 5_000), (50, 30_000), (500, 30_000)):
-        runs: dict[bool, list[tuple[float, float, float]]] = {False: [], True: []}
-        for _, pipelined in itertools.product(range(args.repeat), (False, True)):
+        runs: dict[str, list[tuple[float, float]]] = {mode: [] for mode in MODES}
+        for _, mode in itertools.product(range(args.repeat), MODES):
             prefix = f"bench:{uuid.uuid4().hex[:8]}:"
-            runs[pipelined].append(_run(client, RedisFeatureStore(client, prefix), txns[:limit], batch, pipelined))
+            runs[mode].append(_run(client, RedisFeatureStore(client, prefix), txns[:limit], batch, mode))
             _drop(client, prefix)
         _report(results, "fresh ", "", batch, runs)
     prefix = f"bench:{uuid.uuid4().hex[:8]}:"
     store = RedisFeatureStore(client, prefix)
-    rate, _, redis_us = _run(client, store, history, 500, pipelined=True)
+    rate, redis_us = _run(client, store, history, 500, "pipelined")
     print(f"warming {len(history):,} payments of {args.days - 1} days at batch 500: {rate:,.0f} tx/s, Redis "
           f"{redis_us:.1f} µs/tx")  # fmt: skip
     results["bytes_per_card"] = round(_bytes(client, f"{prefix}card:*", "card"))
@@ -116,13 +115,13 @@ def main() -> None:
     print(f"{args.days - 1} days of history: {results['bytes_per_card']:,} bytes per card, "
           f"{results['bytes_per_terminal']:,} per terminal")  # fmt: skip
     for batch in (50, 500):
-        runs = {False: [], True: []}
-        for _, pipelined in itertools.product(range(args.repeat), (False, True)):
+        runs = {mode: [] for mode in MODES}
+        for _, mode in itertools.product(range(args.repeat), MODES):
             copy = f"bench:{uuid.uuid4().hex[:8]}:"  # the last day on a copy of the warm state (no markers)
             for key in client.scan_iter(match=f"{prefix}*", count=10_000):
                 if b":seen:" not in key:
                     client.copy(key, copy + key.decode()[len(prefix) :])
-            runs[pipelined].append(_run(client, RedisFeatureStore(client, copy), today, batch, pipelined))
+            runs[mode].append(_run(client, RedisFeatureStore(client, copy), today, batch, mode))
             _drop(client, copy)
         _report(results, "steady", "steady_", batch, runs)
     _drop(client, prefix)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -249,39 +250,71 @@ def test_a_fold_is_written_back_only_over_the_bytes_it_folded(store_client: redi
     assert _dump(store_client, prefix) == _twin_dump(twin)
 
 
-def _script_loads(client: redis.Redis) -> int:
-    return int(client.info("commandstats").get("cmdstat_script|load", {}).get("calls", 0))
-
-
 def test_a_script_lost_mid_stream_is_loaded_again_and_nothing_is_lost(
-    store_client: redis.Redis, settings: Settings
+    store_client: redis.Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Redis forgets scripts when it restarts: the transactions sent since ran nothing, and are sent again in order
-    (both in flight, or the newest only) once the script is loaded."""
+    """Redis forgets scripts (restart, flush, failover): the transactions sent since ran nothing, and are sent again
+    in order (both in flight, or the newest only) once the script is loaded. An empty batch sends nothing."""
     prefix = settings.redis.key_prefix
     txns = [_txn(i, 7 * i, i % 3, i % 4, 5.0 + i % 11, {"channel": "ecommerce", "device_id": "d1"}) for i in range(60)]
     batches = [txns[i : i + 10] for i in range(0, len(txns), 10)]
+    batches.insert(3, [])
     store = RedisFeatureStore(store_client, prefix, fold_after=2, fold_group=1, vectorize_from=1)
     store.raw(batches[0])  # the script is loaded, and folds are pending
+    loads = []
+    load = store_client.script_load
+    monkeypatch.setattr(store_client, "script_load", lambda script: loads.append(1) or load(script))
 
     def arriving() -> Iterator[list[Transaction]]:
         for k, batch in enumerate(batches[1:]):
-            if k in (0, 2):  # before two batches are sent (both fail); before one is sent behind another
+            if k in (0, 3):  # before two batches are sent (both fail); before one is sent behind another
                 store_client.script_flush()
             yield batch
 
-    loads = _script_loads(store_client)
     replies = list(store.stream(arriving()))
-    assert _script_loads(store_client) - loads >= 2
+    assert len(loads) >= 2
     twin = InMemoryFeatureStore(prefix)
     twin.raw(batches[0])
     assert replies == list(twin.stream(batches[1:]))
     assert _dump(store_client, prefix) == _twin_dump(twin)
 
 
+def _noscript_errors(client: redis.Redis) -> int:
+    return int(client.info("errorstats").get("errorstat_NOSCRIPT", {}).get("count", 0))
+
+
+def test_a_batch_that_ran_behind_one_that_met_a_lost_script_keeps_its_reply(
+    store_client: redis.Redis, settings: Settings
+) -> None:
+    """Another client loads the script between two batches in flight: the first, which met its absence, is sent
+    again; the second ran and is not (sent again, it would read as a redelivery: applied False)."""
+    prefix = settings.redis.key_prefix
+    first = [_txn(i, 3 * i, i % 2, 0, 2.0 + i, {}) for i in range(8)]  # cards 0-1, terminal T0, merchant M0
+    second = [_txn(100 + i, 3 * i + 1, 2 + i % 2, 1, 4.0 + i, {}) for i in range(8)]  # cards 2-3, T1, M1: disjoint
+    store = RedisFeatureStore(store_client, prefix, vectorize_from=1)
+    store.raw([_txn(99, 0, 9, 9, 1.0, {})])  # the script is loaded
+
+    def arriving() -> Iterator[list[Transaction]]:
+        errors = _noscript_errors(store_client)
+        store_client.script_flush()
+        yield first
+        deadline = time.monotonic() + 10
+        while _noscript_errors(store_client) == errors and time.monotonic() < deadline:
+            time.sleep(0.005)  # until Redis has refused the first batch
+        store_client.script_load(store._script.script)  # another client
+        yield second
+
+    replies = list(store.stream(arriving()))
+    assert [all(reply.applied) for reply in replies] == [True, True]
+    twin = InMemoryFeatureStore(prefix)
+    for batch in ([_txn(99, 0, 9, 9, 1.0, {})], first, second):
+        twin.raw(batch)
+    assert _dump(store_client, prefix) == _twin_dump(twin)
+
+
 def test_a_stream_left_early_loses_nothing(store_client: redis.Redis, settings: Settings) -> None:
-    """The batch in flight when the caller stops reading is applied without its reply being read; delivered again,
-    it is read, not applied twice, and the store's connection is not left with a reply unread."""
+    """The batch in flight when the caller stops reading may be applied without its reply being read; delivered
+    again, nothing is lost or applied twice, and the stream's connection is closed, not left with a reply unread."""
     prefix = settings.redis.key_prefix
     txns = [_txn(i, 11 * i, i % 2, i % 3, 3.0 + i, {}) for i in range(30)]
     batches = [txns[:10], txns[10:20], txns[20:]]
@@ -290,10 +323,10 @@ def test_a_stream_left_early_loses_nothing(store_client: redis.Redis, settings: 
     for reply in store.stream(batches):
         assert reply == twin.raw(batches[0])
         break
-    redelivered = store.raw(batches[1])
-    assert not any(redelivered.applied)  # applied by the stream, though its reply was never read
-    store.raw(batches[2])
+    released = store_client.connection_pool._available_connections[-1]  # type: ignore[attr-defined]
+    assert released._sock is None  # the stream's connection, back in the pool closed
     for batch in batches[1:]:
+        store.raw(batch)
         twin.raw(batch)
     assert _dump(store_client, prefix) == _twin_dump(twin)
 
