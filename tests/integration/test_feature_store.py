@@ -312,6 +312,23 @@ def test_a_batch_that_ran_behind_one_that_met_a_lost_script_keeps_its_reply(
     assert _dump(store_client, prefix) == _twin_dump(twin)
 
 
+def test_a_quiet_stream_sends_no_health_check_between_replies(settings: Settings) -> None:
+    """redis-py PINGs a connection idle past its health-check interval before the next command: with a reply in
+    flight, that PING would read the reply instead. The stream checks once, before anything is in flight."""
+    client = redis.Redis.from_url(settings.redis.url, health_check_interval=1)
+    txns = [_txn(i, 5 * i, i % 2, i % 3, 1.0 + i, {}) for i in range(30)]
+    batches = [txns[:10], txns[10:20], txns[20:]]
+
+    def arriving() -> Iterator[list[Transaction]]:
+        yield batches[0]
+        time.sleep(1.2)  # quiet: past the interval, with batch 0's reply unread
+        yield from batches[1:]
+
+    replies = list(RedisFeatureStore(client, settings.redis.key_prefix).stream(arriving()))
+    assert replies == list(InMemoryFeatureStore(settings.redis.key_prefix).stream(batches))
+    client.close()
+
+
 def test_a_stream_left_early_loses_nothing(store_client: redis.Redis, settings: Settings) -> None:
     """The batch in flight when the caller stops reading may be applied without its reply being read; delivered
     again, nothing is lost or applied twice, and the stream's connection is closed, not left with a reply unread."""
