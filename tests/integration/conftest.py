@@ -38,7 +38,8 @@ def redis_url() -> Iterator[str]:
     """URL of a live Redis; fails (never skips) if one was named but does not answer."""
     for url in resolve("Redis", REDIS_ENV, _redis_container):
         try:
-            redis_lib.Redis.from_url(url, socket_timeout=5).ping()
+            with redis_lib.Redis.from_url(url, socket_timeout=5) as probe:
+                probe.ping()
         except Exception as error:
             pytest.fail(f"Redis at {url} does not answer: {error}", pytrace=False)
         yield url

@@ -369,9 +369,10 @@ def test_two_clients_delivering_the_same_batches_apply_each_transaction_once(
     applied = [0, 0]
 
     def deliver(slot: int) -> None:
-        store = RedisFeatureStore(redis_client(settings.redis), settings.redis.key_prefix)
-        for batch in batches:
-            applied[slot] += sum(s.applied for s in store.apply(batch))
+        with redis_client(settings.redis) as client:
+            store = RedisFeatureStore(client, settings.redis.key_prefix)
+            for batch in batches:
+                applied[slot] += sum(s.applied for s in store.apply(batch))
 
     threads = [threading.Thread(target=deliver, args=(slot,)) for slot in (0, 1)]
     for thread in threads:

@@ -40,6 +40,6 @@ def test_backfill_is_rerunnable_and_show_is_pii_free(settings: Settings, tmp_pat
         assert missing.returncode == 1
         assert missing.stderr.strip() == "error: no online state for card tok_nobody"
     finally:
-        client = redis.Redis.from_url(settings.redis.url)
-        for key in client.scan_iter(match=f"{settings.redis.key_prefix}*", count=1000):
-            client.delete(key)
+        with redis.Redis.from_url(settings.redis.url) as client:
+            for key in client.scan_iter(match=f"{settings.redis.key_prefix}*", count=1000):
+                client.delete(key)

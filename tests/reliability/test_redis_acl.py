@@ -67,8 +67,8 @@ def test_worker_user_is_confined_to_its_prefix_and_commands(redis_url: str, uniq
     settings = RedisSettings(url=redis_url, username=name, password=password, key_prefix=prefix,  # type: ignore[arg-type]
                              socket_timeout_ms=5_000, connect_timeout_ms=5_000)  # fmt: skip
     try:
-        with redis_user(admin, name, worker_rules(password, prefix, f"{prefix}alerts")):
-            user = redis_client(settings)  # logs in with the settings' username and password
+        with redis_user(admin, name, worker_rules(password, prefix, f"{prefix}alerts")), redis_client(settings) as user:
+            # the user logs in with the settings' username and password
             assert user.ping()
             refused: list[tuple[str, ...]] = [
                 ("FLUSHALL",), ("FLUSHDB",), ("CONFIG", "GET", "maxmemory"), ("CONFIG", "SET", "maxmemory", "1"),
@@ -116,3 +116,4 @@ def test_worker_user_is_confined_to_its_prefix_and_commands(redis_url: str, uniq
     finally:
         for key in admin.scan_iter(match=f"{prefix}*", count=1000):
             admin.delete(key)
+        admin.close()
