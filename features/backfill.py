@@ -111,7 +111,7 @@ def backfill(
             batches = (txns[i : min(i + batch_size, stop)] for i in range(start, stop, batch_size))
             for reply in store.stream(batches):
                 stats.transactions += len(reply)
-                stats.applied += int(reply.values[:, 0].sum())
+                stats.applied += sum(reply.applied)
                 if on_progress is not None:
                     on_progress(stats)
             start = stop

@@ -13,8 +13,7 @@ this client reads batch k.
 Appending instead of rewriting keeps the work per payment small in Redis (and in its AOF and replication stream).
 An entity's records are folded into its base once it has ``fold_after`` of them: by this client, from the value the
 batch read (:mod:`features.fold`), written back with the next transaction it sends by the script's compare-and-set
-``rebase``
-(Redis' single thread only copies bytes); a label folds the entities it moves first, in the script.
+``rebase`` (Redis' single thread only copies bytes); a label folds the entities it moves first, in the script.
 
 The script names keys inside its arguments, so it needs a standalone Redis (or a primary with replicas), not a
 Redis Cluster: sharding one card's keys together would need hash tags, which a later change can add.
@@ -200,7 +199,7 @@ class RedisFeatureStore:
         replies = sent.replies if sent.replies is not None else _read_transaction(connection, len(sent.commands))
         if _lost_script(replies):
             for later in in_flight:
-                if later.replies is None:
+                if later.replies is None and later.commands:
                     later.replies = _read_transaction(connection, len(later.commands))
             self.client.script_load(_SCRIPT)
             again = [sent, *(later for later in in_flight if _lost_script(later.replies))]
@@ -290,16 +289,13 @@ def _lost_script(replies: list[Any] | None) -> bool:
 
 
 def _send_transaction(connection: Connection, commands: list[tuple[Any, ...]]) -> None:
-    if commands:
-        packed = connection.pack_commands([("MULTI",), *commands, ("EXEC",)])  # type: ignore[no-untyped-call]
-        connection.send_packed_command(packed, check_health=False)  # type: ignore[no-untyped-call]
+    packed = connection.pack_commands([("MULTI",), *commands, ("EXEC",)])  # type: ignore[no-untyped-call]
+    connection.send_packed_command(packed, check_health=False)  # type: ignore[no-untyped-call]
 
 
 def _read_transaction(connection: Connection, commands: int) -> list[Any]:
     """EXEC's replies, errors among them as exception values (as redis-py's own transactions read them). A command
     Redis refused to queue aborts the transaction: its error is raised once every reply is read."""
-    if not commands:
-        return []
     refused: ResponseError | None = None
     for _ in range(commands + 1):  # +OK for MULTI, +QUEUED for each command
         try:

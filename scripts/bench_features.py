@@ -44,15 +44,17 @@ def _server_us(client: redis.Redis) -> float:
     return sum(float(stats.get(f"cmdstat_{name}", {}).get("usec", 0)) for name in ("evalsha", "mget"))
 
 
-MODES = {"one at a time": (False, False), "pipelined": (True, False), "pipelined + matrix": (True, True)}
+MODES = {"one at a time": (False, False, ""), "pipelined": (True, False, "pipelined_"),
+         "pipelined + matrix": (True, True, "pipelined_with_features_")}  # fmt: skip
 """How a run sends its batches: ``store.raw`` one after the other, or ``store.stream`` (Redis applies the next
-batch while this process reads one); and whether the feature matrix is built from each reply, inside the timing."""
+batch while this process reads one); whether the feature matrix is built from each reply, inside the timing; and
+the mode's prefix in the JSON results."""
 
 
 def _run(client: redis.Redis, store: RedisFeatureStore, txns: list[Transaction], batch: int, mode: str) -> tuple[
         float, float]:  # fmt: skip
     """(transactions/s, Redis µs per transaction) in batches of ``batch``, sent as ``mode`` says (MODES)."""
-    pipelined, matrix = MODES[mode]
+    pipelined, matrix, _ = MODES[mode]
     chunks = [txns[i : i + batch] for i in range(0, len(txns), batch)]
     before = _server_us(client)
     started = time.perf_counter()
@@ -79,8 +81,7 @@ def _report(results: dict[str, object], label: str, key: str, batch: int,
             runs: dict[str, list[tuple[float, float]]]) -> None:  # fmt: skip
     for mode, mode_runs in runs.items():
         rates, server = [run[0] for run in mode_runs], [run[1] for run in mode_runs]
-        name = {"one at a time": "", "pipelined": "pipelined_", "pipelined + matrix": "pipelined_with_features_"}[mode]
-        results[f"{key}{name}tx_per_s_batch_{batch}"] = round(statistics.median(rates))
+        results[f"{key}{MODES[mode][2]}tx_per_s_batch_{batch}"] = round(statistics.median(rates))
         print(f"{label} batch {batch:>4}, {mode:>18}: {statistics.median(rates):>9,.0f} tx/s, Redis "
               f"{statistics.median(server):5.1f} µs/tx (runs: {', '.join(f'{r:,.0f}' for r in rates)})")  # fmt: skip
 
