@@ -10,12 +10,16 @@ FROM python:3.11.13-slim-bookworm AS builder
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
+# A C compiler for the store's reply reader (features/_replay.c); only this stage has it.
+RUN apt-get update \
+    && apt-get install --yes --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 
 # Dependencies first, from pyproject.toml alone: this layer is rebuilt only when pyproject.toml changes. (The project
-# builds with no package folders present; its own empty wheel is removed again.)
+# builds with no package folders present: the C reader is optional, skipped here; its own empty wheel is removed again.)
 COPY pyproject.toml README.md LICENSE ./
 RUN pip install . && pip uninstall --yes fraudpipe
 
@@ -50,8 +54,9 @@ ENV PATH=/opt/venv/bin:$PATH \
 # The working directory is not the data volume: relative paths (a replay checkpoint by default) stay out of it.
 WORKDIR /home/fraudpipe
 USER 10001:10001
-# Smoke test: the packages import with this stage's libraries (LightGBM needs OpenMP), as this user.
-RUN python -c "import lightgbm, models.registry, streams.agents, streams.api"
+# Smoke test: the packages import with this stage's libraries (LightGBM needs OpenMP), as this user, and the store
+# reads with its C reader (built in the builder stage).
+RUN python -c "import lightgbm, models.registry, streams.agents, streams.api; from features.reader import COMPILED; assert COMPILED"
 
 # API (api.port), worker metrics (metrics.port), `fraudpipe monitor --every` gauges (monitor.metrics_port).
 EXPOSE 8000 9108 9109

@@ -1,5 +1,9 @@
-"""Reading a batch back from the store, vectorized: every transaction's state after it, from its entities' bases and
-records, with numpy for the whole batch.
+"""Reading a batch back from the store, for the whole batch at once: every transaction's state after it, from its
+entities' bases and records.
+
+:func:`read_compiled` replays the records in C (``features/_replay.c``, built at install when a C compiler is there:
+:data:`COMPILED`), the fastest at every batch size; :func:`read_batch` computes the same values with numpy, for an
+install without the C reader.
 
 :func:`features.blobs.replay` is the definition (the twin's steps, record by record); :func:`read_batch` computes the
 same values column-wise, and a test holds the two equal. A transaction's card state is the card's base plus its
@@ -22,8 +26,17 @@ from features.blobs import CARD_ENTRY, CARD_HEAD, DAY, HEAD, PAIR, PLACE_FOLD, P
 from features.plan import KINDS, RECORD
 from features.snapshot import CARD_WIDTH, PLACE_WIDTH, REPLY_WIDTH, StoreReply
 
+try:
+    from features import _replay
+except ImportError:  # installed without a C compiler: read_batch reads instead
+    _replay = None  # type: ignore[assignment]
+
+COMPILED = _replay is not None
+"""Whether the C reader was built (``pip install`` builds it when a C compiler is there)."""
+
 __all__ = [
     "CARD_HEADS",
+    "COMPILED",
     "NO_BUCKET",
     "PLACE_HEADS",
     "RECORDS",
@@ -32,6 +45,7 @@ __all__ = [
     "card_parts",
     "place_parts",
     "read_batch",
+    "read_compiled",
 ]
 
 RECORDS = np.dtype(
@@ -529,3 +543,54 @@ def read_batch(heads: bytes, plans: Sequence[tuple[str, str, str, str, bytes]],
         again, _ = replay(head[rows].tobytes(), [plans[i] for i in rows.tolist()], values, prefix, layout)
         out[rows], previous[rows] = again.values, again.previous
     return StoreReply(out, previous), due
+
+
+def _layout_vector(layout: dict[str, Any]) -> tuple[int, ...]:
+    """The layout as the C reader takes it: ring sizes and kept buckets (m5, h, d), card windows (ring, length),
+    card fraud days, place windows, fraud windows, label delay, place days kept, recent items."""
+    rings = layout["card_rings"]
+    if rings[-1] != "d" or len(rings) != 3:
+        raise ValueError(f"the C reader reads rings m5, h, d, not {rings}")
+    windows = layout["card_windows"]
+    return (
+        *(layout["size"][res] for res in rings), *(layout["kept"][res] for res in rings),
+        len(windows), *(v for res, length in windows for v in (rings.index(res), length)),
+        layout["card_frauds"],
+        len(layout["place_windows"]), *layout["place_windows"],
+        len(layout["fraud_windows"]), *layout["fraud_windows"],
+        layout["label_delay"], layout["place_kept"], layout["recent_items"],
+    )  # fmt: skip
+
+
+def read_compiled(heads: bytes, plans: Sequence[tuple[str, str, str, str, bytes]],
+                  values: Mapping[str, bytes | None], prefix: str, layout: dict[str, Any],
+                  fold_after: int) -> tuple[StoreReply, dict[str, int]]:  # fmt: skip
+    """:func:`read_batch`, by the C reader: the records replayed with :func:`features.blobs.replay`'s steps, the
+    whole batch in one call (this side only names the entities); and the entities holding ``fold_after`` records
+    or more (a place PLACE_FOLD times as many), as :func:`~features.blobs.replay` gives them (none for 0).
+
+    Raises:
+        RuntimeError: the C reader is not built (:data:`COMPILED` is false).
+    """
+    if _replay is None:
+        raise RuntimeError("the C reader (features._replay) is not built: reinstall fraudpipe with a C compiler")
+    cards: dict[str, int] = {}
+    places: dict[str, int] = {}
+    card_of = [cards.setdefault(one[1], len(cards)) for one in plans]
+    terminal_of = [places.setdefault(f"terminal:{one[2]}", len(places)) if one[2] else -1 for one in plans]
+    merchant_of = [places.setdefault(f"merchant:{one[3]}", len(places)) if one[3] else -1 for one in plans]
+    out, before, card_records, place_records = _replay.read(
+        heads, b"".join(one[4] for one in plans), card_of, terminal_of, merchant_of,
+        [values.get(f"{prefix}card:{name}") for name in cards], [values.get(prefix + name) for name in places],
+        _layout_vector(layout),
+    )  # fmt: skip
+    n = len(plans)
+    reply = StoreReply(np.frombuffer(out, np.int64).reshape(n, REPLY_WIDTH), np.frombuffer(before).reshape(n, 4))
+    due: dict[str, int] = {}
+    if fold_after:
+        for names, counts, threshold in ((cards, card_records, fold_after),
+                                         (places, place_records, PLACE_FOLD * fold_after)):  # fmt: skip
+            for name, count in zip(names, counts, strict=True):
+                if count >= threshold:
+                    due[f"card:{name}" if names is cards else name] = count // threshold
+    return reply, due

@@ -41,7 +41,7 @@ from features.blobs import decode_card, replay
 from features.fold import fold
 from features.formulas import RECENT_ITEMS
 from features.plan import label_plan, layout, plan
-from features.reader import read_batch
+from features.reader import COMPILED, read_batch, read_compiled
 from features.snapshot import Snapshot, StoreReply, decode_reply
 from fraudpipe.contracts import Label, Transaction
 from fraudpipe.settings import RedisSettings
@@ -76,9 +76,10 @@ class RedisFeatureStore:
     the state of cards, terminals and merchants inactive that long (default 32 days: past every window);
     ``fold_after`` bounds the records a card keeps before they are folded into its base (a terminal or merchant
     4 times as many: its records are 4 bytes); this client folds ``fold_group`` such entities together, or fewer
-    when the first has waited ``fold_wait`` batches or one holds twice that many records. Batches of
+    when the first has waited ``fold_wait`` batches or one holds twice that many records. Replies are read by the C
+    reader (:func:`features.reader.read_compiled`) when it is built and ``compiled`` is true; otherwise batches of
     ``vectorize_from`` transactions or more are read with numpy (:func:`features.reader.read_batch`), smaller ones
-    record by record (:func:`features.blobs.replay`, cheaper for a few); the two are equal.
+    record by record (:func:`features.blobs.replay`, cheaper for a few). All three are equal.
     """
 
     def __init__(
@@ -94,6 +95,7 @@ class RedisFeatureStore:
         fold_group: int = 64,
         fold_wait: int = 16,
         vectorize_from: int = 24,
+        compiled: bool = True,
     ) -> None:
         if not 0 < recent_items < 0xFFFF:
             raise ValueError("recent_items must be between 1 and 65534")
@@ -106,6 +108,7 @@ class RedisFeatureStore:
         )
         self.fold_after, self.fold_group, self.fold_wait = fold_after, fold_group, fold_wait
         self.vectorize_from = vectorize_from
+        self.compiled = compiled and COMPILED
         self._layout = json.dumps(self.layout)
         self._script = client.register_script(_SCRIPT)
         self._due: dict[str, bytes] = {}  # entities waiting to be folded: their value as last read
@@ -211,7 +214,7 @@ class RedisFeatureStore:
             if isinstance(reply, Exception):
                 raise reply
         *_, heads, values = replies
-        read = read_batch if len(sent.plans) >= self.vectorize_from else replay
+        read = read_compiled if self.compiled else read_batch if len(sent.plans) >= self.vectorize_from else replay
         read_back = dict(zip(sent.keys, values, strict=True))
         reply, due = read(heads, sent.plans, read_back, self.prefix, self.layout, self.fold_after)
         pending = {name for name, _, _ in self._rebase} | {name for later in in_flight for name in later.rebased}

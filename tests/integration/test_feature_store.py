@@ -152,15 +152,17 @@ def _twin_dump(twin: InMemoryFeatureStore) -> dict[str, object]:
     return dict(twin.values)
 
 
-STORES: dict[str, dict[str, int]] = {  # the default, read record by record (small batches); the default read with
-    # numpy; every entity with a record folded after every batch, items forgotten all the time; folds that wait for
-    # a group (values read batches earlier, written back over newer ones); records that are never folded (each batch
-    # is read from a long journal) with a few items
-    "default": {"vectorize_from": 24},
-    "default-numpy": {"vectorize_from": 1},
-    "fold-always": {"fold_after": 1, "fold_group": 1, "recent_items": 2, "vectorize_from": 1},
-    "fold-grouped": {"fold_after": 2, "fold_group": 4, "fold_wait": 3, "recent_items": 3, "vectorize_from": 1},
-    "fold-never": {"fold_after": 10_000, "recent_items": 3, "vectorize_from": 1},
+STORES: dict[str, dict[str, int]] = {  # the default (read by the C reader); without it, read record by record (small
+    # batches) or with numpy; every entity with a record folded after every batch, items forgotten all the time (also
+    # read with numpy); folds that wait for a group (values read batches earlier, written back over newer ones);
+    # records that are never folded (each batch is read from a long journal) with a few items
+    "default": {},
+    "default-uncompiled": {"compiled": False},
+    "default-numpy": {"compiled": False, "vectorize_from": 1},
+    "fold-always": {"fold_after": 1, "fold_group": 1, "recent_items": 2},
+    "fold-always-numpy": {"fold_after": 1, "fold_group": 1, "recent_items": 2, "compiled": False, "vectorize_from": 1},
+    "fold-grouped": {"fold_after": 2, "fold_group": 4, "fold_wait": 3, "recent_items": 3},
+    "fold-never": {"fold_after": 10_000, "recent_items": 3},
 }
 
 

@@ -1,0 +1,13 @@
+"""Types of the C reader (features/_replay.c)."""
+
+def read(
+    heads: bytes,
+    records: bytes,
+    card_of: list[int],
+    terminal_of: list[int],
+    merchant_of: list[int],
+    cards: list[bytes | None],
+    places: list[bytes | None],
+    layout: tuple[int, ...],
+    /,
+) -> tuple[bytearray, bytearray, list[int], list[int]]: ...
