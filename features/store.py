@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Any
 
+import hiredis
 import redis
 from redis.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -292,8 +293,10 @@ def _lost_script(replies: list[Any] | None) -> bool:
 
 
 def _send_transaction(connection: Connection, commands: list[tuple[Any, ...]]) -> None:
-    packed = connection.pack_commands([("MULTI",), *commands, ("EXEC",)])  # type: ignore[no-untyped-call]
-    connection.send_packed_command(packed, check_health=False)  # type: ignore[no-untyped-call]
+    """Send MULTI, ``commands`` and EXEC in one write, packed by hiredis (redis-py's packing looks at every argument
+    again in Python: ~2 µs per transaction of a batch's script call)."""
+    packed = b"".join(map(hiredis.pack_command, [("MULTI",), *commands, ("EXEC",)]))
+    connection.send_packed_command([packed], check_health=False)  # type: ignore[no-untyped-call]
 
 
 def _read_transaction(connection: Connection, commands: int) -> list[Any]:

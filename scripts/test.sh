@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite from a fresh clone, in one command (`make test`; extra arguments go to pytest):
-#   1. a virtualenv in .venv with fraudpipe and its dev tools (re-installed when pyproject.toml changes);
+#   1. a virtualenv in .venv with fraudpipe and its dev tools (re-installed when pyproject.toml or features/_replay.c change);
 #   2. real Kafka and Redis from scripts/services.sh, on test ports and in their own state folder, so they never
 #      collide with services you run for the demo — unless FRAUDPIPE_TEST_KAFKA / FRAUDPIPE_TEST_REDIS already
 #      name running ones;
@@ -16,7 +16,7 @@ if [[ ! -x .venv/bin/python ]]; then
   "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.fraudpipe-installed
-if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
+if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" || features/_replay.c -nt "$stamp" ]]; then
   echo "test: installing fraudpipe[dev] into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".[dev]"
