@@ -1,7 +1,7 @@
 """Benchmark of the online feature store (not a test): transactions/s for update + read (the Redis transaction and
-the batch read back with numpy) at several batch sizes, from one process against a local Redis, one batch at a
-time (``store.raw``) and pipelined (``store.stream``: Redis applies batch k+1 while the process reads batch k),
-pipelined with the feature matrix too; and Redis bytes per card and per terminal.
+the batch read back, by the C reader when it is built) at several batch sizes, from one process against a local
+Redis, one batch at a time (``store.raw``) and pipelined (``store.stream``: Redis applies batch k+1 while the
+process reads batch k), pipelined with the feature matrix too; and Redis bytes per card and per terminal.
 
     .venv/bin/python scripts/bench_features.py [--redis redis://127.0.0.1:6379/0] [--days 30] [--json out.json]
 

@@ -1369,13 +1369,18 @@ def test_the_start_script_writes_the_properties_the_image_would() -> None:
 
 def package_data_problems(pyproject: dict[str, Any], root: Path, packages: list[str]) -> list[str]:
     """Files other than Python sources under the packages that ``[tool.setuptools.package-data]`` does not ship: a
-    non-editable install (the Docker image) would not have them."""
-    package_data = pyproject.get("tool", {}).get("setuptools", {}).get("package-data", {})
+    non-editable install (the Docker image) would not have them. An extension's C sources are compiled by the install
+    (``[[tool.setuptools.ext-modules]]``), and what it builds (``.so``) is not a source."""
+    setuptools = pyproject.get("tool", {}).get("setuptools", {})
+    package_data = setuptools.get("package-data", {})
+    compiled = {source for module in setuptools.get("ext-modules", []) for source in module.get("sources", [])}
     problems = []
     for top in packages:
         for path in sorted((root / top).rglob("*")):
             relative = path.relative_to(root)
-            if path.is_dir() or path.suffix in {".py", ".pyc", ".pyi"} or "__pycache__" in relative.parts:
+            if path.is_dir() or path.suffix in {".py", ".pyc", ".pyi", ".so"} or "__pycache__" in relative.parts:
+                continue
+            if relative.as_posix() in compiled:
                 continue
             owners = [relative.parents[i] for i in range(len(relative.parts) - 1)]  # innermost folder first
             shipped = any(
@@ -1405,6 +1410,12 @@ def test_package_data_check_can_fail(tmp_path: Path) -> None:
         "pkg/sub/page.html is not in [tool.setuptools.package-data]"
     ]
     by_subpackage = {"tool": {"setuptools": {"package-data": {"pkg": ["*.lua"], "pkg.sub": ["*.html"]}}}}
+    assert package_data_problems(by_subpackage, tmp_path, ["pkg"]) == []
+    (tmp_path / "pkg" / "fast.c").write_text("")
+    assert package_data_problems(by_subpackage, tmp_path, ["pkg"]) == [
+        "pkg/fast.c is not in [tool.setuptools.package-data]"
+    ]
+    by_subpackage["tool"]["setuptools"]["ext-modules"] = [{"name": "pkg.fast", "sources": ["pkg/fast.c"]}]
     assert package_data_problems(by_subpackage, tmp_path, ["pkg"]) == []
 
 
