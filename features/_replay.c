@@ -311,6 +311,10 @@ static int card_to(Card *c, Py_ssize_t length, const Layout *L) {
     }
     Record rec;
     while (c->at < length) {
+        if (c->at + RECORD_SIZE > c->length) {
+            PyErr_SetString(PyExc_ValueError, "a card value ends inside a record");
+            return -1;
+        }
         read_record(c->blob + c->at, &rec);
         card_apply(c, &rec, L);
         c->at += RECORD_SIZE;
@@ -326,6 +330,10 @@ static int place_to(Place *p, Py_ssize_t length, const Layout *L) {
     static const int64_t one[3] = {1, 0, 0};
     int64_t top;
     while (p->at < length) {
+        if (p->at + 4 > p->length) {
+            PyErr_SetString(PyExc_ValueError, "a terminal or merchant value ends inside a record");
+            return -1;
+        }
         ring_add(&p->days, i32_at(p->blob + p->at), L->place_kept, one);
         if (p->frauds.n && ring_top(&p->days, &top)) ring_prune(&p->frauds, top - L->place_kept);
         p->at += 4;
@@ -600,7 +608,140 @@ done:
     return result;
 }
 
+/* --- folding: a value's records applied to its base, written as a base (features.fold's format and order) ------- */
+
+static void put_i32(uint8_t **p, int64_t v) { int32_t x = (int32_t)v; memcpy(*p, &x, 4); *p += 4; }
+static void put_i64(uint8_t **p, int64_t v) { memcpy(*p, &v, 8); *p += 8; }
+static void put_u16(uint8_t **p, Py_ssize_t v) { uint16_t x = (uint16_t)v; memcpy(*p, &x, 2); *p += 2; }
+static void put_f64(uint8_t **p, double v) { memcpy(*p, &v, 8); *p += 8; }
+
+static void sort_items(Items *it) { /* by id: insertion sort, a kind holds at most recent_items */
+    for (Py_ssize_t i = 1; i < it->n; i++) {
+        int64_t id = it->id[i], time = it->time[i];
+        Py_ssize_t j = i;
+        for (; j > 0 && it->id[j - 1] > id; j--) {
+            it->id[j] = it->id[j - 1];
+            it->time[j] = it->time[j - 1];
+        }
+        it->id[j] = id;
+        it->time[j] = time;
+    }
+}
+
+static PyObject *card_base_bytes(Card *c) {
+    Py_ssize_t size = CARD_HEAD_SIZE + (c->ring[0].n + c->ring[1].n + c->ring[2].n) * 24 + c->frauds.n * 8;
+    for (int k = 0; k < KINDS; k++) size += c->items[k].n * 16;
+    for (int k = 0; k < KINDS; k++)
+        if (c->items[k].n > 0xFFFF) {
+            PyErr_SetString(PyExc_ValueError, "a card holds more recent items than its head can count");
+            return NULL;
+        }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, size);
+    if (!out) return NULL;
+    uint8_t *p = (uint8_t *)PyBytes_AS_STRING(out);
+    put_u16(&p, (c->has_pt ? 1 : 0) | (c->has_pcp ? 2 : 0));
+    for (int r = 0; r < 3; r++) put_u16(&p, c->ring[r].n);
+    put_u16(&p, c->frauds.n);
+    for (int k = 0; k < KINDS; k++) put_u16(&p, c->items[k].n);
+    put_i64(&p, c->has_pt ? c->pt : 0);
+    put_i64(&p, c->has_pcp ? c->pcp_t : 0);
+    put_f64(&p, c->has_pcp ? c->lat : 0.0);
+    put_f64(&p, c->has_pcp ? c->lon : 0.0);
+    for (int r = 0; r < 3; r++)
+        for (Py_ssize_t i = 0; i < c->ring[r].n; i++) {
+            const Entry *e = &c->ring[r].entry[i];
+            put_i32(&p, e->idx);
+            put_i32(&p, e->value[0]);
+            put_i64(&p, e->value[1]);
+            put_i64(&p, e->value[2]);
+        }
+    for (Py_ssize_t i = 0; i < c->frauds.n; i++) {
+        put_i32(&p, c->frauds.entry[i].idx);
+        put_i32(&p, c->frauds.entry[i].value[0]);
+    }
+    for (int k = 0; k < KINDS; k++) {
+        Items *it = &c->items[k];
+        sort_items(it);
+        for (Py_ssize_t i = 0; i < it->n; i++) put_i64(&p, it->id[i]);
+        for (Py_ssize_t i = 0; i < it->n; i++) put_i64(&p, it->time[i]);
+    }
+    return out;
+}
+
+static PyObject *place_base_bytes(const Place *pl) {
+    PyObject *out = PyBytes_FromStringAndSize(NULL, PLACE_HEAD_SIZE + (pl->days.n + pl->frauds.n) * 8);
+    if (!out) return NULL;
+    uint8_t *p = (uint8_t *)PyBytes_AS_STRING(out);
+    put_u16(&p, pl->days.n);
+    put_u16(&p, pl->frauds.n);
+    for (int part = 0; part < 2; part++) {
+        const Ring *r = part ? &pl->frauds : &pl->days;
+        for (Py_ssize_t i = 0; i < r->n; i++) {
+            put_i32(&p, r->entry[i].idx);
+            put_i32(&p, r->entry[i].value[0]);
+        }
+    }
+    return out;
+}
+
+PyDoc_STRVAR(fold_doc,
+"fold(cards, places, layout)\n"
+"--\n\n"
+"Each card value and each place value folded into a base: its records applied to its base, written in\n"
+"features.fold's format and order (None for a value with no records). cards / places: lists of bytes; layout: the\n"
+"integers of features.reader's layout vector.");
+
+static PyObject *fold_values(PyObject *self, PyObject *args) {
+    PyObject *card_values, *place_values, *layout_seq;
+    if (!PyArg_ParseTuple(args, "O!O!O", &PyList_Type, &card_values, &PyList_Type, &place_values, &layout_seq))
+        return NULL;
+    Layout L;
+    if (parse_layout(layout_seq, &L) < 0) return NULL;
+    Py_ssize_t n_cards = PyList_GET_SIZE(card_values), n_places = PyList_GET_SIZE(place_values);
+    PyObject *lists[2] = {PyList_New(n_cards), PyList_New(n_places)}, *result = NULL;
+    char *arena = NULL;
+    if (!lists[0] || !lists[1]) goto done;
+    for (Py_ssize_t e = 0; e < n_cards + n_places; e++) {
+        int is_card = e < n_cards;
+        PyObject *v = is_card ? PyList_GET_ITEM(card_values, e) : PyList_GET_ITEM(place_values, e - n_cards);
+        if (!PyBytes_Check(v)) {
+            PyErr_SetString(PyExc_TypeError, "values to fold must be bytes");
+            goto done;
+        }
+        const uint8_t *blob = (const uint8_t *)PyBytes_AS_STRING(v);
+        Py_ssize_t length = PyBytes_GET_SIZE(v);
+        PyMem_Free(arena);
+        arena = PyMem_Malloc(is_card ? card_space(blob, length) : place_space(length));
+        if (!arena) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        char *cursor = arena;
+        PyObject *base;
+        if (is_card) {
+            Card c;
+            if (card_load(&c, blob, length, &cursor) < 0 || card_to(&c, length, &L) < 0) goto done;
+            if (c.records == 0) base = Py_NewRef(Py_None);
+            else if (!(base = card_base_bytes(&c))) goto done;
+            PyList_SET_ITEM(lists[0], e, base);
+        } else {
+            Place pl;
+            if (place_load(&pl, blob, length, &cursor) < 0 || place_to(&pl, length, &L) < 0) goto done;
+            if (pl.records == 0) base = Py_NewRef(Py_None);
+            else if (!(base = place_base_bytes(&pl))) goto done;
+            PyList_SET_ITEM(lists[1], e - n_cards, base);
+        }
+    }
+    result = PyTuple_Pack(2, lists[0], lists[1]);
+done:
+    PyMem_Free(arena);
+    Py_XDECREF(lists[0]);
+    Py_XDECREF(lists[1]);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"fold", fold_values, METH_VARARGS, fold_doc},
     {"read", read_reply, METH_VARARGS, read_doc},
     {NULL, NULL, 0, NULL},
 };

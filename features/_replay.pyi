@@ -11,3 +11,6 @@ def read(
     layout: tuple[int, ...],
     /,
 ) -> tuple[bytearray, bytearray, list[int], list[int]]: ...
+def fold(
+    cards: list[bytes], places: list[bytes], layout: tuple[int, ...], /
+) -> tuple[list[bytes | None], list[bytes | None]]: ...

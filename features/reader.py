@@ -43,6 +43,7 @@ __all__ = [
     "PlaceParts",
     "Values",
     "card_parts",
+    "layout_vector",
     "place_parts",
     "read_batch",
     "read_compiled",
@@ -545,7 +546,7 @@ def read_batch(heads: bytes, plans: Sequence[tuple[str, str, str, str, bytes]],
     return StoreReply(out, previous), due
 
 
-def _layout_vector(layout: dict[str, Any]) -> tuple[int, ...]:
+def layout_vector(layout: dict[str, Any]) -> tuple[int, ...]:
     """The layout as the C reader takes it: ring sizes and kept buckets (m5, h, d), card windows (ring, length),
     card fraud days, place windows, fraud windows, label delay, place days kept, recent items."""
     rings = layout["card_rings"]
@@ -582,7 +583,7 @@ def read_compiled(heads: bytes, plans: Sequence[tuple[str, str, str, str, bytes]
     out, before, card_records, place_records = _replay.read(
         heads, b"".join(one[4] for one in plans), card_of, terminal_of, merchant_of,
         [values.get(f"{prefix}card:{name}") for name in cards], [values.get(prefix + name) for name in places],
-        _layout_vector(layout),
+        layout_vector(layout),
     )  # fmt: skip
     n = len(plans)
     reply = StoreReply(np.frombuffer(out, np.int64).reshape(n, REPLY_WIDTH), np.frombuffer(before).reshape(n, 4))

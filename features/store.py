@@ -238,7 +238,7 @@ class RedisFeatureStore:
         if len(waiting) < self.fold_group and self._due_since < self.fold_wait and not overdue:
             return []
         self._due, self._due_since = {}, 0  # first: a fold that raised must not be retried with every batch
-        folded = fold(waiting, self.layout)
+        folded = fold(waiting, self.layout, compiled=self.compiled)
         return [(name, waiting[name], base) for name, base in folded.items()]
 
     def apply(self, txns: Sequence[Transaction]) -> list[Snapshot]:

@@ -117,6 +117,18 @@ def test_the_c_reader_numpy_and_replay_read_the_same(events: list[tuple[int, int
     assert numpy_due == due
 
 
+@pytest.mark.skipif(not COMPILED, reason="unreachable in CI: test_the_c_reader_is_built fails first")
+@settings(max_examples=300, deadline=None)
+@given(events=events, split=st.integers(0, 40), folded=st.integers(0, 40), recent_items=st.sampled_from([1, 2, 64]))
+def test_the_c_fold_writes_the_same_bytes_as_numpy(events: list[tuple[int, int, int | None, int | None, int, bool]],
+                                                   split: int, folded: int, recent_items: int) -> None:  # fmt: skip
+    lay = _layout(recent_items)
+    everything = [_txn(i, *event[:5]) for i, event in enumerate(events)]
+    _, _, values = _batch(everything[:split], folded, everything[split:], [True] * (len(everything) - split), lay)
+    named = {name[len(PREFIX) :]: value for name, value in values.items()}
+    assert fold(named, lay, compiled=True) == fold(named, lay, compiled=False)
+
+
 def test_the_c_reader_is_built() -> None:
     """fraudpipe ships with its C reader: an install without a C compiler reads with numpy, several times slower."""
     assert COMPILED, "features._replay is not built: install a C compiler (gcc) and reinstall fraudpipe"
@@ -134,3 +146,5 @@ def test_a_malformed_value_is_a_clear_error_not_a_crash() -> None:
         read_compiled(heads[:-1], plans, values, PREFIX, lay, 0)
     with pytest.raises(ValueError, match="past its value"):
         read_compiled(heads, plans, {**values, f"{PREFIX}terminal:T1": None}, PREFIX, lay, 0)
+    with pytest.raises(ValueError, match="ends inside a record"):
+        fold({"card:card-0": values[card][:-10]}, lay)
