@@ -165,7 +165,7 @@ static size_t card_space(const uint8_t *blob, Py_ssize_t length) {
     return (size_t)entries * sizeof(Entry) + (size_t)items * 8 + 12 * 16;
 }
 
-static int load_ring(Ring *r, char **arena, const uint8_t *p, Py_ssize_t n, Py_ssize_t room, int wide) {
+static void load_ring(Ring *r, char **arena, const uint8_t *p, Py_ssize_t n, Py_ssize_t room, int wide) {
     r->entry = arena_take(arena, (size_t)(n + room) * sizeof(Entry));
     r->n = n;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -181,7 +181,6 @@ static int load_ring(Ring *r, char **arena, const uint8_t *p, Py_ssize_t n, Py_s
             e->value[1] = e->value[2] = 0;
         }
     }
-    return 0;
 }
 
 static int card_load(Card *c, const uint8_t *blob, Py_ssize_t length, char **arena) {
@@ -395,43 +394,53 @@ static void place_row(const Place *p, int64_t day, const Layout *L, int64_t *out
 
 /* --- the call -------------------------------------------------------------------------------------------------- */
 
+/* The integers of a sequence, as a tuple of the caller's own (no later Python code can change it under us). */
+static PyObject *own_tuple(PyObject *seq) {
+    PyObject *tuple = PySequence_Tuple(seq);
+    if (!tuple) return NULL;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(tuple); i++)
+        if (!PyLong_CheckExact(PyTuple_GET_ITEM(tuple, i))) {
+            Py_DECREF(tuple);
+            PyErr_SetString(PyExc_TypeError, "expected a sequence of integers");
+            return NULL;
+        }
+    return tuple;
+}
+
 static int parse_layout(PyObject *seq, Layout *L) {
-    PyObject *fast = PySequence_Fast(seq, "layout must be a sequence of integers");
-    if (!fast) return -1;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast), at = 0;
     int64_t v[64];
-    if (n > 64) goto bad;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        v[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(fast, i));
+    PyObject *tuple = own_tuple(seq);
+    if (!tuple) return -1;
+    Py_ssize_t n = PyTuple_GET_SIZE(tuple), at = 0;
+    for (Py_ssize_t i = 0; i < n && i < 64; i++) {
+        v[i] = PyLong_AsLongLong(PyTuple_GET_ITEM(tuple, i));
         if (v[i] == -1 && PyErr_Occurred()) {
-            Py_DECREF(fast);
+            Py_DECREF(tuple);
             return -1;
         }
     }
-    Py_DECREF(fast);
-#define NEXT() (at < n ? v[at++] : (goto_bad = 1, 0))
-    int goto_bad = 0;
-    for (int r = 0; r < 3; r++) L->size[r] = NEXT();
-    for (int r = 0; r < 3; r++) L->kept[r] = NEXT();
-    L->card_windows = (int)NEXT();
-    if (L->card_windows < 0 || L->card_windows > MAX_WINDOWS) goto bad;
+    Py_DECREF(tuple);
+    if (n > 64) goto bad;
+#define TAKE(dst) do { if (at >= n) goto bad; (dst) = v[at++]; } while (0)
+#define TAKE_IN(dst, low, high) do { if (at >= n || v[at] < (low) || v[at] > (high)) goto bad; (dst) = (int)v[at++]; } while (0)
+    for (int r = 0; r < 3; r++) TAKE(L->size[r]);
+    for (int r = 0; r < 3; r++) TAKE(L->kept[r]);
+    TAKE_IN(L->card_windows, 0, MAX_WINDOWS);
     for (int w = 0; w < L->card_windows; w++) {
-        L->window_ring[w] = (int)NEXT();
-        L->window_length[w] = NEXT();
-        if (L->window_ring[w] < 0 || L->window_ring[w] > 2) goto bad;
+        TAKE_IN(L->window_ring[w], 0, 2);
+        TAKE(L->window_length[w]);
     }
-    L->card_frauds = NEXT();
-    L->place_windows = (int)NEXT();
-    if (L->place_windows < 0 || L->place_windows > MAX_WINDOWS) goto bad;
-    for (int w = 0; w < L->place_windows; w++) L->place_window[w] = NEXT();
-    L->fraud_windows = (int)NEXT();
-    if (L->fraud_windows < 0 || L->fraud_windows > MAX_WINDOWS) goto bad;
-    for (int w = 0; w < L->fraud_windows; w++) L->fraud_window[w] = NEXT();
-    L->label_delay = NEXT();
-    L->place_kept = NEXT();
-    L->recent_items = NEXT();
-#undef NEXT
-    if (goto_bad || at != n || L->size[0] <= 0 || L->size[1] <= 0 || L->size[2] <= 0) goto bad;
+    TAKE(L->card_frauds);
+    TAKE_IN(L->place_windows, 0, MAX_WINDOWS);
+    for (int w = 0; w < L->place_windows; w++) TAKE(L->place_window[w]);
+    TAKE_IN(L->fraud_windows, 0, MAX_WINDOWS);
+    for (int w = 0; w < L->fraud_windows; w++) TAKE(L->fraud_window[w]);
+    TAKE(L->label_delay);
+    TAKE(L->place_kept);
+    TAKE(L->recent_items);
+#undef TAKE
+#undef TAKE_IN
+    if (at != n || L->size[0] <= 0 || L->size[1] <= 0 || L->size[2] <= 0) goto bad;
     if (1 + 3 * L->card_windows + 7 != CARD_WIDTH) goto bad; /* applied, windows, day kept, frauds, 5 items */
     L->place_width = L->place_windows + 2 * L->fraud_windows;
     L->reply_width = CARD_WIDTH + 2 * L->place_width;
@@ -441,24 +450,20 @@ bad:
     return -1;
 }
 
-static int indexes(PyObject *seq, Py_ssize_t n, Py_ssize_t entities, Py_ssize_t *out, const char *what) {
-    PyObject *fast = PySequence_Fast(seq, "indexes must be a sequence of integers");
-    if (!fast) return -1;
-    if (PySequence_Fast_GET_SIZE(fast) != n) {
-        Py_DECREF(fast);
-        PyErr_Format(PyExc_ValueError, "%s indexes: %zd for %zd transactions", what,
-                     PySequence_Fast_GET_SIZE(fast), n);
+/* Each transaction's entity index (-1: none), checked against the number of entities. */
+static int indexes(PyObject *tuple, Py_ssize_t n, Py_ssize_t entities, Py_ssize_t *out, const char *what) {
+    if (PyTuple_GET_SIZE(tuple) != n) {
+        PyErr_Format(PyExc_ValueError, "%s indexes: %zd for %zd transactions", what, PyTuple_GET_SIZE(tuple), n);
         return -1;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        out[i] = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(fast, i));
-        if ((out[i] == -1 && PyErr_Occurred()) || out[i] < -1 || out[i] >= entities) {
-            Py_DECREF(fast);
-            if (!PyErr_Occurred()) PyErr_Format(PyExc_ValueError, "%s index out of range", what);
+        out[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(tuple, i));
+        if (out[i] == -1 && PyErr_Occurred()) return -1;
+        if (out[i] < -1 || out[i] >= entities) {
+            PyErr_Format(PyExc_ValueError, "%s index out of range", what);
             return -1;
         }
     }
-    Py_DECREF(fast);
     return 0;
 }
 
@@ -484,21 +489,37 @@ PyDoc_STRVAR(read_doc,
 "transaction's index in cards; terminal_of / merchant_of: its index in places, -1 for none; cards / places: the\n"
 "values (bytes, or None for none); layout: the integers of features.reader.layout_vector.");
 
+/* A value's bytes, NULL for None or empty (an entity with no value, as features.blobs reads it). */
+static int blob_of(PyObject *v, const uint8_t **blob, Py_ssize_t *length) {
+    if (v != Py_None && !PyBytes_Check(v)) {
+        PyErr_SetString(PyExc_TypeError, "entity values must be bytes or None");
+        return -1;
+    }
+    *length = v == Py_None ? 0 : PyBytes_GET_SIZE(v);
+    *blob = *length ? (const uint8_t *)PyBytes_AS_STRING(v) : NULL;
+    return 0;
+}
+
 static PyObject *read_reply(PyObject *self, PyObject *args) {
     Py_buffer heads, records;
-    PyObject *card_seq, *terminal_seq, *merchant_seq, *card_values, *place_values, *layout_seq;
-    if (!PyArg_ParseTuple(args, "y*y*OOOO!O!O", &heads, &records, &card_seq, &terminal_seq, &merchant_seq,
-                          &PyList_Type, &card_values, &PyList_Type, &place_values, &layout_seq))
+    PyObject *card_seq, *terminal_seq, *merchant_seq, *card_seq_values, *place_seq_values, *layout_seq;
+    if (!PyArg_ParseTuple(args, "y*y*OOOOOO", &heads, &records, &card_seq, &terminal_seq, &merchant_seq,
+                          &card_seq_values, &place_seq_values, &layout_seq))
         return NULL;
     PyObject *result = NULL, *values = NULL, *previous = NULL, *card_counts = NULL, *place_counts = NULL;
+    PyObject *of[3] = {NULL, NULL, NULL}, *card_values = NULL, *place_values = NULL;
     Py_ssize_t *index = NULL, *card_records = NULL, *place_records = NULL;
     Card *cards = NULL;
     Place *places = NULL;
     char *arena = NULL;
     Layout L;
     Py_ssize_t n = heads.len / HEAD_SIZE;
-    Py_ssize_t n_cards = PyList_GET_SIZE(card_values), n_places = PyList_GET_SIZE(place_values);
-    if (parse_layout(layout_seq, &L) < 0) goto done;
+    /* Every argument as a tuple of our own first: no Python code runs after this to change them. */
+    if (parse_layout(layout_seq, &L) < 0 || !(of[0] = own_tuple(card_seq)) || !(of[1] = own_tuple(terminal_seq)) ||
+        !(of[2] = own_tuple(merchant_seq)) || !(card_values = PySequence_Tuple(card_seq_values)) ||
+        !(place_values = PySequence_Tuple(place_seq_values)))
+        goto done;
+    Py_ssize_t n_cards = PyTuple_GET_SIZE(card_values), n_places = PyTuple_GET_SIZE(place_values);
     if (heads.len % HEAD_SIZE || records.len != n * RECORD_SIZE) {
         PyErr_Format(PyExc_ValueError, "store reply has %zd heads for %zd transactions", heads.len / HEAD_SIZE,
                      records.len / RECORD_SIZE);
@@ -513,9 +534,8 @@ static PyObject *read_reply(PyObject *self, PyObject *args) {
         PyErr_NoMemory();
         goto done;
     }
-    if (indexes(card_seq, n, n_cards, index, "card") < 0 ||
-        indexes(terminal_seq, n, n_places, index + n, "terminal") < 0 ||
-        indexes(merchant_seq, n, n_places, index + 2 * n, "merchant") < 0)
+    if (indexes(of[0], n, n_cards, index, "card") < 0 || indexes(of[1], n, n_places, index + n, "terminal") < 0 ||
+        indexes(of[2], n, n_places, index + 2 * n, "merchant") < 0)
         goto done;
     for (Py_ssize_t i = 0; i < n; i++)
         if (index[i] < 0) {
@@ -524,13 +544,10 @@ static PyObject *read_reply(PyObject *self, PyObject *args) {
         }
     size_t space = 64;
     for (Py_ssize_t e = 0; e < n_cards + n_places; e++) {
-        PyObject *v = e < n_cards ? PyList_GET_ITEM(card_values, e) : PyList_GET_ITEM(place_values, e - n_cards);
-        if (v != Py_None && !PyBytes_Check(v)) {
-            PyErr_SetString(PyExc_TypeError, "entity values must be bytes or None");
-            goto done;
-        }
-        const uint8_t *blob = v == Py_None ? NULL : (const uint8_t *)PyBytes_AS_STRING(v);
-        Py_ssize_t length = v == Py_None ? 0 : PyBytes_GET_SIZE(v);
+        const uint8_t *blob;
+        Py_ssize_t length;
+        PyObject *v = e < n_cards ? PyTuple_GET_ITEM(card_values, e) : PyTuple_GET_ITEM(place_values, e - n_cards);
+        if (blob_of(v, &blob, &length) < 0) goto done;
         space += e < n_cards ? card_space(blob, length) : place_space(length);
     }
     arena = PyMem_Malloc(space);
@@ -539,19 +556,18 @@ static PyObject *read_reply(PyObject *self, PyObject *args) {
         goto done;
     }
     char *cursor = arena;
-    for (Py_ssize_t e = 0; e < n_cards; e++) {
-        PyObject *v = PyList_GET_ITEM(card_values, e);
-        if (card_load(&cards[e], v == Py_None ? NULL : (const uint8_t *)PyBytes_AS_STRING(v),
-                      v == Py_None ? 0 : PyBytes_GET_SIZE(v), &cursor) < 0)
-            goto done;
-        card_records[e] = cards[e].records;
-    }
-    for (Py_ssize_t e = 0; e < n_places; e++) {
-        PyObject *v = PyList_GET_ITEM(place_values, e);
-        if (place_load(&places[e], v == Py_None ? NULL : (const uint8_t *)PyBytes_AS_STRING(v),
-                       v == Py_None ? 0 : PyBytes_GET_SIZE(v), &cursor) < 0)
-            goto done;
-        place_records[e] = places[e].records;
+    for (Py_ssize_t e = 0; e < n_cards + n_places; e++) {
+        const uint8_t *blob;
+        Py_ssize_t length;
+        if (e < n_cards) {
+            blob_of(PyTuple_GET_ITEM(card_values, e), &blob, &length);
+            if (card_load(&cards[e], blob, length, &cursor) < 0) goto done;
+            card_records[e] = cards[e].records;
+        } else {
+            blob_of(PyTuple_GET_ITEM(place_values, e - n_cards), &blob, &length);
+            if (place_load(&places[e - n_cards], blob, length, &cursor) < 0) goto done;
+            place_records[e - n_cards] = places[e - n_cards].records;
+        }
     }
     values = PyByteArray_FromStringAndSize(NULL, n * L.reply_width * 8);
     previous = PyByteArray_FromStringAndSize(NULL, n * 4 * 8);
@@ -593,6 +609,9 @@ static PyObject *read_reply(PyObject *self, PyObject *args) {
     place_counts = counts_list(n_places, place_records);
     if (card_counts && place_counts) result = PyTuple_Pack(4, values, previous, card_counts, place_counts);
 done:
+    for (int k = 0; k < 3; k++) Py_XDECREF(of[k]);
+    Py_XDECREF(card_values);
+    Py_XDECREF(place_values);
     Py_XDECREF(values);
     Py_XDECREF(previous);
     Py_XDECREF(card_counts);
@@ -688,55 +707,53 @@ PyDoc_STRVAR(fold_doc,
 "fold(cards, places, layout)\n"
 "--\n\n"
 "Each card value and each place value folded into a base: its records applied to its base, written in\n"
-"features.fold's format and order (None for a value with no records). cards / places: lists of bytes; layout: the\n"
-"integers of features.reader's layout vector.");
+"features.fold's format and order (None for a value with no records). cards / places: sequences of bytes; layout:\n"
+"the integers of features.reader.layout_vector.");
 
 static PyObject *fold_values(PyObject *self, PyObject *args) {
-    PyObject *card_values, *place_values, *layout_seq;
-    if (!PyArg_ParseTuple(args, "O!O!O", &PyList_Type, &card_values, &PyList_Type, &place_values, &layout_seq))
-        return NULL;
+    PyObject *card_seq, *place_seq, *layout_seq;
+    if (!PyArg_ParseTuple(args, "OOO", &card_seq, &place_seq, &layout_seq)) return NULL;
     Layout L;
-    if (parse_layout(layout_seq, &L) < 0) return NULL;
-    Py_ssize_t n_cards = PyList_GET_SIZE(card_values), n_places = PyList_GET_SIZE(place_values);
-    PyObject *lists[2] = {PyList_New(n_cards), PyList_New(n_places)}, *result = NULL;
+    PyObject *given[2] = {NULL, NULL}, *lists[2] = {NULL, NULL}, *result = NULL;
     char *arena = NULL;
-    if (!lists[0] || !lists[1]) goto done;
-    for (Py_ssize_t e = 0; e < n_cards + n_places; e++) {
-        int is_card = e < n_cards;
-        PyObject *v = is_card ? PyList_GET_ITEM(card_values, e) : PyList_GET_ITEM(place_values, e - n_cards);
-        if (!PyBytes_Check(v)) {
-            PyErr_SetString(PyExc_TypeError, "values to fold must be bytes");
-            goto done;
-        }
-        const uint8_t *blob = (const uint8_t *)PyBytes_AS_STRING(v);
-        Py_ssize_t length = PyBytes_GET_SIZE(v);
-        PyMem_Free(arena);
-        arena = PyMem_Malloc(is_card ? card_space(blob, length) : place_space(length));
-        if (!arena) {
-            PyErr_NoMemory();
-            goto done;
-        }
-        char *cursor = arena;
-        PyObject *base;
-        if (is_card) {
-            Card c;
-            if (card_load(&c, blob, length, &cursor) < 0 || card_to(&c, length, &L) < 0) goto done;
-            if (c.records == 0) base = Py_NewRef(Py_None);
-            else if (!(base = card_base_bytes(&c))) goto done;
-            PyList_SET_ITEM(lists[0], e, base);
-        } else {
-            Place pl;
-            if (place_load(&pl, blob, length, &cursor) < 0 || place_to(&pl, length, &L) < 0) goto done;
-            if (pl.records == 0) base = Py_NewRef(Py_None);
-            else if (!(base = place_base_bytes(&pl))) goto done;
-            PyList_SET_ITEM(lists[1], e - n_cards, base);
+    if (parse_layout(layout_seq, &L) < 0 || !(given[0] = PySequence_Tuple(card_seq)) ||
+        !(given[1] = PySequence_Tuple(place_seq)) || !(lists[0] = PyList_New(PyTuple_GET_SIZE(given[0]))) ||
+        !(lists[1] = PyList_New(PyTuple_GET_SIZE(given[1]))))
+        goto done;
+    for (int kind = 0; kind < 2; kind++) {
+        for (Py_ssize_t e = 0; e < PyTuple_GET_SIZE(given[kind]); e++) {
+            const uint8_t *blob;
+            Py_ssize_t length;
+            if (blob_of(PyTuple_GET_ITEM(given[kind], e), &blob, &length) < 0) goto done;
+            PyMem_Free(arena);
+            arena = PyMem_Malloc(kind == 0 ? card_space(blob, length) : place_space(length));
+            if (!arena) {
+                PyErr_NoMemory();
+                goto done;
+            }
+            char *cursor = arena;
+            PyObject *base;
+            if (kind == 0) {
+                Card c;
+                if (card_load(&c, blob, length, &cursor) < 0 || card_to(&c, length, &L) < 0) goto done;
+                if (c.records == 0) base = Py_NewRef(Py_None);
+                else if (!(base = card_base_bytes(&c))) goto done;
+            } else {
+                Place pl;
+                if (place_load(&pl, blob, length, &cursor) < 0 || place_to(&pl, length, &L) < 0) goto done;
+                if (pl.records == 0) base = Py_NewRef(Py_None);
+                else if (!(base = place_base_bytes(&pl))) goto done;
+            }
+            PyList_SET_ITEM(lists[kind], e, base);
         }
     }
     result = PyTuple_Pack(2, lists[0], lists[1]);
 done:
     PyMem_Free(arena);
-    Py_XDECREF(lists[0]);
-    Py_XDECREF(lists[1]);
+    for (int kind = 0; kind < 2; kind++) {
+        Py_XDECREF(given[kind]);
+        Py_XDECREF(lists[kind]);
+    }
     return result;
 }
 

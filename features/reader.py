@@ -550,8 +550,8 @@ def layout_vector(layout: dict[str, Any]) -> tuple[int, ...]:
     """The layout as the C reader takes it: ring sizes and kept buckets (m5, h, d), card windows (ring, length),
     card fraud days, place windows, fraud windows, label delay, place days kept, recent items."""
     rings = layout["card_rings"]
-    if rings[-1] != "d" or len(rings) != 3:
-        raise ValueError(f"the C reader reads rings m5, h, d, not {rings}")
+    if list(rings) != ["m5", "h", "d"]:
+        raise ValueError(f"the C reader reads rings m5, h, d (the base's order), not {rings}")
     windows = layout["card_windows"]
     return (
         *(layout["size"][res] for res in rings), *(layout["kept"][res] for res in rings),
