@@ -1,10 +1,13 @@
-/* features._replay: a batch's store reply read back in C, record by record.
+/* features._replay: a batch's store reply read back in C, record by record; and values folded into bases.
  *
  * The same steps as features.blobs.replay (the definition: the twin's steps of features.memory), over the binary
  * values of features.blobs, for a whole batch in one call: each transaction's card is advanced to its length before
  * the transaction (what it read before it), then to its length after it; its terminal and merchant to theirs. Python
  * keeps the names (which value is which entity); this file only sees values, indexes and the layout's integers.
  * features.reader.read_compiled is its Python side, and the parity tests hold it equal to replay and the twin.
+ * fold (features.fold.fold's C path) replays each value to its end and writes the state as a base, byte for byte
+ * what the numpy fold writes. Every argument is taken as a tuple of its own before any work: no Python code runs
+ * while the values are read.
  *
  * Formats (all little-endian; features.blobs has the authoritative description):
  *   card   CARD_HEAD (50 bytes: u16 flags, u16 entries of m5 h d f, u16 items per kind, i64 latest time,
