@@ -587,11 +587,8 @@ def read_compiled(heads: bytes, plans: Sequence[tuple[str, str, str, str, bytes]
     )  # fmt: skip
     n = len(plans)
     reply = StoreReply(np.frombuffer(out, np.int64).reshape(n, REPLY_WIDTH), np.frombuffer(before).reshape(n, 4))
-    due: dict[str, int] = {}
-    if fold_after:
-        for names, counts, threshold in ((cards, card_records, fold_after),
-                                         (places, place_records, PLACE_FOLD * fold_after)):  # fmt: skip
-            for name, count in zip(names, counts, strict=True):
-                if count >= threshold:
-                    due[f"card:{name}" if names is cards else name] = count // threshold
+    if not fold_after:
+        return reply, {}
+    due = _owed([f"card:{name}" for name in cards], np.array(card_records, dtype=np.int64), fold_after)
+    due.update(_owed(list(places), np.array(place_records, dtype=np.int64), PLACE_FOLD * fold_after))
     return reply, due
