@@ -9,6 +9,8 @@ The trail of a transaction id, oldest first:
                 extra copies a redelivered batch wrote (same decision, remembered)
     alert       the alert id when the outcome was review or decline, and each sink that took it (or gave up)
     labels      every label version received, with its source and when it became known
+    conflicts   each payment refused because it came with this id but other content (a reused id: dead-lettered
+                as ``txn_id_conflict``, never answered with this transaction's decision)
     seals       whether every log file the trail was read from is intact
 
 The logs hold transactions by event day: ``days`` narrows the search when the event day is known.
@@ -28,13 +30,16 @@ from fraudpipe.contracts import Alert
 from fraudpipe.logstore import Logs
 from fraudpipe.seal import verify_frame
 
-__all__ = ["EVENT_COLUMNS", "trail"]
+__all__ = ["CONFLICT_COLUMNS", "EVENT_COLUMNS", "trail"]
 
 _DECISION = ("decided_at", "model_version", "model_sha256", "score", "decision", "review_threshold",
              "decline_threshold", "degraded", "latency_ms")  # fmt: skip
 EVENT_COLUMNS = ("card_bin", "card_last4", "terminal_id", "merchant_id", "merchant_name", "mcc", "customer_id",
                  "device_id", "channel", "country", "lat", "lon")  # fmt: skip
 """The transaction's own fields the decision log keeps besides the decision's (tokenized: no PAN reaches it)."""
+CONFLICT_COLUMNS = ("txn_id", "card_token", "card_last4", "event_time", "amount", "currency", "terminal_id",
+                    "merchant_id")  # fmt: skip
+"""What the conflict log keeps of a refused payment (besides ``refused_at``)."""
 _EVENT = ("txn_id", "event_time", "card_token", "amount", "currency", *EVENT_COLUMNS)
 
 
@@ -64,6 +69,7 @@ def trail(txn_id: str, logs: Logs, *, registered: Callable[[str], str | None] | 
     decided. ``registered(version)``: the model file SHA-256 the registry holds for a version (``None``: unknown);
     ``key`` checks the seals of the files read."""
     decisions = logs.decisions.find("txn_id", [txn_id], days)
+    conflicts = logs.conflicts.find("txn_id", [txn_id])
     if decisions.height == 0:
         return None
     first = decisions.sort("decided_at").row(0, named=True)
@@ -89,6 +95,11 @@ def trail(txn_id: str, logs: Logs, *, registered: Callable[[str], str | None] | 
         wanted = [c for c in ("label_version", "is_fraud", "source", "known_at", "note") if c in labels.columns]
         label_rows = labels.sort("label_version").unique("label_version", keep="first", maintain_order=True).select(
             wanted).to_dicts()  # fmt: skip
+    conflict_rows: list[dict[str, Any]] = []
+    if conflicts.height:
+        files |= set(conflicts["file"].to_list())
+        conflict_rows = conflicts.sort("refused_at").unique([c for c in conflicts.columns if c != "file"],
+            keep="first", maintain_order=True).select(*CONFLICT_COLUMNS[1:], "refused_at").to_dicts()  # fmt: skip
     seals = {str(Path(name).relative_to(Path(name).parents[2])): state for name, state in _seals(files, key).items()}
     return {
         "txn_id": txn_id,
@@ -96,5 +107,6 @@ def trail(txn_id: str, logs: Logs, *, registered: Callable[[str], str | None] | 
         "decision": decision,
         "alert": alert,
         "labels": label_rows,
+        "conflicts": conflict_rows,
         "seals": seals,
     }

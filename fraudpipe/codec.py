@@ -10,6 +10,7 @@ order. Duplicate keys are refused only once the event is otherwise valid (checke
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import datetime
 from functools import cache
@@ -21,7 +22,7 @@ from pydantic_core import ErrorDetails
 from fraudpipe.contracts import LATEST_EVENT_TIME_CONTEXT, DeadLetter, Event, Reason
 from fraudpipe.pan import mask_pans
 
-__all__ = ["MAX_PAYLOAD_BYTES", "DecodeError", "dead_letter", "decode", "encode"]
+__all__ = ["MAX_PAYLOAD_BYTES", "DecodeError", "dead_letter", "dead_letter_key", "decode", "digest", "encode"]
 
 MAX_PAYLOAD_BYTES = 64 * 1024
 """Largest accepted event. A transaction is ~0.5 KB; anything near this is a producer bug or an attack."""
@@ -42,6 +43,13 @@ class DecodeError(ValueError):
 def encode(event: Event) -> bytes:
     """Compact UTF-8 JSON of ``event`` (datetimes as ISO-8601 with offset)."""
     return event.__pydantic_serializer__.to_json(event)
+
+
+def digest(event: Event) -> str:
+    """The content digest of ``event``: BLAKE2b-128 of its canonical encoding (:func:`encode`: fields in contract
+    order, times in UTC), as 32 hex characters. Two events with equal fields have equal digests whatever the bytes
+    they arrived as (key order, whitespace, time zone offset); any field that differs changes it."""
+    return hashlib.blake2b(encode(event), digest_size=16).hexdigest()
 
 
 def decode(raw: bytes | None, kind: type[E], *, latest_event_time: datetime | None = None) -> E:
@@ -65,9 +73,10 @@ def decode(raw: bytes | None, kind: type[E], *, latest_event_time: datetime | No
         event = kind.model_validate_json(raw, strict=True, context=context)
     except ValidationError as error:
         errors = error.errors(include_input=False, include_url=False)
-        raise DecodeError(_reason(errors[0], raw), _detail(errors)) from None
+        raise DecodeError(_reason(errors[0], raw), mask_pans(_detail(errors).encode()).decode()) from None
     if _may_repeat_a_key(raw, event) and (key := _repeated_key(raw)) is not None:
-        raise DecodeError(Reason.DUPLICATE_KEY, f"key {key!r} appears more than once")
+        where = key if key in _field_names() else "<unknown field>"
+        raise DecodeError(Reason.DUPLICATE_KEY, f"key {where!r} appears more than once")
     return event
 
 
@@ -97,6 +106,12 @@ def dead_letter(
         payload_truncated=truncated,
         failed_at=failed_at,
     )
+
+
+def dead_letter_key(key: bytes | None) -> bytes:
+    """The Kafka key a dead letter is sent with: its source record's key, every possible PAN in it masked (a record
+    refused for holding a PAN may hold it in its key too; dead letters are kept for weeks)."""
+    return mask_pans(key) if key else b""
 
 
 # --- error mapping ------------------------------------------------------------------------------------------
@@ -144,10 +159,34 @@ def _json_reason(message: str, raw: bytes) -> Reason:
     return Reason.INVALID_JSON
 
 
+@cache
+def _field_names() -> frozenset[str]:
+    """Every field name of every contract: the only names an error message may repeat from the input."""
+    kinds: list[type[Event]] = [Event]
+    names: set[str] = set()
+    while kinds:
+        kind = kinds.pop()
+        names.update(kind.model_fields)
+        kinds.extend(kind.__subclasses__())
+    return frozenset(names)
+
+
+def _where(error: ErrorDetails) -> str:
+    """The error's location, naming fields only: a key that is not a field (an unknown key, a dict key) is input,
+    and input is never echoed (it may be a PAN)."""
+    known = _field_names()
+    parts = ["<unknown field>" if error["type"] == "extra_forbidden" and i == len(error["loc"]) - 1
+             else str(part) if isinstance(part, int) or part in known else "<key>"
+             for i, part in enumerate(error["loc"])]  # fmt: skip
+    return ".".join(parts) or "<event>"
+
+
 def _detail(errors: list[ErrorDetails]) -> str:
+    """What was wrong, field by field (at most five), with no input value in it: messages are pydantic's and our
+    own (neither quotes the input: errors are read with ``include_input=False``), locations name fields only."""
     parts = []
     for error in errors[:5]:
-        where = ".".join(str(part) for part in error["loc"]) or "<event>"
+        where = _where(error)
         message = error["msg"] if len(error["msg"]) <= 160 else error["msg"][:157] + "..."
         parts.append(f"{where}: {message}")
     if len(errors) > 5:

@@ -15,10 +15,13 @@ Every model is strict (no type coercion: ``"12.5"`` is not a number), forbids un
 ``schema_version``. Decoding from bytes goes through :mod:`fraudpipe.codec`, which turns validation errors into a
 machine-readable :class:`Reason`.
 
-PANs: ``card_token`` is the keyed token made at the ingestion edge (or an opaque card key from an external file);
-a value that *is* a PAN is refused there, and free-text fields refuse any PAN they contain. ``txn_id``,
-``terminal_id``, ``merchant_id`` are not scanned: 15-digit merchant ids and 19-digit snowflake ids pass the Luhn
-check one time in ten, and refusing them would drop real traffic.
+PANs: ``card_token`` is the keyed token made at the ingestion edge (or an opaque card key from an external file).
+Every identifier (``txn_id``, ``card_token``, ``terminal_id``, ``merchant_id``, ``customer_id``, ``device_id``,
+``alert_id``) and every free-text field refuses a value holding a PAN (:func:`fraudpipe.pan.contains_pan`: 13-19
+Luhn-valid digits made of whole groups, with the separators people write them with), as ``pan_detected``:
+identifiers become topic keys, Redis key names, log columns and dashboard rows, so a PAN let in there is
+everywhere. The price: a purely numeric id of 13-19 digits passes the Luhn check one time in ten and is refused
+— give such ids a letter (``TX0000001234567890``), as no card number has one.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from fraudpipe.currencies import CURRENCIES
-from fraudpipe.pan import contains_pan, is_pan
+from fraudpipe.pan import contains_pan
 
 __all__ = [
     "EARLIEST_EVENT_TIME",
@@ -92,6 +95,12 @@ class Reason(StrEnum):
     STRING_TOO_LONG = "string_too_long"
     INVALID_VALUE = "invalid_value"
     PAN_DETECTED = "pan_detected"
+    TXN_ID_CONFLICT = "txn_id_conflict"
+    """A transaction id already decided for a payment with other content (a reused id, never a redelivery)."""
+    MISSING_KEY = "missing_key"
+    """A record with no Kafka key where the topic is keyed (transactions: by card token)."""
+    KEY_MISMATCH = "key_mismatch"
+    """A record whose Kafka key is not its card token: it would be ordered and owned by another card's partition."""
     UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
     PROCESSING_ERROR = "processing_error"
     SINK_FAILED = "sink_failed"
@@ -114,9 +123,9 @@ def _utc_in_range(value: datetime, info: ValidationInfo) -> datetime:
     return value
 
 
-def _not_a_pan(value: str) -> str:
-    if is_pan(value):
-        raise PydanticCustomError(Reason.PAN_DETECTED.value, "a PAN where a card token was expected")
+def _no_pan_in_id(value: str) -> str:
+    if contains_pan(value):
+        raise PydanticCustomError(Reason.PAN_DETECTED.value, "an identifier holds a PAN")
     return value
 
 
@@ -128,9 +137,10 @@ def _no_pan_inside(value: str) -> str:
 
 UtcTime = Annotated[AwareDatetime, AfterValidator(_utc_in_range)]
 Identifier = Annotated[
-    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]*$")
+    str,
+    StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]*$"),
+    AfterValidator(_no_pan_in_id),
 ]
-CardKey = Annotated[Identifier, AfterValidator(_not_a_pan)]
 FreeText = Annotated[str, StringConstraints(max_length=256), AfterValidator(_no_pan_inside)]
 if TYPE_CHECKING:
     Currency = str
@@ -163,7 +173,7 @@ class Transaction(Event):
 
     txn_id: Identifier
     event_time: UtcTime
-    card_token: CardKey
+    card_token: Identifier
     card_bin: Annotated[str, StringConstraints(pattern=r"^\d{6,8}$")] | None = None
     card_last4: Annotated[str, StringConstraints(pattern=r"^\d{4}$")] | None = None
     amount: Annotated[float, Field(gt=0.0, le=MAX_AMOUNT)]
@@ -196,7 +206,7 @@ class Label(Event):
     """
 
     txn_id: Identifier
-    card_token: CardKey
+    card_token: Identifier
     event_time: UtcTime
     known_at: UtcTime
     is_fraud: bool
@@ -247,7 +257,7 @@ class Decision(Event):
     """
 
     txn_id: Identifier
-    card_token: CardKey
+    card_token: Identifier
     event_time: UtcTime
     decided_at: UtcTime
     amount: Annotated[float, Field(gt=0.0, le=MAX_AMOUNT)]
@@ -267,7 +277,7 @@ class Alert(Event):
 
     alert_id: Identifier
     txn_id: Identifier
-    card_token: CardKey
+    card_token: Identifier
     card_last4: Annotated[str, StringConstraints(pattern=r"^\d{4}$")] | None = None
     event_time: UtcTime
     raised_at: UtcTime

@@ -19,12 +19,12 @@ from typing import Any
 import polars as pl
 
 from fraudpipe.contracts import EARLIEST_EVENT_TIME, LATEST_EVENT_TIME, Event, Transaction
-from fraudpipe.pan import PAN_MAX_DIGITS, PAN_MIN_DIGITS
+from fraudpipe.pan import PAN_CANDIDATE
 
 __all__ = ["certainly_valid", "schema_rules"]
 
-# Digits that could be a PAN in free text: 13 digits, single separators allowed. Such rows take the slow path.
-_PAN_CANDIDATE = r"\d(?:[ -]?\d){" + str(PAN_MIN_DIGITS - 1) + "}"
+_TEXT_FIELDS = ("txn_id", "card_token", "terminal_id", "merchant_id", "customer_id", "device_id", "merchant_name")
+"""The fields ``Transaction`` scans for PANs: a row where one holds ``PAN_CANDIDATE`` takes the slow path."""
 
 
 def _string_rules(column: pl.Expr, schema: dict[str, Any]) -> list[pl.Expr]:
@@ -95,15 +95,11 @@ def schema_rules(kind: type[Event], frame_schema: pl.Schema) -> pl.Expr:
 
 def _transaction_python_rules() -> pl.Expr:
     """The checks ``Transaction`` runs in Python, restated; doubtful PAN cases are left to the slow path."""
-    card = pl.col("card_token")
-    card_digits = card.str.replace_all(r"[ -]", "")
-    card_may_be_pan = card.str.contains(r"^\s*\d") & card_digits.str.len_chars().is_between(
-        PAN_MIN_DIGITS, PAN_MAX_DIGITS
-    )
-    name_may_hold_pan = pl.col("merchant_name").str.contains(_PAN_CANDIDATE).fill_null(False)
+    may_hold_pan = pl.any_horizontal([pl.col(name).str.contains(PAN_CANDIDATE).fill_null(False)
+                                      for name in _TEXT_FIELDS])  # fmt: skip
     where = pl.col("terminal_id").is_not_null() | pl.col("merchant_id").is_not_null()
     geo = pl.col("lat").is_null() == pl.col("lon").is_null()
-    return ~card_may_be_pan.fill_null(True) & ~name_may_hold_pan & where & geo
+    return ~may_hold_pan & where & geo
 
 
 def certainly_valid(frame: pl.DataFrame) -> pl.Series:
@@ -112,7 +108,7 @@ def certainly_valid(frame: pl.DataFrame) -> pl.Series:
     ``frame`` holds the contract's fields as columns (missing optional ones may be absent); times as timezone-aware
     datetimes, numbers as floats, everything else as strings.
     """
-    needed = ("terminal_id", "merchant_id", "lat", "lon", "merchant_name")
+    needed = ("lat", "lon", *_TEXT_FIELDS)
     missing = [
         pl.lit(None, dtype=pl.Float64 if n in {"lat", "lon"} else pl.String).alias(n)
         for n in needed

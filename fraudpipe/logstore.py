@@ -137,20 +137,23 @@ class Logs:
     labels      every label received (all versions)
     deliveries  every alert handed to a sink, and the sinks that gave up on one
     shadow      the challenger's would-be decisions (shadow mode)
+    conflicts   payments refused because their transaction id was already decided for other content
+                (``streams.agents.conflict_rows``)
     """
 
     decisions: DayLog
     labels: DayLog
     deliveries: DayLog
     shadow: DayLog
+    conflicts: DayLog
 
     @classmethod
     def under(cls, data_dir: Path, key: bytes | None = None) -> Logs:
         """The logs under ``data_dir``; with ``key`` (``privacy.audit_key``) their writes are sealed."""
-        return cls(*(DayLog(data_dir / name, "event_time", key=key) for name in ("decisions", "labels", "deliveries",
-                                                                                "shadow")))  # fmt: skip
+        names = ("decisions", "labels", "deliveries", "shadow", "conflicts")
+        return cls(*(DayLog(data_dir / name, "event_time", key=key) for name in names))
 
     def all(self) -> dict[str, DayLog]:
         """Each log by name."""
         return {"decisions": self.decisions, "labels": self.labels, "deliveries": self.deliveries,
-                "shadow": self.shadow}  # fmt: skip
+                "shadow": self.shadow, "conflicts": self.conflicts}  # fmt: skip

@@ -4,12 +4,14 @@ A raw PAN never leaves the ingestion edge. There it becomes a :class:`CardRef`: 
 only card identity used downstream: topics, Redis keys, files, metrics) plus the BIN (first six digits) and the
 last four, which PCI DSS allows to be displayed.
 
-Detection works on *digit groups*: maximal runs of digits separated by single spaces or dashes
-("4111 1111 1111 1111", "4111-1111-1111-1111", "4111111111111111"). A PAN is 13 to 19 digits that pass the Luhn
+Detection works on *digit groups*: maximal runs of digits separated by single separators people write card
+numbers with — a space (or no-break space), a dash, a dot, a slash or an underscore ("4111 1111 1111 1111",
+"4111-1111-1111-1111", "4111.1111.1111.1111", "4111111111111111"). A PAN is 13 to 19 digits that pass the Luhn
 check and span whole groups. Two policies use it:
 
-- :func:`contains_pan` (validation of free text): a PAN made of whole groups, so the digits of "order 12345
-  4111111111111111" are found, while a long unbroken number is not taken apart into arbitrary windows.
+- :func:`contains_pan` (validation of every identifier and free-text field): a PAN made of whole groups, so the
+  digits of "order 12345 4111111111111111" and "txn_4111111111111111" are found, while a long unbroken number is
+  not taken apart into arbitrary windows. A run glued to a letter ("ab4111...") is part of a word, not a number.
 - :func:`mask_pans` (dead letters, logs): any 13-19 digit window of any run that passes Luhn masks the run, because
   a false positive there costs nothing.
 """
@@ -22,6 +24,7 @@ import re
 from dataclasses import dataclass
 
 __all__ = [
+    "PAN_CANDIDATE",
     "PAN_MAX_DIGITS",
     "PAN_MIN_DIGITS",
     "CardRef",
@@ -41,10 +44,15 @@ _LONG_RUN_DIGITS = 64
 
 # A run of digits, each group separated from the next by one space or dash.
 # Runs glued to letters ("tok_4bf7...", "ab12345...") are parts of identifiers, not card numbers.
-_DIGIT_RUN = re.compile(rb"(?<![0-9A-Za-z])\d+(?:[ -]\d+)*(?![0-9A-Za-z])")
-_DIGIT_RUN_STR = re.compile(r"(?<![0-9A-Za-z])\d+(?:[ -]\d+)*(?![0-9A-Za-z])")
-_SEPARATORS = re.compile(r"[ -]")
-_CANDIDATE = re.compile(r"\d(?:[ -]?\d){12}")  # 13 digits with optional single separators: worth a closer look
+_SEPARATOR = "[ \u00a0./_-]"
+_DIGIT_RUN = re.compile(rb"(?<![0-9A-Za-z])[0-9]+(?:(?:[ ./_-]|\xc2\xa0)[0-9]+)*(?![0-9A-Za-z])")
+_DIGIT_RUN_STR = re.compile(rf"(?<![0-9A-Za-z])[0-9]+(?:{_SEPARATOR}[0-9]+)*(?![0-9A-Za-z])")
+_SEPARATORS = re.compile(_SEPARATOR)
+_SEPARATORS_BYTES = re.compile(rb"[ ./_-]|\xc2\xa0")
+PAN_CANDIDATE = rf"(?:^|[^0-9A-Za-z])[0-9](?:{_SEPARATOR}?[0-9]){{12}}"
+"""A regular expression (Python and Rust syntax) found in every text holding a PAN: 13 digits with single
+separators, not glued to a letter or digit before them."""
+_CANDIDATE = re.compile(PAN_CANDIDATE)
 
 
 class InvalidPanError(ValueError):
@@ -80,7 +88,7 @@ def _normalize(pan: str) -> str:
 
 
 def is_pan(value: str) -> bool:
-    """True when ``value`` (spaces and dashes allowed between digits) is 13-19 digits passing Luhn."""
+    """True when ``value`` (separators allowed between digits) is 13-19 digits passing Luhn."""
     stripped = value.lstrip()
     if len(stripped) < PAN_MIN_DIGITS or not stripped[0].isdigit():
         return False  # the hot path: card tokens and opaque keys start with a letter
@@ -103,7 +111,7 @@ def tokenize_pan(pan: str, key: bytes) -> CardRef:
 
 def _group_spans(run: str) -> list[tuple[int, int]]:
     """(start, end) offsets within ``run`` of each digit group."""
-    return [(m.start(), m.end()) for m in re.finditer(r"\d+", run)]
+    return [(m.start(), m.end()) for m in re.finditer(r"[0-9]+", run)]
 
 
 def _run_holds_pan_of_whole_groups(run: str) -> bool:
@@ -137,7 +145,7 @@ def _any_window_is_pan(digits: bytes) -> bool:
 
 def _mask_run(match: re.Match[bytes]) -> bytes:
     run = match.group()
-    digits = re.sub(rb"[ -]", b"", run)
+    digits = _SEPARATORS_BYTES.sub(b"", run)
     if len(digits) < PAN_MIN_DIGITS:
         return run
     # Long runs are masked without looking: checking every window would cost O(length) Luhn checks per run.

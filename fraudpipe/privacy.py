@@ -10,8 +10,8 @@ decision log and the segments table) and, in this order:
    read the list before anything is deleted;
 2. deletes the online state: the card's feature key, its transactions' markers (applied, labelled, decided) and
    the sinks' idempotency markers, and the alerts of the card in the Redis alert stream;
-3. rewrites the decision, label, delivery and shadow logs without the subject's rows (sealed again), and the JSONL
-   alert file without their lines;
+3. rewrites the decision, label, delivery, shadow and conflict logs without the subject's rows (sealed again), and
+   the JSONL alert file without their lines;
 4. writes a **receipt** (``data_dir/privacy/receipts/<id>.json``) with what was removed where, and no personal
    data: the subject appears only as keyed digests (HMAC-SHA256 under ``privacy.audit_key``) that the erasure list
    uses too.
@@ -173,14 +173,16 @@ def erase(cards: Iterable[str], *, requested_as: str, client: redis.Redis, prefi
         client.hset(f"{prefix}erased", mapping=dict.fromkeys(digests, micros_of(now)))
         time.sleep(settle_s)  # every worker re-reads the list within one poll: nothing is written back after this
     txns: dict[str, int] = {}  # txn id -> event day (its applied-marker is a field of that day's hash)
-    for day_log in logs.all().values():
+    for name, day_log in logs.all().items():
+        if name == "conflicts":  # a refused payment's id is another payment's: its keys are not the subject's
+            continue
         rows = day_log.find("card_token", tokens)
         if rows.height:
             for txn, when in zip(rows["txn_id"].to_list(), rows["event_time"].to_list(), strict=True):
                 txns[txn] = micros_of(when) // _DAY_US
     names = [f"{prefix}card:{token}" for token in tokens]
     for txn in sorted(txns):
-        names += [f"{prefix}{kind}:{txn}" for kind in ("label", "decided")]
+        names += [f"{prefix}{kind}:{txn}" for kind in ("label", "decision")]  # streams.pipeline.DecisionMemory
         names += [f"{prefix}sunk:{sink}:alert:{txn}" for sink in ("redis_stream", "webhook")]  # streams.sinks
     deleted = sum(int(client.delete(*names[i : i + 1_000])) for i in range(0, len(names), 1_000))
     by_day: dict[int, list[str]] = {}

@@ -208,7 +208,13 @@ class ScoringSettings(_Section):
     fallback_review_amount: Annotated[float, Field(gt=0.0)] = 100.0
     """In degraded fail_open mode, amounts from this one are reviewed."""
     decision_memory_s: Annotated[int, Field(ge=60)] = 7 * 86_400
-    """How long the decision of a transaction is remembered, so a redelivery republishes the same decision."""
+    """How long the decision of a transaction is remembered, with the digest of its content: a redelivery (same
+    content) republishes the same decision, a reused id with other content is refused as ``txn_id_conflict``."""
+    breaker_failures: Annotated[int, Field(ge=1)] = 3
+    """Consecutive failed Redis calls after which the circuit breaker opens: batches are then decided degraded at
+    once (``fallback``) instead of each waiting out the socket timeout."""
+    breaker_cooldown_s: Annotated[float, Field(ge=0.0)] = 5.0
+    """How long an open breaker refuses Redis calls before one trial call is let through."""
 
     @model_validator(mode="after")
     def _ordered(self) -> ScoringSettings:

@@ -1,10 +1,11 @@
 """Faust agents: load, call the pure code, publish. No business ``if`` lives here.
 
 ``score_transactions`` consumes ``transactions.v1`` in micro-batches: each record is validated
-(:func:`streams.intake.intake`; refused ones go to ``transactions.dlq.v1`` with reason and coordinates), the valid
-ones go through :class:`streams.pipeline.Pipeline` (features, model, decision, reason codes), and every decision is
+(:func:`streams.intake.intake`: the contract, and a Kafka key equal to the card token; refused ones go to
+``transactions.dlq.v1`` with reason and coordinates, their key PAN-masked), the valid ones go through :class:`streams.pipeline.Pipeline` (features, model, decision, reason codes), and every decision is
 published to ``scores.v1`` and every review / decline to ``alerts.v1``, keyed by card token, by a confluent-kafka
-producer (:mod:`streams.publisher`). All deliveries of a batch are awaited before the next batch is taken, so Faust
+producer (:mod:`streams.publisher`). A reused transaction id (known, other content: :attr:`Batch.conflicts`) is
+dead-lettered as ``txn_id_conflict`` and kept in the conflict log for ``fraudpipe audit show``. All deliveries of a batch are awaited before the next batch is taken, so Faust
 never commits an offset past an event whose outputs the broker does not have. Anything unexpected while handling
 one event dead-letters that event (``processing_error``) and the batch goes on: an exception escaping the agent
 would make Faust acknowledge the whole batch.
@@ -29,10 +30,10 @@ import polars as pl
 
 from features.definitions import FEATURE_NAMES
 from features.store import RedisFeatureStore, StoreUnavailableError, redis_client
-from fraudpipe.audit import EVENT_COLUMNS
+from fraudpipe.audit import CONFLICT_COLUMNS, EVENT_COLUMNS
 from fraudpipe.clock import SystemClock
-from fraudpipe.codec import dead_letter, decode, encode
-from fraudpipe.contracts import Alert, Decision, Label, Reason, Transaction
+from fraudpipe.codec import dead_letter, dead_letter_key, decode, encode
+from fraudpipe.contracts import Alert, DeadLetter, Decision, Label, Reason, Transaction
 from fraudpipe.logstore import DayLog, Logs
 from fraudpipe.privacy import ErasureList
 from fraudpipe.settings import TopicSettings
@@ -55,6 +56,7 @@ __all__ = [
     "AGENTS",
     "apply_labels",
     "apply_repairs",
+    "conflict_rows",
     "decision_rows",
     "deliver_alerts",
     "delivery_rows",
@@ -87,6 +89,11 @@ def make_logs() -> Logs:
 def make_decision_log() -> DayLog:
     """The decision log (``data_dir/decisions``)."""
     return make_logs().decisions
+
+
+def make_conflict_log() -> DayLog:
+    """The conflict log (``data_dir/conflicts``): payments refused as reused transaction ids."""
+    return make_logs().conflicts
 
 
 def make_erasures() -> ErasureList:
@@ -137,6 +144,7 @@ async def score_transactions(stream: Any) -> None:
     metrics.MODEL_INFO.info({"version": scorer.version, "sha256": scorer.model.sha256})
     publisher = make_publisher()
     decision_log = make_decision_log()
+    conflict_log = make_conflict_log()
     erasures = make_erasures()
     shadow = make_shadow()
     topic = settings.topics.full(settings.topics.transactions)
@@ -159,6 +167,7 @@ async def score_transactions(stream: Any) -> None:
             Transaction,
             latest_event_time=now + timedelta(seconds=scoring.max_clock_skew_s),
             failed_at=now,
+            key_of=_card_token,
         )
         dead = list(result.dead)
         erasures.refresh()
@@ -176,6 +185,7 @@ async def score_transactions(stream: Any) -> None:
             batch = None
         out: list[Message] = []
         decided: list[Decision] = []
+        refused: list[Transaction] = []
         if batch is None:
             for record, txn in zip(records, txns, strict=True):
                 try:
@@ -188,6 +198,7 @@ async def score_transactions(stream: Any) -> None:
                     continue
                 out += _outputs(single.decisions, single.alerts)
                 decided += single.decisions
+                refused += single.conflicts
         else:
             out += _outputs(batch.decisions, batch.alerts)
             decided = batch.decisions
@@ -196,11 +207,15 @@ async def score_transactions(stream: Any) -> None:
             metrics.STORE_SECONDS.observe(batch.store_s)
             metrics.MODEL_SECONDS.observe(batch.model_s)
             metrics.REDELIVERED.inc(batch.redelivered)
+            refused = batch.conflicts
+        dead += _conflicts(refused, records, txns, now)
         for record, letter in dead:
-            out.append((dlq, record.key or b"", encode(letter)))
+            out.append((dlq, dead_letter_key(record.key), encode(letter)))
             metrics.DEAD_LETTERS.labels(topic, letter.reason.value).inc()
         # Logged before publishing: a crash in between redelivers the batch, which logs (and publishes) again.
         decision_log.append(decision_rows(decided, txns))
+        if refused:
+            conflict_log.append(conflict_rows(refused, now))
         await publisher.publish(out)
         published = time.time()
         for event in events:
@@ -208,6 +223,34 @@ async def score_transactions(stream: Any) -> None:
         if dead:
             log.warning("dead-lettered %d of %d transactions", len(dead), len(events))
         _shadow(pipeline, batch, shadow)
+
+
+def _card_token(txn: Transaction) -> str:
+    """What a transaction's Kafka key must be (``transactions.v1`` is keyed by card token)."""
+    return txn.card_token
+
+
+def _conflicts(refused: list[Transaction], records: list[RawRecord], txns: list[Transaction],
+               at: datetime) -> list[tuple[RawRecord, DeadLetter]]:  # fmt: skip
+    """The dead letters of the transactions refused as reused ids (:attr:`Batch.conflicts`), with their records."""
+    if not refused:
+        return []
+    record_of = {id(txn): record for record, txn in zip(records, txns, strict=True)}
+    detail = "txn_id was already decided for a payment with other content"
+    return [(record, dead_letter(record.value, reason=Reason.TXN_ID_CONFLICT, detail=detail,
+                                 source_topic=record.topic, source_partition=record.partition,
+                                 source_offset=record.offset, failed_at=at))
+            for record in (record_of[id(txn)] for txn in refused)]  # fmt: skip
+
+
+def conflict_rows(refused: list[Transaction], at: datetime) -> pl.DataFrame:
+    """The conflict log's rows (``data_dir/conflicts``, by event day): each payment refused because its id was
+    already decided for other content, tokenized as the decision log keeps events; ``refused_at`` when. ``fraudpipe
+    audit show`` lists them under the id's trail."""
+    columns: dict[str, Any] = {name: [getattr(t, name) for t in refused] for name in CONFLICT_COLUMNS}
+    columns["refused_at"] = [at] * len(refused)
+    schema = {name: pl.String for name in EVENT_COLUMNS} | {"lat": pl.Float64, "lon": pl.Float64}
+    return pl.DataFrame(columns, schema_overrides={k: v for k, v in schema.items() if k in columns})
 
 
 SCORES = settings.topics.full(settings.topics.scores)
@@ -275,7 +318,7 @@ async def deliver_alerts(stream: Any) -> None:
         deliveries.append(delivery_rows(dispatcher.delivered, dispatcher.dead, now))
         dispatcher.dead.clear()
         dispatcher.delivered.clear()
-        await publisher.publish([(dlq, record.key or b"", encode(letter)) for record, letter in dead])
+        await publisher.publish([(dlq, dead_letter_key(record.key), encode(letter)) for record, letter in dead])
 
 
 def delivery_rows(delivered: list[tuple[str, Alert]], dead: list[tuple[str, Alert]], at: datetime) -> pl.DataFrame:
@@ -331,7 +374,7 @@ async def apply_labels(stream: Any) -> None:
             label_log.append(pl.DataFrame([label.model_dump(exclude={"schema_version"}) for label in labels]))
         for _, letter in result.dead:
             metrics.DEAD_LETTERS.labels(topic, letter.reason.value).inc()
-        await publisher.publish([(dlq, record.key or b"", encode(letter)) for record, letter in result.dead])
+        await publisher.publish([(dlq, dead_letter_key(record.key), encode(letter)) for record, letter in result.dead])
 
 
 def decision_rows(decisions: list[Decision], txns: list[Transaction]) -> pl.DataFrame:

@@ -7,7 +7,7 @@ reason; nothing is dropped and nothing raises.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Generic, TypeVar
@@ -41,17 +41,29 @@ class Intake(Generic[E]):
 
 
 def intake(
-    records: Iterable[RawRecord], kind: type[E], *, latest_event_time: datetime | None, failed_at: datetime
+    records: Iterable[RawRecord],
+    kind: type[E],
+    *,
+    latest_event_time: datetime | None,
+    failed_at: datetime,
+    key_of: Callable[[E], str] | None = None,
 ) -> Intake[E]:
     """Decode each record as ``kind``; refused ones become dead letters stamped ``failed_at``.
 
     ``latest_event_time`` is now + the allowed clock skew: events claiming to come from later are refused (``None``:
-    no bound, for events fraudpipe itself produced).
+    no bound, for events fraudpipe itself produced). ``key_of``: what the record's Kafka key must be for its event
+    (the card token of a transaction); a record without a key is refused as ``missing_key``, one with another key
+    as ``key_mismatch`` — it would be ordered with, and its state owned by, another card's partition.
     """
     result: Intake[E] = Intake()
     for record in records:
         try:
-            result.valid.append((record, decode(record.value, kind, latest_event_time=latest_event_time)))
+            event = decode(record.value, kind, latest_event_time=latest_event_time)
+            if key_of is not None and not record.key:
+                raise DecodeError(Reason.MISSING_KEY, "the record has no key (expected its card token)")
+            if key_of is not None and record.key != key_of(event).encode():
+                raise DecodeError(Reason.KEY_MISMATCH, "the record's key is not its card token")
+            result.valid.append((record, event))
         except DecodeError as error:
             result.dead.append((record, _dead(record, error.reason, error.detail, failed_at)))
         except Exception as error:

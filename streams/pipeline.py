@@ -5,9 +5,16 @@ to remember the decisions. Pure of Kafka: the agent (:mod:`streams.agents`) and 
 - **One model per batch.** :class:`Models` follows a registry alias and swaps the model only between batches (the
   agent calls :meth:`Models.refresh` before each one); a version that does not verify is refused, logged, and the
   current one keeps serving.
-- **One decision per transaction.** Each decision is remembered (score, outcome, model) for
-  ``decision_memory_s`` before it is published; a redelivered transaction (the store reports it already applied)
-  gets its remembered decision again rather than a new one computed from state that now includes it.
+- **One decision per transaction, recognised by content.** Each decision is remembered (score, outcome, model and
+  the digest of the transaction's content, :func:`fraudpipe.codec.digest`) for ``decision_memory_s`` before it is
+  published. A transaction whose id is remembered with the same digest is a redelivery: it gets its remembered
+  decision again, and the store (which recognises it by id) leaves the features as they are. An id remembered
+  with *another* digest is a reused id: that transaction is refused (:attr:`Batch.conflicts`, reason
+  ``txn_id_conflict``), never answered with the other payment's decision, and it touches no state — the memory
+  is read before the store applies anything. Within a batch the first of two same-id transactions wins.
+- **Circuit breaker.** After ``scoring.breaker_failures`` consecutive store failures, batches are decided
+  degraded at once for ``breaker_cooldown_s`` (:mod:`streams.breaker`) instead of each waiting out the socket
+  timeout.
 - **Degraded mode.** When the store cannot be read within its budget (:class:`StoreUnavailableError`), decisions
   follow ``scoring.fallback`` (see :class:`fraudpipe.settings.ScoringSettings`), carry ``degraded=true``, no score,
   and the batch's transactions are returned in :attr:`Batch.unapplied` so the caller can apply them once Redis is
@@ -33,11 +40,13 @@ from features.definitions import FEATURE_NAMES
 from features.snapshot import StoreReply
 from features.store import RedisFeatureStore, StoreUnavailableError, redis_client
 from fraudpipe.clock import Clock
+from fraudpipe.codec import digest
 from fraudpipe.contracts import Alert, Decision, DecisionOutcome, ModelRef, Thresholds, Transaction
 from fraudpipe.settings import ScoringSettings, Settings
 from models.registry import LoadedModel, Registry, RegistryError
 from models.scorer import Policy, Scorer
 from streams import metrics
+from streams.breaker import Breaker
 
 __all__ = [
     "Batch",
@@ -61,12 +70,13 @@ class FeatureStore(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Recalled:
-    """A remembered decision: enough to publish the same one again."""
+    """A remembered decision: enough to publish the same one again, and the digest of the content it decided."""
 
     outcome: DecisionOutcome
     score: float | None
     version: str | None
     sha256: str | None
+    digest: str
 
     @property
     def model(self) -> ModelRef | None:
@@ -75,39 +85,48 @@ class Recalled:
         return ModelRef(version=self.version, sha256=self.sha256)
 
     def dumps(self) -> str:
-        return json.dumps([self.outcome, self.score, self.version, self.sha256])
+        return json.dumps([self.outcome, self.score, self.version, self.sha256, self.digest])
 
     @classmethod
     def loads(cls, text: str | bytes) -> Recalled:
-        outcome, score, version, sha256 = json.loads(text)
-        return cls(outcome, score, version, sha256)
+        outcome, score, version, sha256, content = json.loads(text)
+        return cls(outcome, score, version, sha256, content)
 
 
 class DecisionMemory:
-    """Decisions by transaction id in Redis (``<prefix>decided:<txn_id>``), each kept ``ttl_s``."""
+    """Decisions by transaction id in Redis (``<prefix>decision:<txn_id>``: :meth:`Recalled.dumps`), each kept
+    ``ttl_s``. The first decision of an id stays: a later one never overwrites it."""
 
     def __init__(self, client: redis.Redis, prefix: str, ttl_s: int) -> None:
         self.client, self.prefix, self.ttl_s = client, prefix, ttl_s
 
+    def _key(self, txn_id: str) -> str:
+        return f"{self.prefix}decision:{txn_id}"
+
     def recall(self, txn_ids: Sequence[str]) -> dict[str, Recalled]:
+        """The remembered decisions of those of ``txn_ids`` that have one."""
         if not txn_ids:
             return {}
+        unique = list(dict.fromkeys(txn_ids))
         try:
-            values = self.client.mget([f"{self.prefix}decided:{t}" for t in txn_ids])
+            values = self.client.mget([self._key(t) for t in unique])
         except (redis.ConnectionError, redis.TimeoutError) as error:
             raise StoreUnavailableError(f"Redis unavailable: {error}") from None
-        return {t: Recalled.loads(v) for t, v in zip(txn_ids, values, strict=True) if v is not None}
+        return {t: Recalled.loads(v) for t, v in zip(unique, values, strict=True) if v is not None}
 
-    def remember(self, decisions: dict[str, Recalled]) -> None:
+    def remember(self, decisions: dict[str, Recalled]) -> dict[str, Recalled]:
+        """Remember each decision unless its id already has one (``SET NX GET``, one round trip); returns the
+        decisions found already there — another worker decided the same id since :meth:`recall`."""
         if not decisions:
-            return
+            return {}
         pipe = self.client.pipeline(transaction=False)
         for txn_id, recalled in decisions.items():
-            pipe.set(f"{self.prefix}decided:{txn_id}", recalled.dumps(), nx=True, ex=self.ttl_s)
+            pipe.set(self._key(txn_id), recalled.dumps(), nx=True, ex=self.ttl_s, get=True)
         try:
-            pipe.execute()
+            earlier = pipe.execute()
         except (redis.ConnectionError, redis.TimeoutError) as error:
             raise StoreUnavailableError(f"Redis unavailable: {error}") from None
+        return {t: Recalled.loads(v) for t, v in zip(decisions, earlier, strict=True) if v is not None}
 
 
 class InMemoryDecisionMemory:
@@ -119,9 +138,11 @@ class InMemoryDecisionMemory:
     def recall(self, txn_ids: Sequence[str]) -> dict[str, Recalled]:
         return {t: Recalled.loads(self.values[t]) for t in txn_ids if t in self.values}
 
-    def remember(self, decisions: dict[str, Recalled]) -> None:
+    def remember(self, decisions: dict[str, Recalled]) -> dict[str, Recalled]:
+        earlier = {t: Recalled.loads(self.values[t]) for t in decisions if t in self.values}
         for txn_id, recalled in decisions.items():
             self.values.setdefault(txn_id, recalled.dumps())
+        return earlier
 
 
 class Models:
@@ -186,9 +207,12 @@ class Models:
 @dataclass(slots=True)
 class Batch:
     """What one micro-batch produced, in input order; ``unapplied`` holds the transactions whose features could
-    not be applied (degraded): apply them once the store is back."""
+    not be applied (degraded): apply them once the store is back; ``conflicts`` the transactions refused because
+    their id was already decided for other content (no decision for them: dead-letter them as
+    ``txn_id_conflict``)."""
 
     decisions: list[Decision] = field(default_factory=list)
+    conflicts: list[Transaction] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
     unapplied: list[Transaction] = field(default_factory=list)
     redelivered: int = 0
@@ -200,12 +224,43 @@ class Batch:
     """Rows decided now by the model in force (not redeliveries answered from memory)."""
 
 
+@dataclass(slots=True)
+class _Rows:
+    """A batch's rows sorted out against the decision memory (indexes into the batch, in input order): ``kept``
+    go to the store and get a decision; ``again`` maps a kept row to what it repeats (a remembered decision, or the
+    earlier row of the same batch with the same id and content); ``conflicts`` are reused ids with other content."""
+
+    kept: list[int]
+    again: dict[int, Recalled | int]
+    conflicts: list[int]
+
+    @classmethod
+    def sort_out(cls, txns: Sequence[Transaction], digests: list[str], known: dict[str, Recalled]) -> _Rows:
+        rows = cls([], {}, [])
+        first: dict[str, int] = {}
+        for i, txn in enumerate(txns):
+            earlier: Recalled | int | None = known.get(txn.txn_id)
+            if earlier is None:
+                earlier = first.setdefault(txn.txn_id, i)
+                if earlier == i:
+                    earlier = None
+            if earlier is not None and (earlier.digest if isinstance(earlier, Recalled) else digests[earlier]) \
+                    != digests[i]:  # fmt: skip
+                rows.conflicts.append(i)
+                continue
+            rows.kept.append(i)
+            if earlier is not None:
+                rows.again[i] = earlier
+        return rows
+
+
 class Pipeline:
     """Features, score, decision, reason codes for one micro-batch (module docstring)."""
 
     def __init__(self, store: FeatureStore, memory: DecisionMemory | InMemoryDecisionMemory, models: Models,
-                 scoring: ScoringSettings, clock: Clock) -> None:  # fmt: skip
+                 scoring: ScoringSettings, clock: Clock, *, breaker: Breaker | None = None) -> None:  # fmt: skip
         self.store, self.memory, self.models, self.scoring, self.clock = store, memory, models, scoring, clock
+        self.breaker = breaker
 
     def _policy(self, scorer: Scorer) -> Policy:
         s = self.scoring
@@ -219,8 +274,30 @@ class Pipeline:
             return "review"
         return "approve"
 
+    def _read(self, txns: Sequence[Transaction], digests: list[str]) -> tuple[_Rows, StoreReply]:
+        """The batch's rows sorted out against the decision memory, then the store applied to the rows kept and
+        read: one memory read and one store call, guarded by the breaker.
+
+        Raises:
+            StoreUnavailableError: Redis did not answer in time, or the breaker is open.
+        """
+        breaker = self.breaker
+        if breaker is not None and not breaker.allows():
+            raise StoreUnavailableError("circuit breaker open: Redis failed on the last calls")
+        try:
+            rows = _Rows.sort_out(txns, digests, self.memory.recall([t.txn_id for t in txns]))
+            reply = self.store.raw([txns[i] for i in rows.kept])
+        except StoreUnavailableError:
+            if breaker is not None:
+                breaker.failed()
+            raise
+        if breaker is not None:
+            breaker.succeeded()
+        return rows, reply
+
     def score(self, txns: Sequence[Transaction], received_at: Sequence[float]) -> Batch:
-        """Decide every transaction of the batch. ``received_at``: monotonic time each reached the worker."""
+        """Decide every transaction of the batch (except the refused reused ids, :attr:`Batch.conflicts`).
+        ``received_at``: monotonic time each reached the worker."""
         batch = Batch()
         if not txns:
             return batch
@@ -231,10 +308,9 @@ class Pipeline:
         thresholds = Thresholds(review=policy.review, decline=policy.decline)
         ref = ModelRef(version=scorer.version, sha256=scorer.model.sha256)
         started = self.clock.monotonic()
+        digests = [digest(txn) for txn in txns]
         try:
-            reply = self.store.raw(txns)
-            applied = reply.applied
-            recalled = self.memory.recall([t.txn_id for t, a in zip(txns, applied, strict=True) if not a])
+            rows, reply = self._read(txns, digests)
         except StoreUnavailableError as error:
             log.warning("degraded batch of %d: %s", len(txns), error)
             batch.store_s = self.clock.monotonic() - started
@@ -242,38 +318,62 @@ class Pipeline:
             for txn, received in zip(txns, received_at, strict=True):
                 self._emit(batch, txn, {}, None, None, self._fallback(txn), thresholds, [], received, True)
             return batch
-        x = feature_matrix(reply, txns)
+        kept = [txns[i] for i in rows.kept]
+        x = feature_matrix(reply, kept)
         batch.store_s = self.clock.monotonic() - started
         started = self.clock.monotonic()
         scores = scorer.score(x)
         outcomes = policy.decide(scores, x)
         batch.model_s = self.clock.monotonic() - started
-        remembered: dict[str, Recalled] = {}
-        batch.matrix = x
-        batch.fresh = [i for i, txn in enumerate(txns) if txn.txn_id not in recalled]
-        for i, txn in enumerate(txns):
-            if txn.txn_id in recalled:
-                batch.redelivered += 1
-                again = recalled[txn.txn_id]
-                scores[i], outcomes[i] = (np.nan if again.score is None else again.score), again.outcome
-            else:
-                remembered[txn.txn_id] = Recalled(outcomes[i], float(scores[i]), ref.version, ref.sha256)
-        alerting = [i for i, outcome in enumerate(outcomes) if outcome != "approve"]
-        reasons = dict(zip(alerting, scorer.explain(x[alerting], self.scoring.reason_codes), strict=True))
+        models: list[ModelRef | None] = [ref] * len(kept)
+        remembered: dict[str, tuple[int, Recalled]] = {}
+        for k, i in enumerate(rows.kept):
+            if (again := rows.again.get(i)) is None:
+                remembered[txns[i].txn_id] = (k, Recalled(outcomes[k], float(scores[k]), ref.version, ref.sha256,
+                                                          digests[i]))  # fmt: skip
         try:
-            self.memory.remember(remembered)
+            raced = self.memory.remember({txn_id: recalled for txn_id, (_, recalled) in remembered.items()})
         except StoreUnavailableError as error:
             log.warning("decisions of a batch not remembered: %s", error)
-        for i, txn in enumerate(txns):
-            values = zip(FEATURE_NAMES, x[i].tolist(), strict=True)
+            raced = {}
+        dropped: set[int] = set()
+        for txn_id, earlier in raced.items():  # another worker decided the same id since the memory was read
+            k = remembered[txn_id][0]
+            if earlier.digest != digests[rows.kept[k]]:
+                log.warning("transaction id reused while in flight: the store had applied it (refused)")
+                dropped.add(k)
+            else:
+                rows.again[rows.kept[k]] = earlier
+        for k, i in enumerate(rows.kept):
+            again = rows.again.get(i)
+            if isinstance(again, int):  # a copy of an earlier row of this batch: its decision
+                again = self._recalled(outcomes, scores, models, rows.kept.index(again), digests[i])
+            if again is not None:
+                batch.redelivered += 1
+                scores[k], outcomes[k] = (np.nan if again.score is None else again.score), again.outcome
+                models[k] = again.model
+        decided = [k for k in range(len(kept)) if k not in dropped]
+        batch.conflicts = [txns[i] for i in rows.conflicts] + [kept[k] for k in sorted(dropped)]
+        batch.matrix = x if not dropped else x[decided]
+        batch.fresh = [n for n, k in enumerate(decided) if rows.kept[k] not in rows.again]
+        alerting = [k for k in decided if outcomes[k] != "approve"]
+        reasons = dict(zip(alerting, scorer.explain(x[alerting], self.scoring.reason_codes), strict=True))
+        for k in decided:
+            txn = kept[k]
+            values = zip(FEATURE_NAMES, x[k].tolist(), strict=True)
             features = {name: (None if math.isnan(v) else v) for name, v in values}
-            model: ModelRef | None = ref
-            if (earlier := recalled.get(txn.txn_id)) is not None:
-                model = earlier.model
-            score = None if math.isnan(scores[i]) else float(scores[i])
-            self._emit(batch, txn, features, model, score, outcomes[i], thresholds, reasons.get(i, []),
-                       received_at[i], False)  # fmt: skip
+            score = None if math.isnan(scores[k]) else float(scores[k])
+            self._emit(batch, txn, features, models[k], score, outcomes[k], thresholds, reasons.get(k, []),
+                       received_at[rows.kept[k]], False)  # fmt: skip
         return batch
+
+    @staticmethod
+    def _recalled(outcomes: list[DecisionOutcome], scores: NDArray[np.float64], models: list[ModelRef | None],
+                  k: int, content: str) -> Recalled:  # fmt: skip
+        model = models[k]
+        score = None if math.isnan(scores[k]) else float(scores[k])
+        return Recalled(outcomes[k], score, model.version if model else None, model.sha256 if model else None,
+                        content)  # fmt: skip
 
     def score_one_by_one(self, txns: Sequence[Transaction], received_at: Sequence[float]) -> Batch:
         """:meth:`score` called per event (one store call, one model call each): the naive design, kept as
@@ -284,6 +384,7 @@ class Pipeline:
             whole.decisions += one.decisions
             whole.alerts += one.alerts
             whole.unapplied += one.unapplied
+            whole.conflicts += one.conflicts
             whole.redelivered += one.redelivered
             whole.store_s += one.store_s
             whole.model_s += one.model_s
@@ -347,4 +448,5 @@ def from_settings(settings: Settings, clock: Clock) -> tuple[Pipeline, redis.Red
                     poll_s=scoring.model_poll_s, clock=clock, runtime=scoring.model_runtime)  # fmt: skip
     store = RedisFeatureStore(client, settings.redis.key_prefix)
     memory = DecisionMemory(client, settings.redis.key_prefix, scoring.decision_memory_s)
-    return Pipeline(store, memory, models, scoring, clock), client
+    breaker = Breaker(scoring.breaker_failures, scoring.breaker_cooldown_s, clock)
+    return Pipeline(store, memory, models, scoring, clock, breaker=breaker), client

@@ -29,7 +29,8 @@ def audit_show(
     json_out: Annotated[bool, typer.Option("--json", help="Print the trail as JSON.")] = False,
 ) -> None:
     """A transaction's full chain: event (tokenized), features as served, model and hash, score, thresholds,
-    decision, reason codes, alert and sinks, labels — and whether the log files it came from are intact."""
+    decision, reason codes, alert and sinks, labels, payments refused for reusing its id — and whether the log files
+    it came from are intact."""
     import json
 
     from fraudpipe.audit import trail
@@ -77,6 +78,9 @@ def audit_show(
         say(f"alert {found['alert']['alert_id']}: {sinks}")
     for label in found["labels"] or [{}]:
         say("label: " + (", ".join(f"{k}={v}" for k, v in label.items()) or "none received"))
+    for refused in found["conflicts"]:
+        say("[bold red]refused, reused id[/] (txn_id_conflict): "
+            + ", ".join(f"{k}={v}" for k, v in refused.items() if v is not None))  # fmt: skip
     for name, state in found["seals"].items():
         say(f"seal {name}: {state}")
 
@@ -175,7 +179,8 @@ def privacy_retain(
     settings = _settings()
     p = settings.privacy
     keep = {"decisions": p.retain_decisions_days, "labels": p.retain_labels_days,
-            "deliveries": p.retain_deliveries_days, "shadow": p.retain_shadow_days}  # fmt: skip
+            "deliveries": p.retain_deliveries_days, "shadow": p.retain_shadow_days,
+            "conflicts": p.retain_decisions_days}  # fmt: skip
     client = redis_client(settings.redis) if "redis_stream" in settings.sinks.enabled else None
     from datetime import UTC
 

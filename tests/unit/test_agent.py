@@ -59,6 +59,7 @@ def test_the_agent_scores_alerts_and_dead_letters(tmp_path: Path, monkeypatch: p
     published = _Published()
     monkeypatch.setattr(agents, "make_publisher", lambda: published)
     monkeypatch.setattr(agents, "make_decision_log", lambda: DayLog(tmp_path / "decisions", "event_time"))
+    monkeypatch.setattr(agents, "make_conflict_log", lambda: DayLog(tmp_path / "conflicts", "event_time"))
     # tok_gone was erased after its payment: a replay of that payment is dropped, not scored.
     erased = {subject_digest(KEY, "tok_gone").encode(): str(micros_of(datetime(2025, 1, 1, tzinfo=UTC))).encode()}
     monkeypatch.setattr(agents, "make_erasures", lambda: ErasureList(lambda: erased, KEY, poll_s=60, clock=clock))
@@ -71,9 +72,17 @@ def test_the_agent_scores_alerts_and_dead_letters(tmp_path: Path, monkeypatch: p
                 await agent.put(value=encode(txn), key=txn.card_token.encode(), wait=False)
             await agent.put(value=b'{"txn_id": 1', key=b"k", wait=False)
             await agent.put(value=encode(gone), key=b"tok_gone", wait=False)
-            await agent.put(value=encode(factories.transaction(txn_id="explodes")), key=b"k", wait=False)
+            explodes = factories.transaction(txn_id="explodes")
+            await agent.put(value=encode(explodes), key=explodes.card_token.encode(), wait=False)
             for txn in valid[3:]:
                 await agent.put(value=encode(txn), key=txn.card_token.encode(), wait=False)
+            # The key must be the card token: another card's key, no key, a PAN as the key.
+            await agent.put(value=encode(valid[0].model_copy(update={"txn_id": "k1"})), key=b"tok_c2", wait=False)
+            await agent.put(value=encode(valid[0].model_copy(update={"txn_id": "k2"})), key=None, wait=False)
+            await agent.put(value=b"{}", key=b"4111111111111111", wait=False)
+            # A reused id: ok-0 again, with another amount.
+            reused = valid[0].model_copy(update={"amount": 999_999.0})
+            await agent.put(value=encode(reused), key=reused.card_token.encode(), wait=False)
             await asyncio.sleep(1.0)
         return (
             published.of("scores.v1", Decision),
@@ -84,7 +93,12 @@ def test_the_agent_scores_alerts_and_dead_letters(tmp_path: Path, monkeypatch: p
     decisions, alerts, dead = asyncio.run(run())
     assert sorted(d.txn_id for d in decisions) == sorted(t.txn_id for t in valid)
     assert {a.txn_id for a in alerts} == {d.txn_id for d in decisions if d.decision != "approve"} != set()
-    assert sorted(d.reason for d in dead) == sorted([Reason.INVALID_JSON, Reason.PROCESSING_ERROR])
+    assert sorted(d.reason for d in dead) == sorted([Reason.INVALID_JSON, Reason.PROCESSING_ERROR,
+        Reason.KEY_MISMATCH, Reason.MISSING_KEY, Reason.MISSING_FIELD, Reason.TXN_ID_CONFLICT])  # fmt: skip
+    dlq_keys = [key for name, key, _ in published.messages if name == "transactions.dlq.v1"]
+    assert b"4111111111111111" not in dlq_keys and b"411111******1111" in dlq_keys
+    refused = DayLog(tmp_path / "conflicts", "event_time").read()
+    assert refused["txn_id"].to_list() == ["ok-0"] and refused["amount"].to_list() == [999_999.0]
     assert "ZeroDivisionError" in next(d.detail for d in dead if d.reason == Reason.PROCESSING_ERROR)
     logged = DayLog(tmp_path / "decisions", "event_time").read()
     assert sorted(logged.get_column("txn_id").to_list()) == sorted(t.txn_id for t in valid)

@@ -4,6 +4,8 @@ swaps and refusals, and the degraded mode."""
 
 from __future__ import annotations
 
+import copy
+
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from fraudpipe.clock import FixedClock
 from fraudpipe.contracts import Transaction
 from fraudpipe.settings import ScoringSettings
 from models.registry import Registry
+from streams.breaker import Breaker
 from streams.pipeline import InMemoryDecisionMemory, Models, Pipeline
 from tests import factories
 
@@ -113,3 +116,59 @@ def test_degraded_decisions_follow_the_fallback_policy(champion_dir: Path, fallb
     assert all(d.degraded and d.score is None and d.features == {} for d in batch.decisions)
     assert [a.txn_id for a in batch.alerts] == [d.txn_id for d in batch.decisions if d.decision != "approve"]
     assert batch.unapplied == txns
+
+
+def test_a_reused_id_with_other_content_is_refused_and_touches_no_state(champion_dir: Path) -> None:
+    store = InMemoryFeatureStore()
+    pipeline = _pipeline(champion_dir, store)
+    small = factories.transaction(txn_id="t-reused", card_token="tok_a", amount=10.0, event_time=T0.isoformat())
+    first = pipeline.score([small], [0.0])
+    assert [d.txn_id for d in first.decisions] == ["t-reused"] and not first.conflicts
+    # The same id: another card, another amount, a day later; and the same id again within one batch.
+    big = factories.transaction(txn_id="t-reused", card_token="tok_b", amount=999_999.0,
+                                event_time=(T0 + timedelta(days=1)).isoformat())  # fmt: skip
+    state = copy.deepcopy(store.values)
+    batch = pipeline.score([big, small], [0.0, 0.0])
+    assert batch.conflicts == [big]
+    assert [d.txn_id for d in batch.decisions] == ["t-reused"] and batch.redelivered == 1
+    assert batch.decisions[0].amount == 10.0 and batch.decisions[0].decision == first.decisions[0].decision
+    assert store.values == state  # the refused payment applied nothing: tok_b never saw it
+
+
+def test_within_a_batch_the_first_of_two_same_ids_wins(champion_dir: Path) -> None:
+    pipeline = _pipeline(champion_dir)
+    one = factories.transaction(txn_id="t-twice", card_token="tok_a", amount=10.0, event_time=T0.isoformat())
+    other = factories.transaction(txn_id="t-twice", card_token="tok_a", amount=5_000.0, event_time=T0.isoformat())
+    batch = pipeline.score([one, other, one], [0.0] * 3)
+    assert batch.conflicts == [other]
+    assert [d.amount for d in batch.decisions] == [10.0, 10.0]
+    assert batch.decisions[0].decision == batch.decisions[1].decision
+    assert batch.decisions[0].score == batch.decisions[1].score and batch.redelivered == 1
+    assert batch.fresh == [0]
+
+
+def test_an_open_breaker_degrades_at_once_and_a_trial_closes_it(champion_dir: Path) -> None:
+    class FlakyStore(InMemoryFeatureStore):
+        down = True
+        calls = 0
+
+        def raw(self, txns: Any) -> Any:
+            self.calls += 1
+            if self.down:
+                raise StoreUnavailableError("Redis unavailable: test")
+            return super().raw(txns)
+
+    store = FlakyStore()
+    pipeline = _pipeline(champion_dir, store, breaker_failures=2, breaker_cooldown_s=5.0)
+    clock = pipeline.clock
+    assert isinstance(clock, FixedClock)
+    pipeline.breaker = Breaker(2, 5.0, clock)
+    txns = _txns(3)
+    for _ in range(5):
+        assert all(d.degraded for d in pipeline.score(txns, [0.0] * 3).decisions)
+    assert store.calls == 2  # the third batch onwards did not wait for Redis
+    store.down = False
+    clock.advance(5.0)
+    batch = pipeline.score(txns, [0.0] * 3)  # the trial goes through and closes the breaker
+    assert store.calls == 3 and not any(d.degraded for d in batch.decisions)
+    assert pipeline.breaker.state == "closed"

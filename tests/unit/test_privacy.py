@@ -65,10 +65,10 @@ def test_retention_drops_old_days_and_old_alert_lines(tmp_path: Path) -> None:
     alerts = tmp_path / "alerts.jsonl"
     alerts.write_text("".join(json.dumps({"raised_at": t.isoformat(), "card_token": "x"}) + "\n"
                               for t in (old, recent)) + "torn line\n")  # fmt: skip
-    keep = {"decisions": 30, "labels": 0, "deliveries": 30, "shadow": 30}
+    keep = {"decisions": 30, "labels": 0, "deliveries": 30, "shadow": 30, "conflicts": 30}
     removed = retain(logs, keep, as_of=datetime(2024, 3, 2, tzinfo=UTC), client=None, alert_stream="unused",
                      alert_file=alerts, alert_days=30)  # fmt: skip
-    assert removed == {"decisions": 1, "deliveries": 1, "shadow": 1, "alert_file_lines": 1}
+    assert removed == {"decisions": 1, "deliveries": 1, "shadow": 1, "conflicts": 1, "alert_file_lines": 1}
     assert logs.decisions.read()["txn_id"].to_list() == ["b"]
     assert logs.labels.read().height == 2  # 0 keeps forever
     assert alerts.read_text().count("\n") == 2 and "torn line" in alerts.read_text()
