@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from datetime import datetime
 from functools import cache
 from typing import Any, TypeVar, get_args, get_origin
@@ -19,7 +20,7 @@ from typing import Any, TypeVar, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from fraudpipe.contracts import LATEST_EVENT_TIME_CONTEXT, DeadLetter, Event, Reason
+from fraudpipe.contracts import AMOUNT_CAPS_CONTEXT, LATEST_EVENT_TIME_CONTEXT, DeadLetter, Event, Reason
 from fraudpipe.pan import mask_pans
 
 __all__ = ["MAX_PAYLOAD_BYTES", "DecodeError", "dead_letter", "dead_letter_key", "decode", "digest", "encode"]
@@ -52,7 +53,8 @@ def digest(event: Event) -> str:
     return hashlib.blake2b(encode(event), digest_size=16).hexdigest()
 
 
-def decode(raw: bytes | None, kind: type[E], *, latest_event_time: datetime | None = None) -> E:
+def decode(raw: bytes | None, kind: type[E], *, latest_event_time: datetime | None = None,
+           amount_caps: Mapping[str, float] | None = None) -> E:  # fmt: skip
     """Parse and validate ``raw`` as a ``kind`` event.
 
     Args:
@@ -60,6 +62,8 @@ def decode(raw: bytes | None, kind: type[E], *, latest_event_time: datetime | No
         kind: the contract to validate against (``Transaction``, ``Label``, ...).
         latest_event_time: refuse event times at or after this instant (callers pass now + allowed clock skew);
             without it only the fixed sane range applies.
+        amount_caps: the largest accepted amount per currency (major units; ``scoring.amount_caps()``); without
+            it, :data:`fraudpipe.currencies.DEFAULT_CAPS`.
 
     Raises:
         DecodeError: with the reason of the first problem found.
@@ -68,7 +72,9 @@ def decode(raw: bytes | None, kind: type[E], *, latest_event_time: datetime | No
         raise DecodeError(Reason.EMPTY_PAYLOAD, "empty message value")
     if len(raw) > MAX_PAYLOAD_BYTES:
         raise DecodeError(Reason.PAYLOAD_TOO_LARGE, f"{len(raw)} bytes > {MAX_PAYLOAD_BYTES}")
-    context = {LATEST_EVENT_TIME_CONTEXT: latest_event_time} if latest_event_time is not None else None
+    context: dict[str, Any] | None = None
+    if latest_event_time is not None or amount_caps is not None:
+        context = {LATEST_EVENT_TIME_CONTEXT: latest_event_time, AMOUNT_CAPS_CONTEXT: amount_caps}
     try:
         event = kind.model_validate_json(raw, strict=True, context=context)
     except ValidationError as error:
@@ -175,6 +181,8 @@ def _where(error: ErrorDetails) -> str:
     """The error's location, naming fields only: a key that is not a field (an unknown key, a dict key) is input,
     and input is never echoed (it may be a PAN)."""
     known = _field_names()
+    if not error["loc"] and error["type"] in (Reason.AMOUNT_PRECISION.value, Reason.AMOUNT_TOO_LARGE.value):
+        return "amount"  # checked with the currency, by the contract's model validator
     parts = ["<unknown field>" if error["type"] == "extra_forbidden" and i == len(error["loc"]) - 1
              else str(part) if isinstance(part, int) or part in known else "<key>"
              for i, part in enumerate(error["loc"])]  # fmt: skip

@@ -8,8 +8,10 @@
 | ``Alert``      | ``alerts.v1``            | card token  |
 | ``DeadLetter`` | ``<topic>.dlq.v1``       | source key  |
 
-Units: amounts are in the currency's *major* unit (12.34 EUR), times are timezone-aware and normalised to UTC,
-durations are milliseconds (``latency_ms``), scores are probabilities in [0, 1].
+Units: amounts are in the currency's *major* unit (12.34 EUR), with no more decimals than its minor unit (ISO 4217:
+0 for JPY, 3 for BHD) and, on input, at most its cap (a common limit in EUR, per currency:
+``scoring.amount_caps()``); times are timezone-aware and normalised to UTC, durations are milliseconds
+(``latency_ms``), scores are probabilities in [0, 1].
 
 Every model is strict (no type coercion: ``"12.5"`` is not a number), forbids unknown fields and carries a
 ``schema_version``. Decoding from bytes goes through :mod:`fraudpipe.codec`, which turns validation errors into a
@@ -42,13 +44,13 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from fraudpipe.currencies import CURRENCIES
+from fraudpipe.currencies import CURRENCIES, DEFAULT_CAPS, minor_units
 from fraudpipe.pan import contains_pan
 
 __all__ = [
+    "AMOUNT_CAPS_CONTEXT",
     "EARLIEST_EVENT_TIME",
     "LATEST_EVENT_TIME",
-    "MAX_AMOUNT",
     "SCHEMA_VERSION",
     "Alert",
     "Channel",
@@ -66,12 +68,13 @@ __all__ = [
 ]
 
 SCHEMA_VERSION: Literal[1] = 1
-MAX_AMOUNT = 1_000_000.0
-"""Upper bound of one card payment, major currency units. Larger values are input errors, not big spenders."""
 EARLIEST_EVENT_TIME = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST_EVENT_TIME = datetime(2100, 1, 1, tzinfo=UTC)
 LATEST_EVENT_TIME_CONTEXT = "latest_event_time"
 """Validation-context key: a datetime after which event times are refused (the codec passes now + clock skew)."""
+AMOUNT_CAPS_CONTEXT = "amount_caps"
+"""Validation-context key: the largest accepted amount per currency (major units; default
+:data:`fraudpipe.currencies.DEFAULT_CAPS`, the settings' ``scoring.amount_caps()`` in the worker and the API)."""
 
 
 class Reason(StrEnum):
@@ -89,6 +92,8 @@ class Reason(StrEnum):
     INVALID_NUMBER = "invalid_number"
     AMOUNT_NOT_POSITIVE = "amount_not_positive"
     AMOUNT_TOO_LARGE = "amount_too_large"
+    AMOUNT_PRECISION = "amount_precision"
+    """More decimals than the currency's minor unit has (0.5 JPY, 12.345 EUR)."""
     INVALID_CURRENCY = "invalid_currency"
     NAIVE_DATETIME = "naive_datetime"
     TIME_OUT_OF_RANGE = "time_out_of_range"
@@ -121,6 +126,19 @@ def _utc_in_range(value: datetime, info: ValidationInfo) -> datetime:
             {"earliest": EARLIEST_EVENT_TIME.isoformat(), "latest": latest.isoformat()},
         )
     return value
+
+
+def _check_amount(amount: float, currency: str, info: ValidationInfo) -> None:
+    """``amount`` (major units) fits ``currency``: no more decimals than its minor unit, at most its cap."""
+    if round(amount, minor_units(currency)) != amount:
+        raise PydanticCustomError(Reason.AMOUNT_PRECISION.value, "amount has more decimals than {currency} has",
+                                  {"currency": currency})  # fmt: skip
+    caps = DEFAULT_CAPS
+    if info.context and (given := info.context.get(AMOUNT_CAPS_CONTEXT)) is not None:
+        caps = given
+    if amount > caps[currency]:
+        raise PydanticCustomError(Reason.AMOUNT_TOO_LARGE.value, "amount is above the cap of {cap} {currency}",
+                                  {"cap": caps[currency], "currency": currency})  # fmt: skip
 
 
 def _no_pan_in_id(value: str) -> str:
@@ -176,7 +194,7 @@ class Transaction(Event):
     card_token: Identifier
     card_bin: Annotated[str, StringConstraints(pattern=r"^\d{6,8}$")] | None = None
     card_last4: Annotated[str, StringConstraints(pattern=r"^\d{4}$")] | None = None
-    amount: Annotated[float, Field(gt=0.0, le=MAX_AMOUNT)]
+    amount: Annotated[float, Field(gt=0.0)]
     currency: Currency
     terminal_id: Identifier | None = None
     merchant_id: Identifier | None = None
@@ -190,7 +208,8 @@ class Transaction(Event):
     lon: Annotated[float, Field(ge=-180.0, le=180.0)] | None = None
 
     @model_validator(mode="after")
-    def _where_and_geo(self) -> Transaction:
+    def _consistent(self, info: ValidationInfo) -> Transaction:
+        _check_amount(self.amount, self.currency, info)
         if self.terminal_id is None and self.merchant_id is None:
             raise PydanticCustomError(Reason.MISSING_FIELD.value, "terminal_id or merchant_id is required")
         if (self.lat is None) != (self.lon is None):
@@ -260,7 +279,7 @@ class Decision(Event):
     card_token: Identifier
     event_time: UtcTime
     decided_at: UtcTime
-    amount: Annotated[float, Field(gt=0.0, le=MAX_AMOUNT)]
+    amount: Annotated[float, Field(gt=0.0)]
     currency: Currency
     features: Annotated[dict[str, float | None], Field(max_length=512)]
     model: ModelRef | None
@@ -281,7 +300,7 @@ class Alert(Event):
     card_last4: Annotated[str, StringConstraints(pattern=r"^\d{4}$")] | None = None
     event_time: UtcTime
     raised_at: UtcTime
-    amount: Annotated[float, Field(gt=0.0, le=MAX_AMOUNT)]
+    amount: Annotated[float, Field(gt=0.0)]
     currency: Currency
     terminal_id: Identifier | None = None
     merchant_id: Identifier | None = None

@@ -4,8 +4,10 @@ Per-row pydantic validation costs ~5-10 µs; a replay of millions of rows needs 
 the rows of a polars frame that the contract *certainly* accepts, in one pass of Rust expressions; every other row
 goes through the contract itself (which also names the reason). The rules are compiled from the contract's own
 JSON schema (types, required fields, lengths, patterns, bounds, enums), so they cannot drift from it; the few
-checks pydantic runs in Python (time range, PAN checks, cross-field rules) are restated here and, where a
-vectorized answer would be a guess (a digit run that may be a PAN), the row is simply sent to the slow path.
+checks pydantic runs in Python (time range, PAN checks, cross-field rules, the amount's cap and decimals) are
+restated here and, where a vectorized answer would be a guess (a digit run that may be a PAN), the row is simply
+sent to the slow path. Decimals: ``round(amount * 10^units) / 10^units == amount`` holds only for the float nearest
+to a number with ``units`` decimals, for which the contract's ``round(amount, units) == amount`` holds too.
 
 A property test (tests/unit/test_fastcheck.py) holds the promise: no row the fast path accepts is refused by the
 contract.
@@ -19,12 +21,16 @@ from typing import Any
 import polars as pl
 
 from fraudpipe.contracts import EARLIEST_EVENT_TIME, LATEST_EVENT_TIME, Event, Transaction
+from fraudpipe.currencies import CURRENCIES, DEFAULT_CAPS, minor_units
 from fraudpipe.pan import PAN_CANDIDATE
 
 __all__ = ["certainly_valid", "schema_rules"]
 
 _TEXT_FIELDS = ("txn_id", "card_token", "terminal_id", "merchant_id", "customer_id", "device_id", "merchant_name")
 """The fields ``Transaction`` scans for PANs: a row where one holds ``PAN_CANDIDATE`` takes the slow path."""
+
+
+_MINOR_UNITS = {code: minor_units(code) for code in CURRENCIES}
 
 
 def _string_rules(column: pl.Expr, schema: dict[str, Any]) -> list[pl.Expr]:
@@ -99,7 +105,12 @@ def _transaction_python_rules() -> pl.Expr:
                                       for name in _TEXT_FIELDS])  # fmt: skip
     where = pl.col("terminal_id").is_not_null() | pl.col("merchant_id").is_not_null()
     geo = pl.col("lat").is_null() == pl.col("lon").is_null()
-    return ~may_hold_pan & where & geo
+    currency, amount = pl.col("currency"), pl.col("amount")
+    cap = currency.replace_strict(DEFAULT_CAPS, default=None, return_dtype=pl.Float64)
+    scale = pl.lit(10.0).pow(currency.replace_strict(_MINOR_UNITS, default=None, return_dtype=pl.Int64))
+    precise = (amount * scale).round(0) / scale == amount  # implies round(amount, units) == amount (module doc)
+    fits = (amount <= cap) & precise
+    return ~may_hold_pan & where & geo & fits.fill_null(False)
 
 
 def certainly_valid(frame: pl.DataFrame) -> pl.Series:

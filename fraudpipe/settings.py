@@ -19,6 +19,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fraudpipe import currencies
+
 __all__ = [
     "DEV_AUDIT_KEY",
     "DEV_TOKENIZATION_KEY",
@@ -215,11 +217,23 @@ class ScoringSettings(_Section):
     once (``fallback``) instead of each waiting out the socket timeout."""
     breaker_cooldown_s: Annotated[float, Field(ge=0.0)] = 5.0
     """How long an open breaker refuses Redis calls before one trial call is let through."""
+    amount_limit_eur: Annotated[float, Field(gt=0.0)] = currencies.DEFAULT_LIMIT_EUR
+    """The largest accepted payment, in EUR: each currency's cap is this at a rounded-up rate
+    (``fraudpipe.currencies.EUR_RATES``); larger amounts are refused as ``amount_too_large``."""
+    amount_caps_by_currency: dict[str, Annotated[float, Field(gt=0.0)]] = {}
+    """Caps that replace the derived ones, as JSON: currency -> largest amount in its major unit."""
+
+    def amount_caps(self) -> dict[str, float]:
+        """The largest accepted payment per currency (major units): derived from ``amount_limit_eur``, then
+        ``amount_caps_by_currency``."""
+        return currencies.amount_caps(self.amount_limit_eur, self.amount_caps_by_currency)
 
     @model_validator(mode="after")
     def _ordered(self) -> ScoringSettings:
         if self.review_threshold > self.decline_threshold:
             raise ValueError("review_threshold must not exceed decline_threshold")
+        if unknown := sorted(set(self.amount_caps_by_currency) - currencies.CURRENCIES):
+            raise ValueError(f"amount_caps_by_currency: not ISO 4217 currencies: {', '.join(unknown)}")
         return self
 
 

@@ -2,13 +2,14 @@
 
 ``score_transactions`` consumes ``transactions.v1`` in micro-batches: each record is validated
 (:func:`streams.intake.intake`: the contract, and a Kafka key equal to the card token; refused ones go to
-``transactions.dlq.v1`` with reason and coordinates, their key PAN-masked), the valid ones go through :class:`streams.pipeline.Pipeline` (features, model, decision, reason codes), and every decision is
-published to ``scores.v1`` and every review / decline to ``alerts.v1``, keyed by card token, by a confluent-kafka
-producer (:mod:`streams.publisher`). A reused transaction id (known, other content: :attr:`Batch.conflicts`) is
-dead-lettered as ``txn_id_conflict`` and kept in the conflict log for ``fraudpipe audit show``. All deliveries of a batch are awaited before the next batch is taken, so Faust
-never commits an offset past an event whose outputs the broker does not have. Anything unexpected while handling
-one event dead-letters that event (``processing_error``) and the batch goes on: an exception escaping the agent
-would make Faust acknowledge the whole batch.
+``transactions.dlq.v1`` with reason and coordinates, their key PAN-masked), the valid ones go through
+:class:`streams.pipeline.Pipeline` (features, model, decision, reason codes), and every decision is published to
+``scores.v1`` and every review / decline to ``alerts.v1``, keyed by card token, by a confluent-kafka producer
+(:mod:`streams.publisher`). A reused transaction id (known, other content: :attr:`Batch.conflicts`) is
+dead-lettered as ``txn_id_conflict`` and kept in the conflict log for ``fraudpipe audit show``. All deliveries of a
+batch are awaited before the next batch is taken, so Faust never commits an offset past an event whose outputs the
+broker does not have. Anything unexpected while handling one event dead-letters that event (``processing_error``)
+and the batch goes on: an exception escaping the agent would make Faust acknowledge the whole batch.
 
 Before each batch the model alias is checked (every ``scoring.model_poll_s``) and a new version swapped in; a batch
 is scored by one version. Transactions decided in degraded mode (Redis away) are published with the batch to
@@ -145,6 +146,7 @@ async def score_transactions(stream: Any) -> None:
     publisher = make_publisher()
     decision_log = make_decision_log()
     conflict_log = make_conflict_log()
+    caps = scoring.amount_caps()
     erasures = make_erasures()
     shadow = make_shadow()
     topic = settings.topics.full(settings.topics.transactions)
@@ -168,6 +170,7 @@ async def score_transactions(stream: Any) -> None:
             latest_event_time=now + timedelta(seconds=scoring.max_clock_skew_s),
             failed_at=now,
             key_of=_card_token,
+            amount_caps=caps,
         )
         dead = list(result.dead)
         erasures.refresh()

@@ -7,7 +7,7 @@ reason; nothing is dropped and nothing raises.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Generic, TypeVar
@@ -47,6 +47,7 @@ def intake(
     latest_event_time: datetime | None,
     failed_at: datetime,
     key_of: Callable[[E], str] | None = None,
+    amount_caps: Mapping[str, float] | None = None,
 ) -> Intake[E]:
     """Decode each record as ``kind``; refused ones become dead letters stamped ``failed_at``.
 
@@ -54,11 +55,12 @@ def intake(
     no bound, for events fraudpipe itself produced). ``key_of``: what the record's Kafka key must be for its event
     (the card token of a transaction); a record without a key is refused as ``missing_key``, one with another key
     as ``key_mismatch`` — it would be ordered with, and its state owned by, another card's partition.
+    ``amount_caps``: the largest amount per currency (:func:`fraudpipe.codec.decode`).
     """
     result: Intake[E] = Intake()
     for record in records:
         try:
-            event = decode(record.value, kind, latest_event_time=latest_event_time)
+            event = decode(record.value, kind, latest_event_time=latest_event_time, amount_caps=amount_caps)
             if key_of is not None and not record.key:
                 raise DecodeError(Reason.MISSING_KEY, "the record has no key (expected its card token)")
             if key_of is not None and record.key != key_of(event).encode():

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fraudpipe.contracts import Transaction
-from fraudpipe.currencies import CURRENCIES
+from fraudpipe.currencies import CURRENCIES, minor_units
 from fraudpipe.fastcheck import certainly_valid
 from fraudpipe.files import encode_transactions
 from fraudpipe.simulator.config import default
@@ -91,8 +91,8 @@ valid_rows = st.fixed_dictionaries(
         "card_token": st.from_regex(r"\Atok_[0-9a-f]{32}\Z"),
         "card_bin": optional(st.from_regex(r"\A[0-9]{6}\Z")),
         "card_last4": optional(st.from_regex(r"\A[0-9]{4}\Z")),
-        "amount": st.floats(min_value=0.01, max_value=1_000_000.0),
-        "currency": st.sampled_from(sorted(CURRENCIES)),
+        "amount": st.integers(1, 100_000_000).map(lambda cents: cents / 100),
+        "currency": st.sampled_from([code for code in sorted(CURRENCIES) if minor_units(code) >= 2]),
         "terminal_id": valid_identifiers,
         "merchant_id": optional(valid_identifiers),
         "merchant_name": optional(st.text(max_size=40)),
