@@ -9,7 +9,7 @@ install: ## Create .venv and install fraudpipe with its dev tools
 	test -x $(VENV)/python || python3 -m venv .venv
 	$(VENV)/python -m pip install -q -e ".[dev]"
 
-demo: install ## The whole pipeline on this machine with a live summary (ARGS="--duration 60" to stop by itself)
+demo: install ## The whole pipeline on this machine with a live summary (ARGS="--duration 60 --sasl": stop by itself, Kafka with SASL)
 	$(VENV)/fraudpipe demo $(ARGS)
 
 test: ## Run every test against real Kafka and Redis (sets everything up; ARGS="-k faust" to select)
@@ -27,7 +27,7 @@ format: ## Format and fix what ruff can
 	$(VENV)/ruff format .
 	$(VENV)/ruff check --fix .
 
-services-start: ## Start local Kafka and Redis (scripts/services.sh)
+services-start: ## Start local Kafka and Redis (scripts/services.sh); Redis logins in .services/redis/users/*.env
 	scripts/services.sh start
 
 services-stop: ## Stop the local Kafka and Redis this checkout started

@@ -13,6 +13,10 @@
 #
 # --sasl (or FRAUDPIPE_KAFKA_SASL=1) starts the broker with SASL/SCRAM-SHA-512 and ACLs instead of PLAINTEXT; a
 # state folder formatted that way always starts that way (see "Kafka with SASL/SCRAM and ACLs" below).
+#
+# Redis always asks for a password: the default user's (everything) and the `worker` ACL user's (its key prefix and
+# the commands a worker sends), each in $STATE_DIR/redis/users/<name>.env (mode 600) for clients to load:
+# `set -a; . .services/redis/users/default.env; set +a` (see "Redis with passwords and the worker's ACL user").
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -37,7 +41,9 @@ KAFKA_HOST="${BOOTSTRAP%:*}"
 KAFKA_PORT="${BOOTSTRAP##*:}"
 CONTROLLER_PORT=$((KAFKA_PORT + 1))
 REDIS_URL="$(setting FRAUD_REDIS__URL redis://127.0.0.1:6379/0)"
-REDIS_HOSTPORT="${REDIS_URL#*://}"; REDIS_HOSTPORT="${REDIS_HOSTPORT##*@}"; REDIS_HOSTPORT="${REDIS_HOSTPORT%%/*}"
+REDIS_HOSTPORT="${REDIS_URL#*://}"; REDIS_HOSTPORT="${REDIS_HOSTPORT%%/*}"
+REDIS_USERINFO=""  # user:password of a login in the URL
+if [[ "$REDIS_HOSTPORT" == *@* ]]; then REDIS_USERINFO="${REDIS_HOSTPORT%@*}"; REDIS_HOSTPORT="${REDIS_HOSTPORT##*@}"; fi
 REDIS_HOST="${REDIS_HOSTPORT%:*}"
 REDIS_PORT="${REDIS_HOSTPORT##*:}"
 [[ "$REDIS_PORT" == "$REDIS_HOSTPORT" ]] && REDIS_PORT=6379
@@ -45,6 +51,7 @@ REDIS_PORT="${REDIS_HOSTPORT##*:}"
 KAFKA_DIR="$STATE_DIR/kafka"
 REDIS_DIR="$STATE_DIR/redis"
 SASL_DIR="$KAFKA_DIR/sasl"
+REDIS_USERS="$REDIS_DIR/users"
 case "${FRAUDPIPE_KAFKA_SASL:-0}" in 1 | true | yes) KAFKA_SASL=1 ;; *) KAFKA_SASL=0 ;; esac
 # The broker's jars are shared by every state folder of this checkout (resolved once per version).
 KAFKA_LIB="${FRAUDPIPE_KAFKA_LIB:-$ROOT/.services/kafka-lib-$KAFKA_VERSION}"
@@ -237,25 +244,106 @@ kafka_start() {
   die "kafka: not ready after 90s (log: $KAFKA_DIR/server.log)"
 }
 
-# --- Redis -------------------------------------------------------------------------------------------------
+# --- Redis with passwords and the worker's ACL user -------------------------------------------------------
+# Two users, written to $REDIS_DIR/redis.conf (mode 600) as SHA-256 hashes: that file, never the command line (which
+# `ps` shows), configures them, and the passwords themselves are only in $REDIS_USERS/<name>.env (mode 600):
+#   default  everything (the tests, the demo, `fraudpipe serve`, the CLI's maintenance commands);
+#   worker   the keys under FRAUD_REDIS__KEY_PREFIX (default fp:v3:) and the alert stream FRAUD_SINKS__REDIS_STREAM_KEY
+#            (default fp:alerts), no pub/sub channel, and only REDIS_WORKER_COMMANDS. Redis checks key patterns
+#            inside scripts too, so the feature store's script is confined like any other call.
+# A user's password is the login fraudpipe's settings name for it (the password in FRAUD_REDIS__URL, else
+# FRAUD_REDIS__PASSWORD, for FRAUD_REDIS__USERNAME or default), else the one its .env file kept from the last start,
+# else a random one. Both files are rewritten on each start: a changed prefix or password applies at the next start.
+
+# Every command a worker sends: the feature store (MULTI / EXEC around EVALSHA and MGET, SCRIPT LOAD when the script
+# is not cached; APPEND, STRLEN, EXPIRE, HMGET, HSET, GET, SET and PTTL inside it), decision memory (MGET, SET), the
+# erasure list (HGETALL), the Redis-stream sink (SET NX markers, XADD, DEL), health checks (PING).
+# tests/reliability/test_redis_acl.py (the feature store's script) and test_security.py (a real worker) read it here.
+REDIS_WORKER_COMMANDS="ping get set mget del hgetall xadd evalsha script|load multi exec append strlen expire pttl hmget hset"
+
+redis_value() {  # redis_value USER: that user's password, from its .env file (nothing if there is none)
+  if [[ -f "$REDIS_USERS/$1.env" ]]; then sed -n 's/^FRAUD_REDIS__PASSWORD=//p' "$REDIS_USERS/$1.env"; fi
+}
+
+redis_login() {  # redis_login USER: the password fraudpipe's settings log USER in with (nothing if none)
+  local user password
+  if [[ "$REDIS_USERINFO" == *:* ]]; then  # redis://[user]:password@host:port/db: a login in the URL wins
+    user="${REDIS_USERINFO%%:*}" password="${REDIS_USERINFO#*:}"
+  else
+    user="$(setting FRAUD_REDIS__USERNAME "")" password="$(setting FRAUD_REDIS__PASSWORD "")"
+  fi
+  if [[ "${user:-default}" == "$1" ]]; then printf '%s' "$password"; fi
+}
+
+redis_users() {  # write $REDIS_USERS/<name>.env for default and worker; prints nothing (the passwords stay in files)
+  local name password origin
+  mkdir -p "$REDIS_USERS"
+  chmod 700 "$REDIS_USERS"
+  for name in default worker; do
+    password="$(redis_login "$name")" origin="FRAUD_REDIS__URL / FRAUD_REDIS__PASSWORD"
+    [[ -n "$password" ]] || password="$(redis_value "$name")" origin="$REDIS_USERS/$name.env"
+    [[ -n "$password" ]] || password="$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')"
+    # The characters Kafka's passwords may have: they go into URLs and .env files unquoted.
+    [[ "$password" =~ ^[[:alnum:]_.~-]{8,128}$ ]] || die "redis: $name's password (from $origin) must be 8-128 of [A-Za-z0-9_.~-]"
+    # Each file names its user: loading default.env after worker.env must not leave USERNAME=worker behind.
+    (umask 077; printf '%s\n' \
+      "# Written by scripts/services.sh at each Redis start: the $name user's login (set -a; . this file; set +a)." \
+      "FRAUD_REDIS__USERNAME=$name" "FRAUD_REDIS__PASSWORD=$password" >"$REDIS_USERS/$name.env")
+    chmod 600 "$REDIS_USERS/$name.env"  # a file kept from an older start keeps its mode otherwise
+  done
+}
+
+redis_hash() {  # redis_hash USER: the SHA-256 of that user's password, as an ACL rule takes it (#<hex>)
+  redis_value "$1" | tr -d '\n' | sha256sum | cut -d' ' -f1
+}
+
+redis_config() {
+  local prefix stream value commands=""
+  prefix="$(setting FRAUD_REDIS__KEY_PREFIX fp:v3:)"
+  stream="$(setting FRAUD_SINKS__REDIS_STREAM_KEY fp:alerts)"
+  for value in "$prefix" "$stream"; do  # a glob character would widen the worker's keys beyond its own
+    [[ "$value" =~ ^[A-Za-z0-9:_.-]+$ ]] || die "redis: key prefix or stream key '$value' must be of [A-Za-z0-9:_.-]"
+  done
+  for value in $REDIS_WORKER_COMMANDS; do commands+=" +$value"; done
+  (umask 077; cat >"$REDIS_DIR/redis.conf" <<EOF
+# Written by scripts/services.sh on each start; edit the script, not this file. The passwords are in users/*.env.
+bind 127.0.0.1
+port $REDIS_PORT
+protected-mode yes
+daemonize no
+dir "$REDIS_DIR"
+logfile "$REDIS_DIR/redis.log"
+appendonly yes
+appendfsync everysec
+save ""
+user default reset on #$(redis_hash default) ~* &* +@all
+user worker reset on #$(redis_hash worker) ~$prefix* ~$stream resetchannels -@all$commands
+EOF
+  )
+  chmod 600 "$REDIS_DIR/redis.conf"
+}
+
+redis_ping() {  # redis_ping USER: PONG once USER logs in (the password goes through the environment, not argv)
+  REDISCLI_AUTH="$(redis_value "$1")" redis-cli --no-auth-warning --user "$1" -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null
+}
 
 redis_start() {
   local pid
-  if pid="$(pid_of redis)"; then say "redis: already running (pid $pid, 127.0.0.1:$REDIS_PORT)"; return 0; fi
+  if pid="$(pid_of redis)"; then say "redis: already running (pid $pid, 127.0.0.1:$REDIS_PORT, logins in $REDIS_USERS)"; return 0; fi
   command -v redis-server >/dev/null \
     || die "redis-server not found: install it (Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install redis)"
   port_busy "$REDIS_PORT" && die "redis: port $REDIS_PORT is in use by another process; set FRAUD_REDIS__URL"
   mkdir -p "$REDIS_DIR"
-  setsid nohup redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$REDIS_DIR" --daemonize no \
-    --appendonly yes --appendfsync everysec --save "" --protected-mode yes --logfile "$REDIS_DIR/redis.log" \
-    </dev/null >/dev/null 2>&1 9>&- &
+  redis_users
+  redis_config
+  setsid nohup redis-server "$REDIS_DIR/redis.conf" </dev/null >/dev/null 2>&1 9>&- &
   echo $! >"$STATE_DIR/redis.pid"
   for _ in $(seq 100); do
-    if [[ "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null)" == PONG ]]; then
-      say "redis: started $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p') (pid $(cat "$STATE_DIR/redis.pid"), 127.0.0.1:$REDIS_PORT)"
+    if [[ "$(redis_ping default)" == PONG && "$(redis_ping worker)" == PONG ]]; then
+      say "redis: started $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p') (pid $(cat "$STATE_DIR/redis.pid"), 127.0.0.1:$REDIS_PORT, logins in $REDIS_USERS)"
       return 0
     fi
-    # Liveness by the PID just started: redis-server enters its --dir only while loading its configuration.
+    # Liveness by the PID just started: redis-server enters its dir only while loading its configuration.
     kill -0 "$(cat "$STATE_DIR/redis.pid")" 2>/dev/null \
       || { sleep 0.3; tail -n 20 "$REDIS_DIR/redis.log" >&2; rm -f "$STATE_DIR/redis.pid"; die "redis: exited during start"; }
     sleep 0.1
@@ -268,7 +356,7 @@ redis_start() {
 
 status_of() {
   local pid port
-  case "$1" in kafka) port="$KAFKA_PORT" ;; redis) port="$REDIS_PORT" ;; esac
+  case "$1" in kafka) port="$KAFKA_PORT" ;; redis) port="$REDIS_PORT, logins in $REDIS_USERS" ;; esac
   if pid="$(pid_of "$1")"; then say "$1: running (pid $pid, 127.0.0.1:$port)"; return 0; fi
   say "$1: stopped"; return 3
 }

@@ -1,6 +1,11 @@
 """``fraudpipe demo``: the whole product on this machine, in one command.
 
-1. Kafka and Redis: used if they answer, else started with ``scripts/services.sh`` (and stopped at the end).
+1. Kafka and Redis: used if they answer, else started with ``scripts/services.sh`` (and stopped at the end). Its
+   Redis asks for a password: without a login of their own (``FRAUD_REDIS__PASSWORD``, or one in the URL) the demo's
+   processes log in as its default user, from ``<services dir>/redis/users/default.env``. With ``sasl``, Kafka is
+   the script's SASL/SCRAM broker with ACLs (``start kafka --sasl``, state in ``<services dir>/sasl``, on the
+   configured port + 100: beside a plain one): topics are made as ``admin``, the worker logs in as ``worker`` with
+   exactly :func:`streams.topics.worker_acls` (granted for the run, revoked after), the other processes as ``admin``.
 2. A default-preset simulation in ``work_dir`` (kept for the next run): ``history_days`` of history, then
    ``live_days`` replayed live.
 3. A champion trained on the history (with its HTML report) unless ``work_dir/models`` has one; the history's
@@ -20,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -32,12 +38,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka.admin import AdminClient
+import redis
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AclBindingFilter,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    ResourcePatternType,
+    ResourceType,
+)
+from pydantic import SecretStr
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from features.backfill import backfill
 from features.store import RedisFeatureStore, redis_client
 from fraudpipe.files import open_source
-from fraudpipe.settings import Settings
+from fraudpipe.settings import KafkaSettings, RedisSettings, Settings
 from fraudpipe.simulator.config import default
 from fraudpipe.simulator.generate import simulate
 from fraudpipe.simulator.output import write_simulation
@@ -45,11 +63,10 @@ from models.dataset import load_history
 from models.registry import Registry
 from models.report import render_report, report_data, write_html
 from models.train import latest_windows, train_version
-from streams.bench import ensure_services, stop_services
 from streams.demo_report import Samples, render_html, totals
-from streams.topics import create_topics, topic_specs
+from streams.topics import AclSpec, create_topics, grant_acls, topic_specs, worker_acls
 
-__all__ = ["DemoOptions", "run"]
+__all__ = ["DemoOptions", "LocalServices", "local_services", "run", "services_dir", "with_redis_login"]
 
 log = logging.getLogger(__name__)
 KEY = b"fraudpipe-demo-tokenization-key!"
@@ -65,6 +82,177 @@ class DemoOptions:
     history_days: int = 30
     live_days: int = 10
     api_port: int = 8000
+    sasl: bool = False
+
+
+# --- local services (scripts/services.sh) ------------------------------------------------------------------------
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "services.sh"
+SASL_PORT_OFFSET = 100
+"""The SASL broker listens on the configured Kafka port + 100 (9192 by default), beside a plain one."""
+
+
+def services_dir() -> Path:
+    """Where ``scripts/services.sh`` keeps its state: ``FRAUDPIPE_SERVICES_DIR``, else ``.services`` in the checkout."""
+    return Path(os.environ.get("FRAUDPIPE_SERVICES_DIR") or SCRIPT.parents[1] / ".services")
+
+
+def _login_file(path: Path) -> dict[str, str]:
+    """The ``KEY=VALUE`` lines of one of the script's login files (mode 600); empty if there is none."""
+    if not path.exists():
+        return {}
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if line and not line.startswith("#"))
+    return {key: value for key, value in pairs}
+
+
+def with_redis_login(settings: Settings, state: Path) -> Settings:
+    """``settings`` logging in to Redis as the script's default user (``state/redis/users/default.env``), unless they
+    carry a login of their own (``redis.password``, or a password in ``redis.url``) or the script wrote none."""
+    if settings.redis.password is not None or "@" in settings.redis.url.partition("://")[2].partition("/")[0]:
+        return settings
+    login = _login_file(state / "redis" / "users" / "default.env")
+    if not login.get("FRAUD_REDIS__PASSWORD"):
+        return settings
+    redis_login = {"username": login.get("FRAUD_REDIS__USERNAME") or None,
+                   "password": SecretStr(login["FRAUD_REDIS__PASSWORD"])}  # fmt: skip
+    return settings.model_copy(update={"redis": settings.redis.model_copy(update=redis_login)})
+
+
+def _kafka_login(kafka: KafkaSettings, bootstrap: str, path: Path) -> KafkaSettings:
+    """``kafka`` at ``bootstrap`` with the SASL login of the script's ``path`` (``kafka/sasl/<user>.env``)."""
+    login = _login_file(path)
+    if not login.get("FRAUD_KAFKA__SASL_PASSWORD"):
+        raise RuntimeError(f"no SASL login in {path}: that broker's storage was formatted without this user")
+    names = ("security_protocol", "sasl_mechanism", "sasl_username", "sasl_password")
+    fields = {name: login[f"FRAUD_KAFKA__{name.upper()}"] for name in names}
+    return KafkaSettings.model_validate(kafka.model_dump() | fields | {"bootstrap_servers": bootstrap})
+
+
+def _redis_answers(settings: RedisSettings) -> bool | None:
+    """True: Redis answers ``settings``' login; False: nothing listens; None: it refuses the login."""
+    password = settings.password.get_secret_value() if settings.password else None
+    probe = redis.Redis.from_url(settings.url, username=settings.username, password=password,
+                                 socket_connect_timeout=1, socket_timeout=2, retry=Retry(NoBackoff(), 0))  # fmt: skip
+    try:
+        return bool(probe.ping())
+    except redis.AuthenticationError:
+        return None
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        return False
+    finally:
+        probe.close()
+
+
+def _kafka_answers(kafka: KafkaSettings) -> bool:
+    try:
+        AdminClient({**kafka.client_config(), "log_level": "0"}).list_topics(timeout=5)
+    except KafkaException:
+        return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class LocalServices:
+    """What :func:`local_services` found or started. ``settings``: logged in as the demo's own clients (Redis'
+    default user, Kafka's ``admin`` with SASL); ``worker_kafka``: the worker's Kafka login; ``started``: the
+    script's (state folder, service, environment) to stop at the end."""
+
+    settings: Settings
+    worker_kafka: KafkaSettings
+    started: tuple[tuple[Path, str, dict[str, str]], ...]
+
+
+def _script(state: Path, env: dict[str, str], *args: str, quiet: bool = False) -> int:
+    bash = shutil.which("bash")
+    if not SCRIPT.exists() or bash is None:
+        raise RuntimeError("Kafka or Redis does not answer, and scripts/services.sh is not here to start them")
+    output = subprocess.DEVNULL if quiet else None  # the script prints no password
+    done = subprocess.run([bash, str(SCRIPT), *args], env=os.environ | env | {"FRAUDPIPE_SERVICES_DIR": str(state)},  # noqa: S603
+                          stdout=output, stderr=output, check=False)  # fmt: skip
+    if done.returncode not in (0, 3) or (args[0] != "status" and done.returncode):
+        raise RuntimeError(f"scripts/services.sh {' '.join(args)} failed (exit {done.returncode})")
+    return done.returncode
+
+
+Started = list[tuple[Path, str, dict[str, str]]]
+
+
+def local_services(settings: Settings, *, sasl: bool = False) -> LocalServices:
+    """Kafka and Redis for the demo: used if they answer, else started with ``scripts/services.sh`` (module
+    docstring, step 1). Raises RuntimeError when one cannot be had (the message names no password), after stopping
+    what it started."""
+    started: Started = []
+    try:
+        return _local_services(settings, sasl, started)
+    except BaseException:
+        _stop(started)
+        raise
+
+
+def _local_services(settings: Settings, sasl: bool, started: Started) -> LocalServices:
+    state = services_dir()
+    host, _, port = settings.kafka.bootstrap_servers.split(",")[0].rpartition(":")
+    env = {"FRAUD_REDIS__URL": settings.redis.url, "FRAUD_KAFKA__BOOTSTRAP_SERVERS": f"{host}:{port}"}
+    answers = _redis_answers(with_redis_login(settings, state).redis)
+    if answers is False:
+        _script(state, env, "start", "redis")
+        started.append((state, "redis", env))
+    settings = with_redis_login(settings, state)  # the login the script (just) wrote
+    where = settings.redis.url.rpartition("@")[2]
+    if (answers := _redis_answers(settings.redis)) is None:
+        raise RuntimeError(f"Redis refused the login ({where}): set FRAUD_REDIS__PASSWORD (the script keeps its "
+                           f"password in {state / 'redis' / 'users' / 'default.env'})")  # fmt: skip
+    if not answers:
+        raise RuntimeError(f"Redis does not answer ({where})")
+    if not sasl:
+        if not _kafka_answers(settings.kafka):
+            _script(state, env, "start", "kafka")
+            started.append((state, "kafka", env))
+        return LocalServices(settings, settings.kafka, tuple(started))
+    sasl_state = state / "sasl"
+    bootstrap = f"{host}:{int(port) + SASL_PORT_OFFSET}"
+    sasl_env = env | {"FRAUD_KAFKA__BOOTSTRAP_SERVERS": bootstrap}
+    if _script(sasl_state, sasl_env, "status", "kafka", quiet=True) != 0:
+        started.append((sasl_state, "kafka", sasl_env))
+    _script(sasl_state, sasl_env, "start", "kafka", "--sasl")  # says where the users' logins are
+    users = sasl_state / "kafka" / "sasl"
+    admin = _kafka_login(settings.kafka, bootstrap, users / "admin.env")
+    worker = _kafka_login(settings.kafka, bootstrap, users / "worker.env")
+    return LocalServices(settings.model_copy(update={"kafka": admin}), worker, tuple(started))
+
+
+def _stop(started: Started | tuple[tuple[Path, str, dict[str, str]], ...]) -> None:
+    for state, service, env in reversed(started):
+        _script(state, env, "stop", service)
+
+
+def _filters(principal: str, specs: list[AclSpec]) -> list[AclBindingFilter]:
+    """One filter per spec, matching exactly the binding :func:`streams.topics.grant_acls` makes of it."""
+    kinds = {"topic": ResourceType.TOPIC, "group": ResourceType.GROUP}
+    return [AclBindingFilter(kinds[spec.resource], spec.name, ResourcePatternType.LITERAL, principal, "*",
+                             getattr(AclOperation, spec.operation.upper()), AclPermissionType.ALLOW)
+            for spec in specs]  # fmt: skip
+
+
+def _grant(admin: KafkaSettings, principal: str, specs: list[AclSpec], timeout_s: float = 30) -> None:
+    """Grant ``specs``, then wait until the broker applies them (a moment after its controller commits them)."""
+    grant_acls(admin, principal, specs, timeout_s=timeout_s)
+    client = AdminClient({**admin.client_config(), "log_level": "2"})
+    deadline = time.monotonic() + timeout_s
+    while not all(client.describe_acls(f).result(timeout=10) for f in _filters(principal, specs)):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the broker did not apply {principal}'s ACLs in {timeout_s:.0f} s")
+        time.sleep(0.3)
+
+
+def _revoke(admin: KafkaSettings, principal: str, specs: list[AclSpec]) -> None:
+    """Delete exactly ``specs`` of ``principal`` (the run's topics are gone; their ACLs would stay)."""
+    client = AdminClient({**admin.client_config(), "log_level": "2"})
+    for binding, future in client.delete_acls(_filters(principal, specs), request_timeout=30).items():
+        try:
+            future.result(30)
+        except Exception as error:  # worth a line in the log, not a failed demo
+            log.info("demo ACL %s not revoked: %s", binding, error)
 
 
 def _free_port(preferred: int = 0) -> int:
@@ -123,9 +311,9 @@ class _Processes:
         self.logs, self.env, self.started = logs, env, list[tuple[str, subprocess.Popen[bytes]]]()
         logs.mkdir(parents=True, exist_ok=True)
 
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         with (self.logs / f"{name}.log").open("wb") as output:
-            process = subprocess.Popen([sys.executable, "-m", "fraudpipe", *args], env=self.env, stdout=output,  # noqa: S603
+            process = subprocess.Popen([sys.executable, "-m", "fraudpipe", *args], env=env or self.env, stdout=output,  # noqa: S603
                                        stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
         self.started.append((name, process))
         with (self.logs / "pids").open("a") as pids:  # what to look for if the demo itself is killed
@@ -154,10 +342,21 @@ def _get(url: str) -> Any:
         return json.loads(response.read())
 
 
+def _logins(redis_login: RedisSettings, kafka: KafkaSettings) -> dict[str, str]:
+    """The ``FRAUD_`` variables of a Redis and a Kafka login (for the children's environment only)."""
+    values = {"FRAUD_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+              "FRAUD_KAFKA__SECURITY_PROTOCOL": kafka.security_protocol, "FRAUD_KAFKA__SASL_MECHANISM":
+              kafka.sasl_mechanism, "FRAUD_KAFKA__SASL_USERNAME": kafka.sasl_username, "FRAUD_KAFKA__SASL_PASSWORD":
+              kafka.sasl_password, "FRAUD_REDIS__USERNAME": redis_login.username,
+              "FRAUD_REDIS__PASSWORD": redis_login.password}  # fmt: skip
+    return {key: value.get_secret_value() if isinstance(value, SecretStr) else value
+            for key, value in values.items() if value is not None}  # fmt: skip
+
+
 def _env(settings: Settings, options: DemoOptions, run_id: str, ports: dict[str, int]) -> dict[str, str]:
     data = options.work_dir / "data"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUD_")} | {
-        "FRAUD_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUD_")} | _logins(settings.redis, settings.kafka)
+    env |= {
         "FRAUD_KAFKA__APP_ID": f"fraudpipe-demo-{run_id}",
         "FRAUD_TOPICS__PREFIX": f"demo{run_id}-",
         "FRAUD_TOPICS__PARTITIONS": "3",
@@ -181,11 +380,13 @@ def run(settings: Settings, options: DemoOptions, *, say: Callable[[str], None],
     """Run the demo (module docstring); ``show`` is called about once a second with the API's summary, its alerts,
     the dashboard URL, the seconds run and a status line. Returns the final numbers and where the report and logs
     are."""
-    started_services = ensure_services(settings)
+    services = local_services(settings, sasl=options.sasl)
     run_id = time.strftime("%Y%m%d%H%M%S")
     ports = {"worker": _free_port(), "monitor": _free_port(), "api": _free_port(options.api_port)}
-    env = _env(settings, options, run_id, ports)
+    env = _env(services.settings, options, run_id, ports)
     demo = Settings(_env_file=None, **_nested(env))
+    worker_env = env | _logins(demo.redis, services.worker_kafka)
+    acls = worker_acls(demo.topics, demo.kafka.app_id) if options.sasl else []
     processes = _Processes(options.work_dir / "logs" / run_id, env)
     samples, url = Samples(), f"http://127.0.0.1:{ports['api']}/dashboard"
     topics = [spec.name for spec in topic_specs(demo.topics)]
@@ -195,8 +396,12 @@ def run(settings: Settings, options: DemoOptions, *, say: Callable[[str], None],
         version = _champion(demo, history, say)
         warmed = _warm(demo, history, say)
         create_topics(demo.kafka, topic_specs(demo.topics), timeout_s=30)
+        if acls:
+            say(f"Kafka with SASL/SCRAM and ACLs at {demo.kafka.bootstrap_servers}: granting User:worker what "
+                "streams.topics.worker_acls lists; the worker logs in as worker, the others as admin")  # fmt: skip
+            _grant(demo.kafka, "User:worker", acls)
         say(f"starting the worker, the monitor and the API (logs: {processes.logs})")
-        processes.start("worker", "worker", "-l", "info")
+        processes.start("worker", "worker", "-l", "info", env=worker_env)
         processes.start("monitor", "monitor", "--every", "10")
         processes.start("api", "serve")
         _wait_for_api(f"http://127.0.0.1:{ports['api']}/readyz", processes)
@@ -231,8 +436,9 @@ def run(settings: Settings, options: DemoOptions, *, say: Callable[[str], None],
     finally:
         processes.stop()
         _delete_topics(demo, topics)
-        if started_services:
-            stop_services()
+        if acls:
+            _revoke(demo.kafka, "User:worker", acls)
+        _stop(services.started)
     report = demo.paths.data_dir / "reports" / f"demo-{run_id}.html"
     report.parent.mkdir(parents=True, exist_ok=True)
     facts = {"champion": version, "customers": options.customers, "history days": options.history_days,

@@ -1,7 +1,8 @@
 """Real Kafka and Redis for tests, resolved in this order:
 
 1. an environment variable naming a service that is already running (``FRAUDPIPE_TEST_KAFKA=host:port``,
-   ``FRAUDPIPE_TEST_REDIS=redis://host:port/db``) — what ``make test`` and CI use, with ``scripts/services.sh``;
+   ``FRAUDPIPE_TEST_REDIS=redis://host:port/db``, or ``redis://[user]:password@host:port/db`` for a Redis that asks
+   for a login) — what ``make test`` and CI use, with ``scripts/services.sh`` (whose Redis asks for one);
 2. a testcontainers container, only where a Docker engine answers (same versions as ``scripts/versions.env``);
 3. otherwise: with ``CI=true`` the test fails loudly, elsewhere it is skipped with the reason.
 
@@ -15,6 +16,7 @@ import os
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -27,6 +29,21 @@ def pinned_versions() -> dict[str, str]:
     """``scripts/versions.env`` as a dict."""
     pairs = (line.split("=", 1) for line in (ROOT / "scripts/versions.env").read_text().splitlines())
     return {key.strip(): value.strip() for key, value in (p for p in pairs if len(p) == 2) if not key.startswith("#")}
+
+
+def redacted(url: str) -> str:
+    """``url`` without the password of its login (``redis://:***@host:port/0``): what a message may show."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def without_login(url: str) -> str:
+    """``url`` without its login: for a client that logs in as another user (a login in the URL would win)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def in_ci() -> bool:

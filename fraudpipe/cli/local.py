@@ -30,9 +30,18 @@ def demo(
         "var/demo"
     ),
     port: Annotated[int, typer.Option(min=0, max=65_535, help="API and dashboard port (0: any free one).")] = 8000,
+    sasl: Annotated[
+        bool,
+        typer.Option(
+            "--sasl",
+            help="Kafka with SASL/SCRAM and ACLs (scripts/services.sh start kafka --sasl, on the Kafka port + 100): "
+            "the worker logs in as `worker` with only the ACLs it needs.",
+        ),
+    ] = False,
 ) -> None:
     """The whole pipeline on this machine: local Kafka and Redis, a simulated history, a champion, a worker, the
-    monitor, the API and its dashboard, and a live stream with labels — with a live summary. Ctrl-C stops all."""
+    monitor, the API and its dashboard, and a live stream with labels — with a live summary. Ctrl-C stops all.
+    Redis is logged in to as scripts/services.sh's default user unless FRAUD_REDIS__PASSWORD says otherwise."""
     from rich.live import Live
 
     from streams.demo import DemoOptions, run
@@ -40,7 +49,7 @@ def demo(
 
     settings = _settings()
     options = DemoOptions(work_dir=work_dir.resolve(), duration_s=duration, rate=rate, customers=customers,
-                          history_days=history_days, live_days=live_days, api_port=port)  # fmt: skip
+                          history_days=history_days, live_days=live_days, api_port=port, sasl=sasl)  # fmt: skip
     live = Live(console=out, refresh_per_second=2, transient=False)
 
     def show(summary: Any, alerts: Any, url: str, elapsed: float, status: str) -> None:
@@ -89,8 +98,9 @@ def bench(
     import time
 
     from streams.bench import BenchOptions, markdown, run
+    from streams.demo import services_dir, with_redis_login
 
-    base = _settings()
+    base = with_redis_login(_settings(), services_dir())  # scripts/services.sh's Redis asks for a password
     marker = work_dir / ".fraudpipe-bench"
     if work_dir.exists() and any(work_dir.iterdir()) and not marker.exists():
         raise CliError(f"--work-dir {work_dir} is not empty and not a previous bench folder: not touching it")
@@ -121,9 +131,8 @@ def bench(
 
 
 def _bench_redis(settings: Settings) -> Any:
-    import redis
-
+    from features.store import redis_client
     from streams.bench import ensure_services
 
     ensure_services(settings)
-    return redis.Redis.from_url(settings.redis.url)
+    return redis_client(settings.redis.model_copy(update={"socket_timeout_ms": 30_000}))

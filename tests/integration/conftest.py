@@ -15,7 +15,7 @@ from confluent_kafka.admin import AdminClient
 
 from fraudpipe.settings import KafkaSettings, Settings, TopicSettings
 from streams.topics import create_topics, topic_specs
-from tests.services import KAFKA_ENV, REDIS_ENV, _kafka_container, _redis_container, resolve
+from tests.services import KAFKA_ENV, REDIS_ENV, _kafka_container, _redis_container, redacted, resolve
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,13 +35,17 @@ def kafka_bootstrap() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    """URL of a live Redis; fails (never skips) if one was named but does not answer."""
+    """URL of a live Redis, with its login if it asks for one (``scripts/services.sh``'s does); fails (never skips)
+    if one was named but does not answer or refuses the login. Messages show the URL without its password."""
     for url in resolve("Redis", REDIS_ENV, _redis_container):
         try:
             with redis_lib.Redis.from_url(url, socket_timeout=5) as probe:
                 probe.ping()
+        except redis_lib.AuthenticationError as error:
+            pytest.fail(f"Redis at {redacted(url)} refused the login: {error} (put it in {REDIS_ENV}: "
+                        "redis://:PASSWORD@host:port/db)", pytrace=False)  # fmt: skip
         except Exception as error:
-            pytest.fail(f"Redis at {url} does not answer: {error}", pytrace=False)
+            pytest.fail(f"Redis at {redacted(url)} does not answer: {error}", pytrace=False)
         yield url
 
 
@@ -73,8 +77,13 @@ def store_client(settings: Settings) -> Iterator[redis_lib.Redis]:
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment a subprocess needs to see ``settings`` (for CLI commands and workers started as users do)."""
+    """The environment a subprocess needs to see ``settings`` (for CLI commands and workers started as users do).
+    The Redis login goes along: in the URL (how ``make test`` passes it), and as username / password when set."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("FRAUD_")}
+    if settings.redis.username is not None:
+        env["FRAUD_REDIS__USERNAME"] = settings.redis.username
+    if settings.redis.password is not None:
+        env["FRAUD_REDIS__PASSWORD"] = settings.redis.password.get_secret_value()
     env.update(
         {
             "FRAUD_ENVIRONMENT": settings.environment,

@@ -94,7 +94,10 @@ def test_start_twice_runs_one_of_each_and_stop_leaves_nothing(
     assert _ours(state) == running
 
     assert AdminClient({"bootstrap.servers": f"127.0.0.1:{kafka_port}"}).list_topics(timeout=10).brokers
-    assert redis.Redis(port=redis_port, socket_timeout=5).ping()
+    login = dict(line.split("=", 1) for line in (state / "redis/users/default.env").read_text().splitlines()
+                 if not line.startswith("#"))  # fmt: skip
+    assert redis.Redis(port=redis_port, username=login["FRAUD_REDIS__USERNAME"],
+                       password=login["FRAUD_REDIS__PASSWORD"], socket_timeout=5).ping()  # fmt: skip
     assert _script(env, "status").returncode == 0
 
     stopped = _script(env, "stop")

@@ -1,8 +1,11 @@
 """Redis ACL users: a worker's user reaches only its key prefix and the commands the worker sends.
 
-The user is made here (``ACL SETUSER`` as the default user of the suite's Redis) and deleted afterwards. What is
-asserted with it: the administrative and whole-keyspace commands are refused (FLUSHALL, FLUSHDB, CONFIG, KEYS,
-SCAN, ACL, arbitrary EVAL), a key outside the prefix is refused, and the real feature-store script works.
+The commands are the product's list, ``REDIS_WORKER_COMMANDS`` in ``scripts/services.sh`` (which gives its ``worker``
+user exactly those; tests/reliability/test_redis_auth.py checks that user on a Redis of its own). Here a user with the
+same rules on a prefix of the test's own is made (``ACL SETUSER`` as the default user of the suite's Redis) and
+deleted afterwards. What is asserted with it: the administrative and whole-keyspace commands are refused (FLUSHALL,
+FLUSHDB, CONFIG, KEYS, SCAN, ACL, arbitrary EVAL), a key outside the prefix is refused, and the real feature-store
+script works.
 
 Finding (Redis 7): ACL key patterns are checked on every command a script runs (``redis.call``), including keys the
 script builds from ARGV instead of declaring them in KEYS — so the feature store's script, which names its keys in
@@ -15,9 +18,11 @@ rule must not flush the Redis other tests share.
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import redis as redis_lib
@@ -28,15 +33,23 @@ from features.store import RedisFeatureStore, redis_client
 from fraudpipe.settings import RedisSettings
 from tests import factories
 from tests.integration.conftest import redis_url  # noqa: F401 (the fixture)
+from tests.services import without_login
 
 pytestmark = pytest.mark.integration
 
-WORKER_COMMANDS = ("ping", "get", "set", "mget", "del", "hgetall", "xadd", "evalsha", "script|load", "multi",
-                   "exec", "append", "strlen", "expire", "pttl", "hmget", "hset")  # fmt: skip
-"""Every command a worker sends: the feature store (MULTI / EXEC around EVALSHA and MGET, SCRIPT LOAD when the script
-is not cached; APPEND, STRLEN, EXPIRE, HMGET, HSET, GET, SET and PTTL inside it), decision memory (MGET, SET), the
-erasure list (HGETALL), the Redis-stream sink (SET NX markers, XADD, DEL), health checks (PING). A command added to
-the worker's path must be added here, or the end-to-end test in test_security.py fails."""
+SERVICES_SH = Path(__file__).resolve().parents[2] / "scripts" / "services.sh"
+
+
+def worker_commands() -> tuple[str, ...]:
+    """``REDIS_WORKER_COMMANDS`` of scripts/services.sh: every command a worker sends (the script says which does
+    what). A command added to the worker's path must be added there, or the end-to-end test in test_security.py
+    fails."""
+    found = re.search(r'^REDIS_WORKER_COMMANDS="([^"]+)"$', SERVICES_SH.read_text(), re.MULTILINE)
+    assert found, "scripts/services.sh: no REDIS_WORKER_COMMANDS line"
+    return tuple(found.group(1).split())
+
+
+WORKER_COMMANDS = worker_commands()
 
 
 def worker_rules(password: str, key_prefix: str, stream_key: str) -> list[str]:
@@ -64,7 +77,8 @@ def test_worker_user_is_confined_to_its_prefix_and_commands(redis_url: str, uniq
     admin = redis_lib.Redis.from_url(redis_url, socket_timeout=5)
     name, password = f"fp-test-{unique}", secrets.token_urlsafe(18)
     prefix, other = f"fp:test:{unique}:", f"fp:test:{unique}x:"
-    settings = RedisSettings(url=redis_url, username=name, password=password, key_prefix=prefix,  # type: ignore[arg-type]
+    # The suite's URL may carry the default user's login, which would win over the settings' username and password.
+    settings = RedisSettings(url=without_login(redis_url), username=name, password=password, key_prefix=prefix,  # type: ignore[arg-type]
                              socket_timeout_ms=5_000, connect_timeout_ms=5_000)  # fmt: skip
     try:
         with redis_user(admin, name, worker_rules(password, prefix, f"{prefix}alerts")), redis_client(settings) as user:
