@@ -118,6 +118,13 @@ class RedisSettings(_Section):
     key_prefix: str = "fp:v3:"
     """Prefix of every key fraudpipe writes (versioned with the store's format)."""
 
+    @property
+    def address(self) -> str:
+        """``url`` without a login it may carry (``redis://:PASSWORD@host``): what messages show."""
+        scheme, _, rest = self.url.partition("://")
+        where, slash, path = rest.partition("/")
+        return f"{scheme}://{where.rpartition('@')[2]}{slash}{path}"
+
 
 class TopicSettings(_Section):
     """Topic names, and how ``fraudpipe topics create`` makes them. ``prefix`` is prepended to every name."""

@@ -42,7 +42,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import redis
 from confluent_kafka import Consumer
 
 from features.backfill import backfill
@@ -187,6 +186,10 @@ def _proc(pid: int) -> tuple[float, float]:
 
 def _worker_env(settings: Settings, topics: TopicSettings, mode: str) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("FRAUD_")}
+    if settings.redis.username is not None:  # the Redis login (scripts/services.sh's Redis asks for one)
+        env["FRAUD_REDIS__USERNAME"] = settings.redis.username
+    if settings.redis.password is not None:
+        env["FRAUD_REDIS__PASSWORD"] = settings.redis.password.get_secret_value()
     env |= {
         "FRAUD_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
         "FRAUD_KAFKA__APP_ID": f"{settings.kafka.app_id}-{topics.prefix}",
@@ -356,7 +359,8 @@ def stages(settings: Settings, folder: Path) -> dict[str, float]:
 
 def _answering(settings: Settings) -> bool:
     try:
-        redis.Redis.from_url(settings.redis.url, socket_connect_timeout=1).ping()
+        with redis_client(settings.redis) as client:
+            client.ping()
         consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "bench-probe"})
         try:
             consumer.list_topics(timeout=5)

@@ -239,7 +239,7 @@ def features_backfill(
             stats = run(opened, store, until=limit, batch_size=batch_size, erasures=erasures,
                         on_progress=lambda s: bar.update(task, completed=s.transactions))  # fmt: skip
         except StoreUnavailableError as error:
-            raise CliError(f"{error} (is Redis running at {settings.redis.url}?)") from None
+            raise CliError(f"{error} (is Redis running at {settings.redis.address}?)") from None
         except SourceError as error:
             raise CliError(str(error)) from None
     Console(soft_wrap=True).print(
@@ -275,7 +275,7 @@ def features_show(card: Annotated[str, typer.Option("--card", help="Card token (
     try:
         state = RedisFeatureStore(redis_client(settings.redis), settings.redis.key_prefix).card_state(card)
     except StoreUnavailableError as error:
-        raise CliError(f"{error} (is Redis running at {settings.redis.url}?)") from None
+        raise CliError(f"{error} (is Redis running at {settings.redis.address}?)") from None
     if state is None:
         raise CliError(f"no online state for card {card}")
     table = Table("resolution", "bucket start (UTC)", "payments", "amount", box=None)

@@ -155,7 +155,7 @@ def privacy_erase(
             settle_s=settings.privacy.erasure_poll_s + 1.0, by=getpass.getuser(),
         )  # fmt: skip
     except redis_lib.RedisError as error:
-        raise CliError(f"Redis: {error} (is Redis running at {settings.redis.url}?); no file was changed") from None
+        raise CliError(f"Redis: {error} (is Redis running at {settings.redis.address}?); no file was changed") from None
     rows = ", ".join(f"{n} {c}" for n, c in receipt.log_rows.items())
     out.print(
         f"erased {len(receipt.subjects)} card(s), {receipt.transactions} transaction(s): {receipt.redis_keys} Redis "
@@ -191,7 +191,7 @@ def privacy_retain(
                          alert_file=settings.sinks.jsonl_path if "jsonl" in settings.sinks.enabled else None,
                          alert_days=p.retain_alerts_days)  # fmt: skip
     except redis_lib.RedisError as error:
-        raise CliError(f"Redis: {error} (is Redis running at {settings.redis.url}?)") from None
+        raise CliError(f"Redis: {error} (is Redis running at {settings.redis.address}?)") from None
     out.print("removed: " + ", ".join(f"{name} {count}" for name, count in removed.items()), highlight=False)
 
 

@@ -115,8 +115,10 @@ INVALID_TRANSACTIONS: dict[str, tuple[bytes | None, Reason]] = {
     "negative amount": (transaction_json(amount=-5.0), Reason.AMOUNT_NOT_POSITIVE),
     "zero amount": (transaction_json(amount=0), Reason.AMOUNT_NOT_POSITIVE),
     "amount above bound": (transaction_json(amount=2_000_000.0), Reason.AMOUNT_TOO_LARGE),
-    "amount above the currency's cap": (transaction_json(amount=40_000_000_000.0, currency="VND"),
-                                        Reason.AMOUNT_TOO_LARGE),
+    "amount above the currency's cap": (
+        transaction_json(amount=40_000_000_000.0, currency="VND"),
+        Reason.AMOUNT_TOO_LARGE,
+    ),
     "half a yen": (transaction_json(amount=0.5, currency="JPY"), Reason.AMOUNT_PRECISION),
     "a thousandth of a euro": (transaction_json(amount=12.345, currency="EUR"), Reason.AMOUNT_PRECISION),
     "a ten-thousandth of a dinar": (transaction_json(amount=1.2345, currency="BHD"), Reason.AMOUNT_PRECISION),

@@ -36,7 +36,8 @@ def _txn(i: int, minutes: int, card: int, terminal: int | None, merchant: int | 
     ][kind]
     return Transaction(
         txn_id=f"t{i}", event_time=START + timedelta(minutes=minutes), card_token=f"card-{card}",
-        amount=round(1.0 + (i * 7.31) % 500, 2), currency="EUR", terminal_id=None if terminal is None else f"T{terminal}",
+        amount=round(1.0 + (i * 7.31) % 500, 2), currency="EUR",
+        terminal_id=None if terminal is None else f"T{terminal}",
         merchant_id=None if merchant is None and terminal is not None else f"M{merchant or 0}", **extra,
     )  # fmt: skip
 

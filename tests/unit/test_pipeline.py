@@ -5,7 +5,6 @@ swaps and refusals, and the degraded mode."""
 from __future__ import annotations
 
 import copy
-
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
