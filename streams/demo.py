@@ -25,9 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,19 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import redis
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import (  # type: ignore[attr-defined]
-    AclBindingFilter,
-    AclOperation,
-    AclPermissionType,
-    AdminClient,
-    ResourcePatternType,
-    ResourceType,
-)
+from confluent_kafka.admin import AdminClient
 from pydantic import SecretStr
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from features.backfill import backfill
 from features.store import RedisFeatureStore, redis_client
@@ -64,9 +51,10 @@ from models.registry import Registry
 from models.report import render_report, report_data, write_html
 from models.train import latest_windows, train_version
 from streams.demo_report import Samples, render_html, totals
-from streams.topics import AclSpec, create_topics, grant_acls, topic_specs, worker_acls
+from streams.local_services import free_port, grant, local_services, revoke, stop
+from streams.topics import create_topics, topic_specs, worker_acls
 
-__all__ = ["DemoOptions", "LocalServices", "local_services", "run", "services_dir", "with_redis_login"]
+__all__ = ["DemoOptions", "run"]
 
 log = logging.getLogger(__name__)
 KEY = b"fraudpipe-demo-tokenization-key!"
@@ -83,185 +71,6 @@ class DemoOptions:
     live_days: int = 10
     api_port: int = 8000
     sasl: bool = False
-
-
-# --- local services (scripts/services.sh) ------------------------------------------------------------------------
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "services.sh"
-SASL_PORT_OFFSET = 100
-"""The SASL broker listens on the configured Kafka port + 100 (9192 by default), beside a plain one."""
-
-
-def services_dir() -> Path:
-    """Where ``scripts/services.sh`` keeps its state: ``FRAUDPIPE_SERVICES_DIR``, else ``.services`` in the checkout."""
-    return Path(os.environ.get("FRAUDPIPE_SERVICES_DIR") or SCRIPT.parents[1] / ".services")
-
-
-def _login_file(path: Path) -> dict[str, str]:
-    """The ``KEY=VALUE`` lines of one of the script's login files (mode 600); empty if there is none."""
-    if not path.exists():
-        return {}
-    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if line and not line.startswith("#"))
-    return {key: value for key, value in pairs}
-
-
-def with_redis_login(settings: Settings, state: Path) -> Settings:
-    """``settings`` logging in to Redis as the script's default user (``state/redis/users/default.env``), unless they
-    carry a login of their own (``redis.password``, or a password in ``redis.url``) or the script wrote none."""
-    if settings.redis.password is not None or "@" in settings.redis.url.partition("://")[2].partition("/")[0]:
-        return settings
-    login = _login_file(state / "redis" / "users" / "default.env")
-    if not login.get("FRAUD_REDIS__PASSWORD"):
-        return settings
-    redis_login = {"username": login.get("FRAUD_REDIS__USERNAME") or None,
-                   "password": SecretStr(login["FRAUD_REDIS__PASSWORD"])}  # fmt: skip
-    return settings.model_copy(update={"redis": settings.redis.model_copy(update=redis_login)})
-
-
-def _kafka_login(kafka: KafkaSettings, bootstrap: str, path: Path) -> KafkaSettings:
-    """``kafka`` at ``bootstrap`` with the SASL login of the script's ``path`` (``kafka/sasl/<user>.env``)."""
-    login = _login_file(path)
-    if not login.get("FRAUD_KAFKA__SASL_PASSWORD"):
-        raise RuntimeError(f"no SASL login in {path}: that broker's storage was formatted without this user")
-    names = ("security_protocol", "sasl_mechanism", "sasl_username", "sasl_password")
-    fields = {name: login[f"FRAUD_KAFKA__{name.upper()}"] for name in names}
-    return KafkaSettings.model_validate(kafka.model_dump() | fields | {"bootstrap_servers": bootstrap})
-
-
-def _redis_answers(settings: RedisSettings) -> bool | None:
-    """True: Redis answers ``settings``' login; False: nothing listens; None: it refuses the login."""
-    password = settings.password.get_secret_value() if settings.password else None
-    probe = redis.Redis.from_url(settings.url, username=settings.username, password=password,
-                                 socket_connect_timeout=1, socket_timeout=2, retry=Retry(NoBackoff(), 0))  # fmt: skip
-    try:
-        return bool(probe.ping())
-    except redis.AuthenticationError:
-        return None
-    except (redis.ConnectionError, redis.TimeoutError, OSError):
-        return False
-    finally:
-        probe.close()
-
-
-def _kafka_answers(kafka: KafkaSettings) -> bool:
-    try:
-        AdminClient({**kafka.client_config(), "log_level": "0"}).list_topics(timeout=5)
-    except KafkaException:
-        return False
-    return True
-
-
-@dataclass(frozen=True, slots=True)
-class LocalServices:
-    """What :func:`local_services` found or started. ``settings``: logged in as the demo's own clients (Redis'
-    default user, Kafka's ``admin`` with SASL); ``worker_kafka``: the worker's Kafka login; ``started``: the
-    script's (state folder, service, environment) to stop at the end."""
-
-    settings: Settings
-    worker_kafka: KafkaSettings
-    started: tuple[tuple[Path, str, dict[str, str]], ...]
-
-
-def _script(state: Path, env: dict[str, str], *args: str, quiet: bool = False) -> int:
-    bash = shutil.which("bash")
-    if not SCRIPT.exists() or bash is None:
-        raise RuntimeError("Kafka or Redis does not answer, and scripts/services.sh is not here to start them")
-    output = subprocess.DEVNULL if quiet else None  # the script prints no password
-    done = subprocess.run([bash, str(SCRIPT), *args], env=os.environ | env | {"FRAUDPIPE_SERVICES_DIR": str(state)},  # noqa: S603
-                          stdout=output, stderr=output, check=False)  # fmt: skip
-    if done.returncode not in (0, 3) or (args[0] != "status" and done.returncode):
-        raise RuntimeError(f"scripts/services.sh {' '.join(args)} failed (exit {done.returncode})")
-    return done.returncode
-
-
-Started = list[tuple[Path, str, dict[str, str]]]
-
-
-def local_services(settings: Settings, *, sasl: bool = False) -> LocalServices:
-    """Kafka and Redis for the demo: used if they answer, else started with ``scripts/services.sh`` (module
-    docstring, step 1). Raises RuntimeError when one cannot be had (the message names no password), after stopping
-    what it started."""
-    started: Started = []
-    try:
-        return _local_services(settings, sasl, started)
-    except BaseException:
-        _stop(started)
-        raise
-
-
-def _local_services(settings: Settings, sasl: bool, started: Started) -> LocalServices:
-    state = services_dir()
-    host, _, port = settings.kafka.bootstrap_servers.split(",")[0].rpartition(":")
-    env = {"FRAUD_REDIS__URL": settings.redis.url, "FRAUD_KAFKA__BOOTSTRAP_SERVERS": f"{host}:{port}"}
-    answers = _redis_answers(with_redis_login(settings, state).redis)
-    if answers is False:
-        _script(state, env, "start", "redis")
-        started.append((state, "redis", env))
-    settings = with_redis_login(settings, state)  # the login the script (just) wrote
-    where = settings.redis.url.rpartition("@")[2]
-    if (answers := _redis_answers(settings.redis)) is None:
-        raise RuntimeError(f"Redis refused the login ({where}): set FRAUD_REDIS__PASSWORD (the script keeps its "
-                           f"password in {state / 'redis' / 'users' / 'default.env'})")  # fmt: skip
-    if not answers:
-        raise RuntimeError(f"Redis does not answer ({where})")
-    if not sasl:
-        if not _kafka_answers(settings.kafka):
-            _script(state, env, "start", "kafka")
-            started.append((state, "kafka", env))
-        return LocalServices(settings, settings.kafka, tuple(started))
-    sasl_state = state / "sasl"
-    bootstrap = f"{host}:{int(port) + SASL_PORT_OFFSET}"
-    sasl_env = env | {"FRAUD_KAFKA__BOOTSTRAP_SERVERS": bootstrap}
-    if _script(sasl_state, sasl_env, "status", "kafka", quiet=True) != 0:
-        started.append((sasl_state, "kafka", sasl_env))
-    _script(sasl_state, sasl_env, "start", "kafka", "--sasl")  # says where the users' logins are
-    users = sasl_state / "kafka" / "sasl"
-    admin = _kafka_login(settings.kafka, bootstrap, users / "admin.env")
-    worker = _kafka_login(settings.kafka, bootstrap, users / "worker.env")
-    return LocalServices(settings.model_copy(update={"kafka": admin}), worker, tuple(started))
-
-
-def _stop(started: Started | tuple[tuple[Path, str, dict[str, str]], ...]) -> None:
-    for state, service, env in reversed(started):
-        _script(state, env, "stop", service)
-
-
-def _filters(principal: str, specs: list[AclSpec]) -> list[AclBindingFilter]:
-    """One filter per spec, matching exactly the binding :func:`streams.topics.grant_acls` makes of it."""
-    kinds = {"topic": ResourceType.TOPIC, "group": ResourceType.GROUP}
-    return [AclBindingFilter(kinds[spec.resource], spec.name, ResourcePatternType.LITERAL, principal, "*",
-                             getattr(AclOperation, spec.operation.upper()), AclPermissionType.ALLOW)
-            for spec in specs]  # fmt: skip
-
-
-def _grant(admin: KafkaSettings, principal: str, specs: list[AclSpec], timeout_s: float = 30) -> None:
-    """Grant ``specs``, then wait until the broker applies them (a moment after its controller commits them)."""
-    grant_acls(admin, principal, specs, timeout_s=timeout_s)
-    client = AdminClient({**admin.client_config(), "log_level": "2"})
-    deadline = time.monotonic() + timeout_s
-    while not all(client.describe_acls(f).result(timeout=10) for f in _filters(principal, specs)):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the broker did not apply {principal}'s ACLs in {timeout_s:.0f} s")
-        time.sleep(0.3)
-
-
-def _revoke(admin: KafkaSettings, principal: str, specs: list[AclSpec]) -> None:
-    """Delete exactly ``specs`` of ``principal`` (the run's topics are gone; their ACLs would stay)."""
-    client = AdminClient({**admin.client_config(), "log_level": "2"})
-    for binding, future in client.delete_acls(_filters(principal, specs), request_timeout=30).items():
-        try:
-            future.result(30)
-        except Exception as error:  # worth a line in the log, not a failed demo
-            log.info("demo ACL %s not revoked: %s", binding, error)
-
-
-def _free_port(preferred: int = 0) -> int:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", preferred))
-        except OSError:
-            s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _prepare(options: DemoOptions, say: Callable[[str], None]) -> tuple[Path, Path]:
@@ -382,7 +191,7 @@ def run(settings: Settings, options: DemoOptions, *, say: Callable[[str], None],
     are."""
     services = local_services(settings, sasl=options.sasl)
     run_id = time.strftime("%Y%m%d%H%M%S")
-    ports = {"worker": _free_port(), "monitor": _free_port(), "api": _free_port(options.api_port)}
+    ports = {"worker": free_port(), "monitor": free_port(), "api": free_port(options.api_port)}
     env = _env(services.settings, options, run_id, ports)
     demo = Settings(_env_file=None, **_nested(env))
     worker_env = env | _logins(demo.redis, services.worker_kafka)
@@ -399,7 +208,7 @@ def run(settings: Settings, options: DemoOptions, *, say: Callable[[str], None],
         if acls:
             say(f"Kafka with SASL/SCRAM and ACLs at {demo.kafka.bootstrap_servers}: granting User:worker what "
                 "streams.topics.worker_acls lists; the worker logs in as worker, the others as admin")  # fmt: skip
-            _grant(demo.kafka, "User:worker", acls)
+            grant(demo.kafka, "User:worker", acls)
         say(f"starting the worker, the monitor and the API (logs: {processes.logs})")
         processes.start("worker", "worker", "-l", "info", env=worker_env)
         processes.start("monitor", "monitor", "--every", "10")
@@ -437,8 +246,8 @@ def run(settings: Settings, options: DemoOptions, *, say: Callable[[str], None],
         processes.stop()
         _delete_topics(demo, topics)
         if acls:
-            _revoke(demo.kafka, "User:worker", acls)
-        _stop(services.started)
+            revoke(demo.kafka, "User:worker", acls)
+        stop(services.started)
     report = demo.paths.data_dir / "reports" / f"demo-{run_id}.html"
     report.parent.mkdir(parents=True, exist_ok=True)
     facts = {"champion": version, "customers": options.customers, "history days": options.history_days,

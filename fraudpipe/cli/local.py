@@ -98,7 +98,7 @@ def bench(
     import time
 
     from streams.bench import BenchOptions, markdown, run
-    from streams.demo import services_dir, with_redis_login
+    from streams.local_services import services_dir, with_redis_login
 
     base = with_redis_login(_settings(), services_dir())  # scripts/services.sh's Redis asks for a password
     marker = work_dir / ".fraudpipe-bench"

@@ -38,7 +38,7 @@ from redis.retry import Retry
 from features.plan import marker_key
 from features.store import RedisFeatureStore, redis_client
 from fraudpipe.settings import RedisSettings, Settings
-from streams.demo import SASL_PORT_OFFSET
+from streams.local_services import SASL_PORT_OFFSET
 from tests import factories
 from tests.reliability.test_redis_acl import WORKER_COMMANDS
 from tests.services import in_ci, pinned_versions
