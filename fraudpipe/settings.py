@@ -339,7 +339,12 @@ class SinkSettings(_Section):
 
 
 class ApiSettings(_Section):
-    """The REST scoring API (``fraudpipe serve``); it serves its metrics on its own ``/metrics``."""
+    """The REST scoring API (``fraudpipe serve``); it serves its metrics on its own ``/metrics``.
+
+    API keys are stored as the SHA-256 hex of the key only (``fraudpipe api-key`` makes one), each with its
+    scopes: ``score`` (``POST /v1/score``) and ``read:alerts`` (the dashboard's data and reports). Clients send
+    ``Authorization: Bearer <key>``. ``/healthz``, ``/readyz`` and ``/metrics`` stay open.
+    """
 
     bind: str = "127.0.0.1"
     """Address of the REST API and dashboard."""
@@ -348,6 +353,31 @@ class ApiSettings(_Section):
     dashboard_metrics_urls: tuple[str, ...] = ()
     """Prometheus endpoints the dashboard reads (workers, ``fraudpipe monitor``); empty: this host's worker
     (``metrics.bind:metrics.port``) and monitor (``metrics.bind:monitor.metrics_port``)."""
+    keys: dict[str, tuple[Literal["score", "read:alerts"], ...]] = {}
+    """API keys as JSON: SHA-256 hex of the key -> its scopes, e.g. ``{"<64 hex>": ["score"]}``
+    (``fraudpipe api-key`` prints a new key and its entry)."""
+    require_auth: bool | None = None
+    """Ask every scoring and dashboard-data request for a key; unset: yes, unless ``environment=dev`` with no
+    keys set."""
+    scoring_threads: Annotated[int, Field(ge=1, le=64)] = 1
+    """Threads scoring off the event loop, each with its own pipeline (model and Redis client)."""
+    max_pending: Annotated[int, Field(ge=1, le=100_000)] = 256
+    """Score requests waiting for a scoring thread; past it a request gets 503 at once."""
+    batch_max: Annotated[int, Field(ge=1, le=10_000)] = 32
+    """Most waiting requests a scoring thread decides in one micro-batch: larger raises throughput under load but
+    lengthens the burst of responses the event loop writes at once (health probes wait behind it)."""
+    max_body_bytes: Annotated[int, Field(ge=1_024, le=16 * 1024 * 1024)] = 64 * 1024
+    """Largest request body, counted while it streams in: past it the request gets 413 and is read no further
+    (default: the codec's largest event, 64 KiB)."""
+
+    @model_validator(mode="after")
+    def _hashed_keys(self) -> ApiSettings:
+        for digest, scopes in self.keys.items():
+            if len(digest) != 64 or not set(digest) <= set("0123456789abcdef"):
+                raise ValueError("api.keys are SHA-256 hex digests of the keys (64 lowercase hex characters)")
+            if not scopes:
+                raise ValueError("each of api.keys needs at least one scope: score, read:alerts")
+        return self
 
 
 class MetricsSettings(_Section):

@@ -1,14 +1,75 @@
 // The fraudpipe dashboard: polls /v1/dashboard/alerts every second and /v1/dashboard/summary every two, and draws
 // what they return. Hand-written, no dependencies; text goes in with textContent only (never as HTML).
+//
+// The data needs an API key with the read:alerts scope (when the API asks for keys): the page asks for it once
+// (the #login form, shown at the first 401 or 403), keeps it in this tab's sessionStorage (never in a cookie or
+// localStorage) and sends it as "Authorization: Bearer". Report links fetch a one-minute ticket with the key.
 "use strict";
 
 (() => {
   const ALERTS_EVERY_MS = 1000;
   const SUMMARY_EVERY_MS = 2000;
   const MAX_ALERT_ROWS = 200;
+  const KEY_ITEM = "fraudpipe.apiKey";
   const SVG = "http://www.w3.org/2000/svg";
-  const state = { lastId: null, seen: 0, problems: {} };
+  const state = { lastId: null, seen: 0, problems: {}, locked: false, key: null };
   const $ = (id) => document.getElementById(id);
+
+  // --- the API key --------------------------------------------------------------------------------------------
+
+  // The key lives in sessionStorage (this tab, until it closes); where storage is refused, in this page only.
+  function storedKey() {
+    try {
+      return sessionStorage.getItem(KEY_ITEM);
+    } catch {
+      return state.key || null;
+    }
+  }
+
+  function keepKey(key) {
+    state.key = key;
+    try {
+      if (key) sessionStorage.setItem(KEY_ITEM, key);
+      else sessionStorage.removeItem(KEY_ITEM);
+    } catch {
+      // storage refused (privacy settings): state.key serves until the page is left
+    }
+  }
+
+  // A 401 or 403 for the key that is stored now: forget it, show the form, and poll nothing until a key is given.
+  function askForKey(status, used) {
+    if (storedKey() !== used) return; // a request that left before a new key was given
+    keepKey(null);
+    state.locked = true;
+    $("login-problem").textContent =
+      status === 403 ? "This key lacks the read:alerts scope." : used ? "This key was refused." : "";
+    $("login").hidden = false;
+    $("api-key").focus();
+  }
+
+  $("login").addEventListener("submit", (event) => {
+    event.preventDefault(); // nothing is submitted anywhere: the key stays in this tab
+    const key = $("api-key").value.trim();
+    if (!key) return;
+    keepKey(key);
+    $("api-key").value = "";
+    $("login").hidden = true;
+    state.locked = false;
+  });
+
+  for (const link of document.querySelectorAll("a[data-report]")) {
+    link.addEventListener("click", async (event) => {
+      event.preventDefault();
+      try {
+        const path = new URL(link.href).pathname;
+        const ticket = await getJson(`/v1/dashboard/ticket?${new URLSearchParams({ path })}`);
+        if (typeof ticket.url !== "string" || !ticket.url.startsWith("/reports/")) throw new Error("no report link");
+        window.location.assign(ticket.url);
+      } catch (problem) {
+        report("report", problem);
+      }
+    });
+  }
 
   function el(tag, className, ...children) {
     const node = document.createElement(tag);
@@ -34,7 +95,14 @@
   }
 
   async function getJson(url) {
-    const response = await fetch(url, { cache: "no-store", headers: { Accept: "application/json" } });
+    const key = storedKey();
+    const headers = { Accept: "application/json" };
+    if (key) headers.Authorization = `Bearer ${key}`;
+    const response = await fetch(url, { cache: "no-store", headers });
+    if (response.status === 401 || response.status === 403) {
+      askForKey(response.status, key);
+      throw new Error("an API key with the read:alerts scope is needed");
+    }
     const body = await response.json().catch(() => null);
     if (!response.ok) throw new Error((body && (body.detail || body.reason)) || `HTTP ${response.status}`);
     return body;
@@ -84,6 +152,10 @@
   }
 
   async function pollAlerts() {
+    if (state.locked) {
+      setTimeout(pollAlerts, ALERTS_EVERY_MS);
+      return;
+    }
     try {
       const query = new URLSearchParams({ limit: "50" });
       if (state.lastId) query.set("after", state.lastId);
@@ -233,6 +305,10 @@
   }
 
   async function pollSummary() {
+    if (state.locked) {
+      setTimeout(pollSummary, SUMMARY_EVERY_MS);
+      return;
+    }
     try {
       const summary = await getJson("/v1/dashboard/summary");
       drawModel(summary.model);

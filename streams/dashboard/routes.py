@@ -9,8 +9,16 @@
   ``fraudpipe monitor``, plus this process's own metrics). An endpoint that does not answer leaves its part empty
   with a note; the summary itself always answers.
 
-A query parameter out of its range gets ``422`` with ``{"reason": "invalid_request", "detail": ...}``. Alerts carry
-the card token and last four digits only: no PAN reaches the page.
+A query parameter out of its range gets ``422`` with ``{"reason": "invalid_request", "detail": ...}`` naming the
+parameter and the rule, never the value sent. Alerts carry the card token and last four digits only: no PAN
+reaches the page.
+
+**Keys** (:mod:`streams.auth`): the page shell (``/dashboard``, its script and style) loads without one; every data
+route needs a key with the ``read:alerts`` scope (alerts show card tokens, last four digits and amounts; the
+reports show transaction ids and thresholds). The page asks for the key once, keeps it in the tab's
+``sessionStorage`` and sends ``Authorization: Bearer``. A link cannot carry that header, so the reports also accept
+a ticket: ``GET /v1/dashboard/ticket?path=/reports/champion`` (with the key) answers ``{"url": path?ticket=...}``,
+valid for a minute.
 """
 
 from __future__ import annotations
@@ -21,9 +29,9 @@ import math
 from collections.abc import Callable, Sequence
 from importlib.resources import files
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
@@ -32,6 +40,7 @@ from fraudpipe.codec import DecodeError, decode
 from fraudpipe.contracts import Alert
 from fraudpipe.settings import MonitorSettings
 from models.registry import Registry, RegistryError
+from streams.auth import Keys, Refused, Tickets, answer, guard
 from streams.dashboard.figures import Series, Snapshot, combine, parse, update
 from streams.dashboard.sources import AlertFeed, FeedUnavailableError, MetricSource, SourceError, stream_id
 
@@ -47,7 +56,9 @@ _ERROR = {
     "required": ["reason", "detail"],
 }
 _REFUSED: dict[int | str, dict[str, Any]] = {
-    422: {"description": "Refused query", "content": {"application/json": {"schema": _ERROR}}}
+    401: {"description": "No API key, or an unknown one", "content": {"application/json": {"schema": _ERROR}}},
+    403: {"description": "The key lacks the read:alerts scope", "content": {"application/json": {"schema": _ERROR}}},
+    422: {"description": "Refused query", "content": {"application/json": {"schema": _ERROR}}},
 }
 _REPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'"
 """Reports are self-contained HTML with inline CSS and SVG, and no script."""
@@ -216,17 +227,40 @@ def _asset(name: str) -> str:
 
 
 async def _refused(_: Request, error: Exception) -> Response:
+    """``422`` naming each refused parameter (where it was and its declared name: ``query.limit``) and the rule it
+    broke; never the value, and never a name the client made up (only the first two parts of the location)."""
     problems = error.errors() if isinstance(error, RequestValidationError) else []
-    detail = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in problems)
+    detail = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ())[:2])}: {_rule(e)}" for e in problems)
     return JSONResponse({"reason": "invalid_request", "detail": detail[:500] or "invalid request"}, status_code=422)
 
 
-def mount(app: FastAPI, dashboard: Dashboard, reports: Path | None = None) -> None:
+def _rule(problem: dict[str, Any]) -> str:
+    """Pydantic's message for the rules a query parameter can break (bounds, pattern, type); else its code."""
+    kind = str(problem.get("type", "invalid"))
+    safe = kind in {"greater_than_equal", "less_than_equal", "int_parsing", "string_pattern_mismatch", "missing",
+                    "literal_error"}  # fmt: skip
+    return str(problem.get("msg", kind)) if safe else kind
+
+
+def mount(app: FastAPI, dashboard: Dashboard, reports: Path | None = None, *, keys: Keys) -> None:
     """Add the dashboard's routes to ``app``; a request whose parameters fail validation gets ``422`` with
     ``{"reason": "invalid_request", "detail": ...}`` (the API's error shape). ``/reports/champion`` serves the
-    champion's training report, ``/reports/demo`` the latest ``fraudpipe demo`` summary in ``reports``."""
+    champion's training report, ``/reports/demo`` the latest ``fraudpipe demo`` summary in ``reports``. Data routes
+    ask ``keys`` for the ``read:alerts`` scope (:class:`streams.auth.Refused` when refused: the caller's handler
+    answers it; one is added here if ``app`` has none)."""
     page, script, style = _asset("page.html"), _asset("app.js"), _asset("style.css")
     app.add_exception_handler(RequestValidationError, _refused)
+    if Refused not in app.exception_handlers:
+        app.add_exception_handler(Refused, answer)
+    needs_reader = guard(keys, "read:alerts")
+    reader = Depends(needs_reader)
+    tickets = Tickets()
+
+    async def reader_or_ticket(request: Request) -> None:
+        """A report: the key, or a ticket minted for this very path that has not expired."""
+        if not tickets.valid(request.query_params.get("ticket"), request.url.path, dashboard.clock.now().timestamp()):
+            await needs_reader(request)
+
     headers = {"Content-Security-Policy": _CSP, "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
 
     @app.get("/", include_in_schema=False)
@@ -245,9 +279,16 @@ def mount(app: FastAPI, dashboard: Dashboard, reports: Path | None = None) -> No
     async def dashboard_style() -> Response:
         return Response(style, media_type="text/css; charset=utf-8", headers=headers)
 
-    report_headers = {"Content-Security-Policy": _REPORT_CSP, "X-Content-Type-Options": "nosniff"}
+    report_headers = {"Content-Security-Policy": _REPORT_CSP, "X-Content-Type-Options": "nosniff",
+                      "Cache-Control": "no-store"}  # fmt: skip
 
-    @app.get("/reports/champion", include_in_schema=False)
+    @app.get("/v1/dashboard/ticket", dependencies=[reader], responses=_REFUSED)
+    def dashboard_ticket(path: Annotated[Literal["/reports/champion", "/reports/demo"], Query()]) -> Response:
+        """A link to a report that works without the key for a minute: ``{"url": "<path>?ticket=<ticket>"}``."""
+        ticket = tickets.mint(path, dashboard.clock.now().timestamp())
+        return JSONResponse({"url": f"{path}?ticket={ticket}"}, headers={"Cache-Control": "no-store"})
+
+    @app.get("/reports/champion", include_in_schema=False, dependencies=[Depends(reader_or_ticket)])
     def champion_report() -> Response:
         registry = dashboard.registry
         version = registry.aliases().get("champion")
@@ -256,7 +297,7 @@ def mount(app: FastAPI, dashboard: Dashboard, reports: Path | None = None) -> No
             return JSONResponse({"reason": "no_report", "detail": "the champion has no report"}, status_code=404)
         return Response(path.read_bytes(), media_type="text/html; charset=utf-8", headers=report_headers)
 
-    @app.get("/reports/demo", include_in_schema=False)
+    @app.get("/reports/demo", include_in_schema=False, dependencies=[Depends(reader_or_ticket)])
     def demo_report() -> Response:
         found = sorted(reports.glob("demo-*.html")) if reports is not None and reports.is_dir() else []
         if not found:
@@ -264,7 +305,8 @@ def mount(app: FastAPI, dashboard: Dashboard, reports: Path | None = None) -> No
                                 status_code=404)  # fmt: skip
         return Response(found[-1].read_bytes(), media_type="text/html; charset=utf-8", headers=report_headers)
 
-    @app.get("/v1/dashboard/alerts", responses={**_REFUSED, 503: {"description": "Redis does not answer"}})
+    @app.get("/v1/dashboard/alerts", dependencies=[reader],
+             responses={**_REFUSED, 503: {"description": "Redis does not answer"}})  # fmt: skip
     def dashboard_alerts(
         after: Annotated[str | None, Query(pattern=STREAM_ID, description="Only alerts after this stream id")] = None,
         limit: Annotated[int, Query(ge=1, le=500, description="At most this many alerts")] = 50,
@@ -272,14 +314,15 @@ def mount(app: FastAPI, dashboard: Dashboard, reports: Path | None = None) -> No
         """The latest alerts of the Redis alert stream, newest first, with their reason codes."""
         try:
             stream_id(after or "0-0")
-        except ValueError as error:
-            return JSONResponse({"reason": "invalid_request", "detail": f"query.after: {error}"}, status_code=422)
+        except ValueError:  # the message holds the value: not sent back
+            detail = "query.after: not a stream id <ms>-<seq> with parts at most 2**64 - 1"
+            return JSONResponse({"reason": "invalid_request", "detail": detail}, status_code=422)
         try:
             return JSONResponse(_finite(dashboard.alerts(after, limit)))
         except FeedUnavailableError as error:
             return JSONResponse({"reason": "redis_unavailable", "detail": str(error)}, status_code=503)
 
-    @app.get("/v1/dashboard/summary")
+    @app.get("/v1/dashboard/summary", dependencies=[reader])
     async def dashboard_summary() -> Response:
         """Model and promotion history, decisions by outcome, throughput, latency, dead letters, drift."""
         return JSONResponse(_finite(await dashboard.summary()))

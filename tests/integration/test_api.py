@@ -1,6 +1,8 @@
 """The REST scoring API in-process against real Redis and Kafka: decisions through the same pipeline as the stream
 (features applied once, the audit record on scores.v1), refusals with the stream's reason codes, health and
-readiness, metrics — and a schemathesis run over its OpenAPI schema that finds no server error."""
+readiness, metrics — and a schemathesis run over its OpenAPI schema that finds no server error. Settings are
+``environment=test``, so every call but the probes carries the API key (the attacks on keys, bodies and load are in
+``tests/reliability/test_api_attacks.py``)."""
 
 from __future__ import annotations
 
@@ -16,25 +18,32 @@ from hypothesis import settings as hypothesis_settings
 
 from fraudpipe.codec import decode
 from fraudpipe.contracts import Decision
-from fraudpipe.settings import Settings
+from fraudpipe.settings import ApiSettings, Settings
 from models.registry import RegistryError
 from streams.api import create_app
+from streams.auth import hash_key
 from tests import factories
 from tests.factories import VISA_TEST_PAN, transaction_json
 from tests.integration.test_kafka import consume_all
+
+KEY = "fpk_integration-tests-0123456789abcdef"
+HEADERS = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
 
 
 @pytest.fixture
 def api(topics: Settings, store_client: object) -> FastAPI:
     factories.register_champion(topics.paths.models_dir)
-    return create_app(topics)
+    keyed = ApiSettings(keys={hash_key(KEY): ("score", "read:alerts")})
+    return create_app(topics.model_copy(update={"api": keyed}))
 
 
 def test_scores_a_transaction_and_publishes_its_audit_record(api: FastAPI, topics: Settings) -> None:
     now = datetime.now(UTC).isoformat()
+    body = transaction_json(txn_id="api-1", event_time=now, amount=42.0)
     with TestClient(api) as client:
-        first = client.post("/v1/score", content=transaction_json(txn_id="api-1", event_time=now, amount=42.0))
-        again = client.post("/v1/score", content=transaction_json(txn_id="api-1", event_time=now, amount=42.0))
+        assert client.post("/v1/score", content=body).status_code == 401  # environment=test: a key is required
+        first = client.post("/v1/score", content=body, headers=HEADERS)
+        again = client.post("/v1/score", content=body, headers=HEADERS)
         assert first.status_code == 200, first.text
         decision = Decision.model_validate_json(first.content)
         assert decision.txn_id == "api-1" and decision.model is not None and decision.model.version == "v0001"
@@ -59,7 +68,7 @@ def test_scores_a_transaction_and_publishes_its_audit_record(api: FastAPI, topic
 )
 def test_refused_requests_get_422_with_the_reason_code(api: FastAPI, body: bytes, reason: str) -> None:
     with TestClient(api) as client:
-        response = client.post("/v1/score", content=body)
+        response = client.post("/v1/score", content=body, headers=HEADERS)
     assert response.status_code == 422
     assert response.json()["reason"] == reason
     assert VISA_TEST_PAN not in response.text
@@ -81,7 +90,7 @@ def test_the_schema_finds_no_server_error(api: FastAPI) -> None:
         @given(case=operation.as_strategy())
         @hypothesis_settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
         def call(case: schemathesis.Case) -> None:
-            response = case.call()
+            response = case.call(headers=HEADERS)
             statuses[(case.path, response.status_code)] += 1
             assert response.status_code < 500, f"{case.method} {case.path}: {response.status_code} {response.text}"
 

@@ -2,7 +2,8 @@
 the monitor started as users start them (``fraudpipe serve``, ``fraudpipe worker``, ``fraudpipe monitor --every``)
 on real Kafka and Redis.
 
-The page loads with no console error, no failed request and no error response; the worker's decisions, its dead
+The page shell loads without a key and asks for one (``environment=test``: the data needs ``read:alerts``); once it
+is given, there is no console error, no failed request and no error response; the worker's decisions, its dead
 letter and its latency reach the page through its Prometheus endpoint, drift through the monitor's; a payment that
 must be reviewed, sent during the test, goes through the whole alert path (worker -> ``alerts.v1`` -> alert agent
 -> Redis stream sink -> API) and appears on the page, with its reason codes, within a few seconds. A screenshot is
@@ -34,6 +35,7 @@ from confluent_kafka import Producer
 from fraudpipe.codec import decode, encode
 from fraudpipe.contracts import Alert
 from fraudpipe.settings import Settings
+from streams.auth import hash_key
 from streams.dashboard.sources import FeedUnavailableError, RedisAlertFeed
 from streams.sinks import RedisStreamSink
 from tests import factories
@@ -43,6 +45,7 @@ from tests.services import _free_port, in_ci
 CHROMIUM_ENV = "FRAUDPIPE_TEST_CHROMIUM"
 ARTIFACTS_ENV = "FRAUDPIPE_ARTIFACTS"
 ALERT_WITHIN_S = 5.0
+READER = "fpk_dashboard-test-reader-0123456789"
 
 
 def _missing(message: str) -> None:
@@ -109,6 +112,7 @@ def test_the_dashboard_shows_live_alerts_and_the_pipeline(
         "FRAUD_API__PORT": str(api_port),
         "FRAUD_WORKER__AGENTS": '["score", "alerts"]',
         "FRAUD_SCORING__REVIEW_AMOUNT": "5000",  # the rule that makes the test's alert certain
+        "FRAUD_API__KEYS": f'{{"{hash_key(READER)}": ["read:alerts"]}}',
     }
     worker, worker_log = start_worker(topics, tmp_path, **env)
     stop.append(worker)
@@ -118,16 +122,36 @@ def test_the_dashboard_shows_live_alerts_and_the_pipeline(
     _wait_healthy(url, api, api_log)
 
     problems: list[str] = []
+    refused: list[str] = []  # the data calls before the key is given: 401, as they must be
+    phase = ["locked"]  # then "open" once the key is given, "leaving" once the page follows a report link
+
+    def problem(text: str) -> None:
+        if phase[0] != "leaving":
+            (refused if phase[0] == "locked" and "401" in text else problems).append(text)
+
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
-    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-    page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url} {r.failure}"))
-    page.on("response", lambda r: problems.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
+    page.on("console", lambda m: problem(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda error: problem(f"page error: {error}"))
+    page.on("requestfailed", lambda r: problem(f"request failed: {r.url} {r.failure}"))
+    page.on("response", lambda r: problem(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
     artifacts = Path(os.environ.get(ARTIFACTS_ENV) or ROOT / "var" / "test-artifacts")
     artifacts.mkdir(parents=True, exist_ok=True)
+    shot = False
     try:
         page.goto(f"{url}/", wait_until="load")  # the page's CSP holds: expressions below are functions (no eval)
+        page.wait_for_selector("#login", state="visible")  # the shell loads; its data asks for a key
+        assert page.inner_text("#champion-version") == "…" and not page.query_selector("#alerts tbody tr")
+        page.fill("#api-key", "fpk_not-a-key-of-this-api")
+        page.click("#login button[type=submit]")
+        page.wait_for_function("() => document.getElementById('login-problem').textContent.includes('refused')")
+        assert page.is_visible("#login")  # asked again
+        page.fill("#api-key", READER)
+        page.click("#login button[type=submit]")
+        page.wait_for_selector("#login", state="hidden")
         page.wait_for_function("v => document.getElementById('champion-version').textContent === v", arg=version)
+        phase[0] = "open"
+        assert any("HTTP 401" in text and "/v1/dashboard/" in text for text in refused), refused
+        assert page.evaluate("() => sessionStorage.getItem('fraudpipe.apiKey')") == READER
         page.wait_for_function("() => document.getElementById('notes').textContent.includes('not answering')")
         page_loaded = time.monotonic()  # no monitor yet: the page says so and the drift panel waits for it
 
@@ -174,8 +198,15 @@ def test_the_dashboard_shows_live_alerts_and_the_pipeline(
         assert factories.VISA_TEST_PAN not in page.content()
 
         drift_shown = time.monotonic()
-    finally:  # kept whether the test passes or not: what the page showed
         page.screenshot(path=str(artifacts / "dashboard.png"), full_page=True)
+        shot = True
+        phase[0] = "leaving"  # the polls in flight are aborted by the navigation
+        with page.expect_response(lambda r: "/reports/champion" in r.url) as report:
+            page.click("a[href='/reports/champion']")  # through a one-minute ticket: a link carries no key
+        assert "?ticket=" in report.value.url and report.value.status == 404  # let in; this champion has no report
+    finally:  # kept whether the test passes or not: what the page showed
+        if not shot:
+            page.screenshot(path=str(artifacts / "dashboard.png"), full_page=True)
         page.close()
     print(  # timings, shown with -s or on failure
         f"dashboard timings: page loaded {page_loaded - started:.1f} s after start, worker live "

@@ -17,8 +17,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from fraudpipe.clock import FixedClock
 from fraudpipe.codec import encode
-from fraudpipe.settings import MonitorSettings, Settings
+from fraudpipe.settings import ApiSettings, MonitorSettings, Settings
 from models.registry import Manifest, Registry
+from streams.auth import Keys, hash_key, presented
 from streams.dashboard.figures import Series, Snapshot, combine, parse, quantile, update
 from streams.dashboard.routes import Dashboard, mount
 from streams.dashboard.sources import (
@@ -176,8 +177,89 @@ def parts(tmp_path: Path) -> tuple[FastAPI, MemoryAlertFeed, StaticSource, Fixed
     worker = StaticSource("http://127.0.0.1:9108/metrics", None)  # down until a test brings it up
     clock = FixedClock(T0)
     app = FastAPI()
-    mount(app, Dashboard(feed, [worker], _registry(tmp_path), MonitorSettings(), clock, lambda: ("v0002", SHA)))
+    mount(app, Dashboard(feed, [worker], _registry(tmp_path), MonitorSettings(), clock, lambda: ("v0002", SHA)),
+          keys=Keys({}, required=False))  # fmt: skip
     return app, feed, worker, clock
+
+
+READER, SCORER = "reader-key-0123456789", "scorer-key-0123456789"
+
+
+@pytest.fixture
+def guarded(tmp_path: Path) -> tuple[FastAPI, Path, FixedClock]:
+    """The dashboard behind keys: READER may read alerts, SCORER may only score; a demo report on disk."""
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "demo-1.html").write_text("<html>demo</html>")
+    clock = FixedClock(T0)
+    app = FastAPI()
+    keys = Keys({hash_key(READER): ["read:alerts"], hash_key(SCORER): ["score"]}, required=True)
+    dashboard = Dashboard(MemoryAlertFeed(), [], _registry(tmp_path / "registry"), MonitorSettings(), clock)
+    mount(app, dashboard, reports, keys=keys)
+    return app, reports, clock
+
+
+DATA_ROUTES = ("/v1/dashboard/alerts", "/v1/dashboard/summary", "/reports/demo",
+               "/v1/dashboard/ticket?path=/reports/demo")  # fmt: skip
+
+
+@pytest.mark.parametrize("route", DATA_ROUTES)
+def test_data_routes_need_a_key_with_read_alerts(guarded: tuple[FastAPI, Path, FixedClock], route: str) -> None:
+    with TestClient(guarded[0]) as client:
+        missing = client.get(route)
+        unknown = client.get(route, headers={"Authorization": "Bearer not-a-key-we-know"})
+        scorer = client.get(route, headers={"Authorization": f"Bearer {SCORER}"})
+        reader = client.get(route, headers={"Authorization": f"Bearer {READER}"})
+        by_header = client.get(route, headers={"X-API-Key": READER})
+    assert missing.status_code == unknown.status_code == 401
+    assert missing.headers["www-authenticate"].startswith("Bearer")
+    assert missing.json()["reason"] == "unauthorized" and "not-a-key" not in unknown.text
+    assert scorer.status_code == 403 and scorer.json()["reason"] == "forbidden"
+    assert 'error="insufficient_scope"' in scorer.headers["www-authenticate"]
+    assert reader.status_code == by_header.status_code == 200
+
+
+def test_the_page_shell_loads_without_a_key(guarded: tuple[FastAPI, Path, FixedClock]) -> None:
+    with TestClient(guarded[0]) as client:
+        for path in ("/dashboard", "/dashboard/app.js", "/dashboard/style.css"):
+            assert client.get(path).status_code == 200, path
+        page = client.get("/dashboard").text
+    assert 'id="login"' in page and 'type="password"' in page  # the page asks for the key
+
+
+def test_a_report_ticket_opens_its_report_only_for_a_minute(guarded: tuple[FastAPI, Path, FixedClock]) -> None:
+    app, _, clock = guarded
+    with TestClient(app) as client:
+        url = client.get("/v1/dashboard/ticket", params={"path": "/reports/demo"},
+                         headers={"Authorization": f"Bearer {READER}"}).json()["url"]  # fmt: skip
+        assert url.startswith("/reports/demo?ticket=")
+        assert client.get(url).text == "<html>demo</html>"  # no key: the ticket is enough
+        ticket = url.partition("?")[2]
+        assert client.get(f"/reports/champion?{ticket}").status_code == 401  # for that report only
+        assert client.get(f"{url}0").status_code == 401  # altered
+        clock.advance(61.0)
+        assert client.get(url).status_code == 401  # expired
+        refused = client.get("/v1/dashboard/ticket", params={"path": "/etc/passwd"},
+                             headers={"Authorization": f"Bearer {READER}"})  # fmt: skip
+    assert refused.status_code == 422 and "/etc/passwd" not in refused.text
+
+
+def test_keys_are_required_outside_dev_or_once_set() -> None:
+    digest = hash_key(READER)
+    assert len(digest) == 64 and digest != READER
+    assert Keys.from_settings(ApiSettings(), "dev").required is False
+    assert Keys.from_settings(ApiSettings(), "test").required is True
+    assert Keys.from_settings(ApiSettings(), "prod").required is True
+    assert Keys.from_settings(ApiSettings(keys={digest: ("score",)}), "dev").required is True
+    assert Keys.from_settings(ApiSettings(require_auth=False), "prod").required is False
+    with pytest.raises(ValueError, match="SHA-256"):
+        ApiSettings(keys={READER: ("score",)})  # a key in clear is refused: settings hold hashes only
+    keys = Keys({digest: ["read:alerts"]}, required=True)
+    assert keys.check(READER, "read:alerts").status == 200
+    assert keys.check(READER, "score").status == 403
+    assert keys.check(None, "score").status == keys.check("guess", "score").status == 401
+    assert presented("Bearer abc", None) == "abc" and presented("Basic abc", "k") == "k"
+    assert presented(None, None) is None
 
 
 def test_the_page_is_self_contained(parts: tuple[FastAPI, MemoryAlertFeed, StaticSource, FixedClock]) -> None:
