@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 from fraudpipe.codec import decode
 from fraudpipe.contracts import DeadLetter, Reason
 from fraudpipe.pan import luhn_valid
-from fraudpipe.settings import Settings, SinkSettings, TopicSettings
+from fraudpipe.settings import ApiSettings, Settings, SinkSettings, TopicSettings
 from streams.api import create_app
 from streams.topics import topic_specs
 from tests.factories import transaction_json
@@ -113,8 +113,10 @@ def test_no_pan_reaches_topics_redis_files_logs_or_metrics(champion: Settings, t
     time.sleep(3)  # alerts through the sinks, labels through their agent
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
         outputs.append(response.read().decode())
-    with TestClient(create_app(config)) as client:
-        refused = client.post("/v1/score", content=transaction_json(card_token=pans[1]))
+    open_api = config.model_copy(update={"api": ApiSettings(require_auth=False)})  # keys: test_api_attacks
+    with TestClient(create_app(open_api)) as client:
+        refused = client.post("/v1/score", content=transaction_json(card_token=pans[1]),
+                              headers={"Content-Type": "application/json"})  # fmt: skip
         assert refused.status_code == 422
         outputs.append(refused.text)
     for command in (["privacy", "erase", "--pan", pans[2]], ["audit", "show", "pan-1"], ["audit", "verify"]):
