@@ -205,8 +205,8 @@ def minor_units(currency: str) -> int:
 # Units of each currency per euro, rounded *up* to two significant figures from late-2025 market rates (official
 # rates where no market one is published, market ones where the two differ widely: ARS, IRR, LBP, MMK, SDG, SSP,
 # SYP, VES, YER). Their only use is an input sanity cap: a payment bigger than a common limit in EUR. They are not
-# exchange rates: nothing is converted with them, and a wrong one only moves a cap (``scoring.amount_caps``
-# overrides any of them).
+# exchange rates: nothing is converted with them, and a wrong one only moves a cap
+# (``scoring.amount_caps_by_currency`` overrides any of them).
 EUR_RATES: dict[str, float] = {
     "AED": 4.4, "AFN": 80, "ALL": 100, "AMD": 460, "ANG": 2.1, "AOA": 1100, "ARS": 1700, "AUD": 1.8, "AWG": 2.1,
     "AZN": 2.0, "BAM": 2.0, "BBD": 2.4, "BDT": 150, "BGN": 2.0, "BHD": 0.45, "BIF": 3500, "BMD": 1.2, "BND": 1.6,

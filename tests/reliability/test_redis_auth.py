@@ -38,7 +38,7 @@ from redis.retry import Retry
 from features.plan import marker_key
 from features.store import RedisFeatureStore, redis_client
 from fraudpipe.settings import RedisSettings, Settings
-from streams.local_services import SASL_PORT_OFFSET
+from streams.local_services import SASL_PORT_OFFSET, free_port
 from tests import factories
 from tests.reliability.test_redis_acl import WORKER_COMMANDS
 from tests.services import in_ci, pinned_versions
@@ -95,12 +95,6 @@ class LocalRedis:
         return done
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def local_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis]:
     if shutil.which("redis-server") is None:
@@ -109,7 +103,7 @@ def local_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis
             pytest.fail(f"CI=true and {message}", pytrace=False)
         pytest.skip(message)
     state = tmp_path_factory.mktemp("redis-auth-services")
-    port = _free_port()
+    port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith(("FRAUD_", "REDISCLI_"))}
     env |= {"FRAUDPIPE_SERVICES_DIR": str(state), "FRAUD_REDIS__URL": f"redis://127.0.0.1:{port}/0",
             "FRAUD_REDIS__KEY_PREFIX": PREFIX, "FRAUD_SINKS__REDIS_STREAM_KEY": STREAM}  # fmt: skip
@@ -250,7 +244,7 @@ def test_restarts_keep_the_passwords_and_the_operator_may_choose_the_default_one
 def _free_pair() -> int:
     """A free port whose successor is free too (the KRaft controller listens on port + 1)."""
     for _ in range(50):
-        port = _free_port()
+        port = free_port()
         with socket.socket() as probe:
             try:
                 probe.bind(("127.0.0.1", port + 1))

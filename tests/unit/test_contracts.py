@@ -9,6 +9,8 @@ import pytest
 
 from fraudpipe.codec import MAX_PAYLOAD_BYTES, DecodeError, dead_letter, decode, encode
 from fraudpipe.contracts import Alert, DeadLetter, Decision, Event, Label, Reason, Transaction
+from fraudpipe.currencies import CURRENCIES, EUR_RATES, minor_units
+from fraudpipe.settings import ScoringSettings
 from tests import factories
 from tests.factories import VISA_TEST_PAN, transaction_fields, transaction_json
 
@@ -252,3 +254,17 @@ def test_dead_letter_of_a_huge_payload_is_truncated_and_says_so() -> None:
 def test_dead_letter_of_nothing() -> None:
     letter = _letter(None)
     assert (letter.payload, letter.payload_bytes, letter.payload_truncated) == ("", 0, False)
+
+
+def test_every_currency_has_its_minor_units_and_a_cap() -> None:
+    assert set(EUR_RATES) == CURRENCIES
+    assert {code: minor_units(code) for code in ("EUR", "USD", "JPY", "VND", "KRW", "BHD", "KWD", "HRK")} == {
+        "EUR": 2, "USD": 2, "JPY": 0, "VND": 0, "KRW": 0, "BHD": 3, "KWD": 3, "HRK": 2}  # fmt: skip
+    caps = ScoringSettings(amount_limit_eur=1_000.0, amount_caps_by_currency={"USD": 5.0}).amount_caps()
+    assert caps["EUR"] == 1_000.0 and caps["USD"] == 5.0 and caps["VND"] == 31_000_000.0
+    assert decode(transaction_json(amount=6.0, currency="USD"), Transaction).amount == 6.0  # default caps
+    with pytest.raises(DecodeError) as refused:
+        decode(transaction_json(amount=6.0, currency="USD"), Transaction, amount_caps=caps)
+    assert refused.value.reason == Reason.AMOUNT_TOO_LARGE and refused.value.detail.startswith("amount:")
+    with pytest.raises(ValueError, match="not ISO 4217"):
+        ScoringSettings(amount_caps_by_currency={"XYZ": 1.0})
