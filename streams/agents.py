@@ -252,8 +252,8 @@ def conflict_rows(refused: list[Transaction], at: datetime) -> pl.DataFrame:
     audit show`` lists them under the id's trail."""
     columns: dict[str, Any] = {name: [getattr(t, name) for t in refused] for name in CONFLICT_COLUMNS}
     columns["refused_at"] = [at] * len(refused)
-    schema = {name: pl.String for name in EVENT_COLUMNS} | {"lat": pl.Float64, "lon": pl.Float64}
-    return pl.DataFrame(columns, schema_overrides={k: v for k, v in schema.items() if k in columns})
+    optional = {name: pl.String for name in ("card_last4", "terminal_id", "merchant_id")}  # may be all None
+    return pl.DataFrame(columns, schema_overrides=optional)
 
 
 SCORES = settings.topics.full(settings.topics.scores)

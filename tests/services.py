@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -48,6 +49,21 @@ def without_login(url: str) -> str:
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def need(what: str) -> None:
+    """A test's real part is missing: a failure with ``CI=true``, a skip with the reason elsewhere."""
+    if in_ci():
+        pytest.fail(f"CI=true and {what}", pytrace=False)
+    pytest.skip(what)
+
+
+def need_sasl_broker_tools() -> None:
+    """Java, and Maven unless the broker's jars are already fetched: what ``services.sh start kafka --sasl`` needs."""
+    jars = ROOT / ".services" / f"kafka-lib-{pinned_versions()['KAFKA_VERSION']}" / ".complete"
+    missing = [tool for tool in ("java", "mvn") if shutil.which(tool) is None and (tool == "java" or not jars.exists())]
+    if missing:
+        need(f"the SASL broker needs {' and '.join(missing)} (scripts/services.sh start kafka --sasl)")
 
 
 def docker_engine_answers() -> bool:

@@ -41,7 +41,7 @@ from fraudpipe.settings import RedisSettings, Settings
 from streams.local_services import SASL_PORT_OFFSET, free_port
 from tests import factories
 from tests.reliability.test_redis_acl import WORKER_COMMANDS
-from tests.services import in_ci, pinned_versions
+from tests.services import need, need_sasl_broker_tools
 
 pytestmark = pytest.mark.integration
 
@@ -98,10 +98,7 @@ class LocalRedis:
 @pytest.fixture(scope="module")
 def local_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis]:
     if shutil.which("redis-server") is None:
-        message = "redis-server is needed (scripts/services.sh runs it; apt-get install redis-server)"
-        if in_ci():
-            pytest.fail(f"CI=true and {message}", pytrace=False)
-        pytest.skip(message)
+        need("redis-server is needed (scripts/services.sh runs it; apt-get install redis-server)")
     state = tmp_path_factory.mktemp("redis-auth-services")
     port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith(("FRAUD_", "REDISCLI_"))}
@@ -259,13 +256,7 @@ def test_the_demo_logs_in_everywhere_with_sasl(local_redis: LocalRedis, tmp_path
     """`fraudpipe demo --sasl`, given no login at all: Redis through the script's users/default.env, Kafka through
     a SASL broker it starts (and stops) with the script, the worker as `worker` with only its ACLs. It decides
     payments, nothing is refused, and no password reaches its output or its processes' logs."""
-    jars = ROOT / ".services" / f"kafka-lib-{pinned_versions()['KAFKA_VERSION']}" / ".complete"
-    missing = [tool for tool in ("java", "mvn") if shutil.which(tool) is None and (tool == "java" or not jars.exists())]
-    if missing:
-        message = f"the SASL broker needs {' and '.join(missing)} (scripts/services.sh start kafka --sasl)"
-        if in_ci():
-            pytest.fail(f"CI=true and {message}", pytrace=False)
-        pytest.skip(message)
+    need_sasl_broker_tools()
     sasl_port = _free_pair()
     env = local_redis.env | {"FRAUD_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{sasl_port - SASL_PORT_OFFSET}"}
     env = {key: value for key, value in env.items() if not key.startswith(("FRAUD_REDIS__KEY", "FRAUD_SINKS__"))}

@@ -22,7 +22,6 @@ import asyncio
 import ipaddress
 import os
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
@@ -52,7 +51,7 @@ from streams.topics import AclSpec, create_topics, grant_acls, topic_specs, work
 from tests import factories
 from tests.integration.conftest import redis_url, settings_env  # noqa: F401 (the fixture)
 from tests.reliability.test_redis_acl import redis_user, worker_rules
-from tests.services import in_ci, pinned_versions
+from tests.services import need_sasl_broker_tools
 
 pytestmark = pytest.mark.integration
 
@@ -100,13 +99,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def sasl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SaslBroker]:
     """A SASL/SCRAM broker with ACLs enforced, users admin / worker / labeler; stopped (by its PID file) after."""
-    jars = ROOT / ".services" / f"kafka-lib-{pinned_versions()['KAFKA_VERSION']}" / ".complete"
-    missing = [tool for tool in ("java", "mvn") if shutil.which(tool) is None and (tool == "java" or not jars.exists())]
-    if missing:
-        message = f"the SASL broker needs {' and '.join(missing)} (scripts/services.sh start kafka --sasl)"
-        if in_ci():
-            pytest.fail(f"CI=true and {message}", pytrace=False)
-        pytest.skip(message)
+    need_sasl_broker_tools()
     port = _free_pair()
     passwords = {user: secrets.token_urlsafe(18) for user in ("admin", "worker", "labeler")}
     state = tmp_path_factory.mktemp("sasl-services")
