@@ -27,6 +27,7 @@ __all__ = [
     "ApiSettings",
     "GovernanceSettings",
     "KafkaSettings",
+    "LogSettings",
     "MetricsSettings",
     "PathSettings",
     "PrivacySettings",
@@ -180,6 +181,11 @@ class ScoringSettings(_Section):
     """Most transactions per micro-batch (one Redis call and one model call each)."""
     batch_within_ms: Annotated[int, Field(ge=1, le=10_000)] = 20
     """How long a batch waits to fill before it is scored anyway."""
+    commit_interval_s: Annotated[float, Field(gt=0.0, le=60.0)] = 1.0
+    """How often the scoring consumer commits its offsets: the in-order watermark of the batches whose outputs the
+    broker acknowledged and whose decision-log rows are durable (and on every revoke and at shutdown)."""
+    max_batches_in_flight: Annotated[int, Field(ge=1, le=64)] = 4
+    """Batches handed to the scoring agent and not yet scored; the consumer waits for room beyond that."""
     mode: Literal["score", "passthrough", "naive"] = "score"
     """``score``: the product. The other two are ``fraudpipe bench``'s baselines: ``passthrough`` forwards each
     record to ``scores.v1`` untouched (the ceiling of the client stack), ``naive`` scores one event at a time (one
@@ -452,6 +458,16 @@ class WebSettings(_Section):
     port: Port = 6066
 
 
+class LogSettings(_Section):
+    """The worker's Parquet logs (decisions, labels, deliveries, shadow, conflicts under ``paths.data_dir``):
+    rows are buffered and written as one sealed file per log, event day and flush (group commit)."""
+
+    flush_interval_s: Annotated[float, Field(gt=0.0, le=300.0)] = 5.0
+    """Longest time a row waits in the buffer before its file is written (and its offsets may be committed)."""
+    flush_rows: Annotated[int, Field(ge=1, le=10_000_000)] = 100_000
+    """Buffered rows that trigger a write before the interval is up."""
+
+
 class Settings(BaseSettings):
     """All of fraudpipe's configuration. Frozen: build a new one to change anything."""
 
@@ -483,6 +499,7 @@ class Settings(BaseSettings):
     retrain: RetrainSettings = RetrainSettings()
     sinks: SinkSettings = SinkSettings()
     api: ApiSettings = ApiSettings()
+    logs: LogSettings = LogSettings()
 
     @model_validator(mode="after")
     def _production_key(self) -> Settings:
