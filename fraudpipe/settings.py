@@ -99,6 +99,17 @@ class KafkaSettings(_Section):
             )
         return self
 
+    @property
+    def scoring_group(self) -> str:
+        """The consumer group of the scoring consumer (``transactions.v1``, :mod:`streams.consumer`); Faust's own
+        consumer, for the other agents' topics, is in ``app_id``."""
+        return self.scoring_group_of(self.app_id)
+
+    @staticmethod
+    def scoring_group_of(app_id: str) -> str:
+        """:attr:`scoring_group` for the app id ``app_id``."""
+        return f"{app_id}.scoring"
+
     def faust_broker_url(self) -> str:
         """The broker list in Faust's ``kafka://host:port;host:port`` form."""
         hosts = [server.strip() for server in self.bootstrap_servers.split(",") if server.strip()]

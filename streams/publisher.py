@@ -1,18 +1,26 @@
-"""Publishing a micro-batch's outputs with confluent-kafka (librdkafka), awaited as a whole.
+"""Publishing outputs with confluent-kafka (librdkafka): produced now, acknowledged later, never dropped.
 
-Faust's ``topic.send`` costs hundreds of microseconds per message in Python; the worker's outputs (a decision per
-transaction, alerts, dead letters) are produced here instead, in C, and :meth:`KafkaPublisher.publish` returns once
-the broker has acknowledged every message of the batch — so the agent still never takes the next batch (and never
-lets Faust commit) before its outputs are durable. A message that fails (broker away longer than the delivery
-timeout) is produced again until it is delivered: nothing is dropped, the agent waits. Idempotent producer,
-``acks=all``.
+Faust's ``topic.send`` costs hundreds of microseconds per message in Python; the workers' outputs (a decision per
+transaction, alerts, dead letters, repairs) are produced here instead, in C. Idempotent producer, ``acks=all``.
+
+- :meth:`KafkaPublisher.send` produces a group of messages and returns at once; ``done()`` is called (on the
+  delivery thread) once the broker has acknowledged every one of them. The scoring agent uses it: the next batch
+  is taken while this one is in flight, and the offsets of a batch are committed only after its ``done``
+  (:mod:`streams.watermark`).
+- :meth:`KafkaPublisher.publish` awaits the same: for agents and the API that wait for their outputs.
+
+A daemon thread serves librdkafka's delivery reports (``poll``). A message that fails (broker away longer than the
+delivery timeout) is produced again after ``retry_pause_s``, until it is delivered: nothing is dropped, its group
+stays unacknowledged meanwhile. When librdkafka's local queue is full, :meth:`send` waits for it to drain.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from confluent_kafka import Producer
@@ -30,51 +38,107 @@ Message = tuple[str, bytes, bytes]
 class Publisher(Protocol):
     """Where an agent's outputs go (Kafka, or a list in unit tests)."""
 
+    async def send(self, messages: Sequence[Message], done: Callable[[], None]) -> None:
+        """Produce ``messages``; ``done()`` once every one is acknowledged (maybe on another thread)."""
+        ...
+
     async def publish(self, messages: Sequence[Message]) -> None:
         """Return once every message is acknowledged by the broker."""
         ...
 
 
-class KafkaPublisher:
-    """The worker's producer (see the module docstring)."""
+@dataclass(slots=True, eq=False)
+class _Group:
+    """Messages produced together: how many are not acknowledged yet, and whom to tell when none is left."""
 
-    def __init__(self, kafka: KafkaSettings, *, delivery_timeout_s: float = 30.0, retry_pause_s: float = 1.0) -> None:
+    remaining: int
+    done: Callable[[], None]
+
+
+class KafkaPublisher:
+    """The workers' producer (module docstring). ``linger_ms``: how long librdkafka waits to fill a request."""
+
+    def __init__(self, kafka: KafkaSettings, *, delivery_timeout_s: float = 30.0, retry_pause_s: float = 1.0,
+                 linger_ms: float = 1.0) -> None:  # fmt: skip
         self.producer = Producer(
             {
                 **kafka.client_config(),
                 "enable.idempotence": True,
                 "acks": "all",
                 "compression.type": "lz4",
-                "linger.ms": 2,
+                "linger.ms": linger_ms,
                 "message.timeout.ms": int(delivery_timeout_s * 1000),
                 "log_level": 3,
             }
         )
         self.retry_pause_s = retry_pause_s
-        self._failed: list[Message] = []
+        self._failed: list[tuple[Message, _Group]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="fraudpipe-deliveries", daemon=True)
+        self._thread.start()
 
-    def _report(self, error: Any, message: Any) -> None:
-        if error is not None:
-            self._failed.append((message.topic(), message.key(), message.value()))
+    def _serve(self) -> None:
+        """Serve delivery reports; produce the failed messages again after a pause."""
+        while not self._stop.is_set():
+            self.producer.poll(0.05)
+            if self._failed:
+                failed, self._failed = self._failed, []
+                log.error("%d messages not delivered; producing them again", len(failed))
+                self._stop.wait(self.retry_pause_s)
+                for message, group in failed:
+                    self._produce_blocking(message, group)
+
+    def _produce_blocking(self, message: Message, group: _Group) -> None:
+        topic, key, value = message
+        while True:
+            try:
+                self.producer.produce(topic, value, key, on_delivery=self._reporter(group))
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+
+    def _reporter(self, group: _Group) -> Callable[[Any, Any], None]:
+        def report(error: Any, message: Any) -> None:
+            if error is not None:
+                self._failed.append(((message.topic(), message.key(), message.value()), group))
+                return
+            group.remaining -= 1
+            if group.remaining == 0:
+                group.done()
+
+        return report
+
+    async def send(self, messages: Sequence[Message], done: Callable[[], None]) -> None:
+        if not messages:
+            done()
+            return
+        group = _Group(len(messages), done)
+        report = self._reporter(group)
+        produce = self.producer.produce
+        for topic, key, value in messages:
+            while True:
+                try:
+                    produce(topic, value, key, on_delivery=report)
+                    break
+                except BufferError:  # local queue full: the delivery thread drains it
+                    await asyncio.sleep(0.005)
 
     async def publish(self, messages: Sequence[Message]) -> None:
-        pending = list(messages)
         loop = asyncio.get_running_loop()
-        while pending:
-            self._failed = []
-            for topic, key, value in pending:
-                while True:
-                    try:
-                        self.producer.produce(topic, value, key, on_delivery=self._report)
-                        break
-                    except BufferError:  # local queue full: let librdkafka drain it
-                        await loop.run_in_executor(None, self.producer.poll, 0.05)
-            while await loop.run_in_executor(None, self.producer.flush, 1.0):
-                pass  # flush releases the GIL; the event loop keeps heartbeating meanwhile
-            if self._failed:
-                log.error("%d of %d messages not delivered; producing them again", len(self._failed), len(pending))
-                await asyncio.sleep(self.retry_pause_s)
-            pending = self._failed
+        delivered = loop.create_future()
 
-    def close(self) -> None:
-        self.producer.flush(10)
+        def resolve() -> None:
+            if not delivered.done():
+                delivered.set_result(None)
+
+        def done() -> None:
+            loop.call_soon_threadsafe(resolve)
+
+        await self.send(messages, done)
+        await delivered
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop the delivery thread and wait (up to ``timeout_s``) for what is in flight."""
+        self._stop.set()
+        self._thread.join()
+        self.producer.flush(timeout_s)

@@ -138,9 +138,11 @@ def worker_acls(
 
     Reading implies describing. ``score`` reads transactions and feature repairs, writes scores, alerts, feature
     repairs and transactions' dead letters; ``alerts`` reads alerts and writes their dead letters; ``labels`` reads
-    labels and writes their dead letters; every agent reads (joins, commits in) the group. Nothing on the cluster:
+    labels and writes their dead letters; every agent reads (joins, commits in) the group, and ``score`` the scoring
+    consumer's group too (``KafkaSettings.scoring_group_of(group)``). Nothing on the cluster:
     a worker creates no topic (``fraudpipe topics create`` does, as an administrator).
     """
+    agents = tuple(agents)
     dlq = TopicSettings.dlq_of
     reads = {"score": [topics.transactions, topics.repairs], "alerts": [topics.alerts], "labels": [topics.labels]}
     writes = {
@@ -154,6 +156,8 @@ def worker_acls(
         specs += [AclSpec("topic", topics.full(name), "write") for name in writes[agent]]
     if specs:
         specs.append(AclSpec("group", group, "read"))
+    if "score" in agents:  # the scoring consumer's own group (streams.consumer)
+        specs.append(AclSpec("group", KafkaSettings.scoring_group_of(group), "read"))
     return list(dict.fromkeys(specs))
 
 
