@@ -11,8 +11,9 @@
 3. A champion trained on the history (with its HTML report) unless ``work_dir/models`` has one; the history's
    features warmed into Redis under the demo's own key prefix (``fp:demo:``, cleared first).
 4. Fresh topics for this run (prefix ``demo<time>-``), then the processes, each a real CLI command with its log in
-   ``work_dir/logs``: a worker (every agent), ``fraudpipe monitor --every``, ``fraudpipe serve`` (API and
-   dashboard), and ``fraudpipe replay`` of the live days at ``rate`` transactions per second, labels included.
+   ``work_dir/logs``: a worker (every agent), ``fraudpipe monitor --every``, ``fraudpipe logs compact --every``
+   (each log day's files merged into one), ``fraudpipe serve`` (API and dashboard), and ``fraudpipe replay`` of
+   the live days at ``rate`` transactions per second, labels included.
 5. A live terminal summary read from the API's dashboard endpoints — or, with ``duration_s``, a line every ten
    seconds until it has run that long.
 6. On Ctrl-C or the end of ``duration_s``: every process it started is stopped (SIGTERM, then SIGKILL after 10 s),
@@ -59,6 +60,8 @@ __all__ = ["DemoOptions", "run"]
 log = logging.getLogger(__name__)
 KEY = b"fraudpipe-demo-tokenization-key!"
 KEY_PREFIX = "fp:demo:"
+COMPACT_EVERY_S = 60
+"""Seconds between two passes of the demo's log compactor."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,9 +212,10 @@ def run(settings: Settings, options: DemoOptions, *, say: Callable[[str], None],
             say(f"Kafka with SASL/SCRAM and ACLs at {demo.kafka.bootstrap_servers}: granting User:worker what "
                 "streams.topics.worker_acls lists; the worker logs in as worker, the others as admin")  # fmt: skip
             grant(demo.kafka, "User:worker", acls)
-        say(f"starting the worker, the monitor and the API (logs: {processes.logs})")
+        say(f"starting the worker, the monitor, the log compactor and the API (logs: {processes.logs})")
         processes.start("worker", "worker", "-l", "info", env=worker_env)
         processes.start("monitor", "monitor", "--every", "10")
+        processes.start("compactor", "logs", "compact", "--every", str(COMPACT_EVERY_S))
         processes.start("api", "serve")
         _wait_for_api(f"http://127.0.0.1:{ports['api']}/readyz", processes)
         say(f"dashboard: {url}")

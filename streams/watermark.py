@@ -35,7 +35,7 @@ Partition = tuple[str, int]
 
 
 class Durable(Protocol):
-    """A log whose appends are numbered and become durable in order (:class:`fraudpipe.logstore.GroupWriter`)."""
+    """A log whose appends are numbered and become durable in order (:class:`fraudpipe.groupcommit.GroupWriter`)."""
 
     @property
     def durable(self) -> int: ...

@@ -14,6 +14,7 @@ imports them in the order ``fraudpipe --help`` lists the commands:
 - ``monitoring``: ``monitor``, ``retrain``
 - ``local``: ``demo``, ``bench``
 - ``governance``: ``fairness``, ``audit show|verify``, ``privacy erase|retain``
+- ``logs``: ``logs compact``
 
 What they share (the consoles, ``CliError``, settings, parsing helpers) is in ``_common``.
 """
@@ -25,7 +26,7 @@ from fraudpipe.cli._apps import app
 from fraudpipe.cli._common import CliError, _fail
 
 # The command modules register their commands on import: this order is the order of ``fraudpipe --help``.
-from fraudpipe.cli import data, ops, model, monitoring, local, governance  # noqa: F401
+from fraudpipe.cli import data, ops, model, monitoring, local, governance, logs  # noqa: F401
 # isort: on
 
 __all__ = ["app", "main"]

@@ -1,8 +1,8 @@
 """The Typer application and its subcommand groups, in one place so the command modules can register on them.
 
 ``app`` is the ``fraudpipe`` command; ``topics_app``, ``model_app``, ``config_app``, ``features_app``,
-``audit_app`` and ``privacy_app`` are its groups, added here in the order ``fraudpipe --help`` lists them. The
-command modules import these objects and this module imports no command module, so there is no import cycle.
+``audit_app``, ``privacy_app`` and ``logs_app`` are its groups, added here in the order ``fraudpipe --help`` lists
+them. The command modules import these objects and this module imports no command module, so there is no import cycle.
 """
 
 from __future__ import annotations
@@ -28,3 +28,5 @@ audit_app = typer.Typer(help="Audit trail: one transaction's chain, and the logs
 privacy_app = typer.Typer(help="Erasure of a data subject, and retention.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 app.add_typer(privacy_app, name="privacy")
+logs_app = typer.Typer(help="The decision, label, delivery, shadow and conflict logs (Parquet).", no_args_is_help=True)
+app.add_typer(logs_app, name="logs")

@@ -734,6 +734,37 @@ def kafka_parity(p: Project) -> list[str]:
     return problems
 
 
+def _volume_of(service: dict[str, Any], path: Path) -> str | None:
+    """The source of the mount holding ``path`` in a container of ``service`` (None: not on a mount)."""
+    held = [(target, source) for source, target in _mounts(service) if path.is_relative_to(target)]
+    return max(held, key=lambda pair: len(pair[0]))[1] if held else None
+
+
+def compaction(p: Project) -> list[str]:
+    """A long-running service of ours compacts the logs on a schedule (``fraudpipe logs compact --every N``), reading
+    the data directory the workers write, on the same volume."""
+    ours = _ours(p)
+    jobs = [(name, call) for name, s in ours.items() for call in _cli_calls(s) if call[:2] == ["logs", "compact"]]
+    if not jobs:
+        return ["no service runs `fraudpipe logs compact --every N`: the logs' files would only grow"]
+    worker = ours.get("worker")
+    written = _valid_settings(worker) if worker is not None else None
+    problems = []
+    for name, call in jobs:
+        params, settings = _cli_parse(call), _valid_settings(ours[name])
+        if isinstance(params, str) or settings is None or worker is None or written is None:
+            continue  # cli_commands and fraud_settings report why
+        if params["every"] is None:
+            problems.append(f"{name}: `logs compact` without --every runs once")
+        if str(ours[name].get("restart", "no")) == "no":
+            problems.append(f"{name}: a scheduled job must be restarted (restart: unless-stopped)")
+        if settings.paths.data_dir != written.paths.data_dir:
+            problems.append(f"{name}: compacts {settings.paths.data_dir}, the workers write {written.paths.data_dir}")
+        elif _volume_of(ours[name], settings.paths.data_dir) != _volume_of(worker, written.paths.data_dir):
+            problems.append(f"{name}: {settings.paths.data_dir} is not on the workers' volume")
+    return problems
+
+
 CHECKS: dict[str, Callable[[Project], list[str]]] = {
     check.__name__: check
     for check in (
@@ -752,6 +783,7 @@ CHECKS: dict[str, Callable[[Project], list[str]]] = {
         dockerignore,
         kafka_parity,
         mounted_scripts,
+        compaction,
     )
 }
 
@@ -761,7 +793,7 @@ CHECKS: dict[str, Callable[[Project], list[str]]] = {
 SASL_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
 CLIENT_MECHANISM = "SCRAM-SHA-512"
 # Calls that never talk to Kafka: a service running only these gets no Kafka login.
-KAFKA_FREE = (("simulate",), ("train",), ("model", "show"), ("monitor",))
+KAFKA_FREE = (("simulate",), ("train",), ("model", "show"), ("monitor",), ("logs",))
 # WRITE a principal needs for a call (a `worker` needs streams.topics.worker_acls of its agents and group).
 WRITES: dict[tuple[str, ...], tuple[str, ...]] = {
     ("serve",): ("scores", "alerts", "repairs"),
@@ -1123,6 +1155,11 @@ BROKEN = [
     ("kafka_parity", _set("services.kafka.environment.KAFKA_AUTO_CREATE_TOPICS_ENABLE", "true"), "auto.create"),
     ("kafka_parity", _set("services.kafka.environment.KAFKA_NUM_PARTITIONS", None), "num.partitions"),
     ("mounted_scripts", _set("services.kafka.command", ["/bin/bash", "/opt/fraudpipe/start.sh"]), "not mounted"),
+    ("compaction", _set("services.compactor", None), "no service runs `fraudpipe logs compact"),
+    ("compaction", _set("services.compactor.command", ["logs", "compact"]), "without --every"),
+    ("compaction", _set("services.compactor.restart", "no"), "must be restarted"),
+    ("compaction", _set("services.compactor.environment", {"FRAUD_PATHS__DATA_DIR": "/srv/data"}), "compacts /srv"),
+    ("compaction", _set("services.compactor.volumes", ["elsewhere:/var/lib/fraudpipe"]), "not on the workers'"),
 ]
 
 
