@@ -5,8 +5,9 @@ The trail of a transaction id, oldest first:
 
     event       the transaction as the worker received it (tokenized: card token, BIN, last four — never a PAN)
     decision    features as served, model version and model file SHA-256 (checked against the registry), score,
-                thresholds in force, outcome, reason codes, latency, degraded or not; ``redeliveries`` counts the
-                extra copies a redelivered batch wrote (same decision, remembered)
+                thresholds in force, outcome, reason codes (``kind`` ``rule``: a policy rule that forced it;
+                ``feature``: a SHAP contribution), latency, degraded or not; ``redeliveries`` counts the extra copies
+                a redelivered batch wrote (same decision, remembered)
     alert       the alert id when the outcome was review or decline, and each sink that took it (or gave up)
     labels      every label version received, with its source and when it became known
     conflicts   each payment refused because it came with this id but other content (a reused id: dead-lettered
@@ -53,6 +54,12 @@ def _model_check(registered: Callable[[str], str | None] | None, version: str | 
     return "matches the registry" if known == sha256 else "DIFFERS from the registry's manifest"
 
 
+def _reason_codes(text: str | None) -> list[dict[str, Any]]:
+    """The logged reason codes (JSON text), each with its ``kind``: ``rule`` or ``feature`` (rows logged before
+    rules had reasons hold contributions without one)."""
+    return [{"kind": "feature", **code} for code in json.loads(text or "[]")]
+
+
 def _seals(files: set[str], key: bytes | None) -> dict[str, str]:
     if key is None:
         return {}
@@ -75,7 +82,7 @@ def trail(txn_id: str, logs: Logs, *, registered: Callable[[str], str | None] | 
     first = decisions.sort("decided_at").row(0, named=True)
     features = {c[2:]: first[c] for c in decisions.columns if c.startswith("f_")}
     decision = {name: first.get(name) for name in _DECISION}
-    decision |= {"features": features, "reason_codes": json.loads(first["reason_codes"] or "[]"),
+    decision |= {"features": features, "reason_codes": _reason_codes(first["reason_codes"]),
                  "model_check": _model_check(registered, first["model_version"], first["model_sha256"]),
                  "redeliveries": decisions.height - 1}  # fmt: skip
     files = set(decisions["file"].to_list())

@@ -30,15 +30,17 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     StringConstraints,
+    Tag,
     ValidationInfo,
     model_validator,
 )
@@ -63,6 +65,8 @@ __all__ = [
     "LabelSource",
     "ModelRef",
     "Reason",
+    "ReasonCode",
+    "RuleReason",
     "Thresholds",
     "Transaction",
 ]
@@ -260,12 +264,43 @@ class Thresholds(Event):
 
 
 class Contribution(Event):
-    """One reason code: a feature, its value, and its SHAP contribution (log-odds) to the score."""
+    """A reason code from the model: a feature, its value, and its SHAP contribution (log-odds) to the score.
 
+    ``kind`` tells it from a :class:`RuleReason`; messages written before rules had reasons carry no ``kind`` and
+    decode as contributions."""
+
+    kind: Literal["feature"] = "feature"
     feature: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     value: float | None
     contribution: float
     direction: Literal["raises", "lowers"]
+
+
+class RuleReason(Event):
+    """A reason code from the decision policy: the rule that made the outcome at least a review, whatever the
+    score (``models.scorer.Policy``; in degraded mode ``scoring.fallback``). ``rule`` is a stable id
+    (``known_fraud_30d``, ``large_amount``, ``fallback_fail_closed``, ``fallback_large_amount``); ``value`` is what
+    it tested (a count, an amount in major units) and ``threshold`` the limit it fired at, when it has them."""
+
+    kind: Literal["rule"] = "rule"
+    rule: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+    value: float | None = None
+    threshold: float | None = None
+
+
+def _reason_kind(value: Any) -> str | None:
+    """The tag of a reason code, as input (a dict without ``kind``: a contribution of an older message) or model;
+    ``None`` for an unknown one (refused without repeating it: input is never echoed in an error)."""
+    kind = value.get("kind", "feature") if isinstance(value, dict) else getattr(value, "kind", None)
+    return kind if kind in ("feature", "rule") else None
+
+
+ReasonCode = Annotated[
+    Annotated[Contribution, Tag("feature")] | Annotated[RuleReason, Tag("rule")],
+    Discriminator(_reason_kind),
+]
+"""One reason code of a decision or alert: a feature contribution (``kind`` ``feature``, the default) or a policy
+rule (``kind`` ``rule``)."""
 
 
 class Decision(Event):
@@ -273,6 +308,9 @@ class Decision(Event):
 
     ``features`` are the values as served (``None`` = missing), ``latency_ms`` runs from the event reaching the
     worker to the decision being produced, ``degraded`` marks a fallback decision (features or model unavailable).
+    ``reason_codes`` (reviews and declines only): the rules that forced the outcome (:class:`RuleReason`, first),
+    then, when the score itself crossed the review threshold, the features that raised it most
+    (:class:`Contribution`).
     """
 
     txn_id: Identifier
@@ -286,13 +324,15 @@ class Decision(Event):
     score: Probability | None
     decision: DecisionOutcome
     thresholds: Thresholds
-    reason_codes: Annotated[list[Contribution], Field(max_length=16)] = []
+    reason_codes: Annotated[list[ReasonCode], Field(max_length=16)] = []
     latency_ms: Annotated[float, Field(ge=0.0)]
     degraded: bool = False
 
 
 class Alert(Event):
     """A review or decline sent to analysts and sinks; ``alert_id`` is stable per transaction (idempotency key)."""
+
+    ID_PREFIX: ClassVar[str] = "alert:"
 
     alert_id: Identifier
     txn_id: Identifier
@@ -307,13 +347,13 @@ class Alert(Event):
     decision: Literal["review", "decline"]
     score: Probability | None
     model: ModelRef | None
-    reason_codes: Annotated[list[Contribution], Field(max_length=16)] = []
+    reason_codes: Annotated[list[ReasonCode], Field(max_length=16)] = []
     degraded: bool = False
 
     @staticmethod
     def id_for(txn_id: str) -> str:
         """The alert id of a transaction: one alert per transaction, whatever the redeliveries."""
-        return f"alert:{txn_id}"
+        return f"{Alert.ID_PREFIX}{txn_id}"
 
 
 class DeadLetter(Event):

@@ -7,7 +7,8 @@ decision log and the segments table) and, in this order:
    (and the label agent, and ``features backfill``) drop every event of a listed card whose event time is not
    after the erasure: a later replay of old data cannot bring the subject back, while a new payment on the card
    (after the erasure) is scored as any other. It then waits one ``privacy.erasure_poll_s`` so every worker has
-   read the list before anything is deleted;
+   read the list, and one ``logs.flush_interval_s`` so the rows workers buffered before are in their files, before
+   anything is deleted;
 2. deletes the online state: the card's feature key, its transactions' markers (applied, labelled, decided) and
    the sinks' idempotency markers, and the alerts of the card in the Redis alert stream;
 3. rewrites the decision, label, delivery, shadow and conflict logs without the subject's rows (sealed again), and

@@ -17,25 +17,56 @@ It depends on values and types, not on how a library prints them. So:
 
 What a seal cannot show: a whole file removed. Only retention and erasure remove or rewrite files, and both
 say what they did (the erasure receipt, the retention summary); the rewritten files are sealed again.
+
+Why it is built this way: the worker seals ~15,000 decision rows a second, on a thread sharing the GIL with the event
+loop. The chain is sequential (each row's message starts with the previous seal), so the loop over rows is a few C
+calls and everything else is column-wise: the fixed-width part of all rows (``|nulls|ints|floats|``) is one numpy
+array, the text part one polars expression. The HMAC is RFC 2104 done by hand from two SHA-256 states that absorbed
+the padded key once, copied per row: OpenSSL 3's one-shot ``hmac.digest`` spends ~2 µs a call setting up. Each row's
+message goes to SHA-256 in one call, which hashlib runs without the GIL from 2 kB (the decision log's are ~2.1 kB):
+fed in five smaller calls it costs ~0.3 µs a row less but holds the GIL, and an event loop beside it then wakes
+~2 ms late on average instead of ~0.3 ms.
+
+Measured (a 75,000-row frame shaped like the decision log: 70 columns, 17 text, 50 float64, 2 UTC datetimes,
+a boolean, with nulls; 2,113 bytes hashed a row; 2-vCPU Xeon VM with SHA-NI, Python 3.11, OpenSSL 3.0, shared with
+other jobs; median of 9 runs, CPU µs a row):
+
+    seal            8.2 -> 5.0 (1.4 of it the canonical form, column-wise)
+    verify_frame    8.4 -> 5.2
+    SHA-256 alone   1.85 (the message at ~1.15 GB/s: ``openssl speed -evp sha256``): the floor this format sets,
+                    whatever the code around it; 62% of those bytes are the column names, repeated every row
+
+The files are unchanged: tests/unit/test_seal_parity.py keeps the first implementation and checks that this one
+gives the same seals on random frames of every dtype the logs use.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+from numpy.typing import NDArray
 
 __all__ = ["SEAL_COLUMNS", "Broken", "seal", "unsealed", "verify_frame"]
 
 SEAL_COLUMNS = ("seal_seq", "seal_rows", "seal")
 
+_BLOCK = 64  # bytes: SHA-256's block, which HMAC pads the key to
+_IPAD = bytes(b ^ 0x36 for b in range(256))  # HMAC's inner and outer pads, as bytes.translate tables
+_OPAD = bytes(b ^ 0x5C for b in range(256))
+_LOOKED_UP = 4096  # text lengths below this are written by table lookup, longer ones by polars
 
-def _canonical(frame: pl.DataFrame) -> Iterator[bytes]:
-    """Each row's canonical bytes, in row order (built column-wise in one pass, then joined per row)."""
+
+def _canonical(frame: pl.DataFrame) -> tuple[bytes, NDArray[np.uint8], list[bytes]]:
+    """The canonical form of each row, in three parts: row ``i`` is ``header + fixed[i] + texts[i]``.
+
+    ``header`` the sorted column names as JSON (the same for every row); ``fixed`` an ``n`` x width byte array, row
+    ``i`` being ``|nulls|ints|floats|`` (the null mask 8 columns a byte, first column in the high bit; integers,
+    booleans and times as int64, floats as float64, in machine byte order); ``texts`` the rest (:func:`_texts`)."""
     names = sorted(c for c in frame.columns if c not in SEAL_COLUMNS)
     schema = frame.schema
     exact = [c for c in names if schema[c].is_integer() or schema[c].is_temporal() or schema[c] == pl.Boolean]
@@ -43,26 +74,63 @@ def _canonical(frame: pl.DataFrame) -> Iterator[bytes]:
     texts = [c for c in names if c not in exact and c not in floats]
     n = frame.height
 
-    def block(exprs: list[pl.Expr], dtype: type) -> np.ndarray:
-        return frame.select(exprs).to_numpy().astype(dtype, copy=False) if exprs else np.zeros((n, 0), dtype)
+    def block(exprs: list[pl.Expr], dtype: type) -> NDArray[np.uint8]:
+        """The ``exprs`` as ``dtype`` values, one row of bytes per frame row (row-major, machine byte order)."""
+        values = frame.select(exprs).to_numpy(order="c") if exprs else np.zeros((n, 0), dtype)
+        return np.ascontiguousarray(values, dtype=dtype).view(np.uint8)
 
-    header = json.dumps(names).encode()
-    nulls = np.packbits(block([pl.col(c).is_null() for c in names], np.bool_), axis=1)
-    whole = block([pl.col(c).to_physical().cast(pl.Int64).fill_null(0) for c in exact], np.int64)
-    real = block([pl.col(c).cast(pl.Float64).fill_null(0.0) for c in floats], np.float64)
-    values = [pl.col(c).cast(pl.String).fill_null("") for c in texts]
-    prefixed = [pl.concat_str(v.str.len_bytes().cast(pl.String), pl.lit(":"), v) for v in values]
-    strings = frame.select(pl.concat_str(prefixed, separator="\x1f")).to_series().to_list() if texts else [""] * n
-    for i, text in enumerate(strings):
-        yield b"|".join((header, nulls[i].tobytes(), whole[i].tobytes(), real[i].tobytes(), text.encode()))
+    masks = [  # numpy.packbits' layout, built by polars (~2x cheaper than packing a boolean matrix)
+        pl.sum_horizontal(pl.col(c).is_null().cast(pl.UInt8) * (128 >> bit) for bit, c in enumerate(names[i : i + 8]))
+        .cast(pl.UInt8)
+        .alias(f"nulls{i}")
+        for i in range(0, len(names), 8)
+    ]
+    bar = np.full((n, 1), ord("|"), np.uint8)
+    parts = [
+        bar,
+        block(masks, np.uint8),
+        bar,
+        block([pl.col(c).to_physical().cast(pl.Int64).fill_null(0) for c in exact], np.int64),
+        bar,
+        block([pl.col(c).cast(pl.Float64).fill_null(0.0) for c in floats], np.float64),
+        bar,
+    ]
+    fixed = np.concatenate(parts, axis=1, out=np.empty((n, sum(p.shape[1] for p in parts)), np.uint8))
+    return json.dumps(names).encode(), fixed, _texts(frame, texts)
+
+
+def _texts(frame: pl.DataFrame, columns: list[str]) -> list[bytes]:
+    """Each row's ``columns`` as ``<UTF-8 length>:<value>`` joined by ``\\x1f`` (null as ``""``), UTF-8."""
+    if not (columns and frame.height):
+        return [b""] * frame.height
+    values = [pl.col(c).cast(pl.String).fill_null("") for c in columns]
+    lengths = [v.str.len_bytes() for v in values]
+    longest = frame.select(pl.max_horizontal(lengths).max()).item()
+    if longest < _LOOKED_UP:  # polars writes integers as text slowly (~30 ns each); a few short lengths are looked up
+        digits = pl.lit(pl.Series([str(i) for i in range(longest + 1)]))
+        lengths = [digits.gather(length) for length in lengths]
+    pieces = [e for length, value in zip(lengths, values, strict=True) for e in (length, value)]
+    text = pl.format("\x1f".join(["{}:{}"] * len(columns)), *pieces)
+    return frame.select(text).to_series().cast(pl.Binary).to_list()
 
 
 def _chain(frame: pl.DataFrame, key: bytes) -> list[str]:
+    """Each row's seal (64 hex digits), in row order."""
+    if frame.height == 0:
+        return []
+    header, fixed, texts = _canonical(frame)
+    # HMAC (RFC 2104): SHA-256(key ^ opad || SHA-256(key ^ ipad || message)), each pad hashed once and copied per row
+    padded = (hashlib.sha256(key).digest() if len(key) > _BLOCK else key).ljust(_BLOCK, b"\0")
+    inner, outer = hashlib.sha256(padded.translate(_IPAD)), hashlib.sha256(padded.translate(_OPAD))
     total, previous, seals = frame.height, b"", []
-    for seq, body in enumerate(_canonical(frame)):
-        digest = hmac.digest(key, previous + f"|{seq}|{total}|".encode() + body, "sha256").hex()
-        seals.append(digest)
-        previous = digest.encode()
+    steps = [b"|%d|%d|" % (seq, total) for seq in range(total)]
+    for step, middle, text in zip(steps, fixed, texts, strict=True):
+        digest = inner.copy()
+        digest.update(b"".join((previous, step, header, middle, text)))  # one call: hashed without the GIL from 2 kB
+        mac = outer.copy()
+        mac.update(digest.digest())
+        seals.append(mac.hexdigest())
+        previous = seals[-1].encode()
     return seals
 
 

@@ -93,15 +93,16 @@ def create_app(settings: Settings, *, clock: Clock | None = None, metrics_urls: 
             log.error("audit record not delivered: %s", error)
 
     def publish(batch: Batch) -> None:
-        """On a scoring thread: the batch's audit records, alerts and repairs to Kafka; conflicts counted."""
-        for decision in batch.decisions:
-            producer.produce(scores, key=decision.card_token.encode(), value=encode(decision), on_delivery=delivered)
-            metrics.DECISIONS.labels(decision.decision).inc()
-        for alert in batch.alerts:
-            producer.produce(alerts, key=alert.card_token.encode(), value=encode(alert), on_delivery=delivered)
+        """On a scoring thread: the batch's audit records, alerts and repairs to Kafka; counted."""
+        for key, value in batch.decision_messages:
+            producer.produce(scores, key=key, value=value, on_delivery=delivered)
+        for key, value in batch.alert_messages:
+            producer.produce(alerts, key=key, value=value, on_delivery=delivered)
         for unapplied in batch.unapplied:  # decided without Redis: the worker's repair agent applies it later
             producer.produce(repairs, key=unapplied.card_token.encode(), value=encode(unapplied),
                              on_delivery=delivered)  # fmt: skip
+        for outcome, count in batch.outcomes.items():
+            metrics.DECISIONS.labels(outcome).inc(count)
         for _ in batch.conflicts:
             metrics.DEAD_LETTERS.labels("api", Reason.TXN_ID_CONFLICT.value).inc()
         producer.poll(0)

@@ -94,6 +94,7 @@ class TransactionConsumer(Service):
         self.watermark = Watermark()
         self.committed: dict[Partition, int] = {}
         self._stopping = threading.Event()
+        self._abandoned = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._consumer: Consumer | None = None
@@ -103,6 +104,11 @@ class TransactionConsumer(Service):
         self._consumer = Consumer(consumer_config(self.kafka, self.kafka.scoring_group))
         self._thread = threading.Thread(target=self._run, name="fraudpipe-transactions", daemon=True)
         self._thread.start()
+
+    def abandon(self) -> None:
+        """The agent stopped: batches not finished now never will be, so draining waits for none of them (they are
+        redelivered); what is done is still flushed and committed."""
+        self._abandoned.set()
 
     async def on_stop(self) -> None:
         self._stopping.set()
@@ -175,16 +181,17 @@ class TransactionConsumer(Service):
     def _drain(self) -> None:
         """Flush the logs the open batches wait for, wait for them (up to ``drain_timeout_s``), commit."""
         deadline = self.clock() + self.drain_timeout_s
-        while self.watermark.pending() and self.clock() < deadline:
+        while self.watermark.pending() and self.clock() < deadline and not self._abandoned.is_set():
             for writer in self.watermark.writers():
                 writer.flush()
             self.watermark.advance()
             if self.watermark.pending():
                 time.sleep(0.01)
-        if left := self.watermark.pending():
-            log.warning("%d batches not finished in %.0f s: their records will be redelivered", left,
-                        self.drain_timeout_s)  # fmt: skip
+        for writer in self.watermark.writers():  # what the done batches wrote, at least
+            writer.flush()
         self.watermark.advance()
+        if left := self.watermark.pending():
+            log.warning("%d batches not finished: their records will be redelivered", left)
         self._commit(self.watermark.positions(), asynchronous=False)
 
     # --- rebalance callbacks (called by librdkafka inside consume(), on this thread) --------------------------------

@@ -68,8 +68,7 @@ def render_live(summary: dict[str, Any], alerts: list[dict[str, Any]], url: str,
     recent = Table("raised", "decision", "score", "amount", "card", "reason codes", box=None, pad_edge=False)
     for entry in alerts[:8]:
         alert = entry["alert"]
-        reasons = "; ".join(f"{r['feature']}={_short(r['value'])} ({r['contribution']:+.2f})"
-                            for r in alert.get("reason_codes", [])[:3])  # fmt: skip
+        reasons = "; ".join(_reason(r) for r in alert.get("reason_codes", [])[:3])
         recent.add_row(alert["raised_at"][11:19], alert["decision"], _number(alert.get("score"), "", 3),
                        f"{alert['amount']:,.2f} {alert['currency']}", f"•••• {alert.get('card_last4') or '????'}",
                        reasons or "-")  # fmt: skip
@@ -78,6 +77,13 @@ def render_live(summary: dict[str, Any], alerts: list[dict[str, Any]], url: str,
         lines.append(Text(status, style="yellow"))
     return Group(Panel(Group(*lines)),
                  Panel(recent, title="recent alerts"))  # fmt: skip
+
+
+def _reason(code: dict[str, Any]) -> str:
+    """One reason code as text: a rule by its id, a feature contribution with its value and log-odds."""
+    if code.get("kind") == "rule":
+        return f"rule {code['rule']}"
+    return f"{code['feature']}={_short(code['value'])} ({code['contribution']:+.2f})"
 
 
 def _short(value: Any) -> str:
@@ -136,8 +142,7 @@ def render_html(samples: Samples, facts: dict[str, Any]) -> str:
     alerts = html_table(
         ["raised", "decision", "score", "amount", "transaction", "reason codes"],
         [(a["raised_at"][:19], a["decision"], _number(a.get("score"), "", 3), f"{a['amount']:,.2f} {a['currency']}",
-          a["txn_id"], "; ".join(f"{r['feature']}={_short(r['value'])} ({r['contribution']:+.2f})"
-                                 for r in a.get("reason_codes", [])))
+          a["txn_id"], "; ".join(_reason(r) for r in a.get("reason_codes", [])))
          for a in list(samples.alerts.values())[-25:]],
         caption=f"latest alerts ({len(samples.alerts):,} seen)",
     )  # fmt: skip

@@ -1,24 +1,30 @@
 """The scoring pipeline shared by the stream worker and the REST API: validated transactions in; decisions and
-alerts out. Per micro-batch: one feature-store call, one model call, reason codes for the alerts only, one call
-to remember the decisions. Pure of Kafka: the agent (:mod:`streams.agents`) and the API publish what it returns.
+alerts out, encoded. Per micro-batch: one feature-store call, one model call, reason codes for the alerts only, one
+call to remember the decisions, and the outputs built column-wise (:mod:`streams.outputs`): no Python object per
+decision. Pure of Kafka: the agent (:mod:`streams.agents`) and the API publish what it returns (:class:`Batch`).
 
 - **One model per batch.** :class:`Models` follows a registry alias and swaps the model only between batches (the
   agent calls :meth:`Models.refresh` before each one); a version that does not verify is refused, logged, and the
   current one keeps serving.
-- **One decision per transaction, recognised by content.** Each decision is remembered (score, outcome, model and
-  the digest of the transaction's content, :func:`fraudpipe.codec.digest`) for ``decision_memory_s`` before it is
-  published. A transaction whose id is remembered with the same digest is a redelivery: it gets its remembered
-  decision again, and the store (which recognises it by id) leaves the features as they are. An id remembered
-  with *another* digest is a reused id: that transaction is refused (:attr:`Batch.conflicts`, reason
+- **One decision per transaction, recognised by content.** Each decision is remembered (outcome, score, model
+  version and the digest of the transaction's content, :func:`fraudpipe.codec.digest`) for ``decision_memory_s``
+  before it is published. A transaction whose id is remembered with the same digest is a redelivery: it gets its
+  remembered decision again, and the store (which recognises it by id) leaves the features as they are. An id
+  remembered with *another* digest is a reused id: that transaction is refused (:attr:`Batch.conflicts`, reason
   ``txn_id_conflict``), never answered with the other payment's decision, and it touches no state — the memory
   is read before the store applies anything. Within a batch the first of two same-id transactions wins.
+- **Reason codes where they explain.** An alert carries the policy rules that fired on it (``known_fraud_30d``,
+  ``large_amount``: :mod:`models.scorer`); TreeSHAP runs only for the alerts whose score crossed the review
+  threshold, and their contributions follow the rules. A review forced by a rule alone carries the rule, no SHAP.
+  A redelivered decision's reasons are worked out again from its features as read again.
 - **Circuit breaker.** After ``scoring.breaker_failures`` consecutive store failures, batches are decided
   degraded at once for ``breaker_cooldown_s`` (:mod:`streams.breaker`) instead of each waiting out the socket
   timeout.
 - **Degraded mode.** When the store cannot be read within its budget (:class:`StoreUnavailableError`), decisions
-  follow ``scoring.fallback`` (see :class:`fraudpipe.settings.ScoringSettings`), carry ``degraded=true``, no score,
-  and the batch's transactions are returned in :attr:`Batch.unapplied` so the caller can apply them once Redis is
-  back. Nothing else changes; the next batch tries Redis again.
+  follow ``scoring.fallback`` (see :class:`fraudpipe.settings.ScoringSettings`; the reason code names it:
+  ``fallback_fail_closed`` or ``fallback_large_amount``), carry ``degraded=true``, no score, and the batch's
+  transactions are returned in :attr:`Batch.unapplied` so the caller can apply them once Redis is back. Nothing
+  else changes; the next batch tries Redis again.
 """
 
 from __future__ import annotations
@@ -26,9 +32,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import polars as pl
@@ -36,17 +43,24 @@ import redis
 from numpy.typing import NDArray
 
 from features.batch import feature_matrix
-from features.definitions import FEATURE_NAMES
 from features.snapshot import StoreReply
 from features.store import RedisFeatureStore, StoreUnavailableError, redis_client
 from fraudpipe.clock import Clock
-from fraudpipe.codec import digest
-from fraudpipe.contracts import Alert, Decision, DecisionOutcome, ModelRef, Thresholds, Transaction
+from fraudpipe.codec import decode, digest
+from fraudpipe.contracts import Alert, Decision, DecisionOutcome, Transaction
 from fraudpipe.settings import ScoringSettings, Settings
 from models.registry import LoadedModel, Registry, RegistryError
-from models.scorer import Policy, Scorer
+from models.scorer import OUTCOMES, Fired, Policy, Scorer
 from streams import metrics
 from streams.breaker import Breaker
+from streams.outputs import (
+    LOG_SCHEMA,
+    Decided,
+    alert_messages,
+    decision_messages,
+    decision_rows,
+    reason_texts,
+)
 
 __all__ = [
     "Batch",
@@ -61,6 +75,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+Message = tuple[bytes, bytes]
+"""A message to publish: (key, value) — the card token, the event's JSON."""
+
 
 class FeatureStore(Protocol):
     """What the pipeline needs of a feature store (Redis or its in-memory twin)."""
@@ -68,9 +85,16 @@ class FeatureStore(Protocol):
     def raw(self, txns: Sequence[Transaction]) -> StoreReply: ...
 
 
+_PACKED = struct.Struct("<Bd16s")
+"""A remembered decision: outcome level (1 byte), score (float64, NaN = none), raw content digest (16 bytes), then
+the model version (UTF-8, the rest of the value; empty = none)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Recalled:
-    """A remembered decision: enough to publish the same one again, and the digest of the content it decided."""
+    """A remembered decision: enough to publish the same one again, and the digest of the content it decided.
+    ``sha256`` is the model file's hash when the memory kept it (values written before it kept only the version:
+    :meth:`Models.sha256_of` finds it in the registry)."""
 
     outcome: DecisionOutcome
     score: float | None
@@ -78,27 +102,48 @@ class Recalled:
     sha256: str | None
     digest: str
 
-    @property
-    def model(self) -> ModelRef | None:
-        if self.version is None or self.sha256 is None:
-            return None
-        return ModelRef(version=self.version, sha256=self.sha256)
+    @staticmethod
+    def pack(level: int, score: float, version: str | None, content: str) -> bytes:
+        """The memory's value of a decision: ``level`` (0 approve, 1 review, 2 decline), ``score`` (NaN = none),
+        the model version, the content digest (32 hex characters): 25 bytes and the version."""
+        return _PACKED.pack(level, score, bytes.fromhex(content)) + (version or "").encode()
 
-    def dumps(self) -> str:
-        return json.dumps([self.outcome, self.score, self.version, self.sha256, self.digest])
+    def dumps(self) -> bytes:
+        """This decision as the memory's value (:meth:`pack`)."""
+        score = math.nan if self.score is None else self.score
+        return self.pack(OUTCOMES.index(self.outcome), score, self.version, self.digest)
 
     @classmethod
-    def loads(cls, text: str | bytes) -> Recalled:
-        outcome, score, version, sha256, content = json.loads(text)
-        return cls(outcome, score, version, sha256, content)
+    def loads(cls, value: str | bytes) -> Recalled:
+        """A remembered decision from the memory's value: packed (:meth:`pack`) or, as written before, the JSON
+        list ``[outcome, score, version, sha256, digest]``."""
+        data = value.encode() if isinstance(value, str) else value
+        if data[:1] == b"[":
+            outcome, score, version, sha256, content = json.loads(data)
+            return cls(outcome, score, version, sha256, content)
+        level, score, content = _PACKED.unpack_from(data)
+        version = data[_PACKED.size :].decode() or None
+        return cls(OUTCOMES[level], None if math.isnan(score) else score, version, None, content.hex())
+
+
+_REMEMBER = """
+local kept = {}
+for i, key in ipairs(KEYS) do
+  kept[i] = redis.call('SET', key, ARGV[i + 1], 'NX', 'GET', 'EX', ARGV[1])
+end
+return kept
+"""
+"""``SET NX GET EX`` for each key (ARGV[1]: seconds; then one value per key): the values already there, nil where
+there was none. One command for the batch: a pipeline of one command per key cost ~10 us of Python each."""
 
 
 class DecisionMemory:
-    """Decisions by transaction id in Redis (``<prefix>decision:<txn_id>``: :meth:`Recalled.dumps`), each kept
-    ``ttl_s``. The first decision of an id stays: a later one never overwrites it."""
+    """Decisions by transaction id in Redis (``<prefix>decision:<txn_id>``: :meth:`Recalled.pack`'s bytes, ~30),
+    each kept ``ttl_s``. The first decision of an id stays: a later one never overwrites it."""
 
     def __init__(self, client: redis.Redis, prefix: str, ttl_s: int) -> None:
         self.client, self.prefix, self.ttl_s = client, prefix, ttl_s
+        self._remember = client.register_script(_REMEMBER)
 
     def _key(self, txn_id: str) -> str:
         return f"{self.prefix}decision:{txn_id}"
@@ -114,34 +159,32 @@ class DecisionMemory:
             raise StoreUnavailableError(f"Redis unavailable: {error}") from None
         return {t: Recalled.loads(v) for t, v in zip(unique, values, strict=True) if v is not None}
 
-    def remember(self, decisions: dict[str, Recalled]) -> dict[str, Recalled]:
-        """Remember each decision unless its id already has one (``SET NX GET``, one round trip); returns the
-        decisions found already there — another worker decided the same id since :meth:`recall`."""
-        if not decisions:
+    def remember(self, txn_ids: Sequence[str], values: Sequence[bytes]) -> dict[str, Recalled]:
+        """Remember each decision (``values``: :meth:`Recalled.pack`) unless its id already has one (``SET NX
+        GET``, one script call: one round trip); returns the decisions found already there — another worker decided
+        the same id since :meth:`recall`."""
+        if not txn_ids:
             return {}
-        pipe = self.client.pipeline(transaction=False)
-        for txn_id, recalled in decisions.items():
-            pipe.set(self._key(txn_id), recalled.dumps(), nx=True, ex=self.ttl_s, get=True)
         try:
-            earlier = pipe.execute()
+            earlier = self._remember(keys=[self._key(t) for t in txn_ids], args=[self.ttl_s, *values])
         except (redis.ConnectionError, redis.TimeoutError) as error:
             raise StoreUnavailableError(f"Redis unavailable: {error}") from None
-        return {t: Recalled.loads(v) for t, v in zip(decisions, earlier, strict=True) if v is not None}
+        return {t: Recalled.loads(v) for t, v in zip(txn_ids, earlier, strict=True) if v is not None}
 
 
 class InMemoryDecisionMemory:
     """The twin of :class:`DecisionMemory` (no expiry)."""
 
     def __init__(self) -> None:
-        self.values: dict[str, str] = {}
+        self.values: dict[str, bytes] = {}
 
     def recall(self, txn_ids: Sequence[str]) -> dict[str, Recalled]:
         return {t: Recalled.loads(self.values[t]) for t in txn_ids if t in self.values}
 
-    def remember(self, decisions: dict[str, Recalled]) -> dict[str, Recalled]:
-        earlier = {t: Recalled.loads(self.values[t]) for t in decisions if t in self.values}
-        for txn_id, recalled in decisions.items():
-            self.values.setdefault(txn_id, recalled.dumps())
+    def remember(self, txn_ids: Sequence[str], values: Sequence[bytes]) -> dict[str, Recalled]:
+        earlier = {t: Recalled.loads(self.values[t]) for t in txn_ids if t in self.values}
+        for txn_id, value in zip(txn_ids, values, strict=True):
+            self.values.setdefault(txn_id, value)
         return earlier
 
 
@@ -155,6 +198,7 @@ class Models:
         self.scorer: Scorer | None = None
         self._checked = -math.inf
         self._refused: str | None = None
+        self._sha256s: dict[str, str | None] = {}
 
     def start(self) -> Scorer:
         """Load the alias's version.
@@ -198,6 +242,21 @@ class Models:
         log.info("model %s -> %s", current, target)
         return True
 
+    def sha256_of(self, version: str | None) -> str | None:
+        """The model file SHA-256 of ``version`` (the one serving, or the registry's manifest; cached); ``None``
+        for no version, or one the registry no longer knows (logged)."""
+        if version is None:
+            return None
+        if self.scorer is not None and self.scorer.version == version:
+            return self.scorer.model.sha256
+        if version not in self._sha256s:
+            try:
+                self._sha256s[version] = self.registry.manifest(version).model_sha256
+            except RegistryError as error:
+                log.error("remembered decision of model %s, unknown to the registry: %s", version, error)
+                return None
+        return self._sha256s[version]
+
     def _refuse(self, target: str, current: str | None, error: Exception) -> None:
         self._refused = target
         metrics.MODELS_REFUSED.labels(type(error).__name__).inc()
@@ -206,22 +265,73 @@ class Models:
 
 @dataclass(slots=True)
 class Batch:
-    """What one micro-batch produced, in input order; ``unapplied`` holds the transactions whose features could
-    not be applied (degraded): apply them once the store is back; ``conflicts`` the transactions refused because
-    their id was already decided for other content (no decision for them: dead-letter them as
-    ``txn_id_conflict``)."""
+    """What one micro-batch produced, column-wise, decisions in input order (the refused ones left out).
 
-    decisions: list[Decision] = field(default_factory=list)
+    ``log_rows`` the decision log's rows (:data:`streams.outputs.LOG_SCHEMA`), ``decision_messages`` the
+    ``scores.v1`` messages and ``alert_messages`` the ``alerts.v1`` ones (reviews and declines), each a (card token,
+    contract JSON) pair, in decision order; ``outcomes`` counts the decisions by outcome and ``degraded`` those
+    decided degraded. ``unapplied`` holds the transactions whose features could not be applied (degraded): apply
+    them once the store is back; ``conflicts`` the transactions refused because their id was already decided for
+    other content (no decision for them: dead-letter them as ``txn_id_conflict``)."""
+
+    log_rows: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=LOG_SCHEMA))
+    decision_messages: list[Message] = field(default_factory=list)
+    alert_messages: list[Message] = field(default_factory=list)
+    outcomes: dict[str, int] = field(default_factory=dict)
+    degraded: int = 0
     conflicts: list[Transaction] = field(default_factory=list)
-    alerts: list[Alert] = field(default_factory=list)
     unapplied: list[Transaction] = field(default_factory=list)
     redelivered: int = 0
     store_s: float = 0.0
     model_s: float = 0.0
     matrix: NDArray[np.float64] | None = None
-    """The features of the batch's transactions (rows in decision order), when they could be read."""
+    """The features of the batch's decisions (rows in decision order), when they could be read."""
     fresh: list[int] = field(default_factory=list)
     """Rows decided now by the model in force (not redeliveries answered from memory)."""
+
+    @property
+    def txn_ids(self) -> list[str]:
+        """The transaction id of each decision, in order (of :attr:`decision_messages` too)."""
+        return self.log_rows.get_column("txn_id").to_list()
+
+    def decisions(self) -> list[Decision]:
+        """The decisions as contract events, decoded from :attr:`decision_messages` (tests, the API's answer):
+        not for the hot path."""
+        return [decode(value, Decision) for _, value in self.decision_messages]
+
+    def alerts(self) -> list[Alert]:
+        """The alerts as contract events, decoded from :attr:`alert_messages` (tests): not for the hot path."""
+        return [decode(value, Alert) for _, value in self.alert_messages]
+
+    @classmethod
+    def concat(cls, parts: Sequence[Batch]) -> Batch:
+        """The batches one after another (timings summed; no features: shadow scoring skips it); a single one as
+        it is."""
+        if len(parts) == 1:
+            return parts[0]
+        whole = cls()
+        for part in parts:
+            whole.decision_messages += part.decision_messages
+            whole.alert_messages += part.alert_messages
+            for outcome, count in part.outcomes.items():
+                whole.outcomes[outcome] = whole.outcomes.get(outcome, 0) + count
+            whole.degraded += part.degraded
+            whole.conflicts += part.conflicts
+            whole.unapplied += part.unapplied
+            whole.redelivered += part.redelivered
+            whole.store_s += part.store_s
+            whole.model_s += part.model_s
+        whole.log_rows = pl.concat([whole.log_rows, *(part.log_rows for part in parts)])
+        return whole
+
+    @classmethod
+    def of(cls, decided: Decided) -> Batch:
+        """The outputs of ``decided``, built column-wise (:mod:`streams.outputs`)."""
+        rows = decision_rows(decided)
+        counts = np.bincount(decided.level, minlength=len(OUTCOMES)).tolist()
+        return cls(log_rows=rows, decision_messages=decision_messages(rows), alert_messages=alert_messages(rows),
+                   outcomes={o: c for o, c in zip(OUTCOMES, counts, strict=True) if c},
+                   degraded=len(decided.txns) if decided.degraded else 0)  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -255,7 +365,7 @@ class _Rows:
 
 
 class Pipeline:
-    """Features, score, decision, reason codes for one micro-batch (module docstring)."""
+    """Features, score, decision, reason codes and outputs for one micro-batch (module docstring)."""
 
     def __init__(self, store: FeatureStore, memory: DecisionMemory | InMemoryDecisionMemory, models: Models,
                  scoring: ScoringSettings, clock: Clock, *, breaker: Breaker | None = None) -> None:  # fmt: skip
@@ -268,11 +378,6 @@ class Pipeline:
         if s.thresholds_from == "model" and {"review", "decline"} <= set(stored):
             return Policy(float(stored["review"]), float(stored["decline"]), s.review_amount)
         return Policy(s.review_threshold, s.decline_threshold, s.review_amount)
-
-    def _fallback(self, txn: Transaction) -> DecisionOutcome:
-        if self.scoring.fallback == "fail_closed" or txn.amount >= self.scoring.fallback_review_amount:
-            return "review"
-        return "approve"
 
     def _read(self, txns: Sequence[Transaction], digests: list[str]) -> tuple[_Rows, StoreReply]:
         """The batch's rows sorted out against the decision memory, then the store applied to the rows kept and
@@ -295,100 +400,112 @@ class Pipeline:
             breaker.succeeded()
         return rows, reply
 
+    def _latency_ms(self, received_at: Sequence[float]) -> NDArray[np.float64]:
+        return np.maximum(0.0, (self.clock.monotonic() - np.asarray(received_at, dtype=np.float64)) * 1000)
+
     def score(self, txns: Sequence[Transaction], received_at: Sequence[float]) -> Batch:
         """Decide every transaction of the batch (except the refused reused ids, :attr:`Batch.conflicts`).
         ``received_at``: monotonic time each reached the worker."""
-        batch = Batch()
         if not txns:
-            return batch
+            return Batch()
         scorer = self.models.scorer
         if scorer is None:
             raise RuntimeError("no model loaded: call Models.start() first")
         policy = self._policy(scorer)
-        thresholds = Thresholds(review=policy.review, decline=policy.decline)
-        ref = ModelRef(version=scorer.version, sha256=scorer.model.sha256)
         started = self.clock.monotonic()
         digests = [digest(txn) for txn in txns]
         try:
             rows, reply = self._read(txns, digests)
         except StoreUnavailableError as error:
             log.warning("degraded batch of %d: %s", len(txns), error)
-            batch.store_s = self.clock.monotonic() - started
-            batch.unapplied = list(txns)
-            for txn, received in zip(txns, received_at, strict=True):
-                self._emit(batch, txn, {}, None, None, self._fallback(txn), thresholds, [], received, True)
-            return batch
+            return self._degraded(txns, received_at, policy, self.clock.monotonic() - started)
         kept = [txns[i] for i in rows.kept]
         x = feature_matrix(reply, kept)
-        batch.store_s = self.clock.monotonic() - started
+        store_s = self.clock.monotonic() - started
         started = self.clock.monotonic()
         scores = scorer.score(x)
-        outcomes = policy.decide(scores, x)
-        batch.model_s = self.clock.monotonic() - started
-        models: list[ModelRef | None] = [ref] * len(kept)
-        remembered: dict[str, tuple[int, Recalled]] = {}
-        for k, i in enumerate(rows.kept):
-            if (again := rows.again.get(i)) is None:
-                remembered[txns[i].txn_id] = (k, Recalled(outcomes[k], float(scores[k]), ref.version, ref.sha256,
-                                                          digests[i]))  # fmt: skip
+        verdicts = policy.judge(scores, x)
+        model_s = self.clock.monotonic() - started
+        level = verdicts.level.copy()
+        versions: list[str | None] = [scorer.version] * len(kept)
+        fresh = [k for k, i in enumerate(rows.kept) if i not in rows.again]
+        ids = [kept[k].txn_id for k in fresh]
+        values = [Recalled.pack(int(level[k]), float(scores[k]), scorer.version, digests[rows.kept[k]]) for k in fresh]
         try:
-            raced = self.memory.remember({txn_id: recalled for txn_id, (_, recalled) in remembered.items()})
+            raced = self.memory.remember(ids, values)
         except StoreUnavailableError as error:
             log.warning("decisions of a batch not remembered: %s", error)
             raced = {}
         dropped: set[int] = set()
+        position = {i: k for k, i in enumerate(rows.kept)}
         for txn_id, earlier in raced.items():  # another worker decided the same id since the memory was read
-            k = remembered[txn_id][0]
+            k = fresh[ids.index(txn_id)]
             if earlier.digest != digests[rows.kept[k]]:
                 log.warning("transaction id reused while in flight: the store had applied it (refused)")
                 dropped.add(k)
             else:
                 rows.again[rows.kept[k]] = earlier
+        sha256s: list[str | None] = [scorer.model.sha256] * len(kept)
+        redelivered = 0
         for k, i in enumerate(rows.kept):
             again = rows.again.get(i)
+            if again is None:
+                continue
+            redelivered += 1
             if isinstance(again, int):  # a copy of an earlier row of this batch: its decision
-                again = self._recalled(outcomes, scores, models, rows.kept.index(again), digests[i])
-            if again is not None:
-                batch.redelivered += 1
-                scores[k], outcomes[k] = (np.nan if again.score is None else again.score), again.outcome
-                models[k] = again.model
-        decided = [k for k in range(len(kept)) if k not in dropped]
+                j = position[again]
+                scores[k], level[k], versions[k], sha256s[k] = scores[j], level[j], versions[j], sha256s[j]
+            else:
+                scores[k] = np.nan if again.score is None else again.score
+                level[k] = OUTCOMES.index(again.outcome)
+                versions[k] = again.version
+                sha256s[k] = again.sha256 or self.models.sha256_of(again.version)
+        decided = np.array([k for k in range(len(kept)) if k not in dropped], dtype=np.intp)
+        alerting = level[decided] >= 1
+        explain = np.flatnonzero(alerting & (scores[decided] >= policy.review)).tolist()  # the score made them alerts
+        codes = scorer.explain(x[decided[explain]], self.scoring.reason_codes) if explain else []
+        fired = tuple(Fired(f.rule, f.rows[decided], f.value[decided], f.threshold) for f in verdicts.fired)
+        batch = Batch.of(
+            Decided(
+                txns=[kept[k] for k in decided], decided_at=self.clock.now(),
+                latency_ms=self._latency_ms([received_at[rows.kept[k]] for k in decided]), matrix=x[decided],
+                scores=scores[decided], level=level[decided], versions=[versions[k] for k in decided],
+                sha256s=[sha256s[k] for k in decided], review=policy.review, decline=policy.decline,
+                reasons=reason_texts(alerting, fired, dict(zip(explain, codes, strict=True))), degraded=False,
+            )
+        )  # fmt: skip
         batch.conflicts = [txns[i] for i in rows.conflicts] + [kept[k] for k in sorted(dropped)]
+        batch.redelivered, batch.store_s, batch.model_s = redelivered, store_s, model_s
         batch.matrix = x if not dropped else x[decided]
-        batch.fresh = [n for n, k in enumerate(decided) if rows.kept[k] not in rows.again]
-        alerting = [k for k in decided if outcomes[k] != "approve"]
-        reasons = dict(zip(alerting, scorer.explain(x[alerting], self.scoring.reason_codes), strict=True))
-        for k in decided:
-            txn = kept[k]
-            values = zip(FEATURE_NAMES, x[k].tolist(), strict=True)
-            features = {name: (None if math.isnan(v) else v) for name, v in values}
-            score = None if math.isnan(scores[k]) else float(scores[k])
-            self._emit(batch, txn, features, models[k], score, outcomes[k], thresholds, reasons.get(k, []),
-                       received_at[rows.kept[k]], False)  # fmt: skip
+        batch.fresh = [n for n, k in enumerate(decided.tolist()) if rows.kept[k] not in rows.again]
         return batch
 
-    @staticmethod
-    def _recalled(outcomes: list[DecisionOutcome], scores: NDArray[np.float64], models: list[ModelRef | None],
-                  k: int, content: str) -> Recalled:  # fmt: skip
-        model = models[k]
-        score = None if math.isnan(scores[k]) else float(scores[k])
-        return Recalled(outcomes[k], score, model.version if model else None, model.sha256 if model else None,
-                        content)  # fmt: skip
+    def _degraded(self, txns: Sequence[Transaction], received_at: Sequence[float], policy: Policy,
+                  store_s: float) -> Batch:  # fmt: skip
+        """The batch decided by ``scoring.fallback`` without features or score (module docstring)."""
+        n = len(txns)
+        amounts = np.array([txn.amount for txn in txns], dtype=np.float64)
+        if self.scoring.fallback == "fail_closed":
+            rule = Fired("fallback_fail_closed", np.ones(n, dtype=bool), np.full(n, np.nan), math.nan)
+        else:
+            limit = self.scoring.fallback_review_amount
+            rule = Fired("fallback_large_amount", amounts >= limit, amounts, limit)
+        level = rule.rows.astype(np.int8)
+        batch = Batch.of(
+            Decided(
+                txns=txns, decided_at=self.clock.now(), latency_ms=self._latency_ms(received_at), matrix=None,
+                scores=np.full(n, np.nan), level=level, versions=[None] * n, sha256s=[None] * n,
+                review=policy.review, decline=policy.decline, reasons=reason_texts(rule.rows, (rule,), {}),
+                degraded=True,
+            )
+        )  # fmt: skip
+        batch.unapplied, batch.store_s = list(txns), store_s
+        return batch
 
     def score_one_by_one(self, txns: Sequence[Transaction], received_at: Sequence[float]) -> Batch:
         """:meth:`score` called per event (one store call, one model call each): the naive design, kept as
         ``fraudpipe bench``'s floor."""
-        whole = Batch()
-        for txn, received in zip(txns, received_at, strict=True):
-            one = self.score([txn], [received])
-            whole.decisions += one.decisions
-            whole.alerts += one.alerts
-            whole.unapplied += one.unapplied
-            whole.conflicts += one.conflicts
-            whole.redelivered += one.redelivered
-            whole.store_s += one.store_s
-            whole.model_s += one.model_s
-        return whole
+        return Batch.concat([self.score([txn], [received]) for txn, received in zip(txns, received_at, strict=True)])
 
     def shadow(self, batch: Batch, models: Models) -> pl.DataFrame | None:
         """What ``models`` (the challenger) would have done with the batch's fresh decisions: one row each with
@@ -399,45 +516,16 @@ class Pipeline:
         x = batch.matrix[batch.fresh]
         scores = scorer.score(x)
         outcomes = self._policy(scorer).decide(scores, x)
-        served = [batch.decisions[i] for i in batch.fresh]
-        return pl.DataFrame(
-            {
-                "txn_id": [d.txn_id for d in served],
-                "card_token": [d.card_token for d in served],
-                "event_time": [d.event_time for d in served],
-                "decided_at": [d.decided_at for d in served],
-                "model_version": scorer.version,
-                "score": scores.astype(np.float64),
-                "decision": outcomes,
-                "champion_version": [d.model.version if d.model else None for d in served],
-                "champion_score": [d.score for d in served],
-                "champion_decision": [d.decision for d in served],
-            },
-            schema_overrides={"champion_version": pl.String, "champion_score": pl.Float64},
-        )
-
-    def _emit(self, batch: Batch, txn: Transaction, features: dict[str, float | None], model: ModelRef | None,
-              score: float | None, outcome: DecisionOutcome, thresholds: Thresholds, reasons: list[Any],
-              received: float, degraded: bool) -> None:  # fmt: skip
-        now = self.clock.now()
-        latency_ms = max(0.0, (self.clock.monotonic() - received) * 1000)
-        batch.decisions.append(
-            Decision(
-                txn_id=txn.txn_id, card_token=txn.card_token, event_time=txn.event_time, decided_at=now,
-                amount=txn.amount, currency=txn.currency, features=features, model=model, score=score,
-                decision=outcome, thresholds=thresholds, reason_codes=reasons, latency_ms=latency_ms,
-                degraded=degraded,
-            )
+        served = batch.log_rows[batch.fresh]
+        return served.select(
+            "txn_id", "card_token", "event_time", "decided_at",
+            pl.lit(scorer.version).alias("model_version"),
+            pl.Series("score", scores.astype(np.float64)),
+            pl.Series("decision", outcomes, dtype=pl.String),
+            pl.col("model_version").alias("champion_version"),
+            pl.col("score").alias("champion_score"),
+            pl.col("decision").alias("champion_decision"),
         )  # fmt: skip
-        if outcome != "approve":
-            batch.alerts.append(
-                Alert(
-                    alert_id=Alert.id_for(txn.txn_id), txn_id=txn.txn_id, card_token=txn.card_token,
-                    card_last4=txn.card_last4, event_time=txn.event_time, raised_at=now, amount=txn.amount,
-                    currency=txn.currency, terminal_id=txn.terminal_id, merchant_id=txn.merchant_id,
-                    decision=outcome, score=score, model=model, reason_codes=reasons, degraded=degraded,
-                )
-            )  # fmt: skip
 
 
 def from_settings(settings: Settings, clock: Clock) -> tuple[Pipeline, redis.Redis]:

@@ -178,15 +178,16 @@ class ScoringPool:
         return taken
 
     def _decide(self, pipeline: Pipeline, taken: list[_Waiting]) -> list[Scored | Exception]:
-        """One pipeline call and its publication; one outcome per transaction, in order."""
+        """One pipeline call and its publication; one outcome per transaction, in order. The answers are the
+        published decisions read back with the contract (``Decision``)."""
         try:
             pipeline.models.refresh()
             batch = pipeline.score([w.txn for w in taken], [w.received for w in taken])
             self.publish(batch)
+            decided = dict(zip(batch.txn_ids, batch.decisions(), strict=True))
         except Exception:
             log.exception("scoring a batch of %d failed", len(taken))
             return [ScoringFailedError("scoring failed") for _ in taken]
-        decided = {decision.txn_id: decision for decision in batch.decisions}
         refused = {txn.txn_id for txn in batch.conflicts}
         outcomes: list[Scored | Exception] = []
         for waiting in taken:

@@ -22,7 +22,7 @@ import aiohttp
 import redis.asyncio as aioredis
 
 from fraudpipe.codec import encode
-from fraudpipe.contracts import Alert
+from fraudpipe.contracts import Alert, Contribution, RuleReason
 from fraudpipe.settings import SinkSettings
 
 __all__ = ["Dispatcher", "JsonlSink", "LogSink", "RedisStreamSink", "Sink", "SinkError", "WebhookSink", "build_sinks"]
@@ -65,7 +65,7 @@ class LogSink:
         for alert in alerts:
             if alert.alert_id in self._seen:
                 continue
-            reasons = ", ".join(f"{c.feature}={c.value}" for c in alert.reason_codes)
+            reasons = ", ".join(_reason(code) for code in alert.reason_codes)
             log.info("alert %s %s score=%s %s", alert.decision, alert.txn_id, alert.score, reasons)
             self._seen[alert.alert_id] = None
             if len(self._seen) > 100_000:
@@ -74,6 +74,13 @@ class LogSink:
 
     async def flush(self) -> None:
         return None
+
+
+def _reason(code: Contribution | RuleReason) -> str:
+    """A reason code in a log line: ``rule:<id>`` (with what it tested) or ``<feature>=<value>``."""
+    if isinstance(code, RuleReason):
+        return f"rule:{code.rule}" + ("" if code.value is None else f"={code.value}")
+    return f"{code.feature}={code.value}"
 
 
 class _Marked:

@@ -69,6 +69,10 @@ def audit_show(
         + (f", {decision['redeliveries']} redelivered copies" if decision["redeliveries"] else ""),
     )
     for code in decision["reason_codes"]:
+        if code["kind"] == "rule":
+            tested = "" if code.get("value") is None else f": {code['value']} (fires at {code.get('threshold')})"
+            say(f"  reason: rule {code['rule']}{tested}")
+            continue
         say(f"  reason: {code['feature']} = {code['value']} {code['direction']} the score by "
             f"{abs(code['contribution']):.3f}")  # fmt: skip
     served = ", ".join(f"{k}={_fmt(v)}" for k, v in decision["features"].items())
@@ -152,7 +156,7 @@ def privacy_erase(
             logs=logs, alert_stream=settings.sinks.redis_stream_key,
             alert_file=settings.sinks.jsonl_path if "jsonl" in settings.sinks.enabled else None,
             receipts=settings.paths.data_dir / "privacy" / "receipts", clock=SystemClock(),
-            settle_s=settings.privacy.erasure_poll_s + 1.0, by=getpass.getuser(),
+            settle_s=settings.privacy.erasure_poll_s + settings.logs.flush_interval_s + 1.0, by=getpass.getuser(),
         )  # fmt: skip
     except redis_lib.RedisError as error:
         raise CliError(f"Redis: {error} (is Redis running at {settings.redis.address}?); no file was changed") from None

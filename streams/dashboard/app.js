@@ -123,6 +123,13 @@
   function reasons(codes) {
     const list = el("ul", "reasons");
     for (const code of codes) {
+      if (code.kind === "rule") {  // a policy rule forced the outcome (no SHAP): its id, and what it tested
+        const known = (value) => value !== null && value !== undefined;
+        const tested = known(code.value) ? ` = ${compact(code.value)}` : "";
+        const limit = known(code.value) && known(code.threshold) ? ` (≥ ${compact(code.threshold)})` : "";
+        list.append(el("li", "rule", `rule ${code.rule}`, el("span", "muted", tested + limit)));
+        continue;
+      }
       const sign = code.contribution >= 0 ? "+" : "";
       list.append(el("li", code.direction, code.feature,
         el("span", "muted", ` = ${compact(code.value)} (${sign}${num(code.contribution, 2)})`)));

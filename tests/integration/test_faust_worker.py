@@ -57,7 +57,7 @@ def worker(topics: Settings, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]
 
 def _committed_all(settings: Settings, topic: str, timeout_s: float) -> bool:
     """True once the worker's group has committed the end offset of every partition of ``topic``."""
-    probe = Consumer({**settings.kafka.client_config(), "group.id": settings.kafka.app_id})
+    probe = Consumer({**settings.kafka.client_config(), "group.id": settings.kafka.scoring_group})
     try:
         partitions = [TopicPartition(topic, p) for p in range(settings.topics.partitions)]
         ends = [probe.get_watermark_offsets(tp, timeout=10)[1] for tp in partitions]

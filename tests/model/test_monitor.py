@@ -26,7 +26,6 @@ from fraudpipe.simulator.config import default
 from fraudpipe.simulator.generate import TRANSACTION_COLUMNS, simulate
 from models.monitor import decay_reason, live_drift, live_quality
 from models.registry import Registry
-from streams.agents import decision_rows
 from streams.pipeline import InMemoryDecisionMemory, Models, Pipeline
 from tests import factories
 
@@ -113,7 +112,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
     log = DayLog(root / "data" / "decisions", "event_time")
     for i in range(0, len(txns), 500):
         batch = pipeline.score(txns[i : i + 500], [0.0] * len(txns[i : i + 500]))
-        log.append(decision_rows(batch.decisions, txns[i : i + 500]))
+        log.append(batch.log_rows)
     labels = pl.concat([d.labels for d in run])
     DayLog(root / "data" / "labels", "event_time").append(labels)
     return root, root / "data", version

@@ -27,7 +27,6 @@ from fraudpipe.simulator.config import handbook
 from fraudpipe.simulator.generate import TRANSACTION_COLUMNS, simulate
 from models.registry import Registry
 from models.retrain import gate, served_rows, validate
-from streams.agents import decision_rows
 from streams.pipeline import InMemoryDecisionMemory, Models, Pipeline
 from tests import factories
 
@@ -69,7 +68,7 @@ class Stream:
         todo = [t for t in self.txns[self.served :] if t.event_time < end]
         for i in range(0, len(todo), 500):
             batch = self.pipeline.score(todo[i : i + 500], [0.0] * len(todo[i : i + 500]))
-            self.log.append(decision_rows(batch.decisions, todo[i : i + 500]))
+            self.log.append(batch.log_rows)
         self.served += len(todo)
         labels_dir = self.root / "data" / "labels"
         for path in labels_dir.glob("**/*.parquet"):

@@ -243,7 +243,7 @@ def test_dead_letter_topic_refusing_writes_holds_the_offset(champion: Settings, 
     send(config, txns[500:])
     time.sleep(15)
     partition, offset = produced[0]
-    consumer = Consumer({"bootstrap.servers": config.kafka.bootstrap_servers, "group.id": config.kafka.app_id})
+    consumer = Consumer({"bootstrap.servers": config.kafka.bootstrap_servers, "group.id": config.kafka.scoring_group})
     (committed,) = consumer.committed([TopicPartition(topic, partition)], timeout=10)
     consumer.close()
     assert committed.offset <= offset, "the offset moved past an event whose dead letter was not written"

@@ -21,7 +21,7 @@ from tests.reliability.conftest import Decisions, Row, Tail, mismatched, record,
 def _offsets(settings: Settings) -> list[tuple[int, int]]:
     """Per partition of ``transactions.v1``: the worker group's committed offset (0 if none) and the high watermark."""
     topic = settings.topics.full(settings.topics.transactions)
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": settings.kafka.app_id,
+    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": settings.kafka.scoring_group,
                          "enable.auto.commit": False})  # fmt: skip
     try:
         partitions = [TopicPartition(topic, p) for p in range(settings.topics.partitions)]

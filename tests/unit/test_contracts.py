@@ -8,7 +8,17 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from fraudpipe.codec import MAX_PAYLOAD_BYTES, DecodeError, dead_letter, decode, encode
-from fraudpipe.contracts import Alert, DeadLetter, Decision, Event, Label, Reason, Transaction
+from fraudpipe.contracts import (
+    Alert,
+    Contribution,
+    DeadLetter,
+    Decision,
+    Event,
+    Label,
+    Reason,
+    RuleReason,
+    Transaction,
+)
 from fraudpipe.currencies import CURRENCIES, EUR_RATES, minor_units
 from fraudpipe.settings import ScoringSettings
 from tests import factories
@@ -268,3 +278,46 @@ def test_every_currency_has_its_minor_units_and_a_cap() -> None:
     assert refused.value.reason == Reason.AMOUNT_TOO_LARGE and refused.value.detail.startswith("amount:")
     with pytest.raises(ValueError, match="not ISO 4217"):
         ScoringSettings(amount_caps_by_currency={"XYZ": 1.0})
+
+
+# --- reason codes: a rule or a feature contribution ----------------------------------------------------------
+
+
+RULED = factories.decision(reason_codes=[RuleReason(rule="known_fraud_30d", value=2.0, threshold=1.0),
+                                         *factories.REASONS])  # fmt: skip
+
+
+def test_a_reason_code_is_a_rule_or_a_contribution() -> None:
+    raw = encode(RULED)
+    back = decode(raw, Decision)
+    assert back == RULED and [type(c) for c in back.reason_codes] == [RuleReason, Contribution, Contribution]
+    assert [c["kind"] for c in json.loads(raw)["reason_codes"]] == ["rule", "feature", "feature"]
+    alert = factories.alert(reason_codes=[RuleReason(rule="large_amount", value=900.0, threshold=500.0)])
+    assert decode(encode(alert), Alert) == alert
+
+
+def test_messages_from_before_rules_decode_their_reasons_as_contributions() -> None:
+    fields = json.loads(encode(factories.decision()))
+    for code in fields["reason_codes"]:
+        del code["kind"]  # what the topics carried before this change
+    old = decode(json.dumps(fields).encode(), Decision)
+    assert old.reason_codes == factories.REASONS and all(c.kind == "feature" for c in old.reason_codes)
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        {"kind": "4111111111111111", "rule": "x"},
+        {"kind": 3},
+        {"kind": "rule"},
+        {"kind": "rule", "rule": "Known Fraud"},
+        {"kind": "rule", "rule": "x", "feature": "y"},
+    ],
+)
+def test_a_malformed_reason_code_is_refused_without_echoing_it(code: dict[str, object]) -> None:
+    fields = json.loads(encode(factories.decision()))
+    fields["reason_codes"] = [code]
+    with pytest.raises(DecodeError) as refused:
+        decode(json.dumps(fields).encode(), Decision)
+    assert refused.value.reason in (Reason.INVALID_VALUE, Reason.MISSING_FIELD, Reason.EXTRA_FIELD)
+    assert "4111" not in refused.value.detail and "Known" not in refused.value.detail

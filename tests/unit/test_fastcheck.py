@@ -1,4 +1,5 @@
-"""The vectorized fast path never accepts a row the contract refuses, and accepts ordinary valid rows.
+"""The vectorized fast path never accepts a row the contract refuses, and accepts ordinary valid rows; the stream's
+fast intake builds exactly the transaction the contract builds (digest included), or leaves the value to it.
 
 hypothesis wants naive bounds for `datetimes(timezones=...)`, hence the DTZ001 exemption below.
 """
@@ -6,6 +7,7 @@ hypothesis wants naive bounds for `datetimes(timezones=...)`, hence the DTZ001 e
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,9 +15,10 @@ import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fraudpipe.codec import decode, digest, encode
 from fraudpipe.contracts import Transaction
-from fraudpipe.currencies import CURRENCIES, minor_units
-from fraudpipe.fastcheck import certainly_valid
+from fraudpipe.currencies import CURRENCIES, DEFAULT_CAPS, minor_units
+from fraudpipe.fastcheck import certainly_valid, transactions
 from fraudpipe.files import encode_transactions
 from fraudpipe.simulator.config import default
 from fraudpipe.simulator.generate import simulate
@@ -130,3 +133,97 @@ def test_ordinary_valid_rows_take_the_fast_path() -> None:
     _, days = simulate(default(days=3, customers=200, terminals=400), b"k" * 32)
     frame = pl.concat([day.transactions for day in days]).select(list(SCHEMA))
     assert certainly_valid(frame).all()
+
+
+# --- the stream's fast intake: raw JSON values -------------------------------------------------------------------
+
+LATEST = datetime(2099, 12, 31, tzinfo=UTC)
+
+
+def _json(row: dict[str, Any]) -> bytes:
+    fields = {k: (v.isoformat().replace("+00:00", "Z") if isinstance(v, datetime) else v) for k, v in row.items()}
+    return json.dumps({"schema_version": 1, **{k: v for k, v in fields.items() if v is not None}},
+                      separators=(",", ":"), ensure_ascii=False).encode()  # fmt: skip
+
+
+def _bent(raw: bytes, how: str) -> bytes:
+    """``raw`` written another way, or broken: what producers and attackers send."""
+    if how == "spaces":
+        return raw.replace(b'":', b'" :', 1)
+    if how == "duplicate":  # the first key again, hidden behind whitespace or an escape
+        return raw[:-1] + b',"txn_id" :"other"}'
+    if how == "escaped":
+        return raw.replace(b'"txn_id"', b'"\\u0074xn_id"')
+    if how == "escaped_twice":
+        return raw[:-1] + b',"\\u0074xn_id":"other"}'
+    if how == "int_amount":
+        return json.dumps({**json.loads(raw), "amount": 12}).encode()
+    if how == "bool_amount":
+        return json.dumps({**json.loads(raw), "amount": True}).encode()
+    if how == "text_amount":
+        return json.dumps({**json.loads(raw), "amount": "12.5"}).encode()
+    if how == "huge_amount":
+        return json.dumps({**json.loads(raw), "amount": 10**400}).encode()
+    if how == "extra":
+        return raw[:-1] + b',"pan":"x"}'
+    if how == "offset_time":
+        return raw.replace(b'Z"', b'+05:30"', 1)
+    if how == "odd_time":
+        return raw.replace(b'Z"', b'.1234567Z"', 1)
+    if how == "version":
+        return raw.replace(b'"schema_version":1', b'"schema_version":true')
+    if how == "number_id":
+        return json.dumps({**json.loads(raw), "terminal_id": 42}).encode()
+    return raw
+
+
+HOW = st.sampled_from(
+    ["as is"] * 6
+    + [
+        "spaces",
+        "duplicate",
+        "escaped",
+        "escaped_twice",
+        "int_amount",
+        "bool_amount",
+        "text_amount",
+        "huge_amount",
+        "extra",
+        "offset_time",
+        "odd_time",
+        "version",
+        "number_id",
+    ]
+)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.large_base_example])
+@given(st.lists(st.tuples(rows, HOW), min_size=1, max_size=30))
+def test_a_fast_transaction_is_the_one_the_contract_builds(batch: list[tuple[dict[str, Any], str]]) -> None:
+    values = [_bent(_json(row), how) for row, how in batch]
+    for value, fast in zip(values, transactions(values, max_bytes=65_536, latest_event_time=LATEST), strict=True):
+        if fast is None:
+            continue
+        slow = decode(value, Transaction, latest_event_time=LATEST)  # raises if the fast path was wrong
+        assert fast == slow and digest(fast) == digest(slow) and encode(fast) == encode(slow)
+        assert fast.model_fields_set == slow.model_fields_set
+
+
+def test_ordinary_transactions_take_the_fast_path_and_digest_as_validated() -> None:
+    _, days = simulate(default(days=2, customers=100, terminals=200), b"k" * 32)
+    frame = pl.concat([day.transactions for day in days]).select(list(SCHEMA))
+    values = encode_transactions(frame).to_list()
+    fast = transactions(values, max_bytes=65_536, latest_event_time=LATEST)
+    assert all(txn is not None for txn in fast)
+    for txn, value in zip(fast, values, strict=True):
+        assert txn is not None and digest(txn) == digest(decode(value, Transaction))
+
+
+def test_the_bounds_the_contract_is_given_hold_on_the_fast_path() -> None:
+    value = _json({"txn_id": "a", "event_time": datetime(2024, 3, 1, tzinfo=UTC), "card_token": "tok_a",
+                   "amount": 6.0, "currency": "USD", "terminal_id": "T1"})  # fmt: skip
+    assert transactions([value], max_bytes=65_536)[0] is not None
+    assert transactions([value], max_bytes=65_536, latest_event_time=datetime(2024, 3, 1, tzinfo=UTC)) == [None]
+    assert transactions([value], max_bytes=65_536, amount_caps={**DEFAULT_CAPS, "USD": 5.0}) == [None]
+    assert transactions([value], max_bytes=10) == [None]
+    assert transactions([None, b"", b"[1]", b"{", value[:-1]], max_bytes=65_536) == [None] * 5

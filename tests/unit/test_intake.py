@@ -1,12 +1,16 @@
-"""Intake: records become events or dead letters; nothing is dropped."""
+"""Intake: records become events or dead letters; nothing is dropped; the fast path changes nothing but the cost."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
+from fraudpipe.codec import decode
 from fraudpipe.contracts import Reason, Transaction
 from streams.intake import RawRecord, intake
-from tests.factories import VISA_TEST_PAN, transaction_json
+from tests.factories import VISA_TEST_PAN, transaction_fields, transaction_json
 
 NOW = datetime(2024, 3, 1, 12, 5, tzinfo=UTC)
 
@@ -50,3 +54,30 @@ def test_an_unexpected_codec_failure_becomes_a_processing_error() -> None:
 
     result = intake([_record(1, b"{}")], Exploding, latest_event_time=NOW, failed_at=NOW)
     assert [letter.reason for _, letter in result.dead] == [Reason.PROCESSING_ERROR]
+
+
+def test_transactions_the_fast_path_takes_are_the_contracts_and_the_rest_get_its_reasons() -> None:
+    token = transaction_fields()["card_token"].encode()
+    compact = [json.dumps(transaction_fields(txn_id=f"f{i}", amount=10.0 + i), separators=(",", ":")).encode()
+               for i in range(6)]  # fmt: skip
+    odd = [compact[0][:-1] + b',"txn_id" :"dup"}', b"[]", transaction_json(amount="12")]
+    records = [RawRecord("transactions.v1", 4, i, token, value) for i, value in enumerate(compact + odd)]
+    records.append(RawRecord("transactions.v1", 4, 9, None, compact[1]))
+    result = intake(records, Transaction, latest_event_time=NOW + timedelta(days=1), failed_at=NOW,
+                    key_of=lambda txn: txn.card_token)  # fmt: skip
+    assert [event for _, event in result.valid] == [decode(value, Transaction) for value in compact]
+    assert [(r.offset, letter.reason) for r, letter in result.dead] == [
+        (6, Reason.DUPLICATE_KEY),
+        (7, Reason.NOT_AN_OBJECT),
+        (8, Reason.WRONG_TYPE),
+        (9, Reason.MISSING_KEY),
+    ]
+
+
+def test_a_failing_fast_path_costs_speed_not_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug in the fast path")
+
+    monkeypatch.setattr("streams.intake.transactions", broken)
+    result = intake([_record(1, transaction_json())], Transaction, latest_event_time=NOW, failed_at=NOW)
+    assert [event.txn_id for _, event in result.valid] == ["txn-000001"]

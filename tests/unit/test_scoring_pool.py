@@ -79,7 +79,7 @@ def test_waiting_requests_are_decided_in_micro_batches_each_with_its_own_decisio
     scored = asyncio.run(main())
     pool.close()
     assert [s.decision.txn_id for s in scored if s.decision] == [f"p{i}" for i in range(20)]
-    assert [len(b.decisions) for b in published] == [1, 8, 8, 3]  # batches of at most batch_max, oldest first
+    assert [len(b.decisions()) for b in published] == [1, 8, 8, 3]  # batches of at most batch_max, oldest first
     assert pool.pending == 0
 
 
@@ -103,7 +103,7 @@ def test_one_id_twice_never_shares_a_batch_and_other_content_is_refused(champion
     assert first.decision is not None and again.decision is not None
     assert (again.decision.decision, again.decision.score) == (first.decision.decision, first.decision.score)
     assert reused.decision is None  # txn_id_conflict: never another payment's decision
-    assert all(len({d.txn_id for d in b.decisions}) == len(b.decisions) for b in published)
+    assert all(len({d.txn_id for d in b.decisions()}) == len(b.decisions()) for b in published)
     assert sum(len(b.conflicts) for b in published) == 1
 
 
@@ -160,7 +160,7 @@ def test_a_client_that_hangs_up_still_gets_its_payment_published(champion_dir: P
 
     asyncio.run(main())
     pool.close()
-    assert [d.txn_id for b in published for d in b.decisions] == ["p0"]  # features applied => audit record
+    assert [d.txn_id for b in published for d in b.decisions()] == ["p0"]  # features applied => audit record
     assert pool.pending == 0
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-import streams.agents as agents
 from features.memory import InMemoryFeatureStore
 from fraudpipe.clock import FixedClock
 from fraudpipe.logstore import DayLog
@@ -17,6 +16,7 @@ from fraudpipe.settings import ScoringSettings
 from models.registry import Registry
 from streams import metrics
 from streams.pipeline import InMemoryDecisionMemory, Models, Pipeline
+from streams.scoring import score_in_shadow
 from tests import factories
 
 T0 = datetime(2024, 3, 1, 12, tzinfo=UTC)
@@ -58,9 +58,10 @@ def test_champion_decisions_are_identical_with_shadow_on_and_off(registry: Regis
     for txns in _batches():
         alone = plain.score(txns, [0.0] * len(txns))  # type: ignore[arg-type]
         watched = shadowed.score(txns, [0.0] * len(txns))  # type: ignore[arg-type]
-        agents._shadow(shadowed, watched, (challenger, log))
-        assert [d.model_dump() for d in watched.decisions] == [d.model_dump() for d in alone.decisions]
-        assert [a.model_dump() for a in watched.alerts] == [a.model_dump() for a in alone.alerts]
+        if (rows := score_in_shadow(shadowed, watched, challenger)) is not None:
+            log.append(rows)
+        assert [d.model_dump() for d in watched.decisions()] == [d.model_dump() for d in alone.decisions()]
+        assert [a.model_dump() for a in watched.alerts()] == [a.model_dump() for a in alone.alerts()]
     rows = log.read()
     assert rows.height == 300  # the fresh decisions; the redelivered 20 were answered from memory, not scored
     assert set(rows.get_column("model_version")) == {registry.aliases()["challenger"]}
@@ -78,12 +79,12 @@ def test_a_failing_shadow_is_counted_and_ignored(registry: Registry, tmp_path: P
     pipeline = _pipeline(registry)
     txns = _batches()[0]
     batch = pipeline.score(txns, [0.0] * len(txns))  # type: ignore[arg-type]
-    before = [d.model_dump() for d in batch.decisions]
+    before = [d.model_dump() for d in batch.decisions()]
     failures = metrics.SHADOW_FAILURES._value.get()
     broken = _Broken(registry, "challenger", threads=1, poll_s=60, clock=FixedClock(T0))
-    agents._shadow(pipeline, batch, (broken, DayLog(tmp_path / "shadow", "event_time")))
+    assert score_in_shadow(pipeline, batch, broken) is None
     assert metrics.SHADOW_FAILURES._value.get() == failures + 1
-    assert [d.model_dump() for d in batch.decisions] == before
+    assert [d.model_dump() for d in batch.decisions()] == before
     assert not (tmp_path / "shadow").exists()
 
 

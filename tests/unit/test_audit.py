@@ -1,0 +1,56 @@
+"""``fraudpipe audit show`` with both kinds of reason codes: a rule that forced a review, a SHAP contribution, and
+rows logged before rules had reasons (contributions without ``kind``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from fraudpipe.audit import trail
+from fraudpipe.logstore import Logs
+from models.scorer import Fired
+from streams.outputs import Decided, decision_rows, reason_texts
+from tests import factories
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _rows(txn_ids: list[str], reasons: pl.Series) -> pl.DataFrame:
+    n = len(txn_ids)
+    txns = [factories.transaction(txn_id=txn_id) for txn_id in txn_ids]
+    matrix = np.full((n, 43), 1.0)
+    return decision_rows(Decided(txns=txns, decided_at=factories.T0, latency_ms=np.ones(n), matrix=matrix,
+                                 scores=np.full(n, 0.01), level=np.ones(n, dtype=np.int8), versions=["v0001"] * n,
+                                 sha256s=["ab" * 32] * n, review=0.5, decline=0.9, reasons=reasons,
+                                 degraded=False))  # fmt: skip
+
+
+def test_the_trail_and_audit_show_name_rules_and_contributions(tmp_path: Path) -> None:
+    rule = Fired("known_fraud_30d", np.array([True, False]), np.array([2.0, 0.0]), 1.0)
+    contribution = factories.REASONS[0]
+    reasons = reason_texts(np.array([True, True]), (rule,), {1: [contribution]})
+    old = json.dumps([{k: v for k, v in contribution.model_dump().items() if k != "kind"}])
+    logs = Logs.under(tmp_path)
+    logs.decisions.append(pl.concat([_rows(["ruled", "scored"], reasons), _rows(["old"], pl.Series([old]))]))
+    codes = {t: trail(t, logs, registered=None, key=None)["decision"]["reason_codes"]  # type: ignore[index]
+             for t in ("ruled", "scored", "old")}  # fmt: skip
+    assert codes["ruled"] == [{"schema_version": 1, "kind": "rule", "rule": "known_fraud_30d", "value": 2.0,
+                               "threshold": 1.0}]  # fmt: skip
+    assert [c["kind"] for c in codes["scored"]] == [c["kind"] for c in codes["old"]] == ["feature"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUD_")}
+    env |= {"FRAUD_PATHS__DATA_DIR": str(tmp_path), "FRAUD_PATHS__MODELS_DIR": str(tmp_path / "models"),
+            "PYTHONPATH": str(ROOT)}  # fmt: skip
+    shown = {}
+    for txn_id in ("ruled", "old"):
+        result = subprocess.run([sys.executable, "-m", "fraudpipe", "audit", "show", txn_id], env=env, cwd=tmp_path,
+                                capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        shown[txn_id] = result.stdout
+    assert "reason: rule known_fraud_30d: 2.0 (fires at 1.0)" in shown["ruled"]
+    assert "reason: card_amount_ratio_30d = 7.5 raises the score by 1.800" in shown["old"]
