@@ -14,6 +14,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from fraudpipe.codec import decode
 from fraudpipe.contracts import DeadLetter, Reason, Transaction
+from fraudpipe.logstore import DayLog
 from fraudpipe.settings import Settings, TopicSettings
 from tests.reliability.conftest import Decisions, Row, Tail, mismatched, record, send, start, wait_exit
 
@@ -21,8 +22,8 @@ from tests.reliability.conftest import Decisions, Row, Tail, mismatched, record,
 def _offsets(settings: Settings) -> list[tuple[int, int]]:
     """Per partition of ``transactions.v1``: the worker group's committed offset (0 if none) and the high watermark."""
     topic = settings.topics.full(settings.topics.transactions)
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": settings.kafka.scoring_group,
-                         "enable.auto.commit": False})  # fmt: skip
+    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers,
+                         "group.id": settings.kafka.scoring_group, "enable.auto.commit": False})  # fmt: skip
     try:
         partitions = [TopicPartition(topic, p) for p in range(settings.topics.partitions)]
         committed = consumer.committed(partitions, timeout=10)
@@ -189,3 +190,33 @@ def test_a_slow_event_killed_mid_flight_is_decided_after_restart(champion: Setti
     record(Row("slow event (handler sleeps), kill -9, restart", len(txns), lost, duplicated, wrong,
                round(recovery, 1)))  # fmt: skip
     assert slow.txn_id in decisions.ids() and lost == 0 and wrong == 0
+
+
+def test_kill_9_between_produce_and_commit_redelivers_and_logs_once(champion: Settings, history: list[Transaction],
+                                                                    tmp_path: Path,
+                                                                    stop: list[subprocess.Popen[bytes]],
+                                                                    store_client: redis_lib.Redis) -> None:  # fmt: skip
+    """Every decision published, none of its log rows durable (a long flush interval), so no offset committed: a
+    kill -9 then loses the buffered rows, and the restart redelivers everything — same decisions, and the decision
+    log read back holds each transaction once."""
+    settings = champion
+    txns = history[:1_500]
+    send(settings, txns)
+    worker, log = start(settings, tmp_path, FRAUD_LOGS__FLUSH_INTERVAL_S="300")
+    stop.append(worker)
+    decisions = Decisions(settings)
+    decisions.wait_for(len(txns), 120, log)
+    time.sleep(2 * settings.scoring.commit_interval_s)
+    assert _committed(settings) == 0, "offsets committed before the decision-log rows were durable"
+    decision_log = DayLog(settings.paths.data_dir / "decisions", "event_time")
+    assert decision_log.files() == [], "the rows were meant to be still buffered"
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(10)
+    before = len(decisions.poll(1.0))
+    lost, duplicated, wrong, _ = _restart_and_judge(settings, tmp_path, stop, decisions, txns, store_client, before)
+    _until_lag_zero(settings)
+    record(Row("kill -9 between produce and commit, restart", len(txns), lost, duplicated, wrong, 0.0))
+    assert lost == 0 and wrong == 0
+    assert duplicated == len(txns), "every decision was published again, the same (judge fails on a different one)"
+    logged = decision_log.read()
+    assert logged.height == len(txns) and logged["txn_id"].n_unique() == len(txns), "logged once each"
