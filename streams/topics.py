@@ -9,7 +9,7 @@ ACL that exists changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -61,17 +61,22 @@ class TopicReport:
     mismatched: list[str] = field(default_factory=list)
 
 
-def topic_specs(topics: TopicSettings) -> list[TopicSpec]:
-    """Every topic fraudpipe uses, in a stable order: the six main topics, then a DLQ per consumed topic."""
+def topic_specs(topics: TopicSettings, *, config: Mapping[str, str] | None = None) -> list[TopicSpec]:
+    """Every topic fraudpipe uses, in a stable order: the six main topics, then a DLQ per consumed topic.
+
+    ``config``: topic-level configs set on every topic over the defaults (``fraudpipe bench`` creates its topics
+    with ``{"message.timestamp.type": "LogAppendTime"}``); production topics take none.
+    """
     min_isr = str(min(2, max(1, topics.replication_factor - 1)))
 
     def spec(name: str, retention_ms: int) -> TopicSpec:
-        config = {
+        settings = {
             "retention.ms": str(retention_ms),
             "cleanup.policy": "delete",
             "min.insync.replicas": min_isr,
+            **(config or {}),
         }
-        return TopicSpec(topics.full(name), topics.partitions, topics.replication_factor, config)
+        return TopicSpec(topics.full(name), topics.partitions, topics.replication_factor, settings)
 
     main = [topics.transactions, topics.labels, topics.scores, topics.alerts, topics.registry_events, topics.repairs]
     consumed = [topics.transactions, topics.labels, topics.registry_events, topics.alerts]

@@ -56,7 +56,10 @@ def test_an_unexpected_codec_failure_becomes_a_processing_error() -> None:
     assert [letter.reason for _, letter in result.dead] == [Reason.PROCESSING_ERROR]
 
 
-def test_transactions_the_fast_path_takes_are_the_contracts_and_the_rest_get_its_reasons() -> None:
+def test_transactions_the_fast_path_takes_are_the_contracts_and_the_rest_get_its_reasons(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("streams.intake.FAST_PATH_MIN_ROWS", 1)
     token = transaction_fields()["card_token"].encode()
     compact = [json.dumps(transaction_fields(txn_id=f"f{i}", amount=10.0 + i), separators=(",", ":")).encode()
                for i in range(6)]  # fmt: skip
@@ -79,5 +82,19 @@ def test_a_failing_fast_path_costs_speed_not_records(monkeypatch: pytest.MonkeyP
         raise RuntimeError("a bug in the fast path")
 
     monkeypatch.setattr("streams.intake.transactions", broken)
+    monkeypatch.setattr("streams.intake.FAST_PATH_MIN_ROWS", 1)
     result = intake([_record(1, transaction_json())], Transaction, latest_event_time=NOW, failed_at=NOW)
     assert [event.txn_id for _, event in result.valid] == ["txn-000001"]
+
+
+def test_small_batches_skip_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below FAST_PATH_MIN_ROWS its fixed cost exceeds what it saves: the contract alone decides."""
+    called: list[int] = []
+    monkeypatch.setattr(
+        "streams.intake.transactions", lambda values, **_: called.append(len(values)) or [None] * len(values)
+    )
+    monkeypatch.setattr("streams.intake.FAST_PATH_MIN_ROWS", 3)
+    intake([_record(1, transaction_json())] * 2, Transaction, latest_event_time=NOW, failed_at=NOW)
+    assert called == []
+    intake([_record(1, transaction_json())] * 3, Transaction, latest_event_time=NOW, failed_at=NOW)
+    assert called == [3]
