@@ -16,6 +16,7 @@ Faust's own consumer (their volume is a fraction of the payments'), and write th
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from datetime import datetime
 from typing import Any, Protocol
@@ -119,6 +120,8 @@ async def score_transactions(stream: Any) -> None:
     """Decide each batch of transactions the consumer hands over (module docstring)."""
     scoring = make_scoring()
     scoring.start()  # no model, no scoring: the worker stops here with the reason
+    gc.collect()
+    gc.freeze()  # what start-up loaded (libraries, the model) stays: collections scan only what batches allocate
     consumer = make_consumer()
     if consumer is not None:
         await app.add_runtime_dependency(consumer)

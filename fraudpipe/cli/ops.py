@@ -127,6 +127,9 @@ def worker(ctx: typer.Context) -> None:
                 del faust_app.agents[agent.name]
 
     sys.argv = ["fraudpipe-worker", "worker", *web_flags(settings), *ctx.args]
+    # The event loop scores while the consumer, delivery and log-writer threads run: it gets the interpreter back
+    # within 1 ms of one of them taking it, not 5 (the scoring agent freezes what start-up loaded, see agents.py).
+    sys.setswitchinterval(0.001)
     faust_app.main()
 
 
