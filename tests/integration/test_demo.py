@@ -38,9 +38,16 @@ def test_the_demo_runs_end_to_end_and_cleans_up(settings: Settings, tmp_path: Pa
     text = report.read_text()
     assert "decisions per second" in text and "<svg" in text and "reason codes" in text
     (logs,) = (work / "logs").iterdir()
-    assert {p.name for p in logs.iterdir()} == {"worker.log", "monitor.log", "api.log", "replay.log", "pids"}
+    assert {p.name for p in logs.iterdir()} == {
+        "worker.log",
+        "monitor.log",
+        "api.log",
+        "replay.log",
+        "compactor.log",
+        "pids",
+    }
     topics = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers}).list_topics(timeout=10).topics
     assert not [name for name in topics if name.startswith("demo")], "the demo left its topics behind"
     pids = {line.split()[0]: int(line.split()[1]) for line in (logs / "pids").read_text().splitlines()}
-    assert set(pids) == {"worker", "monitor", "api", "replay"}
+    assert set(pids) == {"worker", "monitor", "api", "replay", "compactor"}
     assert not [name for name, pid in pids.items() if _alive(pid)], "the demo left a process running"
