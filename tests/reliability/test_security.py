@@ -298,7 +298,7 @@ def test_worker_with_least_privilege_scores_end_to_end(
             assert all(d.decision in {"review", "decline"} for d in decisions)
             stream = worker.sinks.redis_stream_key
             wait_until(lambda: redis_admin.xlen(stream) == len(txns), 60, "alerts in the Redis stream", log)
-            wait_until(lambda: _committed(admin.kafka, worker.kafka.app_id, topic), 60, "offsets committed", log)
+            wait_until(lambda: _committed(admin.kafka, worker.kafka.scoring_group, topic), 60, "offsets committed", log)
 
             # Faust's web server is off by default: the worker listens on its metrics port only, on loopback.
             assert listening(process.pid) == {("127.0.0.1", metrics_port)}
