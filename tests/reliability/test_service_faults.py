@@ -188,7 +188,13 @@ def test_redis_stalling_2_s_repeatedly(topics: Settings, history: list[Transacti
     decisions = Decisions(config)
     send(config, history[:500])
     decisions.wait_for(500, 120, log)
-    joins = log.read_text().count("Joined group")
+    # Two groups: Faust's (the other agents' topics) and the scoring consumer's, which may have decided the first
+    # 500 before Faust's joined: wait for both before counting.
+    deadline = time.monotonic() + 60
+    while "Joined group" not in log.read_text():
+        assert time.monotonic() < deadline, "Faust's consumer never joined its group"
+        time.sleep(0.5)
+    joins, assigned = (log.read_text().count(mark) for mark in ("Joined group", "[INFO] assigned ["))
     stalls = threading.Event()
 
     def stall() -> None:
@@ -214,7 +220,9 @@ def test_redis_stalling_2_s_repeatedly(topics: Settings, history: list[Transacti
                "whole after the last stall)", len(history), lost, duplicated, wrong, round(recovery, 1)))  # fmt: skip
     assert lost == 0 and wrong == 0 and duplicated == 0
     assert degraded > 0, "no stall was felt: the test proves nothing"
-    assert joins == 1 and log.read_text().count("Joined group") == joins, "the worker was evicted from its group"
+    text = log.read_text()
+    assert joins == 1 and text.count("Joined group") == joins, "the worker was evicted from Faust's group"
+    assert assigned == 1 and text.count("[INFO] assigned [") == assigned, "evicted from the scoring group"
 
 
 def test_dead_letter_topic_refusing_writes_holds_the_offset(champion: Settings, history: list[Transaction],
