@@ -63,6 +63,7 @@ def test_replayed_stream_is_scored_once_with_a_promotion_mid_stream(
         if len(seen) >= n // 3:
             break
     factories.register_champion(topics.paths.models_dir, seed=1)
+    time.sleep(1.5)  # > model_poll_s: the worker may have finished the backlog already; the late payment gets v0002
     poison = Producer(topics.kafka.client_config())
     poison.produce(topics.topics.full(topics.topics.transactions), key=b"x", value=b'{"txn_id": "broken"')
     late = factories.transaction(txn_id="after-the-poison", card_token="tok_late")
