@@ -1,16 +1,20 @@
-"""Types of the C reader (features/_replay.c)."""
+"""Types of the C extension (features/_replay.c)."""
 
+def plan(
+    txns: object, items: dict[str, int], item_id: object, day_us: int, /
+) -> tuple[bytes, bytes, bytes, list[str], list[str]]: ...
 def read(
-    heads: bytes,
+    answer: bytes,
     records: bytes,
-    card_of: list[int],
-    terminal_of: list[int],
-    merchant_of: list[int],
-    cards: list[bytes | None],
-    places: list[bytes | None],
+    index: bytes,
+    card_bases: object,
+    card_logs: object,
+    places: object,
     layout: tuple[int, ...],
     /,
 ) -> tuple[bytearray, bytearray, list[int], list[int]]: ...
 def fold(
-    cards: list[bytes], places: list[bytes], layout: tuple[int, ...], /
+    card_bases: object, card_logs: object, places: object, layout: tuple[int, ...], /
 ) -> tuple[list[bytes | None], list[bytes | None]]: ...
+def columns(txns: object, /) -> tuple[bytes, bytes, bytes, bytes, bytes]: ...
+def mget(prefix: str, cards: list[str], places: list[str], /) -> bytes: ...

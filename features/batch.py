@@ -2,7 +2,9 @@
 ``[snapshot.features() for snapshot in decode_reply(reply, txns)]``.
 
 Same rules as :mod:`features.formulas`, written over numpy columns (one pass per feature instead of one Python
-call per transaction); a test holds the two equal. Missing values are NaN, as LightGBM reads them.
+call per transaction); a test holds the two equal. Missing values are NaN, as LightGBM reads them. The transactions'
+columns are read in C when the extension is built (``features/_replay.c``: ``columns``, the same attribute reads as
+the planner), else in Python (:func:`columns`).
 """
 
 from __future__ import annotations
@@ -14,24 +16,48 @@ from numpy.typing import NDArray
 
 from features.definitions import FEATURE_NAMES
 from features.formulas import CARD_WINDOWS, FRAUD_WINDOWS, PLACE_WINDOWS, SQUARE_CAP_CENTS
+from features.plan import micros_of, native
 from features.snapshot import CARD_WIDTH, PLACE_WIDTH, StoreReply
 from fraudpipe.contracts import Transaction
 
-__all__ = ["feature_matrix"]
+__all__ = ["columns", "feature_matrix"]
+
+CHANNELS = (None, "card_present", "ecommerce", "moto", "atm")
+"""Channel codes of :func:`columns`: the index in this tuple; any other channel is len(CHANNELS)."""
+_CARD_PRESENT, _ECOMMERCE, _MOTO = 1, 2, 3
+_MIN_TRAVEL_S = 60.0
+_EARTH_KM = 6_371.0
+Columns = tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.int8], NDArray[np.float64], NDArray[np.float64]]
 
 
-def feature_matrix(reply: StoreReply, txns: Sequence[Transaction]) -> NDArray[np.float64]:
+def columns(txns: Sequence[Transaction], *, compiled: bool = True) -> Columns:
+    """What the formulas read of each transaction, as columns: event time (int64 µs since the epoch), amount
+    (float64, major units), channel (int8 code, :data:`CHANNELS`), latitude and longitude (float64, NaN: none)."""
+    if compiled and native is not None:
+        micros, amount, channel, lat, lon = native.columns(txns)
+        return (np.frombuffer(micros, np.int64), np.frombuffer(amount, np.float64), np.frombuffer(channel, np.int8),
+                np.frombuffer(lat, np.float64), np.frombuffer(lon, np.float64))  # fmt: skip
+    code = {name: k for k, name in enumerate(CHANNELS)}
+    return (
+        np.array([micros_of(t.event_time) for t in txns], dtype=np.int64),
+        np.array([t.amount for t in txns], dtype=np.float64),
+        np.array([code.get(t.channel, len(CHANNELS)) for t in txns], dtype=np.int8),
+        np.array([np.nan if t.lat is None else t.lat for t in txns], dtype=np.float64),
+        np.array([np.nan if t.lon is None else t.lon for t in txns], dtype=np.float64),
+    )
+
+
+def feature_matrix(reply: StoreReply, txns: Sequence[Transaction], *, compiled: bool = True) -> NDArray[np.float64]:
     """(len(txns), len(FEATURE_NAMES)) float64 matrix, FEATURE_NAMES order, NaN = missing."""
     n = len(txns)
     if len(reply) != n:
         raise ValueError(f"store reply has {len(reply)} rows for {n} transactions")
-    out = np.full((n, len(FEATURE_NAMES)), np.nan)
+    out = np.empty((n, len(FEATURE_NAMES)))
     if n == 0:
         return out
     v = reply.values
-    micros = np.array([round(t.event_time.timestamp() * 1_000_000) for t in txns], dtype=np.int64)
+    micros, amount, channel, lat, lon = columns(txns, compiled=compiled)
     epoch_s = micros / 1_000_000
-    amount = np.array([t.amount for t in txns], dtype=np.float64)
     column = 0
 
     def put(values: NDArray[np.float64]) -> None:
@@ -41,12 +67,11 @@ def feature_matrix(reply: StoreReply, txns: Sequence[Transaction]) -> NDArray[np
 
     hours = (micros // 3_600_000_000) % 24
     weekday = (micros // 86_400_000_000 + 3) % 7  # 1970-01-01 was a Thursday: 0 = Monday
-    channels = [t.channel for t in txns]
     put(amount)
     put(hours.astype(np.float64))
     put((weekday >= 5).astype(np.float64))
     put((hours <= 6).astype(np.float64))
-    put(np.array([np.nan if c is None else float(c in {"ecommerce", "moto"}) for c in channels]))
+    put(np.where(channel == 0, np.nan, ((channel == _ECOMMERCE) | (channel == _MOTO)).astype(np.float64)))
     for i, _ in enumerate(CARD_WINDOWS):
         count, summed, squares = v[:, 1 + 3 * i], v[:, 2 + 3 * i], v[:, 3 + 3 * i]
         safe = np.maximum(count, 1)
@@ -68,7 +93,7 @@ def feature_matrix(reply: StoreReply, txns: Sequence[Transaction]) -> NDArray[np
     put(np.where(np.isnan(previous), np.nan, np.maximum(0.0, epoch_s - np.nan_to_num(previous))))
     for slot in (15, 16, 17):
         put(np.where(v[:, slot] >= 0, v[:, slot].astype(np.float64), np.nan))
-    put(_speed(txns, reply.previous, epoch_s))
+    put(_speed(channel, lat, lon, reply.previous, epoch_s))
     for slot in (18, 19):
         put(np.where(v[:, slot] >= 0, 1.0 - v[:, slot], np.nan))
     put(v[:, 14].astype(np.float64))
@@ -91,16 +116,13 @@ def _variance_numerator(count: NDArray[np.int64], summed: NDArray[np.int64],
     return np.array(exact, dtype=np.float64)
 
 
-def _speed(
-    txns: Sequence[Transaction], previous: NDArray[np.float64], epoch_s: NDArray[np.float64]
-) -> NDArray[np.float64]:
-    """km/h from the previous card-present payment, for card-present payments with geo (NaN otherwise)."""
-    from features.formulas import haversine_km
-
-    speeds = np.full(len(txns), np.nan)
-    for i, txn in enumerate(txns):
-        if txn.channel != "card_present" or txn.lat is None or txn.lon is None or np.isnan(previous[i, 1]):
-            continue
-        hours = max(abs(epoch_s[i] - previous[i, 1] / 1_000_000), 60.0) / 3_600
-        speeds[i] = haversine_km(float(previous[i, 2]), float(previous[i, 3]), txn.lat, txn.lon) / hours
-    return speeds
+def _speed(channel: NDArray[np.int8], lat: NDArray[np.float64], lon: NDArray[np.float64],
+           previous: NDArray[np.float64], epoch_s: NDArray[np.float64]) -> NDArray[np.float64]:  # fmt: skip
+    """km/h from the previous card-present payment (µs, lat, lon in ``previous[:, 1:]``), for card-present payments
+    with geo (NaN otherwise): :func:`features.formulas.haversine_km` over columns."""
+    known = (channel == _CARD_PRESENT) & ~np.isnan(lat) & ~np.isnan(lon) & ~np.isnan(previous[:, 1])
+    p1, p2 = np.radians(previous[:, 2]), np.radians(lat)
+    a = np.sin((p2 - p1) / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(np.radians(lon - previous[:, 3]) / 2) ** 2
+    km = 2 * _EARTH_KM * np.arcsin(np.sqrt(np.minimum(1.0, np.nan_to_num(a))))
+    hours = np.maximum(np.abs(epoch_s - previous[:, 1] / 1_000_000), _MIN_TRAVEL_S) / 3_600
+    return np.where(known, km / hours, np.nan)

@@ -82,8 +82,20 @@ FEATURES: tuple[FeatureDef, ...] = (
         "first payment of the card",
     ),
     FeatureDef("card_distinct_terminals_24h", "card", "24h", "terminals used by the card in 24h", "no terminal"),
-    FeatureDef("card_distinct_merchants_24h", "card", "24h", "merchants used by the card in 24h", "no merchant"),
-    FeatureDef("card_distinct_countries_24h", "card", "24h", "countries the card paid in within 24h", "no country"),
+    FeatureDef(
+        "card_distinct_merchants_24h",
+        "card",
+        "24h",
+        "merchants used by the card in 24h (a late payment: those also within a day of the card's latest before it)",
+        "no merchant",
+    ),
+    FeatureDef(
+        "card_distinct_countries_24h",
+        "card",
+        "24h",
+        "countries the card paid in within 24h (a late payment: likewise)",
+        "no country",
+    ),
     FeatureDef(
         "card_geo_speed_kmh",
         "card",

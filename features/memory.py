@@ -1,50 +1,92 @@
 """The in-memory twin of the Redis feature store: the same operations, in Python, on dicts.
 
-It defines what applying a transaction or a label means, one step at a time (:mod:`features.fold` and
-``features/apply.lua`` fold the same steps; :mod:`features.blobs` replays them record by record and
-:mod:`features.reader` reads them with numpy), so unit tests can run without
-Redis and the parity test can hold the two equal on generated sequences, in replies and in state (the Redis values
-folded and decoded by :mod:`features.blobs` into this module's plain values). It is also the sequential reference
-the offline builder is checked against. Key expiry (wall-clock housekeeping in Redis) is not modelled.
+It defines what applying a transaction or a label means, one step at a time: the Redis store appends records and
+folds them later (:mod:`features.fold`), and its readers (:mod:`features.reader`, the C extension) replay them with
+these steps, so unit tests can run without Redis and the parity tests hold the two equal on generated sequences, in
+replies and in state (the Redis values decoded by :mod:`features.blobs` into this module's plain values). It is also
+the sequential reference the offline builder is checked against. Key expiry (wall-clock housekeeping in Redis) is
+not modelled.
 
-The steps are module functions on plain values so the reader can replay a stored base and its records exactly:
-:func:`apply_card` / :func:`apply_place` (one applied payment), :func:`card_row` / :func:`place_row` (what a
-transaction reads, after it).
+The steps are module functions on plain values so a reader can replay a stored base and its records exactly:
+:func:`mark` (apply once), :func:`apply_card` / :func:`apply_place` (one applied payment), :func:`apply_fraud` (one
+applied label), :func:`card_row` / :func:`place_row` (what a transaction reads, after it).
+
+A card's plain state: rings ``m5``, ``h``, ``d`` as flat lists (bucket, count, cents, cents², ...), ``f`` (day,
+frauds, ...), ``pt`` (latest event µs), ``pcp`` [µs, lat, lon] (latest card-present payment), ``r`` {kind: {item id:
+last seen µs}}; a terminal's or merchant's: ``d`` (day, payments, ...) and ``f`` (day, frauds, ...). Parts it does
+not have are left out.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from features.formulas import RECENT_ITEMS
-from features.plan import KINDS, RECORD, label_plan, layout, plan
+from features.plan import CREATED, DAY_ITEMS, GEO, ITEM_SIZE, KINDS, PAYMENT, label_plan, layout, plan
 from features.snapshot import Snapshot, StoreReply, decode_reply
 from fraudpipe.contracts import Label, Transaction
 
-__all__ = ["InMemoryFeatureStore", "Record", "apply_card", "apply_place", "card_row", "place_row", "previous_of"]
+__all__ = [
+    "InMemoryFeatureStore",
+    "Record",
+    "apply_card",
+    "apply_fraud",
+    "apply_place",
+    "card_row",
+    "mark",
+    "place_row",
+    "previous_of",
+]
 
 _DAY = "d"
 _NAN = float("nan")
+_LAT_LON = struct.Struct("<dd")
 
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """A transaction as the store applies it (:data:`features.plan.RECORD` unpacked): µs, cents, cents², the
-    card-present position if it has one, and its recent items by kind."""
+    """A payment as the store applies it (a RECORD of :mod:`features.plan` unpacked): µs, cents, the card-present
+    position if it has one, and its recent items by kind."""
 
     t: int
     amount: int
-    square: int
     geo: tuple[float, float] | None
     ids: dict[str, int]
 
     @classmethod
-    def unpack(cls, record: bytes, offset: int = 0) -> Record:
-        t, amount, square, has_geo, lat, lon, mask, *raw_ids = RECORD.unpack_from(record, offset)
-        ids = {kind: int.from_bytes(raw_ids[i], "little") for i, kind in enumerate(KINDS) if mask >> i & 1}
-        return cls(t, amount, square, (lat, lon) if has_geo else None, ids)
+    def unpack(cls, record: bytes, offset: int = 0) -> tuple[Record, int]:
+        """The record at ``offset`` and its length."""
+        flags, t, amount = PAYMENT.unpack_from(record, offset)
+        at = offset + PAYMENT.size
+        geo = None
+        if flags & GEO:
+            geo = _LAT_LON.unpack_from(record, at)
+            at += _LAT_LON.size
+        ids = {}
+        for k, kind in enumerate(KINDS):
+            if flags >> k & 1:
+                ids[kind] = int.from_bytes(record[at : at + ITEM_SIZE], "little")
+                at += ITEM_SIZE
+        return cls(t, amount, geo, ids), at - offset
+
+
+def square(amount: int, cap: int) -> int:
+    """The cents² a payment adds to a sum of squares (amount capped at ``cap``): :func:`features.formulas.square`."""
+    capped = min(abs(amount), cap)
+    return capped * capped
+
+
+def mark(markers: dict[str, str], txn_id: str) -> bool:
+    """Whether a card applies a transaction, recording it among the card's ``markers`` of its event day's block
+    (:mod:`features.plan`: field txn id, and field CREATED, as Redis keeps them). False: a redelivery."""
+    if txn_id in markers:
+        return False
+    markers.setdefault(CREATED, "")
+    markers[txn_id] = ""
+    return True
 
 
 def _newest(ring: list[int] | None, width: int) -> int | None:
@@ -91,26 +133,36 @@ def _sum(ring: list[int] | None, width: int, first: int, last: int, kept: int, t
 
 def apply_card(card: dict[str, Any], rec: Record, lay: dict[str, Any]) -> None:
     """Apply one payment to a card's plain state, in place."""
+    squared = square(rec.amount, lay["square_cap"])
     for res in lay["card_rings"]:
         bucket = rec.t // lay["size"][res]
-        card[res], _ = _add(card.get(res, []), 4, bucket, lay["kept"][res], [1, rec.amount, rec.square], True, None)
+        card[res], _ = _add(card.get(res, []), 4, bucket, lay["kept"][res], [1, rec.amount, squared], True, None)
     if "f" in card:
         card["f"] = _prune(card["f"], 2, _newest(card[_DAY], 4), lay["kept"][_DAY])
         if not card["f"]:
             del card["f"]
+    recent: dict[str, dict[int, int]] = card.get("r", {})
+    if "pt" in card:  # items read only within a day are forgotten a day after the latest payment before this one
+        since = card["pt"] - lay["size"][_DAY]
+        for kind in DAY_ITEMS:
+            members = recent.get(kind)
+            if members and min(members.values()) <= since:
+                recent[kind] = {ident: when for ident, when in members.items() if when > since}
     if "pt" not in card or rec.t > card["pt"]:
         card["pt"] = rec.t
     if rec.geo is not None and ("pcp" not in card or rec.t >= card["pcp"][0]):
         card["pcp"] = [rec.t, *rec.geo]
-    recent: dict[str, dict[int, int]] = card.get("r", {})
     for kind, item in rec.ids.items():
         members = recent.setdefault(kind, {})
         if item not in members or rec.t > members[item]:
             members[item] = rec.t
         if len(members) > lay["recent_items"]:
             del members[min(members, key=lambda ident: (members[ident], ident))]
+    recent = {kind: members for kind, members in recent.items() if members}
     if recent:
         card["r"] = recent
+    else:
+        card.pop("r", None)
 
 
 def apply_place(place: dict[str, Any], day: int, lay: dict[str, Any]) -> None:
@@ -121,6 +173,16 @@ def apply_place(place: dict[str, Any], day: int, lay: dict[str, Any]) -> None:
         place["f"] = _prune(place["f"], 2, _newest(place["d"], 2), kept)
         if not place["f"]:
             del place["f"]
+
+
+def apply_fraud(state: dict[str, Any], day: int, delta: int, card: bool, lay: dict[str, Any]) -> bool:
+    """Apply one label's change of a payment's fraud flag (``delta`` +1 / -1, the payment's ``day``) to a card's or
+    place's plain state, in place; False when its day is no longer kept (nothing changes)."""
+    width, kept = (4, lay["kept"][_DAY]) if card else (2, lay["place_kept"])
+    ring, changed = _add(state.get("f", []), 2, day, kept, [delta], False, _newest(state.get("d"), width))
+    if changed:
+        state["f"] = ring
+    return changed
 
 
 def previous_of(card: dict[str, Any], rec: Record) -> tuple[list[float], dict[str, int]]:
@@ -172,11 +234,12 @@ def place_row(place: dict[str, Any] | None, day: int, lay: dict[str, Any]) -> li
 class InMemoryFeatureStore:
     """Feature state in process memory. Same interface as :class:`features.store.RedisFeatureStore`.
 
-    ``values`` holds what Redis holds, decoded: ``seen:<day>`` {txn id: "1"}, ``label:<txn>`` "version,fraud",
-    and each entity's plain state.
+    ``values`` holds what Redis holds, decoded: ``applied:<token>:<block>`` {txn id: "", "~": ""}, ``label:<txn>``
+    "version,fraud", and each entity's plain state under its base's key (``card:<token>``, ``terminal:<id>``,
+    ``merchant:<id>``).
     """
 
-    def __init__(self, prefix: str = "fp:v3:", *, recent_items: int = RECENT_ITEMS) -> None:
+    def __init__(self, prefix: str = "fp:v4:", *, recent_items: int = RECENT_ITEMS) -> None:
         self.prefix = prefix
         self.layout = layout(recent_items=recent_items, marker_ttl_s=1, entity_ttl_s=1, label_ttl_s=1)
         self.values: dict[str, Any] = {}
@@ -187,29 +250,27 @@ class InMemoryFeatureStore:
         rows: list[list[int]] = []
         previous: list[list[float]] = []
         for txn in txns:
-            txn_id, card_id, terminal_id, merchant_id, record = plan(txn)
-            rec = Record.unpack(record)
-            day = rec.t // lay["size"][_DAY]
-            markers = self.values.setdefault(f"{self.prefix}seen:{day}", {})
-            applied = txn_id not in markers
-            card_key = f"{self.prefix}card:{card_id}"
+            one = plan(txn)
+            rec, _ = Record.unpack(one.record)
+            block = one.day // lay["marker_days"]
+            applied = mark(self.values.setdefault(f"{self.prefix}applied:{one.card}:{block}", {}), one.txn_id)
+            card_key = f"{self.prefix}card:{one.card}"
             card: dict[str, Any] = self.values.get(card_key, {})
             before, seen = previous_of(card, rec)
             previous.append(before)
             if applied:
-                markers[txn_id] = "1"
                 apply_card(card, rec, lay)
                 self.values[card_key] = card
             row = [int(applied), *card_row(card, rec, seen, lay)]
-            for kind, ident in (("terminal", terminal_id), ("merchant", merchant_id)):
+            for kind, ident in (("terminal", one.terminal), ("merchant", one.merchant)):
                 place: dict[str, Any] | None = None
                 if ident:
                     key = f"{self.prefix}{kind}:{ident}"
                     place = self.values.get(key, {})
                     if applied:
-                        apply_place(place, day, lay)
+                        apply_place(place, one.day, lay)
                         self.values[key] = place
-                row += place_row(place, day, lay)
+                row += place_row(place, one.day, lay)
             rows.append(row)
         return StoreReply.from_rows(rows, previous)
 
@@ -236,14 +297,7 @@ class InMemoryFeatureStore:
                 for entity in filter(None, entities):
                     key = f"{self.prefix}{entity}"
                     state = self.values.get(key, {})
-                    width, kept = (
-                        (4, self.layout["kept"][_DAY]) if entity.startswith("card:") else (2, self.layout["place_kept"])
-                    )
-                    ring, changed = _add(
-                        state.get("f", []), 2, day, kept, [delta], False, _newest(state.get("d"), width)
-                    )
-                    if changed:
-                        state["f"] = ring
+                    if apply_fraud(state, day, delta, entity.startswith("card:"), self.layout):
                         self.values[key] = state
             self.values[state_key] = f"{version},{fraud}"
             applied += 1

@@ -50,7 +50,7 @@ class StoreReply:
 
     @property
     def applied(self) -> list[bool]:
-        """Per transaction: whether this call applied it (False: a redelivery, or too late)."""
+        """Per transaction: whether this call applied it (False: a redelivery)."""
         return [bool(v) for v in self.values[:, 0]]
 
     @classmethod
@@ -63,7 +63,7 @@ class StoreReply:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """One transaction's snapshot: whether this call applied it (False: a redelivery, or too late), and state."""
+    """One transaction's snapshot: whether this call applied it (False: a redelivery), and state."""
 
     applied: bool
     payment: Payment

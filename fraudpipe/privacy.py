@@ -173,23 +173,21 @@ def erase(cards: Iterable[str], *, requested_as: str, client: redis.Redis, prefi
     if digests:
         client.hset(f"{prefix}erased", mapping=dict.fromkeys(digests, micros_of(now)))
         time.sleep(settle_s)  # every worker re-reads the list within one poll: nothing is written back after this
-    txns: dict[str, int] = {}  # txn id -> event day (its applied-marker is a field of that day's hash)
+    txns: set[str] = set()
     for name, day_log in logs.all().items():
         if name == "conflicts":  # a refused payment's id is another payment's: its keys are not the subject's
             continue
         rows = day_log.find("card_token", tokens)
         if rows.height:
-            for txn, when in zip(rows["txn_id"].to_list(), rows["event_time"].to_list(), strict=True):
-                txns[txn] = micros_of(when) // _DAY_US
-    names = [f"{prefix}card:{token}" for token in tokens]
+            txns.update(rows["txn_id"].to_list())
+    names = [f"{prefix}{kind}:{token}" for token in tokens for kind in ("card", "cardlog")]  # features.plan
+    for token in tokens:  # the card's apply-once markers, one hash per block of days
+        pattern = f"{prefix}applied:{_glob_escaped(token)}:*"
+        names += [name.decode() for name in client.scan_iter(match=pattern, count=10_000)]
     for txn in sorted(txns):
         names += [f"{prefix}{kind}:{txn}" for kind in ("label", "decision")]  # streams.pipeline.DecisionMemory
         names += [f"{prefix}sunk:{sink}:alert:{txn}" for sink in ("redis_stream", "webhook")]  # streams.sinks
     deleted = sum(int(client.delete(*names[i : i + 1_000])) for i in range(0, len(names), 1_000))
-    by_day: dict[int, list[str]] = {}
-    for txn, day in txns.items():
-        by_day.setdefault(day, []).append(txn)
-    deleted += sum(int(client.hdel(f"{prefix}seen:{day}", *ids)) for day, ids in sorted(by_day.items()))
     entries = _stream_entries(client, alert_stream, set(tokens))
     if entries:
         client.xdel(alert_stream, *entries)
@@ -202,6 +200,11 @@ def erase(cards: Iterable[str], *, requested_as: str, client: redis.Redis, prefi
     )  # fmt: skip
     receipt.write(receipts)
     return receipt
+
+
+def _glob_escaped(text: str) -> str:
+    """``text`` matched literally in a Redis SCAN pattern."""
+    return "".join("\\" + c if c in "*?[]\\^" else c for c in text)
 
 
 def customer_cards(customer_id: str, logs: Logs, segments: pl.DataFrame | None) -> list[str]:

@@ -127,7 +127,7 @@ class RedisSettings(_Section):
     socket_timeout_ms: Annotated[int, Field(ge=1)] = 250
     """Budget of one call; past it the batch is decided in degraded mode."""
     connect_timeout_ms: Annotated[int, Field(ge=1)] = 500
-    key_prefix: str = "fp:v3:"
+    key_prefix: str = "fp:v4:"
     """Prefix of every key fraudpipe writes (versioned with the store's format)."""
 
     @property

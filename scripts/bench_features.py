@@ -120,7 +120,7 @@ def main() -> None:
         for _, mode in itertools.product(range(args.repeat), MODES):
             copy = f"bench:{uuid.uuid4().hex[:8]}:"  # the last day on a copy of the warm state (no markers)
             for key in client.scan_iter(match=f"{prefix}*", count=10_000):
-                if b":seen:" not in key:
+                if b":applied:" not in key:
                     client.copy(key, copy + key.decode()[len(prefix) :])
             runs[mode].append(_run(client, RedisFeatureStore(client, copy), today, batch, mode))
             _drop(client, copy)

@@ -248,7 +248,7 @@ kafka_start() {
 # Two users, written to $REDIS_DIR/redis.conf (mode 600) as SHA-256 hashes: that file, never the command line (which
 # `ps` shows), configures them, and the passwords themselves are only in $REDIS_USERS/<name>.env (mode 600):
 #   default  everything (the tests, the demo, `fraudpipe serve`, the CLI's maintenance commands);
-#   worker   the keys under FRAUD_REDIS__KEY_PREFIX (default fp:v3:) and the alert stream FRAUD_SINKS__REDIS_STREAM_KEY
+#   worker   the keys under FRAUD_REDIS__KEY_PREFIX (default fp:v4:) and the alert stream FRAUD_SINKS__REDIS_STREAM_KEY
 #            (default fp:alerts), no pub/sub channel, and only REDIS_WORKER_COMMANDS. Redis checks key patterns
 #            inside scripts too, so the feature store's script is confined like any other call.
 # A user's password is the login fraudpipe's settings name for it (the password in FRAUD_REDIS__URL, else
@@ -299,7 +299,7 @@ redis_hash() {  # redis_hash USER: the SHA-256 of that user's password, as an AC
 
 redis_config() {
   local prefix stream value commands=""
-  prefix="$(setting FRAUD_REDIS__KEY_PREFIX fp:v3:)"
+  prefix="$(setting FRAUD_REDIS__KEY_PREFIX fp:v4:)"
   stream="$(setting FRAUD_SINKS__REDIS_STREAM_KEY fp:alerts)"
   for value in "$prefix" "$stream"; do  # a glob character would widen the worker's keys beyond its own
     [[ "$value" =~ ^[A-Za-z0-9:_.-]+$ ]] || die "redis: key prefix or stream key '$value' must be of [A-Za-z0-9:_.-]"

@@ -1,6 +1,6 @@
 """The Redis feature store against real Redis: equal to its in-memory twin on generated sequences (duplicates,
 out-of-order and late events, late and revised labels), idempotent under replay and under two concurrent clients,
-bounded in memory."""
+bounded in memory, with the expiry and the key layout it documents."""
 
 from __future__ import annotations
 
@@ -16,11 +16,12 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from features.blobs import card_base, decode_card, decode_place
+from features.blobs import EMPTY_CARD, LOG_HEAD, Journal, decode_card, decode_place
 from features.fold import fold
 from features.memory import InMemoryFeatureStore
-from features.plan import RECORD
+from features.plan import COMPILED, MARKER_DAYS, marker_key
 from features.store import RedisFeatureStore, StoreUnavailableError, redis_client
+from fraudpipe.clock import FixedClock
 from fraudpipe.contracts import Label, Transaction
 from fraudpipe.settings import RedisSettings, Settings
 
@@ -129,40 +130,31 @@ def _run(
     return replies
 
 
-def _dump(store_client: redis.Redis, prefix: str, layout: dict[str, Any] = LAYOUT) -> dict[str, object]:
-    """Every key under ``prefix`` with its value; entity blobs decoded into the twin's plain values."""
-    state: dict[str, object] = {}
-    for key in store_client.scan_iter(match=f"{prefix}*", count=1000):
-        name = key.decode()
-        if f"{prefix}seen:" in name:
-            state[name] = {k.decode(): v.decode() for k, v in store_client.hgetall(key).items()}
-            continue
-        value = store_client.get(key)
-        assert isinstance(value, bytes)
-        if f"{prefix}card:" in name:
-            state[name] = decode_card(value, layout)
-        elif f"{prefix}terminal:" in name or f"{prefix}merchant:" in name:
-            state[name] = decode_place(value, layout)
-        else:
-            state[name] = value.decode()
-    return state
+def _dump(store_client: redis.Redis, prefix: str) -> dict[str, object]:
+    """Every key under ``prefix``, decoded into the twin's shape (a card's base and log as one state)."""
+    return RedisFeatureStore(store_client, prefix).state()
 
 
 def _twin_dump(twin: InMemoryFeatureStore) -> dict[str, object]:
     return dict(twin.values)
 
 
-STORES: dict[str, dict[str, int]] = {  # the default (read by the C reader); without it, read record by record (small
-    # batches) or with numpy; every entity with a record folded after every batch, items forgotten all the time (also
-    # read with numpy); folds that wait for a group (values read batches earlier, written back over newer ones);
-    # records that are never folded (each batch is read from a long journal) with a few items
+STORES: dict[str, dict[str, int]] = {  # the default (planned, read and folded in C); the Python definitions instead;
+    # every entity with a record folded after every batch, items forgotten all the time (also in Python); folds that
+    # wait for a group (values read batches earlier, written back over newer ones); records never folded (each batch
+    # is read from a long log) with a few items
     "default": {},
     "default-uncompiled": {"compiled": False},
-    "default-numpy": {"compiled": False, "vectorize_from": 1},
-    "fold-always": {"fold_after": 1, "fold_group": 1, "recent_items": 2},
-    "fold-always-numpy": {"fold_after": 1, "fold_group": 1, "recent_items": 2, "compiled": False, "vectorize_from": 1},
-    "fold-grouped": {"fold_after": 2, "fold_group": 4, "fold_wait": 3, "recent_items": 3},
-    "fold-never": {"fold_after": 10_000, "recent_items": 3},
+    "fold-always": {"fold_after": 1, "place_fold_after": 1, "fold_group": 1, "recent_items": 2},
+    "fold-always-uncompiled": {
+        "fold_after": 1,
+        "place_fold_after": 1,
+        "fold_group": 1,
+        "recent_items": 2,
+        "compiled": False,
+    },
+    "fold-grouped": {"fold_after": 2, "place_fold_after": 3, "fold_group": 4, "fold_wait": 3, "recent_items": 3},
+    "fold-never": {"fold_after": 10_000, "place_fold_after": 10_000, "recent_items": 3},
 }
 
 
@@ -182,11 +174,11 @@ def test_redis_equals_its_twin_and_a_second_replay_changes_nothing(
     recent_items = STORES[name].get("recent_items", online.layout["recent_items"])
     twin = InMemoryFeatureStore(prefix, recent_items=recent_items)
     assert _run(online, batches, pipelined=pipelined) == _run(twin, batches)
-    before = _dump(store_client, prefix, online.layout)
+    before = online.state()
     assert before == _twin_dump(twin)  # the same state, field by field, not just the same answers
 
     again = _run(online, batches, pipelined=pipelined)
-    assert _dump(store_client, prefix, online.layout) == before  # duplicates change nothing
+    assert online.state() == before  # duplicates change nothing
     assert not any(
         flag for reply in again if not isinstance(reply, int) for flag in reply.applied
     )  # nothing re-applied
@@ -197,34 +189,39 @@ def test_redis_equals_its_twin_and_a_second_replay_changes_nothing(
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batches=sequences(), recent_items=st.sampled_from([1, 2, 64]))
-def test_the_client_fold_equals_the_scripts(
+def test_a_fold_in_c_writes_the_bytes_of_the_definition_and_keeps_the_state(
     store_client: redis.Redis, settings: Settings, batches: list[list[Transaction] | list[Label]], recent_items: int
 ) -> None:
-    """Every entity's value folded by features.fold decodes to what the script's fold gives, with no records left."""
+    """Every entity's value as the script left it, folded by the C extension and in Python: the same canonical bytes,
+    a base that decodes to the state of its base and records, and nothing for an entity without records."""
     prefix = f"{settings.redis.key_prefix}{id(batches)}:"
-    store = RedisFeatureStore(store_client, prefix, fold_after=10_000, recent_items=recent_items)
+    store = RedisFeatureStore(store_client, prefix, fold_after=10_000, place_fold_after=10_000,
+                              recent_items=recent_items)  # fmt: skip
     _run(store, batches)
     names = [key.decode()[len(prefix) :] for key in store_client.scan_iter(match=f"{prefix}*", count=1000)]
-    names = [name for name in names if name.split(":")[0] in {"card", "terminal", "merchant"}]
-    values = dict(zip(names, store_client.mget([prefix + name for name in names]), strict=True))
-    folded = fold(values, store.layout)
-    for name in names:
-        decode = decode_card if name.startswith("card:") else decode_place
-        script = store_client.evalsha(store._script.sha, 0, "show", store._layout, prefix, name)
-        assert isinstance(script, bytes)
-        if script == values[name]:  # nothing to fold: the client folds nothing either
-            assert name not in folded
-            continue
-        assert decode(folded[name], store.layout) == decode(script, store.layout)
-        assert decode(folded[name], store.layout) == decode(values[name], store.layout)
-        assert len(folded[name]) == len(script)  # a base only: the same parts, no records left
+    tokens = [name[5:] for name in names if name.startswith("card:")]
+    places = [name for name in names if name.split(":")[0] in {"terminal", "merchant"}]
+    cards = {f"card:{token}": tuple(store_client.mget([f"{prefix}card:{token}", f"{prefix}cardlog:{token}"]))
+             for token in tokens}  # fmt: skip
+    values = dict(zip(places, store_client.mget([prefix + name for name in places]), strict=True))
+    python = fold(cards, values, store.layout, compiled=False)
+    if COMPILED:
+        assert fold(cards, values, store.layout) == python
+    for name, (base, log) in cards.items():
+        assert (name in python[0]) == bool(log)
+        if name in python[0]:
+            assert decode_card(python[0][name], None, store.layout) == decode_card(base, log, store.layout)
+    for name, value in values.items():
+        assert value is not None
+        if name in python[1]:
+            assert decode_place(python[1][name], store.layout) == decode_place(value, store.layout)
     for key in store_client.scan_iter(match=f"{prefix}*", count=1000):
         store_client.delete(key)
 
 
 def test_a_fold_is_written_back_only_over_the_bytes_it_folded(store_client: redis.Redis, settings: Settings) -> None:
-    """A fold is written back in the next transaction: records another client appended meanwhile are kept; if a label
-    rewrote the value first, the fold is dropped. Either way the state equals applying everything once."""
+    """A fold is written back in the next transaction: records another client appended meanwhile (payments, labels)
+    are kept after the new base. Either way the state equals applying everything once."""
     prefix = settings.redis.key_prefix
     txns = [_txn(i, 7 * i, 0, i % 3, 5.0 + i, {"channel": "ecommerce", "device_id": f"d{i % 2}"}) for i in range(30)]
     folding = RedisFeatureStore(store_client, prefix, fold_after=4, fold_group=1)
@@ -238,17 +235,37 @@ def test_a_fold_is_written_back_only_over_the_bytes_it_folded(store_client: redi
         (folding, txns[:8]),  # card-0 due (8 records; a place needs 16): folded by the client, written back next
         (other, txns[8:12]),  # appended before the write-back: kept after the folded base
         (folding, txns[12:20]),  # the write-back applies; more folds due
-        (other, [label]),  # the label folds and rewrites card-0 in the script: the pending fold no longer applies
+        (other, [label]),  # a label is a record appended too: the pending fold still applies, before it
         (folding, txns[20:30]),
     ]
     records = []
     for store, batch in steps:
         _run(store, [batch])
         _run(twin, [batch])
-        card = store_client.get(f"{prefix}card:card-0")
-        assert isinstance(card, bytes)
-        records.append((len(card) - card_base(card)[1]) // RECORD.size)
-    assert records == [8, 12, 4 + 8, 0, 10]  # rebased over the first 8 (kept the other's 4); the label folded all
+        records.append(Journal.of_card(None, store_client.get(f"{prefix}cardlog:card-0"), store.layout).to_end())
+    # The first 8 folded, written back over the other client's 4 appended meanwhile (kept), then 8 more; the other's
+    # label record; the 12 before it folded, written back with the next batch: the label's record and 10 more left.
+    assert records == [8, 12, 4 + 8, 4 + 8 + 1, 1 + 10]
+    assert _dump(store_client, prefix) == _twin_dump(twin)
+
+
+def test_a_fold_written_back_after_another_clients_fold_is_dropped(
+    store_client: redis.Redis, settings: Settings
+) -> None:
+    """Two clients fold the same card (a rebalance): the first write-back bumps the log's fold generation, so the
+    other's, folded from the generation before, no longer matches and is dropped, even when the records after the
+    first write-back are the very bytes the other folded (payments alike in everything but their ids)."""
+    prefix = settings.redis.key_prefix
+    txns = [_txn(i, 0, 0, 1, 5.0, {"channel": "ecommerce", "device_id": "d1"}) for i in range(14)]  # alike records
+    first, second = (RedisFeatureStore(store_client, prefix, fold_after=2, fold_group=1) for _ in range(2))
+    twin = InMemoryFeatureStore(prefix)
+    # first folds 4 records (written back with its next batch); second folds 8 and writes them back first, then
+    # appends 4 more records: the log reads as the 4 records first folded, but under generation 1
+    for store, batch in ((first, txns[:4]), (second, txns[4:8]), (second, txns[8:12]), (first, txns[12:14])):
+        assert store.raw(batch) == twin.raw(batch)
+    log = store_client.get(f"{prefix}cardlog:card-0")
+    assert isinstance(log, bytes)
+    assert LOG_HEAD.unpack_from(log)[0] == 1  # the second client's fold only
     assert _dump(store_client, prefix) == _twin_dump(twin)
 
 
@@ -261,7 +278,7 @@ def test_a_script_lost_mid_stream_is_loaded_again_and_nothing_is_lost(
     txns = [_txn(i, 7 * i, i % 3, i % 4, 5.0 + i % 11, {"channel": "ecommerce", "device_id": "d1"}) for i in range(60)]
     batches = [txns[i : i + 10] for i in range(0, len(txns), 10)]
     batches.insert(3, [])
-    store = RedisFeatureStore(store_client, prefix, fold_after=2, fold_group=1, vectorize_from=1)
+    store = RedisFeatureStore(store_client, prefix, fold_after=2, place_fold_after=2, fold_group=1)
     store.raw(batches[0])  # the script is loaded, and folds are pending
     loads = []
     load = store_client.script_load
@@ -293,7 +310,7 @@ def test_a_batch_that_ran_behind_one_that_met_a_lost_script_keeps_its_reply(
     prefix = settings.redis.key_prefix
     first = [_txn(i, 3 * i, i % 2, 0, 2.0 + i, {}) for i in range(8)]  # cards 0-1, terminal T0, merchant M0
     second = [_txn(100 + i, 3 * i + 1, 2 + i % 2, 1, 4.0 + i, {}) for i in range(8)]  # cards 2-3, T1, M1: disjoint
-    store = RedisFeatureStore(store_client, prefix, vectorize_from=1)
+    store = RedisFeatureStore(store_client, prefix)
     store.raw([_txn(99, 0, 9, 9, 1.0, {})])  # the script is loaded
 
     def arriving() -> Iterator[list[Transaction]]:
@@ -337,7 +354,7 @@ def test_a_stream_left_early_loses_nothing(store_client: redis.Redis, settings: 
     prefix = settings.redis.key_prefix
     txns = [_txn(i, 11 * i, i % 2, i % 3, 3.0 + i, {}) for i in range(30)]
     batches = [txns[:10], txns[10:20], txns[20:]]
-    store = RedisFeatureStore(store_client, prefix, vectorize_from=1)
+    store = RedisFeatureStore(store_client, prefix)
     twin = InMemoryFeatureStore(prefix)
     for reply in store.stream(batches):
         assert reply == twin.raw(batches[0])
@@ -391,7 +408,8 @@ def test_two_clients_delivering_the_same_batches_apply_each_transaction_once(
 
 
 def test_memory_per_card_is_bounded(store_client: redis.Redis, settings: Settings) -> None:
-    """A card with 60 days of activity: fixed bucket counts and TTLs keep its state small."""
+    """A busy card (16 payments a day for 60 days, 100 a batch): fixed bucket counts and folds keep it small (its log
+    holds at most a batch's records and the few before them)."""
     store = RedisFeatureStore(store_client, settings.redis.key_prefix)
     txns = [
         _txn(i, 90 * i, 0, i % 40, 12.5 + i % 30, {"channel": "ecommerce", "device_id": f"d{i % 3}", "country": "DE"})
@@ -400,11 +418,49 @@ def test_memory_per_card_is_bounded(store_client: redis.Redis, settings: Setting
     for i in range(0, len(txns), 100):
         store.apply(txns[i : i + 100])
     prefix = settings.redis.key_prefix
-    card_bytes = sum(store_client.memory_usage(k) or 0 for k in store_client.scan_iter(match=f"{prefix}card:card-0*"))
+    card_bytes = sum(store_client.memory_usage(f"{prefix}{kind}:card-0") or 0 for kind in ("card", "cardlog"))
     terminal_bytes = store_client.memory_usage(f"{prefix}terminal:T0") or 0
     print(f"\nbytes per card: {card_bytes}, per terminal: {terminal_bytes}")
-    assert card_bytes < 16_384 and terminal_bytes < 4_096
+    assert card_bytes < 8_192 and terminal_bytes < 512
     assert store_client.ttl(f"{prefix}card:card-0") > 0
+
+
+def test_every_key_expires_and_the_layout_is_the_documented_one(store_client: redis.Redis, settings: Settings) -> None:
+    """Keys are those features.plan documents (a card's base, log and marker hashes per MARKER_DAYS of event days;
+    places; labels), each with its TTL: entities' from their creation, markers' a block longer than marker_ttl_s."""
+    prefix = settings.redis.key_prefix
+    store = RedisFeatureStore(store_client, prefix, entity_ttl_s=3_000, marker_ttl_s=2_000, label_ttl_s=1_000)
+    txns = [_txn(i, 60 * 24 * i, 0, 1, 5.0, {}) for i in range(MARKER_DAYS + 1)]  # two blocks of event days
+    store.apply(txns)
+    store.apply_labels([Label(txn_id="t0", card_token="card-0", event_time=txns[0].event_time,
+                              known_at=txns[1].event_time, is_fraud=True, source="chargeback", label_version=1,
+                              terminal_id="T1", merchant_id="M1")])  # fmt: skip
+    day = txns[0].event_time.timestamp() // 86_400
+    expected = {"card:card-0": 3_000, "cardlog:card-0": 3_000, "terminal:T1": 3_000, "merchant:M1": 3_000,
+                "label:t0": 1_000, **{f"applied:card-0:{int(day // MARKER_DAYS) + k}": 2_000 + MARKER_DAYS * 86_400
+                                      for k in (0, 1)}}  # fmt: skip
+    keys = {key.decode()[len(prefix) :]: store_client.ttl(key) for key in store_client.scan_iter(match=f"{prefix}*")}
+    assert set(keys) == set(expected)
+    assert all(expected[name] - 5 <= ttl <= expected[name] for name, ttl in keys.items()), keys
+    assert {marker_key(prefix, txn) for txn in txns} == {prefix + name for name in keys if name.startswith("applied")}
+    assert store_client.get(f"{prefix}card:card-0") == EMPTY_CARD  # records in the log, not folded yet
+
+
+def test_expiry_is_renewed_once_per_period_of_the_clients_clock(store_client: redis.Redis, settings: Settings) -> None:
+    """The store renews the expiry of the keys a batch touches at most once per ``renew_s`` of its clock: not again
+    within the period, again after it."""
+    prefix = settings.redis.key_prefix
+    clock = FixedClock(START)
+    store = RedisFeatureStore(store_client, prefix, entity_ttl_s=3_000, renew_s=60, clock=clock)
+    store.apply([_txn(0, 0, 0, 1, 5.0, {})])
+    for key in ("card:card-0", "cardlog:card-0", "terminal:T1", "merchant:M1"):
+        store_client.expire(prefix + key, 100)
+    store.apply([_txn(1, 1, 0, 1, 5.0, {})])
+    assert store_client.ttl(f"{prefix}card:card-0") <= 100  # renewed in this period already
+    clock.advance(60)
+    store.apply([_txn(2, 2, 0, 1, 5.0, {})])
+    assert all(store_client.ttl(prefix + key) > 2_900 for key in ("card:card-0", "cardlog:card-0", "terminal:T1",
+                                                                   "merchant:M1"))  # fmt: skip
 
 
 def test_an_unreachable_redis_is_a_quick_clear_error() -> None:

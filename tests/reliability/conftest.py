@@ -30,8 +30,8 @@ import pytest
 import redis as redis_lib
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from features.blobs import decode_card, decode_place
 from features.memory import InMemoryFeatureStore
+from features.store import RedisFeatureStore
 from fraudpipe.codec import decode, encode
 from fraudpipe.contracts import Decision, Transaction
 from fraudpipe.settings import Settings
@@ -159,22 +159,17 @@ class Decisions(Tail):
         return len(ids - set(outcomes)), len(self.decisions) - len(outcomes)
 
 
-LAYOUT = InMemoryFeatureStore().layout
+_ENTITY_KINDS = ("card", "terminal", "merchant", "applied")  # entity states and apply-once markers
 
 
 def online_state(client: redis_lib.Redis, prefix: str) -> dict[str, Any]:
-    """Every entity key (decoded) and applied-marker under ``prefix``."""
-    state: dict[str, Any] = {}
-    for key in client.scan_iter(match=f"{prefix}*", count=1_000):
-        name = key.decode()
-        kind = name[len(prefix) :].split(":", 1)[0]
-        if kind in ("card", "terminal", "merchant"):
-            value = client.get(key)
-            assert isinstance(value, bytes)
-            state[name] = decode_card(value, LAYOUT) if kind == "card" else decode_place(value, LAYOUT)
-        elif kind == "seen":  # one hash of applied-markers per event day
-            state[name] = {txn.decode(): flag.decode() for txn, flag in client.hgetall(key).items()}
-    return state
+    """Every entity state (decoded, as the twin holds it) and apply-once marker hash under ``prefix``."""
+    state = RedisFeatureStore(client, prefix).state()
+    return {name: value for name, value in state.items() if _kind(name, prefix) in _ENTITY_KINDS}
+
+
+def _kind(name: str, prefix: str) -> str:
+    return name[len(prefix) :].split(":", 1)[0]
 
 
 def mismatched(client: redis_lib.Redis, prefix: str, txns: list[Transaction]) -> int:
@@ -183,8 +178,7 @@ def mismatched(client: redis_lib.Redis, prefix: str, txns: list[Transaction]) ->
     ordered = sorted(txns, key=lambda t: t.event_time)
     for i in range(0, len(ordered), 500):
         twin.raw(ordered[i : i + 500])
-    expected = {k: v for k, v in twin.values.items() if k[len(prefix) :].split(":", 1)[0] in
-                ("card", "terminal", "merchant", "seen")}  # fmt: skip
+    expected = {k: v for k, v in twin.values.items() if _kind(k, prefix) in _ENTITY_KINDS}
     found = online_state(client, prefix)
     return sum(found.get(k) != v for k, v in expected.items()) + len(set(found) - set(expected))
 
