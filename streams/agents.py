@@ -127,7 +127,7 @@ async def score_transactions(stream: Any) -> None:
         await app.add_runtime_dependency(consumer)
     try:
         async for records in stream:
-            await scoring.handle(records)
+            await scoring.submit(records)  # returns while the batch is scored: the next one is validated meanwhile
     except Exception as error:  # the batch's ticket holds the watermark: stop rather than stall
         log.exception("a batch could not be handled; stopping the worker (its records will be redelivered)")
         if consumer is not None:
