@@ -191,15 +191,13 @@ class ScoringSettings(_Section):
     batch_size: Annotated[int, Field(ge=1, le=10_000)] = 500
     """Most transactions per micro-batch (one Redis call and one model call each)."""
     batch_within_ms: Annotated[int, Field(ge=1, le=10_000)] = 20
-    """How long the scoring consumer waits for a record before it looks again (commits fall due meanwhile): its
-    batches never wait to fill, they take what arrived while the last was handed. The other agents' batches wait
-    this long to fill."""
+    """How long a batch waits to fill before it is scored anyway."""
     commit_interval_s: Annotated[float, Field(gt=0.0, le=60.0)] = 1.0
     """How often the scoring consumer commits its offsets: the in-order watermark of the batches whose outputs the
     broker acknowledged and whose decision-log rows are durable (and on every revoke and at shutdown)."""
-    max_batches_in_flight: Annotated[int, Field(ge=1, le=64)] = 1
+    max_batches_in_flight: Annotated[int, Field(ge=1, le=64)] = 4
     """Batches handed to the scoring agent and not yet taken (besides the two it works on: one scored while the next
-    is validated); the consumer waits for room beyond that, and records arriving meanwhile make the next batch."""
+    is validated); the consumer waits for room beyond that."""
     mode: Literal["score", "passthrough", "naive"] = "score"
     """``score``: the product. The other two are ``fraudpipe bench``'s baselines: ``passthrough`` forwards each
     record to ``scores.v1`` untouched (the ceiling of the client stack), ``naive`` scores one event at a time (one

@@ -3,11 +3,10 @@ committed only behind durable outputs.
 
 Faust delivers one event per record, and its per-record machinery (aiokafka, the stream, the acks) costs more CPU
 than scoring the record. :class:`TransactionConsumer` is a Faust service instead: a thread owns a confluent-kafka
-consumer (cooperative-sticky assignment, no auto-commit, no auto offset store), takes what has arrived, up to
-``batch_size`` records (a batch never waits to fill: :meth:`TransactionConsumer._take`), opens a
-:class:`streams.watermark.Ticket` for each batch and hands it to the scoring agent through a Faust channel
-(:class:`Records`). The channel holds at most ``max_batches_in_flight`` batches; the thread waits for room, and
-records arriving meanwhile make the next batch.
+consumer (cooperative-sticky assignment, no auto-commit, no auto offset store), takes up to ``batch_size`` records
+at a time (``consume(n, timeout)``, the timeout being ``batch_within_ms``), opens a :class:`streams.watermark.Ticket`
+for each batch and hands it to the scoring agent through a Faust channel (:class:`Records`). The channel holds at
+most ``max_batches_in_flight`` batches; the thread waits for room.
 
 Commits (module :mod:`streams.watermark` for the rule): every ``commit_interval_s`` the thread commits the
 watermark — for each partition, one past the last record of the batches whose outputs the broker acknowledged and
@@ -125,7 +124,7 @@ class TransactionConsumer(Service):
             consumer.subscribe([self.topic], on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost)
             due = self.clock() + self.commit_interval_s
             while not self._stopping.is_set():
-                messages = self._take(consumer)
+                messages = consumer.consume(self.batch_size, self.within_s)
                 if messages:
                     self._hand(messages)
                 if self.clock() >= due:
@@ -137,18 +136,6 @@ class TransactionConsumer(Service):
             asyncio.run_coroutine_threadsafe(self.crash(error), self._loop)
         finally:
             consumer.close()  # leaves the group: the revoke callback drains and commits once more
-
-    def _take(self, consumer: Consumer) -> list[Message]:
-        """The next batch: every record that arrived while the last batch was handed (up to ``batch_size``), at
-        once; when there is none, the first record to arrive within ``within_s`` and whatever came with it. A batch
-        never waits to fill: under load batches grow by themselves, and an idle worker answers a lone payment at
-        once."""
-        messages = consumer.consume(self.batch_size, 0)
-        if not messages:
-            messages = consumer.consume(1, self.within_s)
-            if messages and self.batch_size > 1:
-                messages += consumer.consume(self.batch_size - 1, 0)
-        return messages
 
     def _hand(self, messages: list[Message]) -> None:
         received = self.clock()
