@@ -3,8 +3,8 @@
 Topics carry UTF-8 JSON objects. :func:`decode` parses and validates in one pass (pydantic's JSON parser) and
 raises :class:`DecodeError` with a machine-readable :class:`~fraudpipe.contracts.Reason` for anything it refuses;
 :func:`dead_letter` wraps refused bytes into the envelope sent to ``<topic>.dlq.v1``. :func:`encode` turns one event
-into bytes; :func:`encode_many` a whole batch of them, column-wise from a polars frame (the scoring hot path: no
-Python object per event). Nothing here does I/O.
+into bytes (the scoring hot path writes its decisions and alerts with :mod:`streams.outputs` instead). Nothing here
+does I/O.
 
 Reason precedence: size and emptiness are checked first, then JSON syntax, then the first failing field in field
 order. Duplicate keys are refused only once the event is otherwise valid (checked exactly, after a cheap scan).
@@ -14,19 +14,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import datetime
 from functools import cache
 from typing import Any, TypeVar, get_args, get_origin
 
-import polars as pl
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from fraudpipe.contracts import (
     AMOUNT_CAPS_CONTEXT,
     LATEST_EVENT_TIME_CONTEXT,
-    SCHEMA_VERSION,
     DeadLetter,
     Event,
     Reason,
@@ -41,7 +39,6 @@ __all__ = [
     "decode",
     "digest",
     "encode",
-    "encode_many",
 ]
 
 MAX_PAYLOAD_BYTES = 64 * 1024
@@ -63,37 +60,6 @@ class DecodeError(ValueError):
 def encode(event: Event) -> bytes:
     """Compact UTF-8 JSON of ``event`` (datetimes as ISO-8601 with offset)."""
     return event.__pydantic_serializer__.to_json(event)
-
-
-def encode_many(frame: pl.DataFrame, kind: type[Event], *, raw: Sequence[str] = ()) -> list[bytes]:
-    """Compact UTF-8 JSON of one ``kind`` event per row of ``frame``, built column-wise (in Rust, by polars).
-
-    Each column of ``frame`` is a field of ``kind`` (the frame is shaped by the caller: a nested event as a struct
-    column), written as JSON: strings escaped, floats in their shortest exact form (NaN and infinities as
-    ``null``), datetimes ISO 8601 with their offset, structs as objects, nulls as ``null``. The columns named in
-    ``raw`` hold JSON text already (a list or object the frame cannot type, e.g. a union) and are inserted as they
-    are. ``schema_version`` comes first; key order is otherwise the frame's. The output is for ``kind``'s decoder
-    to read back (:func:`decode`), not a canonical form: :func:`encode` stays the one for digests.
-
-    Raises:
-        ValueError: a column that is not a field of ``kind``, or a required field missing.
-    """
-    fields = kind.model_fields
-    unknown = [name for name in frame.columns if name not in fields or name == "schema_version"]
-    missing = [name for name, info in fields.items() if info.is_required() and name not in frame.columns]
-    if unknown or missing:
-        raise ValueError(f"not a frame of {kind.__name__}: unknown {unknown}, missing {missing}")
-    if frame.height == 0:
-        return []
-    typed = [name for name in frame.columns if name not in raw]
-    parts: list[pl.Expr] = [pl.lit(f'{{"schema_version":{SCHEMA_VERSION}')]
-    if typed:
-        inner = pl.struct(typed).struct.json_encode().str.strip_prefix("{").str.strip_suffix("}")
-        parts += [pl.lit(","), inner]
-    for name in raw:
-        parts += [pl.lit(f',"{name}":'), pl.col(name)]
-    parts.append(pl.lit("}"))
-    return frame.select(pl.concat_str(parts).cast(pl.Binary)).to_series().to_list()
 
 
 def digest(event: Event) -> str:

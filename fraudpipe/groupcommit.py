@@ -1,6 +1,8 @@
 """Group commit for the day logs: rows buffered in memory, written as one sealed file per event day and flush.
 
-A worker appends each micro-batch's rows (:meth:`GroupWriter.append`: no I/O, the frame is kept) and gets a sequence
+A worker appends each micro-batch's rows (:meth:`GroupWriter.append`: no I/O, the frame is kept — or, with a
+``combine`` function, whatever the worker keeps its rows in, made into one frame per flush: the decision log keeps
+each batch's decisions column-wise and builds their frame once per flush, not per batch) and gets a sequence
 number; a background thread writes everything buffered every ``interval_s`` seconds, or as soon as ``max_rows`` rows
 wait, as one file per event day (:meth:`fraudpipe.logstore.DayLog.write`: sealed, fsynced, renamed into place) — so
 sealing and fsync cost per flush, not per batch. :attr:`GroupWriter.durable` is the highest number whose rows, and
@@ -31,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import date
+from typing import Any, Protocol
 
 import polars as pl
 
@@ -41,8 +44,18 @@ __all__ = ["GroupWriter"]
 log = logging.getLogger(__name__)
 
 
+class Rows(Protocol):
+    """What :meth:`GroupWriter.append` takes: a frame, or rows its ``combine`` makes into one."""
+
+    @property
+    def height(self) -> int: ...
+
+
 class GroupWriter:
     """Buffers a :class:`~fraudpipe.logstore.DayLog`'s appends and writes them in groups (module docstring).
+
+    ``combine(items)``, if given, makes the appended items that are not frames into one frame, in order (called on
+    the flushing thread, once per flush); without it only frames may be appended.
 
     ``on_durable(n)``, if given, is called after each flush that made something durable, with the new
     :attr:`durable`, on the flushing thread (the writer's, or whichever called :meth:`flush`), after the files are in
@@ -50,15 +63,16 @@ class GroupWriter:
     """
 
     def __init__(self, log: DayLog, *, interval_s: float, max_rows: int,
-                 on_durable: Callable[[int], None] | None = None) -> None:  # fmt: skip
+                 on_durable: Callable[[int], None] | None = None,
+                 combine: Callable[[list[Any]], pl.DataFrame] | None = None) -> None:  # fmt: skip
         if interval_s <= 0 or max_rows < 1:
             raise ValueError(f"interval_s must be > 0 and max_rows >= 1; got {interval_s}, {max_rows}")
         self.log, self.interval_s, self.max_rows = log, interval_s, max_rows
-        self._on_durable = on_durable
+        self._on_durable, self._combine = on_durable, combine
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._turn = threading.Lock()  # one flush at a time
-        self._frames: list[pl.DataFrame] = []
+        self._frames: list[Rows] = []
         self._rows = 0
         self._appended = 0  # the last sequence number handed out
         self._durable = 0
@@ -67,13 +81,17 @@ class GroupWriter:
         self._lost = False  # closed, and its last flush failed
         self._thread: threading.Thread | None = None
 
-    def append(self, frame: pl.DataFrame) -> int:
-        """Buffer ``frame``'s rows (kept as they are: do not change the frame afterwards); returns its sequence number
-        (1, 2, ...). An empty frame gets a number too, durable with the next flush (which writes no file for it).
+    def append(self, frame: Rows) -> int:
+        """Buffer ``frame``'s rows (kept as they are: do not change them afterwards; not a frame: for ``combine``);
+        returns its sequence number (1, 2, ...). An empty frame gets a number too, durable with the next flush
+        (which writes no file for it).
 
         Raises:
             RuntimeError: the writer is closed.
+            TypeError: not a frame, and the writer has no ``combine``.
         """
+        if self._combine is None and not isinstance(frame, pl.DataFrame):
+            raise TypeError(f"the group writer of {self.log.root} takes frames, not {type(frame).__name__}")
         with self._lock:
             if self._closed:
                 raise RuntimeError(f"appending to the closed group writer of {self.log.root}")
@@ -122,7 +140,16 @@ class GroupWriter:
                 self._on_durable(upto)
             return upto
 
-    def _write(self, frames: list[pl.DataFrame]) -> None:
+    def _frame(self, items: list[Rows]) -> pl.DataFrame:
+        """The buffered ``items`` as one frame: the frames as they are, the others made into one by ``combine``
+        (a failed flush puts frames back in front of the buffer: they come first)."""
+        frames = [item for item in items if isinstance(item, pl.DataFrame)]
+        if len(frames) < len(items):
+            assert self._combine is not None  # append() refuses anything else
+            frames.append(self._combine([item for item in items if not isinstance(item, pl.DataFrame)]))
+        return pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
+
+    def _write(self, frames: list[Rows]) -> None:
         """Write ``frames`` as one file per event day; on failure put the rows of the days not written back in front
         of the buffer (they are older than anything appended since) and raise."""
         if not frames:
@@ -130,7 +157,7 @@ class GroupWriter:
         parts: dict[date, pl.DataFrame] = {}
         written: set[date] = set()
         try:
-            parts = self.log.by_day(pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0])
+            parts = self.log.by_day(self._frame(frames))
             for day, rows in parts.items():
                 self.log.write(day, rows)
                 written.add(day)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -36,6 +37,7 @@ from streams import metrics
 from streams.app import alerts_topic, app, labels_topic, repairs_topic, scoring_batches, settings
 from streams.consumer import Records, TransactionConsumer
 from streams.intake import RawRecord, intake
+from streams.outputs import decision_rows
 from streams.pipeline import Pipeline, from_settings
 from streams.publisher import KafkaPublisher, Publisher
 from streams.scoring import Scoring, Shadow, Writers
@@ -73,9 +75,10 @@ def make_logs() -> Logs:
     return Logs.under(settings.paths.data_dir, settings.privacy.audit_key.get_secret_value().encode())
 
 
-def make_writer(day_log: DayLog) -> GroupWriter:
-    """A group-commit writer for ``day_log`` (``settings.logs``)."""
-    return GroupWriter(day_log, interval_s=settings.logs.flush_interval_s, max_rows=settings.logs.flush_rows)
+def make_writer(day_log: DayLog, combine: Callable[[list[Any]], pl.DataFrame] | None = None) -> GroupWriter:
+    """A group-commit writer for ``day_log`` (``settings.logs``); ``combine`` see :class:`GroupWriter`."""
+    return GroupWriter(day_log, interval_s=settings.logs.flush_interval_s, max_rows=settings.logs.flush_rows,
+                       combine=combine)  # fmt: skip
 
 
 def make_erasures() -> ErasureList:
@@ -96,7 +99,7 @@ def make_scoring() -> Scoring:
     shadow = (
         Shadow.of(Registry(settings.paths.models_dir), settings.scoring, clock) if settings.scoring.shadow else None
     )
-    writers = Writers(make_writer(logs.decisions), make_writer(logs.conflicts),
+    writers = Writers(make_writer(logs.decisions, decision_rows), make_writer(logs.conflicts),
                       make_writer(logs.shadow) if shadow else None)  # fmt: skip
     return Scoring(make_pipeline(), make_publisher(), writers, make_erasures(), settings.scoring, settings.topics,
                    clock, shadow=shadow)  # fmt: skip

@@ -1,13 +1,21 @@
-"""A scored batch's outputs, built column-wise: the decision log's rows, the ``scores.v1`` decisions and the
-``alerts.v1`` alerts, with no Python object per event. Pure: plain values in, a frame and bytes out.
+"""A scored batch's outputs: the decision log's rows, the ``scores.v1`` decisions and the ``alerts.v1`` alerts.
+Pure: plain values in, a frame and bytes out.
 
-:func:`decision_rows` lays a batch's decisions out as the decision log's rows (the schema every reader of
+A batch's decisions are kept column-wise (:class:`Decided`). :func:`decision_messages` and :func:`alert_messages`
+encode them as the ``Decision`` and ``Alert`` contracts with msgspec: one small struct per message, encoded in C,
+which costs a few microseconds per batch and per message (a polars query costs a millisecond per batch whatever its
+size, and at a thousand payments a second batches are small). The structs below mirror the contracts field for field
+(a test holds them equal), and the contracts stay the schema: the tests decode every message with them.
+
+:func:`decision_rows` lays decisions out as the decision log's rows (the schema every reader of
 ``data_dir/decisions`` knows: audit fields, ``EVENT_COLUMNS``, ``f_<feature>`` as served, ``reason_codes`` as JSON
-text); :func:`decision_messages` and :func:`alert_messages` encode those rows as the ``Decision`` and ``Alert``
-contracts (:func:`fraudpipe.codec.encode_many`; the contracts stay the schema: the tests decode every message with
-them). :func:`reason_texts` writes each decision's reason codes: the policy rules that fired on an alert (a
-:class:`~fraudpipe.contracts.RuleReason` each, first), then, for an alert its *score* made, the SHAP
-contributions. A decision forced by a rule alone carries the rule and no SHAP; an approval carries none.
+text), for one batch or many at once: the scoring agent's group-commit writer appends each batch's :class:`Decided`
+and builds one frame per flush (:class:`fraudpipe.groupcommit.GroupWriter`'s ``combine``), so the frame's cost is
+paid per flush, not per batch.
+
+:func:`reason_texts` writes each decision's reason codes: the policy rules that fired on an alert (a
+:class:`~fraudpipe.contracts.RuleReason` each, first), then, for an alert its *score* made, the SHAP contributions.
+A decision forced by a rule alone carries the rule and no SHAP; an approval carries none.
 """
 
 from __future__ import annotations
@@ -15,8 +23,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import chain
 from operator import attrgetter
+from typing import Any
 
+import msgspec
 import numpy as np
 import polars as pl
 from numpy.typing import NDArray
@@ -24,8 +35,7 @@ from pydantic import TypeAdapter
 
 from features.definitions import FEATURE_NAMES
 from fraudpipe.audit import EVENT_COLUMNS
-from fraudpipe.codec import encode_many
-from fraudpipe.contracts import SCHEMA_VERSION, Alert, Contribution, Decision, Transaction
+from fraudpipe.contracts import SCHEMA_VERSION, Alert, Contribution, Transaction
 from models.scorer import OUTCOMES, Fired
 
 __all__ = [
@@ -70,6 +80,7 @@ _read_txn = attrgetter(*_TXN_FIELDS)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _CONTRIBUTIONS = TypeAdapter(list[Contribution])
+_NO_REASONS = "[]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,110 +103,204 @@ class Decided:
     sha256s: Sequence[str | None]
     review: float
     decline: float
-    reasons: pl.Series
+    reasons: Sequence[str]
+    degraded: bool
+
+    @property
+    def height(self) -> int:
+        """Decisions (the group-commit writer counts its buffered rows with it)."""
+        return len(self.txns)
+
+
+# --- the messages --------------------------------------------------------------------------------------------------
+
+_Features = msgspec.defstruct("_Features", list(FEATURE_NAMES))
+"""A decision's features as an object, one field per feature in FEATURE_NAMES order (NaN is written ``null``)."""
+
+
+class _ModelRef(msgspec.Struct):
+    schema_version: int
+    version: str
+    sha256: str | None
+
+
+class _Thresholds(msgspec.Struct):
+    schema_version: int
+    review: float
+    decline: float
+
+
+class _Decision(msgspec.Struct):
+    """``fraudpipe.contracts.Decision`` as written on ``scores.v1``."""
+
+    schema_version: int
+    txn_id: str
+    card_token: str
+    event_time: datetime
+    decided_at: datetime
+    amount: float
+    currency: str
+    features: Any
+    model: _ModelRef | None
+    score: float
+    decision: str
+    thresholds: _Thresholds
+    reason_codes: msgspec.Raw
+    latency_ms: float
     degraded: bool
 
 
-def reason_texts(alerting: NDArray[np.bool_], fired: Sequence[Fired],
-                 explained: Mapping[int, Sequence[Contribution]]) -> pl.Series:  # fmt: skip
-    """The reason codes of each row as JSON text (``"[]"`` for none): for an ``alerting`` row, a ``RuleReason``
-    per rule in ``fired`` that fired on it (in order), then ``explained[row]`` (its SHAP contributions, when its
-    score made it an alert), at most :data:`MAX_REASONS` in all. Column-wise but for the explained rows."""
-    n = len(alerting)
-    if not alerting.any():
-        return pl.Series("reason_codes", ["[]"] * n, dtype=pl.String)
-    columns: dict[str, object] = {}
-    parts: list[pl.Expr] = []
-    rules = np.zeros(n, dtype=np.int64)
-    for number, rule in enumerate(fired):
-        where, value, rows = f"fired{number}", f"value{number}", rule.rows & alerting
-        columns[where], columns[value] = rows, rule.value
-        rules += rows
-        code = pl.struct(schema_version=pl.lit(SCHEMA_VERSION), kind=pl.lit("rule"), rule=pl.lit(rule.rule),
-                         value=pl.col(value), threshold=pl.lit(rule.threshold, dtype=pl.Float64))  # fmt: skip
-        parts.append(pl.when(pl.col(where)).then(code.struct.json_encode()))
-    shap: list[str | None] = [None] * n
-    for row, codes in explained.items():
-        room = MAX_REASONS - int(rules[row])
-        if codes and alerting[row] and room > 0:
-            shap[row] = _CONTRIBUTIONS.dump_json(list(codes[:room])).decode()[1:-1]
-    columns["shap"] = pl.Series(shap, dtype=pl.String)
-    parts.append(pl.col("shap"))
-    texts = pl.concat_str(pl.lit("["), pl.concat_str(parts, separator=",", ignore_nulls=True), pl.lit("]"))
-    return pl.DataFrame(columns).select(texts.alias("reason_codes")).to_series()
+class _Alert(msgspec.Struct):
+    """``fraudpipe.contracts.Alert`` as written on ``alerts.v1``."""
+
+    schema_version: int
+    alert_id: str
+    txn_id: str
+    card_token: str
+    card_last4: str | None
+    event_time: datetime
+    raised_at: datetime
+    amount: float
+    currency: str
+    terminal_id: str | None
+    merchant_id: str | None
+    decision: str
+    score: float
+    model: _ModelRef | None
+    reason_codes: msgspec.Raw
+    degraded: bool
 
 
-def decision_rows(decided: Decided) -> pl.DataFrame:
-    """The decision log's rows (:data:`LOG_SCHEMA`), one per decision in order. The scorer agent writes them to
-    ``data_dir/decisions`` (by event day) before publishing each batch: the audit trail, and the training source
-    of the feedback loop (features exactly as served). Redeliveries append again; readers de-duplicate by
-    ``txn_id``."""
+class _RuleReason(msgspec.Struct):
+    """``fraudpipe.contracts.RuleReason`` in a decision's reason codes."""
+
+    schema_version: int
+    kind: str
+    rule: str
+    value: float
+    threshold: float
+
+
+MESSAGE_STRUCTS = {"Decision": _Decision, "Alert": _Alert, "RuleReason": _RuleReason, "ModelRef": _ModelRef,
+                   "Thresholds": _Thresholds}  # fmt: skip
+"""The contracts this module writes, by name, and the struct that writes each (the tests hold their fields equal)."""
+_encode = msgspec.json.Encoder().encode
+
+
+def _models(decided: Decided) -> list[_ModelRef | None]:
+    """Each decision's model reference (one struct per model in the batch)."""
+    refs: dict[tuple[str | None, str | None], _ModelRef | None] = {}
+    out = []
+    for version, sha256 in zip(decided.versions, decided.sha256s, strict=True):
+        key = (version, sha256)
+        if key not in refs:
+            refs[key] = None if version is None else _ModelRef(SCHEMA_VERSION, version, sha256)
+        out.append(refs[key])
+    return out
+
+
+def decision_messages(decided: Decided) -> list[tuple[bytes, bytes]]:
+    """The ``scores.v1`` messages of ``decided``: (card token, ``Decision`` JSON) each, in order. A degraded
+    decision's features are ``{}`` (none were read)."""
     n = len(decided.txns)
     if n == 0:
+        return []
+    thresholds = _Thresholds(SCHEMA_VERSION, decided.review, decided.decline)
+    outcomes = np.asarray(OUTCOMES, dtype=object)[decided.level].tolist()
+    features: list[Any] = [{}] * n if decided.matrix is None else [_Features(*row) for row in decided.matrix.tolist()]
+    at, degraded = decided.decided_at, decided.degraded
+    out = []
+    for txn, row, model, score, outcome, reasons, latency in zip(
+        decided.txns, features, _models(decided), decided.scores.tolist(), outcomes, decided.reasons,
+        decided.latency_ms.tolist(), strict=True,
+    ):  # fmt: skip
+        message = _Decision(SCHEMA_VERSION, txn.txn_id, txn.card_token, txn.event_time, at, txn.amount,
+                            txn.currency, row, model, score, outcome, thresholds, msgspec.Raw(reasons), latency,
+                            degraded)  # fmt: skip
+        out.append((txn.card_token.encode(), _encode(message)))
+    return out
+
+
+def alert_messages(decided: Decided) -> list[tuple[bytes, bytes]]:
+    """The ``alerts.v1`` messages of the reviews and declines in ``decided``: (card token, ``Alert`` JSON) each, in
+    order; ``raised_at`` is the decision's time, ``alert_id`` :meth:`Alert.id_for`."""
+    rows = np.flatnonzero(decided.level > 0).tolist()
+    if not rows:
+        return []
+    models, at = _models(decided), decided.decided_at
+    out = []
+    for i in rows:
+        txn = decided.txns[i]
+        message = _Alert(SCHEMA_VERSION, Alert.id_for(txn.txn_id), txn.txn_id, txn.card_token, txn.card_last4,
+                         txn.event_time, at, txn.amount, txn.currency, txn.terminal_id, txn.merchant_id,
+                         OUTCOMES[decided.level[i]], float(decided.scores[i]), models[i],
+                         msgspec.Raw(decided.reasons[i]), decided.degraded)  # fmt: skip
+        out.append((txn.card_token.encode(), _encode(message)))
+    return out
+
+
+def reason_texts(alerting: NDArray[np.bool_], fired: Sequence[Fired],
+                 explained: Mapping[int, Sequence[Contribution]]) -> list[str]:  # fmt: skip
+    """The reason codes of each row as JSON text (``"[]"`` for none): for an ``alerting`` row, a ``RuleReason``
+    per rule in ``fired`` that fired on it (in order), then ``explained[row]`` (its SHAP contributions, when its
+    score made it an alert), at most :data:`MAX_REASONS` in all."""
+    out = [_NO_REASONS] * len(alerting)
+    for row in np.flatnonzero(alerting).tolist():
+        parts = [_encode(_RuleReason(SCHEMA_VERSION, "rule", rule.rule, float(rule.value[row]), rule.threshold))
+                 for rule in fired if rule.rows[row]][:MAX_REASONS]  # fmt: skip
+        codes = explained.get(row)
+        if codes and (room := MAX_REASONS - len(parts)) > 0:
+            parts.append(_CONTRIBUTIONS.dump_json(list(codes[:room]))[1:-1])
+        if parts:
+            out[row] = (b"[" + b",".join(parts) + b"]").decode()
+    return out
+
+
+# --- the log -------------------------------------------------------------------------------------------------------
+
+
+def decision_rows(batches: Sequence[Decided]) -> pl.DataFrame:
+    """The decision log's rows (:data:`LOG_SCHEMA`) of ``batches``, one per decision in order. The scoring agent's
+    writer builds them once per flush and writes them to ``data_dir/decisions`` (by event day) before the batches'
+    offsets are committed: the audit trail, and the training source of the feedback loop (features exactly as
+    served). Redeliveries append again; readers de-duplicate by ``txn_id``."""
+    sizes = [len(d.txns) for d in batches]
+    n = sum(sizes)
+    if n == 0:
         return pl.DataFrame(schema=LOG_SCHEMA)
-    values = dict(zip(_TXN_FIELDS, zip(*map(_read_txn, decided.txns), strict=True), strict=True))
+    txns = list(chain.from_iterable(d.txns for d in batches))
+    values = dict(zip(_TXN_FIELDS, zip(*map(_read_txn, txns), strict=True), strict=True))
     event_us = [(t - _EPOCH) // _MICROSECOND for t in values["event_time"]]
-    decided_us = (decided.decided_at - _EPOCH) // _MICROSECOND
+    decided_us = np.repeat([(d.decided_at - _EPOCH) // _MICROSECOND for d in batches], sizes)
+
+    def each(name: str) -> np.ndarray[Any, Any]:  # a per-batch value, per row
+        return np.repeat([getattr(d, name) for d in batches], sizes)
+
+    def joined(name: str) -> list[Any]:  # a per-row sequence, across batches
+        return list(chain.from_iterable(getattr(d, name) for d in batches))
+
+    level = np.concatenate([d.level for d in batches])
     columns: dict[str, object] = {
         "txn_id": values["txn_id"],
         "card_token": values["card_token"],
         "event_time": pl.Series(event_us, dtype=pl.Int64).cast(LOG_SCHEMA["event_time"]),
-        "decided_at": pl.Series([decided_us], dtype=pl.Int64).cast(LOG_SCHEMA["decided_at"]).new_from_index(0, n),
+        "decided_at": pl.Series(decided_us, dtype=pl.Int64).cast(LOG_SCHEMA["decided_at"]),
         "amount": values["amount"],
         "currency": values["currency"],
-        "model_version": decided.versions,
-        "model_sha256": decided.sha256s,
-        "score": pl.Series(decided.scores, dtype=pl.Float64).fill_nan(None),
-        "decision": pl.Series(np.asarray(OUTCOMES, dtype=object)[decided.level], dtype=pl.String),
-        "review_threshold": np.full(n, decided.review),
-        "decline_threshold": np.full(n, decided.decline),
-        "degraded": np.full(n, decided.degraded),
-        "latency_ms": decided.latency_ms,
-        "reason_codes": decided.reasons,
+        "model_version": joined("versions"),
+        "model_sha256": joined("sha256s"),
+        "score": pl.Series(np.concatenate([d.scores for d in batches]), dtype=pl.Float64, nan_to_null=True),
+        "decision": pl.Series(np.asarray(OUTCOMES, dtype=object)[level], dtype=pl.String),
+        "review_threshold": each("review"),
+        "decline_threshold": each("decline"),
+        "degraded": each("degraded"),
+        "latency_ms": np.concatenate([d.latency_ms for d in batches]),
+        "reason_codes": joined("reasons"),
         **{name: values[name] for name in EVENT_COLUMNS},
     }
     frame = pl.DataFrame(columns, schema={name: LOG_SCHEMA[name] for name in columns})
-    if decided.matrix is None:
-        return frame.hstack(pl.DataFrame(schema=dict.fromkeys(_FEATURES, pl.Float64)).clear(n).get_columns())
-    by_column = np.ascontiguousarray(decided.matrix.T)  # one Series per feature, NaN as null (4x a frame's fill_nan)
+    served = [np.full((size, len(_FEATURES)), np.nan) if d.matrix is None else d.matrix
+              for d, size in zip(batches, sizes, strict=True)]  # fmt: skip
+    by_column = np.ascontiguousarray(np.concatenate(served).T)  # one Series per feature, NaN (missing) as null
     return frame.hstack([pl.Series(name, values, nan_to_null=True) for name, values in zip(_FEATURES, by_column,
                                                                                          strict=True)])  # fmt: skip
-
-
-def _model(rows: pl.DataFrame) -> pl.Expr:
-    ref = pl.struct(schema_version=pl.lit(SCHEMA_VERSION), version=pl.col("model_version"),
-                    sha256=pl.col("model_sha256"))  # fmt: skip
-    return pl.when(pl.col("model_version").is_not_null()).then(ref).alias("model")
-
-
-def decision_messages(rows: pl.DataFrame) -> list[tuple[bytes, bytes]]:
-    """The ``scores.v1`` messages of the decision log's ``rows``: (card token, ``Decision`` JSON) each, in order.
-    A degraded decision's features are ``{}`` (none were read)."""
-    if rows.height == 0:
-        return []
-    features = pl.struct([pl.col(f"f_{name}").alias(name) for name in FEATURE_NAMES]).struct.json_encode()
-    frame = rows.select(
-        "txn_id", "card_token", "event_time", "decided_at", "amount", "currency", _model(rows), "score", "decision",
-        pl.struct(schema_version=pl.lit(SCHEMA_VERSION), review=pl.col("review_threshold"),
-                  decline=pl.col("decline_threshold")).alias("thresholds"),
-        "latency_ms", "degraded",
-        pl.when(pl.col("degraded")).then(pl.lit("{}")).otherwise(features).alias("features"),
-        "reason_codes",
-    )  # fmt: skip
-    keys = rows.get_column("card_token").cast(pl.Binary).to_list()
-    return list(zip(keys, encode_many(frame, Decision, raw=("features", "reason_codes")), strict=True))
-
-
-def alert_messages(rows: pl.DataFrame) -> list[tuple[bytes, bytes]]:
-    """The ``alerts.v1`` messages of the reviews and declines among the decision log's ``rows``: (card token,
-    ``Alert`` JSON) each, in order; ``raised_at`` is the decision's time, ``alert_id`` :meth:`Alert.id_for`."""
-    alerts = rows.filter(pl.col("decision") != "approve")
-    if alerts.height == 0:
-        return []
-    frame = alerts.select(
-        pl.concat_str(pl.lit(Alert.ID_PREFIX), pl.col("txn_id")).alias("alert_id"),
-        "txn_id", "card_token", "card_last4", "event_time", pl.col("decided_at").alias("raised_at"), "amount",
-        "currency", "terminal_id", "merchant_id", "decision", "score", _model(alerts), "degraded", "reason_codes",
-    )  # fmt: skip
-    keys = alerts.get_column("card_token").cast(pl.Binary).to_list()
-    return list(zip(keys, encode_many(frame, Alert, raw=("reason_codes",)), strict=True))

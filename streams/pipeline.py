@@ -1,7 +1,8 @@
 """The scoring pipeline shared by the stream worker and the REST API: validated transactions in; decisions and
 alerts out, encoded. Per micro-batch: one feature-store call, one model call, reason codes for the alerts only, one
-call to remember the decisions, and the outputs built column-wise (:mod:`streams.outputs`): no Python object per
-decision. Pure of Kafka: the agent (:mod:`streams.agents`) and the API publish what it returns (:class:`Batch`).
+call to remember the decisions, and the outputs built from the batch's columns (:mod:`streams.outputs`): no
+pydantic object per decision, the log's rows built once per flush of the decision log. Pure of Kafka: the agent
+(:mod:`streams.agents`) and the API publish what it returns (:class:`Batch`).
 
 - **One model per batch.** :class:`Models` follows a registry alias and swaps the model only between batches (the
   agent calls :meth:`Models.refresh` before each one); a version that does not verify is refused, logged, and the
@@ -54,7 +55,6 @@ from models.scorer import OUTCOMES, Fired, Policy, Scorer
 from streams import metrics
 from streams.breaker import Breaker
 from streams.outputs import (
-    LOG_SCHEMA,
     Decided,
     alert_messages,
     decision_messages,
@@ -267,14 +267,15 @@ class Models:
 class Batch:
     """What one micro-batch produced, column-wise, decisions in input order (the refused ones left out).
 
-    ``log_rows`` the decision log's rows (:data:`streams.outputs.LOG_SCHEMA`), ``decision_messages`` the
-    ``scores.v1`` messages and ``alert_messages`` the ``alerts.v1`` ones (reviews and declines), each a (card token,
-    contract JSON) pair, in decision order; ``outcomes`` counts the decisions by outcome and ``degraded`` those
-    decided degraded. ``unapplied`` holds the transactions whose features could not be applied (degraded): apply
-    them once the store is back; ``conflicts`` the transactions refused because their id was already decided for
-    other content (no decision for them: dead-letter them as ``txn_id_conflict``)."""
+    ``decided`` the decisions column-wise (one :class:`streams.outputs.Decided` per scored part: the decision log's
+    rows, :attr:`log_rows`), ``decision_messages`` the ``scores.v1`` messages and ``alert_messages`` the
+    ``alerts.v1`` ones (reviews and declines), each a (card token, contract JSON) pair, in decision order;
+    ``outcomes`` counts the decisions by outcome and ``degraded`` those decided degraded. ``unapplied`` holds the
+    transactions whose features could not be applied (degraded): apply them once the store is back; ``conflicts``
+    the transactions refused because their id was already decided for other content (no decision for them:
+    dead-letter them as ``txn_id_conflict``)."""
 
-    log_rows: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=LOG_SCHEMA))
+    decided: list[Decided] = field(default_factory=list)
     decision_messages: list[Message] = field(default_factory=list)
     alert_messages: list[Message] = field(default_factory=list)
     outcomes: dict[str, int] = field(default_factory=dict)
@@ -292,7 +293,13 @@ class Batch:
     @property
     def txn_ids(self) -> list[str]:
         """The transaction id of each decision, in order (of :attr:`decision_messages` too)."""
-        return self.log_rows.get_column("txn_id").to_list()
+        return [txn.txn_id for part in self.decided for txn in part.txns]
+
+    @property
+    def log_rows(self) -> pl.DataFrame:
+        """The decision log's rows of the batch (:func:`streams.outputs.decision_rows`; the scoring agent's writer
+        builds them per flush instead, from :attr:`decided`)."""
+        return decision_rows(self.decided)
 
     def decisions(self) -> list[Decision]:
         """The decisions as contract events, decoded from :attr:`decision_messages` (tests, the API's answer):
@@ -321,15 +328,15 @@ class Batch:
             whole.redelivered += part.redelivered
             whole.store_s += part.store_s
             whole.model_s += part.model_s
-        whole.log_rows = pl.concat([whole.log_rows, *(part.log_rows for part in parts)])
+            whole.decided += part.decided
         return whole
 
     @classmethod
     def of(cls, decided: Decided) -> Batch:
         """The outputs of ``decided``, built column-wise (:mod:`streams.outputs`)."""
-        rows = decision_rows(decided)
         counts = np.bincount(decided.level, minlength=len(OUTCOMES)).tolist()
-        return cls(log_rows=rows, decision_messages=decision_messages(rows), alert_messages=alert_messages(rows),
+        return cls(decided=[decided], decision_messages=decision_messages(decided),
+                   alert_messages=alert_messages(decided),
                    outcomes={o: c for o, c in zip(OUTCOMES, counts, strict=True) if c},
                    degraded=len(decided.txns) if decided.degraded else 0)  # fmt: skip
 

@@ -260,7 +260,8 @@ class Scoring:
             metrics.DEAD_LETTERS.labels(self.source, letter.reason.value).inc()
         if dead:
             log.warning("dead-lettered %d of %d transactions", len(dead), len(valid.txns) + len(valid.dead))
-        ticket.logged(self.logs.decisions, self.logs.decisions.append(decided.log_rows))
+        for part in decided.decided:  # their log rows are built per flush (streams.outputs.decision_rows)
+            ticket.logged(self.logs.decisions, self.logs.decisions.append(part))
         if refused:
             ticket.logged(self.logs.conflicts, self.logs.conflicts.append(conflict_rows(refused, now)))
         return out

@@ -23,6 +23,7 @@ from fraudpipe.settings import ScoringSettings, TopicSettings
 from models.registry import Registry
 from streams.consumer import Records
 from streams.intake import RawRecord
+from streams.outputs import decision_rows
 from streams.pipeline import InMemoryDecisionMemory, Models, Pipeline
 from streams.scoring import Scoring, Writers
 from streams.watermark import Watermark
@@ -71,8 +72,9 @@ def test_the_agent_scores_alerts_and_dead_letters(tmp_path: Path) -> None:
     scoring = ScoringSettings(thresholds_from="settings", review_threshold=0.0, decline_threshold=0.999)
     pipeline = Pipeline(_Store(), InMemoryDecisionMemory(), models, scoring, clock)
     published = _Published()
-    writers = Writers(*(GroupWriter(DayLog(tmp_path / name, "event_time"), interval_s=60, max_rows=10**6)
-                        for name in ("decisions", "conflicts")))  # fmt: skip
+    writers = Writers(*(GroupWriter(DayLog(tmp_path / name, "event_time"), interval_s=60, max_rows=10**6,
+                                    combine=combine)
+                        for name, combine in (("decisions", decision_rows), ("conflicts", None))))  # fmt: skip
     # tok_gone was erased after its payment: a replay of that payment is dropped, not scored.
     erased = {subject_digest(KEY, "tok_gone").encode(): str(micros_of(datetime(2025, 1, 1, tzinfo=UTC))).encode()}
     erasures = ErasureList(lambda: erased, KEY, poll_s=60, clock=clock)

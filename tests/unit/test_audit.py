@@ -21,14 +21,14 @@ from tests import factories
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _rows(txn_ids: list[str], reasons: pl.Series) -> pl.DataFrame:
+def _rows(txn_ids: list[str], reasons: list[str]) -> pl.DataFrame:
     n = len(txn_ids)
     txns = [factories.transaction(txn_id=txn_id) for txn_id in txn_ids]
     matrix = np.full((n, 43), 1.0)
-    return decision_rows(Decided(txns=txns, decided_at=factories.T0, latency_ms=np.ones(n), matrix=matrix,
+    return decision_rows([Decided(txns=txns, decided_at=factories.T0, latency_ms=np.ones(n), matrix=matrix,
                                  scores=np.full(n, 0.01), level=np.ones(n, dtype=np.int8), versions=["v0001"] * n,
                                  sha256s=["ab" * 32] * n, review=0.5, decline=0.9, reasons=reasons,
-                                 degraded=False))  # fmt: skip
+                                 degraded=False)])  # fmt: skip
 
 
 def test_the_trail_and_audit_show_name_rules_and_contributions(tmp_path: Path) -> None:
@@ -37,7 +37,7 @@ def test_the_trail_and_audit_show_name_rules_and_contributions(tmp_path: Path) -
     reasons = reason_texts(np.array([True, True]), (rule,), {1: [contribution]})
     old = json.dumps([{k: v for k, v in contribution.model_dump().items() if k != "kind"}])
     logs = Logs.under(tmp_path)
-    logs.decisions.append(pl.concat([_rows(["ruled", "scored"], reasons), _rows(["old"], pl.Series([old]))]))
+    logs.decisions.append(pl.concat([_rows(["ruled", "scored"], reasons), _rows(["old"], [old])]))
     codes = {t: trail(t, logs, registered=None, key=None)["decision"]["reason_codes"]  # type: ignore[index]
              for t in ("ruled", "scored", "old")}  # fmt: skip
     assert codes["ruled"] == [{"schema_version": 1, "kind": "rule", "rule": "known_fraud_30d", "value": 2.0,

@@ -120,6 +120,42 @@ def test_a_failed_flush_marks_nothing_durable_and_the_next_one_writes_the_rest(t
     assert not list(tmp_path.rglob("*.tmp")) and log.verify() == (4, [])
 
 
+class _Ids:
+    """Rows kept as a list until the flush (what ``combine`` is for): ``height`` and ids of one day."""
+
+    def __init__(self, ids: list[str], day: int) -> None:
+        self.ids, self.day = ids, day
+
+    @property
+    def height(self) -> int:
+        return len(self.ids)
+
+
+def _combine(items: list[_Ids]) -> pl.DataFrame:
+    return pl.concat([_rows(item.ids, item.day) for item in items])
+
+
+def test_combined_rows_are_built_per_flush_and_a_failed_one_keeps_them_in_order(tmp_path: Path) -> None:
+    log = DayLog(tmp_path, "event_time", key=KEY)
+    combined: list[int] = []
+    writer = GroupWriter(log, interval_s=60, max_rows=1_000_000,
+                         combine=lambda items: combined.append(len(items)) or _combine(items))  # fmt: skip
+    writer.append(_Ids(["a1"], day=1))
+    writer.append(_Ids(["b1"], day=2))
+    writer.append(_rows(["a2"], day=1))  # a frame is taken as it is
+    assert writer.buffered == 3 and combined == []  # nothing built before the flush
+    (tmp_path / "day=2024-03-02").write_bytes(b"")
+    with pytest.raises(FileExistsError):
+        writer.flush()
+    assert combined == [2] and writer.buffered == 1  # one build for both items; day 2's row kept
+    writer.append(_Ids(["b2"], day=2))
+    (tmp_path / "day=2024-03-02").unlink()
+    assert writer.flush() == 4 and combined == [2, 1]
+    assert log.read(unique_by=None)["txn_id"].to_list() == ["a2", "a1", "b1", "b2"]  # day 1: frames, then built
+    with pytest.raises(TypeError, match="takes frames"):
+        GroupWriter(log, interval_s=60, max_rows=10).append(_Ids(["c"], day=1))  # type: ignore[arg-type]
+
+
 def test_an_empty_append_is_numbered_and_durable_with_the_next_flush(tmp_path: Path) -> None:
     writer = GroupWriter(DayLog(tmp_path, "event_time"), interval_s=60, max_rows=10)
     assert writer.append(_rows([])) == 1 and writer.durable == 0
