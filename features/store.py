@@ -43,7 +43,7 @@ import hiredis
 import redis
 from redis.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ExecAbortError, NoScriptError, ResponseError
+from redis.exceptions import DataError, ExecAbortError, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from features.blobs import decode_card, decode_place
@@ -68,8 +68,30 @@ class StoreUnavailableError(RuntimeError):
     """Redis did not answer within the budget, or the connection failed."""
 
 
+class CommandPacker:
+    """Packs a command's arguments into the Redis protocol in C, with hiredis: redis-py's own packer encodes each
+    argument in Python first (~2 µs each), and a batch's decision memory sends a thousand. Arguments are what
+    hiredis takes (str as UTF-8, bytes, int, float); a command name given with its subcommand (``"CONFIG GET"``)
+    is split, as redis-py does."""
+
+    def pack(self, *args: Any) -> list[bytes]:
+        name = args[0]
+        if isinstance(name, str) and " " in name:
+            args = (*name.split(), *args[1:])
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError:
+            pass
+        try:  # buffers other than bytes are sent as their bytes
+            return [hiredis.pack_command(tuple(bytes(a) if isinstance(a, memoryview | bytearray) else a
+                                               for a in args))]  # fmt: skip
+        except TypeError as error:
+            raise DataError(f"cannot send {args[0]!r} to Redis: {error}") from None
+
+
 def redis_client(settings: RedisSettings) -> redis.Redis:
-    """A client with the hot path's budgets: short timeouts, no retries (the caller decides what to do)."""
+    """A client with the hot path's budgets: short timeouts, no retries (the caller decides what to do), commands
+    packed in C (:class:`CommandPacker`)."""
     return redis.Redis.from_url(
         settings.url,
         username=settings.username,
@@ -78,6 +100,7 @@ def redis_client(settings: RedisSettings) -> redis.Redis:
         socket_connect_timeout=settings.connect_timeout_ms / 1000,
         retry_on_timeout=False,
         health_check_interval=30,
+        command_packer=CommandPacker(),
     )
 
 
