@@ -83,8 +83,8 @@ class CommandPacker:
         except TypeError:
             pass
         try:  # buffers other than bytes are sent as their bytes
-            return [hiredis.pack_command(tuple(bytes(a) if isinstance(a, memoryview | bytearray) else a
-                                               for a in args))]  # fmt: skip
+            whole = tuple(bytes(a) if isinstance(a, memoryview | bytearray) else a for a in args)
+            return [hiredis.pack_command(whole)]  # type: ignore[arg-type]
         except TypeError as error:
             raise DataError(f"cannot send {args[0]!r} to Redis: {error}") from None
 

@@ -190,8 +190,9 @@ class ScoringSettings(_Section):
 
     batch_size: Annotated[int, Field(ge=1, le=10_000)] = 500
     """Most transactions per micro-batch (one Redis call and one model call each)."""
-    batch_within_ms: Annotated[int, Field(ge=1, le=10_000)] = 20
-    """How long a batch waits to fill before it is scored anyway."""
+    batch_within_ms: Annotated[int, Field(ge=1, le=10_000)] = 10
+    """How long a batch waits to fill before it is scored anyway (the longest a payment waits for others to share
+    its batch: latency against CPU per payment, measured in the README's benchmark section)."""
     commit_interval_s: Annotated[float, Field(gt=0.0, le=60.0)] = 1.0
     """How often the scoring consumer commits its offsets: the in-order watermark of the batches whose outputs the
     broker acknowledged and whose decision-log rows are durable (and on every revoke and at shutdown)."""

@@ -213,7 +213,7 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
 
 
 def _replay(settings: Settings, topics: TopicSettings, folder: Path, rate: float | None, key: bytes) -> ReplayStats:
-    options = ReplayOptions(rate=rate, drain_labels=False, linger_ms=25.0 if rate is None else 1.0)
+    options = ReplayOptions(rate=rate, drain_labels=False)  # paced: linger.ms 1
     stats = replay(open_source(folder, {}, key=key), settings.kafka, topics, options)
     if stats.failed:
         raise RuntimeError(f"replay failed: {stats.first_error}")

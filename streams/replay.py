@@ -45,9 +45,17 @@ class ReplayOptions:
     rejects: Path | None = None
     drain_labels: bool = True
     delivery_timeout_s: float = 120.0
-    linger_ms: float = 25.0
-    """How long the producer waits to fill a batch (ms): 25 moves the most; a replay paced to measure latency
-    takes ≤ 1 (``fraudpipe bench``), so the replayer's own batching does not delay or bunch the events."""
+    linger_ms: float | None = None
+    """How long the producer waits to fill a batch (ms). ``None``: 25 at full speed (it moves the most), 1 when
+    paced (``rate`` or ``speedup``: payments arrive one by one, so the replayer's own batching neither delays nor
+    bunches them, and latency measured from their timestamps is the pipeline's)."""
+
+    @property
+    def linger(self) -> float:
+        """The producer's ``linger.ms`` (:attr:`linger_ms`)."""
+        if self.linger_ms is not None:
+            return self.linger_ms
+        return 25.0 if self.rate is None and self.speedup is None else 1.0
 
 
 @dataclass(slots=True)
@@ -222,7 +230,7 @@ def replay(
     """Produce every valid transaction and label of ``source``; write rejects; return the counts."""
     stats = ReplayStats()
     tx_topic, label_topic = topics.full(topics.transactions), topics.full(topics.labels)
-    producer = Producer(producer_config(kafka, options.delivery_timeout_s, options.linger_ms))
+    producer = Producer(producer_config(kafka, options.delivery_timeout_s, options.linger))
     pacer = _Pacer(options)
     paced = options.rate is not None or options.speedup is not None
     checkpoint, every = options.checkpoint, options.checkpoint_every

@@ -5,6 +5,7 @@ that never committed taken from the group before it."""
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -196,3 +197,34 @@ def test_a_new_group_starts_where_the_group_before_it_committed(settings: Settin
     asyncio.run(run())
     assert min(r.offset for b in batches for r in b.records) == 10
     assert sum(len(b.records) for b in batches) == 90 - 10 * settings.topics.partitions
+
+
+def test_a_batch_waits_to_fill_only_when_the_rate_says_more_records_come_soon(settings: Settings, topic: str) -> None:
+    """A backlog comes in batches; records arriving 50 ms apart (20/s, one expected within ``within_s``: 50 ms) are
+    handed as soon as each arrives, without waiting for a companion that would come 50 ms later."""
+    _fill(settings.kafka, topic, 200, partitions=1)
+    batches: list[tuple[float, Records]] = []
+
+    async def hand(batch: Records) -> None:
+        batches.append((time.time(), batch))
+        batch.ticket.finish()
+
+    async def run() -> None:
+        consumer = TransactionConsumer(settings.kafka, topic, hand, batch_size=100, within_s=0.05,
+                                       commit_interval_s=0.1, drain_timeout_s=1.0)  # fmt: skip
+        await consumer.start()
+        await _until(lambda: sum(len(b.records) for _, b in batches) == 200)
+        assert max(len(b.records) for _, b in batches) > 1  # the backlog: batches, not records one by one
+        await asyncio.sleep(1.0)  # idle: the measured rate falls to none
+        backlog = len(batches)
+        producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers, "linger.ms": 0})
+        for i in range(20):
+            producer.produce(topic, f"slow{i}".encode(), b"k", partition=0)
+            producer.flush(5)
+            await asyncio.sleep(0.05)
+        await _until(lambda: sum(len(b.records) for _, b in batches) == 220)
+        waited = [at - stamp for at, b in batches[backlog:] for stamp in b.timestamps]
+        assert len(waited) == 20 and statistics.median(waited) < 0.015, waited  # waiting: 25 ms on average
+        await consumer.stop()
+
+    asyncio.run(run())
