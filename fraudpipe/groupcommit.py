@@ -223,16 +223,39 @@ class GroupWriter:
                 _resolve(future, error)
             raise
 
+    def compact(self) -> None:
+        """Make the buffered items that are not frames into one frame now (``combine``; nothing without one), so
+        that rows wait for their flush as a compact frame rather than as what they were appended as. The writer's
+        thread does it every tenth of ``interval_s`` between flushes; a flush waits for it (and it for a flush)."""
+        if self._combine is None:
+            return
+        with self._turn:
+            with self._lock:
+                taken = self._frames
+                pending = [item for item in taken if not isinstance(item, pl.DataFrame)]
+            if not pending or len(pending) == 1 == len(taken):
+                return
+            built = self._frame(taken)  # frames first, then the others combined: as a flush would write them
+            with self._lock:
+                self._frames = [built, *self._frames[len(taken) :]]
+
     def _run(self) -> None:
         failed = False
         while True:
             deadline = time.monotonic() + self.interval_s
-            with self._lock:
-                while not self._closed and (failed or self._rows < self.max_rows):
+            while True:  # until a flush is due: the interval is up, or max_rows wait (not right after a failure)
+                with self._lock:
                     remaining = deadline - time.monotonic()
-                    if remaining <= 0:
+                    if self._closed or remaining <= 0 or (not failed and self._rows >= self.max_rows):
                         break
-                    self._wake.wait(remaining)
+                    self._wake.wait(min(remaining, self.interval_s / 10))
+                    if self._closed:
+                        break
+                try:
+                    self.compact()
+                except Exception:  # the flush tries (and reports) the same
+                    log.exception("compacting the rows buffered for %s failed", self.log.root)
+            with self._lock:
                 if self._closed:
                     return
                 idle = self._appended == self._durable

@@ -9,9 +9,9 @@ size, and at a thousand payments a second batches are small). The structs below 
 
 :func:`decision_rows` lays decisions out as the decision log's rows (the schema every reader of
 ``data_dir/decisions`` knows: audit fields, ``EVENT_COLUMNS``, ``f_<feature>`` as served, ``reason_codes`` as JSON
-text), for one batch or many at once: the scoring agent's group-commit writer appends each batch's :class:`Decided`
-and builds one frame per flush (:class:`fraudpipe.groupcommit.GroupWriter`'s ``combine``), so the frame's cost is
-paid per flush, not per batch.
+text), for one batch or many at once: the scoring agent's group-commit writer appends each batch's :class:`LogPart`
+(its columns, without the transactions) and builds one frame per flush (:class:`fraudpipe.groupcommit.GroupWriter`'s
+``combine``), so the frame's cost is paid per flush, not per batch.
 
 :func:`reason_texts` writes each decision's reason codes: the policy rules that fired on an alert (a
 :class:`~fraudpipe.contracts.RuleReason` each, first), then, for an alert its *score* made, the SHAP contributions.
@@ -21,7 +21,7 @@ A decision forced by a rule alone carries the rule and no SHAP; an approval carr
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from itertools import chain
 from operator import attrgetter
@@ -42,6 +42,7 @@ __all__ = [
     "LOG_SCHEMA",
     "MAX_REASONS",
     "Decided",
+    "LogPart",
     "alert_messages",
     "decision_messages",
     "decision_rows",
@@ -105,11 +106,6 @@ class Decided:
     decline: float
     reasons: Sequence[str]
     degraded: bool
-
-    @property
-    def height(self) -> int:
-        """Decisions (the group-commit writer counts its buffered rows with it)."""
-        return len(self.txns)
 
 
 # --- the messages --------------------------------------------------------------------------------------------------
@@ -259,17 +255,37 @@ def reason_texts(alerting: NDArray[np.bool_], fired: Sequence[Fired],
 # --- the log -------------------------------------------------------------------------------------------------------
 
 
-def decision_rows(batches: Sequence[Decided]) -> pl.DataFrame:
-    """The decision log's rows (:data:`LOG_SCHEMA`) of ``batches``, one per decision in order. The scoring agent's
+@dataclass(frozen=True, slots=True)
+class LogPart:
+    """One batch's decision-log rows waiting for their flush: the transactions' fields as columns (``fields``: the
+    transactions themselves are not kept, which would hold a pydantic object per row for seconds) and the batch's
+    decisions (``decided``, its ``txns`` left out). :meth:`of` takes them from a :class:`Decided`."""
+
+    fields: dict[str, tuple[Any, ...]]
+    decided: Decided
+
+    @classmethod
+    def of(cls, decided: Decided) -> LogPart:
+        columns = zip(*map(_read_txn, decided.txns), strict=True) if decided.txns else ((),) * len(_TXN_FIELDS)
+        return cls(dict(zip(_TXN_FIELDS, columns, strict=True)), replace(decided, txns=()))
+
+    @property
+    def height(self) -> int:
+        """Rows (the group-commit writer counts its buffered rows with it)."""
+        return len(self.fields["txn_id"])
+
+
+def decision_rows(parts: Sequence[LogPart]) -> pl.DataFrame:
+    """The decision log's rows (:data:`LOG_SCHEMA`) of ``parts``, one per decision in order. The scoring agent's
     writer builds them once per flush and writes them to ``data_dir/decisions`` (by event day) before the batches'
     offsets are committed: the audit trail, and the training source of the feedback loop (features exactly as
     served). Redeliveries append again; readers de-duplicate by ``txn_id``."""
-    sizes = [len(d.txns) for d in batches]
+    sizes = [part.height for part in parts]
     n = sum(sizes)
     if n == 0:
         return pl.DataFrame(schema=LOG_SCHEMA)
-    txns = list(chain.from_iterable(d.txns for d in batches))
-    values = dict(zip(_TXN_FIELDS, zip(*map(_read_txn, txns), strict=True), strict=True))
+    batches = [part.decided for part in parts]
+    values = {name: list(chain.from_iterable(part.fields[name] for part in parts)) for name in _TXN_FIELDS}
     event_us = [(t - _EPOCH) // _MICROSECOND for t in values["event_time"]]
     decided_us = np.repeat([(d.decided_at - _EPOCH) // _MICROSECOND for d in batches], sizes)
 

@@ -56,6 +56,7 @@ from streams import metrics
 from streams.breaker import Breaker
 from streams.outputs import (
     Decided,
+    LogPart,
     alert_messages,
     decision_messages,
     decision_rows,
@@ -299,7 +300,7 @@ class Batch:
     def log_rows(self) -> pl.DataFrame:
         """The decision log's rows of the batch (:func:`streams.outputs.decision_rows`; the scoring agent's writer
         builds them per flush instead, from :attr:`decided`)."""
-        return decision_rows(self.decided)
+        return decision_rows([LogPart.of(part) for part in self.decided])
 
     def decisions(self) -> list[Decision]:
         """The decisions as contract events, decoded from :attr:`decision_messages` (tests, the API's answer):

@@ -50,6 +50,7 @@ from models.registry import Registry
 from streams import metrics
 from streams.consumer import Records
 from streams.intake import RawRecord, intake
+from streams.outputs import LogPart
 from streams.pipeline import Batch, Models, Pipeline
 from streams.publisher import Message, Publisher
 from streams.watermark import Ticket
@@ -261,7 +262,7 @@ class Scoring:
         if dead:
             log.warning("dead-lettered %d of %d transactions", len(dead), len(valid.txns) + len(valid.dead))
         for part in decided.decided:  # their log rows are built per flush (streams.outputs.decision_rows)
-            ticket.logged(self.logs.decisions, self.logs.decisions.append(part))
+            ticket.logged(self.logs.decisions, self.logs.decisions.append(LogPart.of(part)))
         if refused:
             ticket.logged(self.logs.conflicts, self.logs.conflicts.append(conflict_rows(refused, now)))
         return out

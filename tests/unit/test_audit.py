@@ -15,7 +15,7 @@ import polars as pl
 from fraudpipe.audit import trail
 from fraudpipe.logstore import Logs
 from models.scorer import Fired
-from streams.outputs import Decided, decision_rows, reason_texts
+from streams.outputs import Decided, LogPart, decision_rows, reason_texts
 from tests import factories
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,10 +25,10 @@ def _rows(txn_ids: list[str], reasons: list[str]) -> pl.DataFrame:
     n = len(txn_ids)
     txns = [factories.transaction(txn_id=txn_id) for txn_id in txn_ids]
     matrix = np.full((n, 43), 1.0)
-    return decision_rows([Decided(txns=txns, decided_at=factories.T0, latency_ms=np.ones(n), matrix=matrix,
+    return decision_rows([LogPart.of(Decided(txns=txns, decided_at=factories.T0, latency_ms=np.ones(n), matrix=matrix,
                                  scores=np.full(n, 0.01), level=np.ones(n, dtype=np.int8), versions=["v0001"] * n,
                                  sha256s=["ab" * 32] * n, review=0.5, decline=0.9, reasons=reasons,
-                                 degraded=False)])  # fmt: skip
+                                 degraded=False))])  # fmt: skip
 
 
 def test_the_trail_and_audit_show_name_rules_and_contributions(tmp_path: Path) -> None:

@@ -156,6 +156,24 @@ def test_combined_rows_are_built_per_flush_and_a_failed_one_keeps_them_in_order(
         GroupWriter(log, interval_s=60, max_rows=10).append(_Ids(["c"], day=1))  # type: ignore[arg-type]
 
 
+def test_the_thread_compacts_what_waits_into_a_frame_before_the_flush(tmp_path: Path) -> None:
+    log = DayLog(tmp_path, "event_time", key=KEY)
+    combined: list[int] = []
+    writer = GroupWriter(log, interval_s=2.0, max_rows=1_000_000,
+                         combine=lambda items: combined.append(len(items)) or _combine(items))  # fmt: skip
+    writer.start()
+    try:
+        writer.append(_Ids(["a1", "a2"], day=1))
+        writer.append(_Ids(["b1"], day=2))
+        _eventually(lambda: combined == [2], timeout_s=1.5)  # within a tenth of the interval or so, not at 2 s
+        assert writer.durable == 0 and writer.buffered == 3
+        seq = writer.append(_Ids(["a3"], day=1))
+        _eventually(lambda: writer.durable >= seq)
+    finally:
+        writer.close()
+    assert log.read(unique_by=None)["txn_id"].to_list() == ["a1", "a2", "a3", "b1"]
+
+
 def test_an_empty_append_is_numbered_and_durable_with_the_next_flush(tmp_path: Path) -> None:
     writer = GroupWriter(DayLog(tmp_path, "event_time"), interval_s=60, max_rows=10)
     assert writer.append(_rows([])) == 1 and writer.durable == 0

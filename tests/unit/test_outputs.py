@@ -20,6 +20,7 @@ from models.scorer import OUTCOMES, Fired
 from streams.outputs import (
     MESSAGE_STRUCTS,
     Decided,
+    LogPart,
     alert_messages,
     decision_messages,
     decision_rows,
@@ -114,9 +115,10 @@ def test_reason_codes_are_rules_then_contributions_within_the_bound() -> None:
 
 
 def test_log_rows_built_per_flush_equal_those_built_per_batch() -> None:
-    parts = [_decided(30, seed=1), _decided(5, seed=2, degraded=True), _decided(1, seed=3)]
+    parts = [LogPart.of(d) for d in (_decided(30, seed=1), _decided(5, seed=2, degraded=True), _decided(1, seed=3))]
     whole = decision_rows(parts)
     assert_frame_equal(whole, pl.concat([decision_rows([part]) for part in parts]))
+    assert all(part.decided.txns == () for part in parts)  # the transactions are not kept while rows wait
     assert whole.height == 36 and whole["degraded"].sum() == 5
     assert whole.filter(pl.col("degraded"))["f_amount"].null_count() == 5
     assert decision_rows([]).height == 0 and decision_rows([]).schema == whole.schema
