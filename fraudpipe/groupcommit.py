@@ -231,7 +231,7 @@ class GroupWriter:
             return
         with self._turn:
             with self._lock:
-                taken = self._frames
+                taken = list(self._frames)  # appends go on meanwhile, at the end of the buffer
                 pending = [item for item in taken if not isinstance(item, pl.DataFrame)]
             if not pending or len(pending) == 1 == len(taken):
                 return

@@ -174,6 +174,27 @@ def test_the_thread_compacts_what_waits_into_a_frame_before_the_flush(tmp_path: 
     assert log.read(unique_by=None)["txn_id"].to_list() == ["a1", "a2", "a3", "b1"]
 
 
+def test_rows_appended_while_the_thread_compacts_and_flushes_land_once(tmp_path: Path) -> None:
+    log = DayLog(tmp_path, "event_time", key=KEY)
+    writer = GroupWriter(log, interval_s=0.02, max_rows=1_000_000, combine=_combine)  # compacts every 2 ms
+
+    def worker(name: str) -> None:
+        for i in range(300):
+            writer.append(_Ids([f"{name}-{i}"], day=1 + i % 2))
+            if i % 50 == 0:
+                time.sleep(0.001)
+
+    writer.start()
+    threads = [threading.Thread(target=worker, args=(f"w{n}",)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert writer.close() == 1_200
+    rows = log.read(unique_by=None)["txn_id"].to_list()
+    assert sorted(rows) == sorted(f"w{n}-{i}" for n in range(4) for i in range(300))  # each once
+
+
 def test_an_empty_append_is_numbered_and_durable_with_the_next_flush(tmp_path: Path) -> None:
     writer = GroupWriter(DayLog(tmp_path, "event_time"), interval_s=60, max_rows=10)
     assert writer.append(_rows([])) == 1 and writer.durable == 0
