@@ -143,7 +143,8 @@ def test_redis_stopped_mid_stream_degrades_then_recovers(
         update={"redis": topics.redis.model_copy(update={"url": f"redis://127.0.0.1:{port}/0"})}
     )
     factories.register_champion(settings.paths.models_dir)
-    worker, log = start_worker(settings, tmp_path)
+    cooldown_s = 1.0  # the circuit breaker's: after 3 failed calls, batches are degraded at once for that long
+    worker, log = start_worker(settings, tmp_path, FRAUD_SCORING__BREAKER_COOLDOWN_S=str(cooldown_s))
     stop.append(worker)
     producer = Producer(settings.kafka.client_config())
     topic = settings.topics.full(settings.topics.transactions)
@@ -169,6 +170,7 @@ def test_redis_stopped_mid_stream_degrades_then_recovers(
     during = [decode(m.value(), Decision) for m in got if decode(m.value(), Decision).txn_id.startswith("during")]
     assert len(during) == 20 and all(d.degraded and d.score is None for d in during), log.read_text()[-3000:]
     stop.append(_redis(port, tmp_path))  # back, empty
+    time.sleep(cooldown_s + 0.5)  # the breaker may have opened during the outage: it lets calls through again
     send("after", 20)
     got = consume_all(settings.kafka.bootstrap_servers, scores, 60, group="g3", timeout_s=60)
     after = [d for d in (decode(m.value(), Decision) for m in got) if d.txn_id.startswith("after")]
