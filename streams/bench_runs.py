@@ -3,7 +3,9 @@
 A run gets fresh topics (its own prefix; every one created with ``message.timestamp.type=LogAppendTime``, so the
 broker stamps each message as it appends it: an input's and its decision's timestamps come from one clock and
 leave the replayer's batching out), its own consumer group and data dir, and ``workers`` worker processes running
-the scoring agents only (``FRAUD_WORKER__AGENTS=["score"]``) in ``mode`` at ``batch_size``.
+the scoring agents only (``FRAUD_WORKER__AGENTS=["score"]``) in ``mode`` at ``batch_size``. A run that completes
+deletes its topics (a failed one keeps them, for a look): each costs the broker a few open files per partition, and
+a long bench session would otherwise run it out of them.
 
 - **Full speed** (``rate`` None): the input topic is filled first (``replay_eps``: the replayer's own rate), then
   the workers start, so the replayer neither competes for the cores nor caps the figure. Decisions/s = the
@@ -54,7 +56,7 @@ from streams.bench_decisions import (
     inputs_of,
 )
 from streams.replay import ReplayOptions, ReplayStats, replay
-from streams.topics import create_topics, topic_specs
+from streams.topics import create_topics, delete_topics, topic_specs
 
 __all__ = ["Run", "RunSpec", "as_dict", "measure"]
 
@@ -290,6 +292,7 @@ def measure(settings: Settings, spec: RunSpec, logs: Path, key: bytes, *, stall_
         seconds = time.monotonic() - began
         inputs = inputs_of(settings.kafka, topics)
         check_complete(inputs, decided, expected)
+        delete_topics(settings.kafka, [spec.name for spec in topic_specs(topics)])  # kept when a run fails
     except IncompleteRunError as error:
         raise IncompleteRunError(f"run {spec.name}: {error}; see {_where(logs, settings.kafka, topics)}") from None
     finally:

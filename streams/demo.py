@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka.admin import AdminClient
 from pydantic import SecretStr
 
 from features.backfill import backfill
@@ -53,7 +52,7 @@ from models.report import render_report, report_data, write_html
 from models.train import latest_windows, train_version
 from streams.demo_report import Samples, render_html, totals
 from streams.local_services import free_port, grant, local_services, revoke, stop
-from streams.topics import create_topics, topic_specs, worker_acls
+from streams.topics import create_topics, delete_topics, topic_specs, worker_acls
 
 __all__ = ["DemoOptions", "run"]
 
@@ -248,7 +247,7 @@ def run(settings: Settings, options: DemoOptions, *, say: Callable[[str], None],
         say("stopping")
     finally:
         processes.stop()
-        _delete_topics(demo, topics)
+        delete_topics(demo.kafka, topics)
         if acls:
             revoke(demo.kafka, "User:worker", acls)
         stop(services.started)
@@ -288,12 +287,3 @@ def _wait_for_api(url: str, processes: _Processes, timeout_s: float = 120) -> No
         if time.monotonic() > deadline:
             raise RuntimeError(f"the API did not become ready in {timeout_s:.0f} s; see {processes.logs}")
         time.sleep(0.5)
-
-
-def _delete_topics(settings: Settings, names: list[str]) -> None:
-    admin = AdminClient(dict(settings.kafka.client_config()))
-    for name, future in admin.delete_topics(names, operation_timeout=30).items():
-        try:
-            future.result(30)
-        except Exception as error:  # a topic already gone is fine; anything else is worth a line in the log
-            log.info("demo topic %s not deleted: %s", name, error)

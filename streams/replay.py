@@ -109,12 +109,14 @@ class _Pacer:
 
     def __init__(self, options: ReplayOptions) -> None:
         self.rate, self.speedup = options.rate, options.speedup
-        self.start = time.monotonic()
+        self.start: float | None = None  # the first message's time: reading the source does not count
         self.first_event_us: int | None = None
         self.sent = 0
 
     def wait(self, event_us: int) -> None:
         self.sent += 1
+        if self.start is None:
+            self.start = time.monotonic()
         if self.rate:
             target = self.start + self.sent / self.rate
         elif self.speedup:

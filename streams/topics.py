@@ -1,14 +1,15 @@
 """Kafka topic administration with confluent-kafka's AdminClient: what fraudpipe's topics are and making them,
 and the ACLs a worker needs on a broker that enforces them.
 
-:func:`topic_specs` and :func:`worker_acls` are pure (settings in, specs out); :func:`create_topics` and
-:func:`grant_acls` talk to the broker. Creating is idempotent: a topic that already exists is reported as such and
-left alone (its partition count is never changed behind the operator's back: a mismatch is reported); granting an
-ACL that exists changes nothing.
+:func:`topic_specs` and :func:`worker_acls` are pure (settings in, specs out); :func:`create_topics`,
+:func:`delete_topics` and :func:`grant_acls` talk to the broker. Creating is idempotent: a topic that already exists
+is reported as such and left alone (its partition count is never changed behind the operator's back: a mismatch is
+reported); granting an ACL that exists changes nothing.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -32,10 +33,13 @@ __all__ = [
     "TopicReport",
     "TopicSpec",
     "create_topics",
+    "delete_topics",
     "grant_acls",
     "topic_specs",
     "worker_acls",
 ]
+
+log = logging.getLogger(__name__)
 
 
 class BrokerUnavailableError(RuntimeError):
@@ -134,6 +138,23 @@ class AclSpec:
     resource: Literal["topic", "group"]
     name: str
     operation: Literal["read", "write"]
+
+
+def delete_topics(kafka: KafkaSettings, names: list[str], *, timeout_s: float = 30.0) -> list[str]:
+    """Delete ``names`` (a run's own topics: the demo's, the bench's); the names not deleted, each logged with why
+    (one already gone counts as deleted)."""
+    if not names:
+        return []
+    admin = AdminClient({**kafka.client_config(), "log_level": "2"})
+    left = []
+    for name, future in admin.delete_topics(names, operation_timeout=timeout_s).items():
+        try:
+            future.result(timeout_s)
+        except KafkaException as error:
+            if error.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                log.info("topic %s not deleted: %s", name, error)
+                left.append(name)
+    return left
 
 
 def worker_acls(

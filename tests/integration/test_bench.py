@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
 
 from fraudpipe.settings import Settings
 from streams.bench_decisions import STAMP_AT_APPEND, IncompleteRunError, check_complete, decisions_of, inputs_of
@@ -26,6 +27,7 @@ ADDED = ("redis_total_bytes_per_card", "replay_eps", "inprocess_eps", "ratio_to_
 
 @pytest.mark.timeout(900)
 def test_bench_runs_every_measurement_and_writes_the_report(settings: Settings, tmp_path: Path) -> None:
+    before = _bench_topics(settings)
     out = tmp_path / "bench.json"
     work = tmp_path / "bench"
     args = ["bench", "--events", "3000", "--paced-events", "1000", "--naive-events", "500", "--customers", "300",
@@ -34,6 +36,7 @@ def test_bench_runs_every_measurement_and_writes_the_report(settings: Settings, 
     result = subprocess.run([sys.executable, "-m", "fraudpipe", *args], cwd=tmp_path, env=settings_env(settings),
                             capture_output=True, text=True, timeout=850)  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert _bench_topics(settings) == before  # each run deleted its own: a long bench must not exhaust the broker
     report = json.loads(out.read_text())
     for key in KEPT + ADDED:
         assert report[key] is not None and report[key] > 0, key
@@ -58,6 +61,11 @@ def test_bench_runs_every_measurement_and_writes_the_report(settings: Settings, 
     refused = subprocess.run([sys.executable, "-m", "fraudpipe", "bench", "--work-dir", str(tmp_path)], cwd=tmp_path,
                              env=settings_env(settings), capture_output=True, text=True, timeout=60)  # fmt: skip
     assert refused.returncode != 0 and "not touching it" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def _bench_topics(settings: Settings) -> set[str]:
+    admin = AdminClient({**settings.kafka.client_config(), "log_level": "2"})
+    return {name for name in admin.list_topics(timeout=30).topics if name.startswith("bench-")}
 
 
 @pytest.mark.timeout(120)
