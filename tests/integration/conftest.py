@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 import redis as redis_lib
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from fraudpipe.settings import KafkaSettings, Settings, TopicSettings
-from streams.topics import create_topics, topic_specs
+from streams.topics import create_topics, delete_topics, topic_specs
 from tests.services import KAFKA_ENV, REDIS_ENV, _kafka_container, _redis_container, redacted, resolve
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,9 +51,11 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def settings(kafka_bootstrap: str, redis_url: str, unique: str, tmp_path: Path) -> Settings:
-    """Settings isolated to this test: own topic prefix, consumer group, Redis key prefix and data dir."""
-    return Settings(
+def settings(kafka_bootstrap: str, redis_url: str, unique: str, tmp_path: Path) -> Iterator[Settings]:
+    """Settings isolated to this test: own topic prefix, consumer group, Redis key prefix and data dir. The topics
+    under its prefix are deleted afterwards, however they were made (each costs the broker open files: a test session
+    must not leave thousands behind)."""
+    made = Settings(
         _env_file=None,
         environment="test",
         kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, app_id=f"fp-test-{unique}", client_id=f"fp-{unique}"),
@@ -62,6 +65,13 @@ def settings(kafka_bootstrap: str, redis_url: str, unique: str, tmp_path: Path) 
         metrics={"port": 0},  # type: ignore[arg-type]
         sinks={"redis_stream_key": f"fp:test:{unique}:alerts", "jsonl_path": tmp_path / "alerts.jsonl"},  # type: ignore[arg-type]
     )
+    yield made
+    admin = AdminClient({**made.kafka.client_config(), "log_level": "2"})
+    try:
+        names = [name for name in admin.list_topics(timeout=5).topics if name.startswith(made.topics.prefix)]
+    except KafkaException:  # the broker is down (a fault test): nothing to clean up that it could be asked to
+        return
+    delete_topics(made.kafka, names, timeout_s=10)
 
 
 @pytest.fixture
@@ -108,7 +118,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 @pytest.fixture
 def topics(settings: Settings) -> Settings:
-    """``settings`` with every fraudpipe topic created under the test's prefix."""
+    """``settings`` with every fraudpipe topic created under the test's prefix (deleted with ``settings``)."""
     create_topics(settings.kafka, topic_specs(settings.topics), timeout_s=15)
     return settings
 

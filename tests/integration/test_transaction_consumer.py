@@ -15,7 +15,6 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from fraudpipe.settings import KafkaSettings, Settings
 from streams.consumer import Records, TransactionConsumer
-from streams.topics import create_topics, topic_specs
 
 
 class _Log:
@@ -66,9 +65,8 @@ def _consumer(settings: Settings, topic: str, hand: Callable[[Records], Any], **
 
 
 @pytest.fixture
-def topic(settings: Settings) -> str:
-    create_topics(settings.kafka, topic_specs(settings.topics), timeout_s=30)
-    return settings.topics.full(settings.topics.transactions)
+def topic(topics: Settings) -> str:
+    return topics.topics.full(topics.topics.transactions)
 
 
 def test_offsets_follow_done_batches_only(settings: Settings, topic: str) -> None:
