@@ -40,7 +40,7 @@ class _Reader:
                                   "enable.auto.commit": False, "log_level": 3})  # fmt: skip
         listed = self.consumer.list_topics(topic, timeout=30).topics[topic].partitions
         self.partitions = [TopicPartition(topic, p, -2) for p in sorted(listed)]  # -2: OFFSET_BEGINNING
-        self.topic, self.seen, self._assigned = topic, Seen(), False
+        self.topic, self.seen = topic, Seen()
 
     def appended(self) -> int:
         """Messages on the topic so far (the sum of its high watermarks)."""
@@ -50,9 +50,8 @@ class _Reader:
         """Everything appended up to now, added to :attr:`seen`."""
         ends = {p.partition: self.consumer.get_watermark_offsets(p, timeout=10, cached=False)[1]
                 for p in self.partitions}  # fmt: skip
-        if not self._assigned:  # assigned only now: an assigned consumer fetches ahead, loading the broker
+        if not self.consumer.assignment():  # assigned only now: an assigned consumer fetches ahead, loading the broker
             self.consumer.assign(self.partitions)
-            self._assigned = True
         deadline = time.monotonic() + timeout_s
         while any(max(p.offset, 0) < ends[p.partition] for p in self.consumer.position(self.partitions)):
             if time.monotonic() > deadline:

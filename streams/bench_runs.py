@@ -56,7 +56,7 @@ from streams.bench_decisions import (
     inputs_of,
 )
 from streams.replay import ReplayOptions, ReplayStats, replay
-from streams.topics import create_topics, delete_topics, topic_specs
+from streams.topics import create_topics, delete_topics, topic_specs, topics_under
 
 __all__ = ["Run", "RunSpec", "as_dict", "measure"]
 
@@ -292,7 +292,7 @@ def measure(settings: Settings, spec: RunSpec, logs: Path, key: bytes, *, stall_
         seconds = time.monotonic() - began
         inputs = inputs_of(settings.kafka, topics)
         check_complete(inputs, decided, expected)
-        delete_topics(settings.kafka, [spec.name for spec in topic_specs(topics)])  # kept when a run fails
+        delete_topics(settings.kafka, topics_under(settings.kafka, topics.prefix))  # kept when a run fails
     except IncompleteRunError as error:
         raise IncompleteRunError(f"run {spec.name}: {error}; see {_where(logs, settings.kafka, topics)}") from None
     finally:

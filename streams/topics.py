@@ -36,6 +36,7 @@ __all__ = [
     "delete_topics",
     "grant_acls",
     "topic_specs",
+    "topics_under",
     "worker_acls",
 ]
 
@@ -140,9 +141,16 @@ class AclSpec:
     operation: Literal["read", "write"]
 
 
+def topics_under(kafka: KafkaSettings, prefix: str, *, timeout_s: float = 10.0) -> list[str]:
+    """The broker's topics whose names start with ``prefix`` (a run's or a test's own). Raises ``KafkaException``
+    when the broker does not answer within ``timeout_s``."""
+    admin = AdminClient({**kafka.client_config(), "log_level": "2"})
+    return sorted(name for name in admin.list_topics(timeout=timeout_s).topics if name.startswith(prefix))
+
+
 def delete_topics(kafka: KafkaSettings, names: list[str], *, timeout_s: float = 30.0) -> list[str]:
-    """Delete ``names`` (a run's own topics: the demo's, the bench's); the names not deleted, each logged with why
-    (one already gone counts as deleted)."""
+    """Delete ``names`` (a run's own topics: the demo's, the bench's, a test's); the names not deleted, each logged
+    with why (one already gone counts as deleted)."""
     if not names:
         return []
     admin = AdminClient({**kafka.client_config(), "log_level": "2"})

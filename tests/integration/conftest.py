@@ -15,7 +15,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from fraudpipe.settings import KafkaSettings, Settings, TopicSettings
-from streams.topics import create_topics, delete_topics, topic_specs
+from streams.topics import create_topics, delete_topics, topic_specs, topics_under
 from tests.services import KAFKA_ENV, REDIS_ENV, _kafka_container, _redis_container, redacted, resolve
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,9 +66,8 @@ def settings(kafka_bootstrap: str, redis_url: str, unique: str, tmp_path: Path) 
         sinks={"redis_stream_key": f"fp:test:{unique}:alerts", "jsonl_path": tmp_path / "alerts.jsonl"},  # type: ignore[arg-type]
     )
     yield made
-    admin = AdminClient({**made.kafka.client_config(), "log_level": "2"})
     try:
-        names = [name for name in admin.list_topics(timeout=5).topics if name.startswith(made.topics.prefix)]
+        names = topics_under(made.kafka, made.topics.prefix, timeout_s=5)
     except KafkaException:  # the broker is down (a fault test): nothing to clean up that it could be asked to
         return
     delete_topics(made.kafka, names, timeout_s=10)

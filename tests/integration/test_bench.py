@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient
 
 from fraudpipe.settings import Settings
 from streams.bench_decisions import STAMP_AT_APPEND, IncompleteRunError, check_complete, decisions_of, inputs_of
 from streams.bench_report import TARGETS, markdown, render_html
-from streams.topics import create_topics, topic_specs
+from streams.topics import create_topics, topic_specs, topics_under
 from tests.integration.conftest import settings_env
 
 KEPT = ("throughput_eps", "p50_ms", "p99_ms", "passthrough_eps", "naive_eps", "p99_ms_at_1k", "p99_ms_at_half",
@@ -64,8 +63,7 @@ def test_bench_runs_every_measurement_and_writes_the_report(settings: Settings, 
 
 
 def _bench_topics(settings: Settings) -> set[str]:
-    admin = AdminClient({**settings.kafka.client_config(), "log_level": "2"})
-    return {name for name in admin.list_topics(timeout=30).topics if name.startswith("bench-")}
+    return set(topics_under(settings.kafka, "bench-", timeout_s=30))
 
 
 @pytest.mark.timeout(120)
