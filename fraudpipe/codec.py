@@ -163,7 +163,7 @@ def _reason(error: ErrorDetails, raw: bytes) -> Reason:
     if loc and loc[-1] == "currency" and kind == "literal_error":
         return Reason.INVALID_CURRENCY
     if loc and loc[-1] == "amount" and kind in {"greater_than", "greater_than_equal"}:
-        return Reason.AMOUNT_NOT_POSITIVE
+        return Reason.AMOUNT_NEGATIVE
     if loc and loc[-1] == "amount" and kind in {"less_than", "less_than_equal"}:
         return Reason.AMOUNT_TOO_LARGE
     if kind.endswith("_type") or kind == "int_from_float":

@@ -94,7 +94,7 @@ class Reason(StrEnum):
     EXTRA_FIELD = "extra_field"
     WRONG_TYPE = "wrong_type"
     INVALID_NUMBER = "invalid_number"
-    AMOUNT_NOT_POSITIVE = "amount_not_positive"
+    AMOUNT_NEGATIVE = "amount_negative"
     AMOUNT_TOO_LARGE = "amount_too_large"
     AMOUNT_PRECISION = "amount_precision"
     """More decimals than the currency's minor unit has (0.5 JPY, 12.345 EUR)."""
@@ -198,7 +198,7 @@ class Transaction(Event):
     card_token: Identifier
     card_bin: Annotated[str, StringConstraints(pattern=r"^\d{6,8}$")] | None = None
     card_last4: Annotated[str, StringConstraints(pattern=r"^\d{4}$")] | None = None
-    amount: Annotated[float, Field(gt=0.0)]
+    amount: Annotated[float, Field(ge=0.0)]
     currency: Currency
     terminal_id: Identifier | None = None
     merchant_id: Identifier | None = None
@@ -317,7 +317,7 @@ class Decision(Event):
     card_token: Identifier
     event_time: UtcTime
     decided_at: UtcTime
-    amount: Annotated[float, Field(gt=0.0)]
+    amount: Annotated[float, Field(ge=0.0)]
     currency: Currency
     features: Annotated[dict[str, float | None], Field(max_length=512)]
     model: ModelRef | None
@@ -340,7 +340,7 @@ class Alert(Event):
     card_last4: Annotated[str, StringConstraints(pattern=r"^\d{4}$")] | None = None
     event_time: UtcTime
     raised_at: UtcTime
-    amount: Annotated[float, Field(gt=0.0)]
+    amount: Annotated[float, Field(ge=0.0)]
     currency: Currency
     terminal_id: Identifier | None = None
     merchant_id: Identifier | None = None

@@ -216,7 +216,7 @@ class _Decoded(TypedDict):
     txn_id: _Id
     event_time: Annotated[str, msgspec.Meta(max_length=40)]
     card_token: _Id
-    amount: Annotated[float, msgspec.Meta(gt=0.0)]
+    amount: Annotated[float, msgspec.Meta(ge=0.0)]
     currency: Currency
     schema_version: NotRequired[Literal[1]]
     card_bin: NotRequired[Annotated[str, msgspec.Meta(min_length=6, max_length=8)] | None]

@@ -4,7 +4,7 @@ stream worker — features from the online store, the champion model, the decisi
 
 - ``POST /v1/score`` (scope ``score``): a Transaction (the contract, ``application/json``) in; its Decision out.
   The body is validated by the same codec as the stream, so a refused request gets ``422`` with the stream's
-  machine-readable reason code (``{"reason": "amount_not_positive", "detail": ...}``). ``409`` ``txn_id_conflict``:
+  machine-readable reason code (``{"reason": "amount_negative", "detail": ...}``). ``409`` ``txn_id_conflict``:
   the id was already decided for a different payment (an identical resend gets the same decision again, ``200``).
   ``413``: body over ``api.max_body_bytes`` (refused as it streams in, :mod:`streams.body_limit`). ``415``: not
   JSON. ``503``: ``api.max_pending`` requests already wait for a scoring thread.

@@ -133,7 +133,7 @@ def _genuine(pop: Population, rng: np.random.Generator) -> _Rows:
     amount = rng.normal(mean, pop.std_amount[customer])
     negative = amount < 0
     amount[negative] = rng.uniform(0, 2 * mean[negative])
-    amount = np.maximum(np.round(amount, 2), 0.01)
+    amount = np.round(amount, 2)  # 0.00 happens, as in the published data (an account verification)
 
     online = (rng.random(n) < pop.ecommerce_share[customer]) | (n_available[customer] == 0)
     pick = pop.available_offsets[customer] + np.floor(rng.random(n) * n_available[customer]).astype(np.int64)

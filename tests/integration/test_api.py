@@ -62,7 +62,7 @@ def test_scores_a_transaction_and_publishes_its_audit_record(api: FastAPI, topic
     [
         (b"", "empty_payload"),
         (b'{"txn_id": ', "invalid_json"),
-        (transaction_json(amount=-5.0), "amount_not_positive"),
+        (transaction_json(amount=-5.0), "amount_negative"),
         (transaction_json(merchant_name=f"card {VISA_TEST_PAN}"), "pan_detected"),
     ],
 )

@@ -29,7 +29,7 @@ from tests.integration.test_kafka import consume_all
 POISON: list[tuple[bytes, Reason]] = [
     (b"", Reason.EMPTY_PAYLOAD),
     (b'{"txn_id": "x", "amount": NaN', Reason.INVALID_JSON),
-    (transaction_json(amount=-1.0), Reason.AMOUNT_NOT_POSITIVE),
+    (transaction_json(amount=-1.0), Reason.AMOUNT_NEGATIVE),
     (transaction_json(currency="XXX"), Reason.INVALID_CURRENCY),
     (transaction_json(merchant_name=f"card {VISA_TEST_PAN}"), Reason.PAN_DETECTED),
     (json.dumps({"card_number": VISA_TEST_PAN}).encode(), Reason.MISSING_FIELD),

@@ -128,7 +128,7 @@ def test_bad_rows_go_to_the_rejects_file_and_the_good_rows_are_delivered(topics:
         "b,2024-05-01T10:00:01Z,c1,T1,NaN\n"
         "c,2024-05-01T10:00:02Z,c2,T1,12\n"
         "d,not-a-time,c2,T1,12\n"
-        "e,2024-05-01T10:00:04Z,c3,T1,0\n"
+        "e,2024-05-01T10:00:04Z,c3,T1,-0.5\n"
         "f,2024-05-01T10:00:05Z,c3,T1,13\n"
     )
     result = run_cli(
@@ -142,7 +142,7 @@ def test_bad_rows_go_to_the_rejects_file_and_the_good_rows_are_delivered(topics:
     assert [(r["line"], r["reason"]) for r in rejects] == [
         (3, "invalid_number"),
         (5, "invalid_value"),
-        (6, "amount_not_positive"),
+        (6, "amount_negative"),
     ]
     assert _on_topic(topics, topics.topics.full(topics.topics.transactions)) == 3
     delivered = _consume(topics, topics.topics.full(topics.topics.transactions), 3)

@@ -124,8 +124,7 @@ INVALID_TRANSACTIONS: dict[str, tuple[bytes | None, Reason]] = {
     "-Infinity": (_raw_amount("-Infinity"), Reason.INVALID_NUMBER),
     "1e400": (_raw_amount("1e400"), Reason.INVALID_NUMBER),
     "5000 digits": (_raw_amount("9" * 5000), Reason.INVALID_NUMBER),
-    "negative amount": (transaction_json(amount=-5.0), Reason.AMOUNT_NOT_POSITIVE),
-    "zero amount": (transaction_json(amount=0), Reason.AMOUNT_NOT_POSITIVE),
+    "negative amount": (transaction_json(amount=-5.0), Reason.AMOUNT_NEGATIVE),
     "amount above bound": (transaction_json(amount=2_000_000.0), Reason.AMOUNT_TOO_LARGE),
     "amount above the currency's cap": (
         transaction_json(amount=40_000_000_000.0, currency="VND"),

@@ -349,7 +349,7 @@ REFUSED: dict[str, tuple[dict[str, Any], Reason | None]] = {
     "time that does not exist": ({"event_time": "2024-02-30T12:00:00Z"}, Reason.INVALID_VALUE),
     "amount as text": ({"amount": "12.5"}, Reason.WRONG_TYPE),
     "amount as a boolean": ({"amount": True}, Reason.WRONG_TYPE),
-    "amount of no value": ({"amount": 0}, Reason.AMOUNT_NOT_POSITIVE),
+    "amount below zero": ({"amount": -0.01}, Reason.AMOUNT_NEGATIVE),
     "half a yen": ({"amount": 0.5, "currency": "JPY"}, Reason.AMOUNT_PRECISION),
     "a tenth of a cent": ({"amount": 12.345}, Reason.AMOUNT_PRECISION),
     "above the cap": ({"amount": 1e9}, Reason.AMOUNT_TOO_LARGE),
@@ -453,3 +453,14 @@ def test_the_fields_set_shared_by_fast_transactions_cannot_change_under_them() -
     assert copied.txn_id == "c" and copied.model_fields_set == first.model_fields_set
     copied.model_fields_set.add("note")  # a copy is a plain set
     assert "note" not in second.model_fields_set
+
+
+def test_a_zero_amount_authorization_takes_the_fast_path_both_ways() -> None:
+    """Amount 0.00 (an account verification) is valid for the contract, the stream's fast intake and the files'."""
+    value = transaction_json(amount=0.0)
+    fast = transactions([transaction_json(), value], max_bytes=65_536, latest_event_time=LATEST)[1]
+    assert fast is not None
+    _same(fast, decode(value, Transaction, latest_event_time=LATEST))
+    row = {name: getattr(fast, name) for name in SCHEMA}
+    frame = pl.DataFrame([{**row, "amount": a} for a in (0.0, -0.01)], schema=SCHEMA)
+    assert certainly_valid(frame).to_list() == [True, False]

@@ -120,7 +120,7 @@ def test_bad_rows_are_rejected_with_their_line_and_the_rest_goes_on(tmp_path: Pa
     assert [(r.line, r.reason) for r in chunk.rejects] == [
         (3, Reason.WRONG_TYPE),
         (4, Reason.INVALID_VALUE),
-        (5, Reason.AMOUNT_NOT_POSITIVE),
+        (5, Reason.AMOUNT_NEGATIVE),
         (6, Reason.WRONG_TYPE),
         (7, Reason.INVALID_VALUE),
     ]

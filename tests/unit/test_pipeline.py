@@ -342,3 +342,16 @@ def test_a_redelivery_after_a_model_swap_keeps_the_first_model(tmp_path: Path) -
     again = pipeline.score(txns, [0.0] * 6).decisions()
     assert [(d.decision, d.score, d.model) for d in again] == [(d.decision, d.score, d.model) for d in first]
     assert {d.model.version for d in again if d.model} == {"v0001"}
+
+
+def test_a_zero_amount_authorization_is_scored_like_any_payment(champion_dir: Path) -> None:
+    """An account verification (amount 0.00, a classic card-testing probe) is a valid transaction: decided, with
+    its features, and its messages are contract events (the card's amount ratio and z-score stay defined)."""
+    pipeline = _pipeline(champion_dir)
+    txns = [*_txns(6), factories.transaction(txn_id="probe", card_token="tok_card0", amount=0.0,
+                                              event_time=T0.isoformat())]  # fmt: skip
+    batch = pipeline.score(txns, [0.0] * len(txns))
+    (probe,) = [d for d in batch.decisions() if d.txn_id == "probe"]
+    assert probe.amount == 0.0 and probe.score is not None and not probe.degraded
+    assert probe.features["amount"] == 0.0 and probe.features["card_amount_ratio_30d"] == 0.0
+    assert all(math.isfinite(v) for v in probe.features.values() if v is not None)
