@@ -21,7 +21,9 @@
 --   'labels'  ARGV[7..] 7 per label: txn id, version, fraud 0/1, day, 'card:<token>', 'terminal:<id>' or '',
 --             'merchant:<id>' or ''
 --     apply each label whose version is newer than the last applied for its transaction, by appending a label
---     record to each entity it moves; return how many
+--     record to each entity it moves, and keep its card's block: 'blocked:<token>' lists the transactions whose
+--     last label is a fraud, space-separated (a fraud label adds its id, a revision to genuine removes it; the key
+--     goes with the last); return how many
 
 local mode, prefix = ARGV[1], ARGV[2]
 local entity_ttl, marker_ttl, label_ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -40,6 +42,22 @@ local function append_place(key, data)
     return #EMPTY_PLACE
   end
   return length - #data
+end
+
+-- Add (fraud) or remove (genuine) `txn` in the card's block list; the key expires with the labels, goes when empty.
+local function block(token, txn, fraud)
+  local key = prefix .. 'blocked:' .. token
+  local kept, listed = {}, false
+  for id in string.gmatch(redis.call('GET', key) or '', '%S+') do
+    if id == txn then listed = true end
+    if id ~= txn or fraud then kept[#kept + 1] = id end
+  end
+  if fraud and not listed then kept[#kept + 1] = txn end
+  if #kept == 0 then
+    redis.call('DEL', key)
+  else
+    redis.call('SET', key, table.concat(kept, ' '), 'EX', label_ttl)
+  end
 end
 
 -- Append records to a card's log; a new log gets its head (generation 0) and its expiry, and its card a base (empty)
@@ -96,7 +114,9 @@ if mode == 'labels' then
     if version > last_version then
       local delta = fraud - last_fraud
       if delta ~= 0 then
-        append_log(string.sub(ARGV[i + 4], 6), struct.pack('<Bi4', delta < 0 and 0x81 or 0x80, day))
+        local token = string.sub(ARGV[i + 4], 6)
+        append_log(token, struct.pack('<Bi4', delta < 0 and 0x81 or 0x80, day))
+        block(token, txn, delta > 0)
         for e = 5, 6 do
           if ARGV[i + e] ~= '' then append_place(prefix .. ARGV[i + e], struct.pack('<i4b', -1 - day, delta)) end
         end

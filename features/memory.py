@@ -235,8 +235,8 @@ class InMemoryFeatureStore:
     """Feature state in process memory. Same interface as :class:`features.store.RedisFeatureStore`.
 
     ``values`` holds what Redis holds, decoded: ``applied:<token>:<block>`` {txn id: "", "~": ""}, ``label:<txn>``
-    "version,fraud", and each entity's plain state under its base's key (``card:<token>``, ``terminal:<id>``,
-    ``merchant:<id>``).
+    "version,fraud", ``blocked:<token>`` the fraud ids, and each entity's plain state under its base's key
+    (``card:<token>``, ``terminal:<id>``, ``merchant:<id>``).
     """
 
     def __init__(self, prefix: str = "fp:v4:", *, recent_items: int = RECENT_ITEMS) -> None:
@@ -249,6 +249,8 @@ class InMemoryFeatureStore:
         lay = self.layout
         rows: list[list[int]] = []
         previous: list[list[float]] = []
+        blocked = {txn.card_token: tuple(self.values[key].split()) for txn in txns
+                   if (key := f"{self.prefix}blocked:{txn.card_token}") in self.values}  # fmt: skip
         for txn in txns:
             one = plan(txn)
             rec, _ = Record.unpack(one.record)
@@ -272,7 +274,7 @@ class InMemoryFeatureStore:
                         self.values[key] = place
                 row += place_row(place, one.day, lay)
             rows.append(row)
-        return StoreReply.from_rows(rows, previous)
+        return StoreReply.from_rows(rows, previous, blocked)
 
     def stream(self, batches: Iterable[Sequence[Transaction]]) -> Iterator[StoreReply]:
         """:meth:`raw` for each batch in turn (the Redis store pipelines them and takes batch k+1 before it yields
@@ -283,8 +285,24 @@ class InMemoryFeatureStore:
         """Apply each transaction once (a redelivery is read, not re-applied) and return the snapshots, in order."""
         return decode_reply(self.raw(txns), txns)
 
+    def blocked(self, card_token: str) -> tuple[str, ...]:
+        """The transactions whose confirmed fraud blocks the card (empty: not blocked)."""
+        return tuple(self.values.get(f"{self.prefix}blocked:{card_token}", "").split())
+
+    def _block(self, token: str, txn_id: str, fraud: bool) -> None:
+        """Add (``fraud``) or remove ``txn_id`` in the card's block list; no list when empty (``apply.lua``)."""
+        key = f"{self.prefix}blocked:{token}"
+        kept = [i for i in self.values.get(key, "").split() if i != txn_id or fraud]
+        if fraud and txn_id not in kept:
+            kept.append(txn_id)
+        if kept:
+            self.values[key] = " ".join(kept)
+        else:
+            self.values.pop(key, None)
+
     def apply_labels(self, labels: Sequence[Label]) -> int:
-        """Apply each label newer (by version) than the last applied for its transaction; return how many."""
+        """Apply each label newer (by version) than the last applied for its transaction (and keep its card's
+        block: :mod:`features.plan`); return how many."""
         applied = 0
         for label in labels:
             txn_id, version, fraud, day, *entities = label_plan(label, self.layout["size"][_DAY])
@@ -299,6 +317,7 @@ class InMemoryFeatureStore:
                     state = self.values.get(key, {})
                     if apply_fraud(state, day, delta, entity.startswith("card:"), self.layout):
                         self.values[key] = state
+                self._block(label.card_token, txn_id, delta > 0)
             self.values[state_key] = f"{version},{fraud}"
             applied += 1
         return applied

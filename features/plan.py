@@ -18,12 +18,15 @@ Keys (``P`` = ``settings.redis.key_prefix``, ``fp:v4:``; value formats in :mod:`
                                        plus MARKER_DAYS after it was created
     P terminal:<id>, P merchant:<id>   base, then records appended since (PLACE_DAY payments, PLACE_LABEL labels)
     P label:<txn_id>                   "version,fraud" of the last label applied (fraud 1 / genuine 0)
+    P blocked:<token>                  the card is blocked: the ids of its transactions whose last label is a fraud,
+                                       space-separated (gone with the last one revised to genuine; expires with
+                                       the labels)
 
-Everything of a card lives under its token (erasure deletes its ``card:``, ``cardlog:`` and ``applied:<token>:*``
-keys, and the ``label:`` keys of its transactions); terminals and merchants hold counts only. A redelivery is
-recognised by its transaction id among its card's markers of its event day's block, for as long as they last (a
-transaction delivered again with another event time, or after its markers expired, is a new one). Recent items are
-kept as 48-bit ids (:func:`item_id`), never as names.
+Everything of a card lives under its token (erasure deletes its ``card:``, ``cardlog:``, ``blocked:`` and
+``applied:<token>:*`` keys, and the ``label:`` keys of its transactions); terminals and merchants hold counts only.
+A redelivery is recognised by its transaction id among its card's markers of its event day's block, for as long as
+they last (a transaction delivered again with another event time, or after its markers expired, is a new one).
+Recent items are kept as 48-bit ids (:func:`item_id`), never as names.
 
 Record formats (little-endian)::
 

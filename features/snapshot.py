@@ -6,14 +6,15 @@ holds_payment; frauds_30d; distinct terminals / merchants / countries in 24h (-1
 seen, terminal seen (-1 / 0 / 1); terminal payments 1d, 7d, 30d, then for each of FRAUD_WINDOWS (1d, 7d, 30d) ending
 LABEL_DELAY_DAYS earlier: known frauds, payments (-1 without a terminal); the same nine for the merchant.
 ``StoreReply.previous`` has, per transaction, the previous payment's time (µs) and the previous card-present
-payment's time (µs), latitude and longitude (NaN: none).
+payment's time (µs), latitude and longitude (NaN: none). ``StoreReply.blocked`` names the batch's blocked cards
+(token -> the ids of the transactions whose confirmed fraud blocks it), as they were before the batch.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,10 +34,12 @@ REPLY_WIDTH = CARD_WIDTH + 2 * PLACE_WIDTH
 
 @dataclass(frozen=True, slots=True)
 class StoreReply:
-    """A batch's state after applying it: ``values`` (n, REPLY_WIDTH) int64, ``previous`` (n, 4) float64."""
+    """A batch's state after applying it: ``values`` (n, REPLY_WIDTH) int64, ``previous`` (n, 4) float64, and its
+    ``blocked`` cards (module docstring)."""
 
     values: NDArray[np.int64]
     previous: NDArray[np.float64]
+    blocked: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.values)
@@ -46,7 +49,15 @@ class StoreReply:
             isinstance(other, StoreReply)
             and np.array_equal(self.values, other.values)
             and np.array_equal(self.previous, other.previous, equal_nan=True)
+            and self.blocked == other.blocked
         )
+
+    def blocked_rows(self, txns: Sequence[Transaction]) -> NDArray[np.bool_]:
+        """Per transaction of the batch (``txns``, in order): whether its card was blocked."""
+        blocked = self.blocked
+        if not blocked:
+            return np.zeros(len(txns), dtype=bool)
+        return np.fromiter((txn.card_token in blocked for txn in txns), dtype=bool, count=len(txns))
 
     @property
     def applied(self) -> list[bool]:
@@ -54,10 +65,12 @@ class StoreReply:
         return [bool(v) for v in self.values[:, 0]]
 
     @classmethod
-    def from_rows(cls, values: Sequence[Sequence[int]], previous: Sequence[Sequence[float]]) -> StoreReply:
+    def from_rows(cls, values: Sequence[Sequence[int]], previous: Sequence[Sequence[float]],
+                  blocked: Mapping[str, tuple[str, ...]] | None = None) -> StoreReply:  # fmt: skip
         return cls(
             np.array(values, dtype=np.int64).reshape(len(values), REPLY_WIDTH),
             np.array(previous, dtype=np.float64).reshape(len(previous), 4),
+            blocked or {},
         )
 
 

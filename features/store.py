@@ -7,9 +7,10 @@ log and its day to its terminal and merchant, and answers with each transaction'
 each entity's value before the batch; the ``MGET`` that follows returns the values. :mod:`features.reader` then
 reads every transaction's state after it, exactly as if the records had been applied one at a time. A redelivered
 transaction is read, never re-applied; labels go through the same script, de-duplicated by (transaction id, label
-version), as records appended to the entities they move. Key layout: :mod:`features.plan`; value formats:
-:mod:`features.blobs`. :meth:`RedisFeatureStore.stream` pipelines such transactions on one connection: Redis applies
-batch k+1 while this client reads batch k.
+version), as records appended to the entities they move, and a confirmed fraud blocks its card (``blocked:<token>``,
+read by a last ``MGET`` with the batch: :attr:`features.snapshot.StoreReply.blocked`). Key layout:
+:mod:`features.plan`; value formats: :mod:`features.blobs`. :meth:`RedisFeatureStore.stream` pipelines such
+transactions on one connection: Redis applies batch k+1 while this client reads batch k.
 
 Cost, per payment: in Redis, one command per entity (a marker HSET, an APPEND to the card's log, one to its terminal
 and one to its merchant: each command a script runs costs Redis ~2 µs, more than the work it does), a fold now and
@@ -246,6 +247,7 @@ class RedisFeatureStore:
                 self._rebase = []  # sent once: if its transaction fails, the entities are folded again later
             sent.commands.append(("EVALSHA", *head, "txns", *self._args, planned.request, *self._renewals(planned)))
             sent.commands.append(mget_command(prefix, planned))
+            sent.commands.append(("MGET", *(f"{prefix}blocked:{card}" for card in planned.cards)))
             _send_transaction(connection, sent.commands)
         return sent
 
@@ -273,11 +275,15 @@ class RedisFeatureStore:
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
-        *_, answer, values = replies
+        *_, answer, values, blocks = replies
         n = len(planned.cards)
         bases, logs, places = values[:n], values[n : 2 * n], values[2 * n :]
         reply, card_records, place_records = read(answer, planned, bases, logs, places, self.layout,
                                                   compiled=self.compiled)  # fmt: skip
+        if any(blocks):
+            named = zip(planned.cards, blocks, strict=True)
+            blocked = {card: tuple(ids.decode().split()) for card, ids in named if ids}
+            reply = StoreReply(reply.values, reply.previous, blocked)
         pairs = zip(bases, logs, strict=True)
         cards_back: Values = {"card:" + card: pair for card, pair in zip(planned.cards, pairs, strict=True)}
         back: Values = {**cards_back, **dict(zip(planned.places, places, strict=True))}
@@ -334,6 +340,14 @@ class RedisFeatureStore:
             return None
         return decode_card(_bytes(base), _bytes(log), self.layout)
 
+    def blocked(self, card_token: str) -> tuple[str, ...]:
+        """The transactions whose confirmed fraud blocks the card (empty: not blocked)."""
+        try:
+            ids = _bytes(self.client.get(f"{self.prefix}blocked:{card_token}"))
+        except (RedisConnectionError, RedisTimeoutError) as error:
+            raise StoreUnavailableError(f"Redis unavailable: {error}") from None
+        return tuple(ids.decode().split()) if ids else ()
+
     def state(self) -> dict[str, Any]:
         """Everything this store keeps under its prefix, decoded into the twin's shape
         (:attr:`features.memory.InMemoryFeatureStore.values`): each card's base and log as one state under its
@@ -350,8 +364,10 @@ class RedisFeatureStore:
             elif kind in ("card", "cardlog"):
                 base, log = client.mget([f"{prefix}card:{ident}", f"{prefix}cardlog:{ident}"])
                 state[f"{prefix}card:{ident}"] = decode_card(_bytes(base), _bytes(log), self.layout)
-            elif kind in ("terminal", "merchant", "label") and (value := _bytes(client.get(key))) is not None:
-                state[name] = decode_place(value, self.layout) if kind != "label" else value.decode()
+            elif kind in ("terminal", "merchant") and (value := _bytes(client.get(key))) is not None:
+                state[name] = decode_place(value, self.layout)
+            elif kind in ("label", "blocked") and (value := _bytes(client.get(key))) is not None:
+                state[name] = value.decode()
         return state
 
     def apply_labels(self, labels: Sequence[Label]) -> int:

@@ -279,8 +279,9 @@ class Contribution(Event):
 class RuleReason(Event):
     """A reason code from the decision policy: the rule that made the outcome at least a review, whatever the
     score (``models.scorer.Policy``; in degraded mode ``scoring.fallback``). ``rule`` is a stable id
-    (``known_fraud_30d``, ``large_amount``, ``fallback_fail_closed``, ``fallback_large_amount``); ``value`` is what
-    it tested (a count, an amount in major units) and ``threshold`` the limit it fired at, when it has them."""
+    (``card_blocked``, ``known_fraud_30d``, ``large_amount``, ``fallback_fail_closed``, ``fallback_large_amount``);
+    ``value`` is what it tested (a count, an amount in major units) and ``threshold`` the limit it fired at, when it
+    has them."""
 
     kind: Literal["rule"] = "rule"
     rule: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]

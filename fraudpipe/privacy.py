@@ -180,7 +180,7 @@ def erase(cards: Iterable[str], *, requested_as: str, client: redis.Redis, prefi
         rows = day_log.find("card_token", tokens)
         if rows.height:
             txns.update(rows["txn_id"].to_list())
-    names = [f"{prefix}{kind}:{token}" for token in tokens for kind in ("card", "cardlog")]  # features.plan
+    names = [f"{prefix}{kind}:{token}" for token in tokens for kind in ("card", "cardlog", "blocked")]  # features.plan
     for token in tokens:  # the card's apply-once markers, one hash per block of days
         pattern = f"{prefix}applied:{_glob_escaped(token)}:*"
         names += [name.decode() for name in client.scan_iter(match=pattern, count=10_000)]

@@ -216,6 +216,11 @@ class ScoringSettings(_Section):
     above."""
     review_amount: Annotated[float | None, Field(gt=0.0)] = None
     """Rule: payments of at least this amount are at least reviewed (unset: no such rule)."""
+    rules: tuple[Literal["card_blocked", "known_fraud_30d", "large_amount"], ...] = (
+        "card_blocked", "known_fraud_30d", "large_amount")  # fmt: skip
+    """The policy's rules in force (``models.scorer``: each can only make a decision stricter; its id is its reason
+    code): ``card_blocked`` declines every payment of a card with a confirmed fraud, ``known_fraud_30d`` reviews a
+    card with a fraud known in its last 30 days, ``large_amount`` reviews from ``review_amount``."""
     reason_codes: Annotated[int, Field(ge=1, le=16)] = 3
     """Reason codes per alert (largest SHAP contributions)."""
     model_alias: Literal["champion", "challenger"] = "champion"

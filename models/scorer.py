@@ -5,9 +5,12 @@ millisecond per call). Reason codes come from LightGBM's own SHAP values (``pred
 a row, the dearest step of the hot path) and are computed only for the rows whose *score* made them alerts: the
 features that pushed the score up most, with their values and log-odds contributions.
 
-:class:`Policy` turns scores into approve / review / decline with two thresholds, then applies two explicit rules
-that can only make a decision stricter, never looser (:data:`RULES`, stable ids: they are reason codes):
+:class:`Policy` turns scores into approve / review / decline with two thresholds, then applies explicit rules that
+can only make a decision stricter, never looser (:data:`RULES`, stable ids: they are reason codes):
 
+- ``card_blocked``: a card with a confirmed fraud (its label known: :attr:`features.snapshot.StoreReply.blocked`)
+  is blocked, and every later payment on it is declined — by the rule alone: the other rules do not fire on it, it
+  is not explained by the model and it is not an analyst's alert (:attr:`Verdicts.blocked`);
 - ``known_fraud_30d``: a card with a fraud already known in its last 30 days (``card_fraud_count_30d >= 1``) is at
   least reviewed;
 - ``large_amount``: a payment of at least ``review_amount`` (when set) is at least reviewed.
@@ -21,6 +24,7 @@ target precision.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,7 +43,7 @@ from models.registry import LoadedModel
 __all__ = ["OUTCOMES", "RULES", "Fired", "Policy", "Scorer", "Verdicts", "choose_thresholds", "explain"]
 
 _INDEX = feature_index()
-RULES = ("known_fraud_30d", "large_amount")
+RULES = ("card_blocked", "known_fraud_30d", "large_amount")
 """The policy's rules, by stable id (their order is the order of their reason codes)."""
 OUTCOMES: tuple[DecisionOutcome, ...] = ("approve", "review", "decline")
 """The outcomes by level (0, 1, 2): :attr:`Verdicts.level` indexes it."""
@@ -140,11 +144,18 @@ class Fired:
 @dataclass(frozen=True, slots=True)
 class Verdicts:
     """The policy's verdicts on a batch, column-wise: ``level`` per row (0 approve, 1 review, 2 decline),
-    ``by_score`` where the score alone reached the review threshold, ``fired`` the rules in :data:`RULES` order."""
+    ``by_score`` where the score alone reached the review threshold (never on a blocked card), ``fired`` the rules
+    in :data:`RULES` order, ``blocked`` the rows declined because their card is blocked (no analyst alert)."""
 
     level: NDArray[np.int8]
     by_score: NDArray[np.bool_]
     fired: tuple[Fired, ...]
+    blocked: NDArray[np.bool_]
+
+    @property
+    def alerts(self) -> NDArray[np.bool_]:
+        """The rows an analyst sees: reviews and declines, except a blocked card's."""
+        return (self.level >= 1) & ~self.blocked
 
     def outcomes(self) -> list[DecisionOutcome]:
         """approve / review / decline for each row."""
@@ -158,34 +169,49 @@ class Policy:
     review: float
     decline: float
     review_amount: float | None = None
+    enabled: Sequence[str] = RULES
+    """The rules in force (ids of :data:`RULES`; ``large_amount`` also needs ``review_amount``)."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.review <= self.decline <= 1.0:
             raise ValueError("thresholds must satisfy 0 <= review <= decline <= 1")
+        if unknown := set(self.enabled) - set(RULES):
+            raise ValueError(f"unknown rules: {sorted(unknown)} (known: {', '.join(RULES)})")
 
-    def rules(self, matrix: NDArray[np.float64]) -> tuple[Fired, ...]:
-        """Where each rule fires on ``matrix``'s rows (FEATURE_NAMES columns, NaN = missing)."""
+    def rules(self, matrix: NDArray[np.float64], blocked: NDArray[np.bool_] | None = None) -> tuple[Fired, ...]:
+        """Where each rule fires on ``matrix``'s rows (FEATURE_NAMES columns, NaN = missing) and the ``blocked``
+        cards' rows (none when ``None``); on a blocked card's row only ``card_blocked`` fires."""
+        n, on = len(matrix), set(self.enabled)
+        blocked = np.zeros(n, dtype=bool) if blocked is None or "card_blocked" not in on else blocked
+        open_ = ~blocked
         frauds = np.nan_to_num(matrix[:, _INDEX["card_fraud_count_30d"]])
         amount = matrix[:, _INDEX["amount"]]
-        fired = [Fired("known_fraud_30d", frauds >= 1, frauds, 1.0)]
-        if self.review_amount is not None:
-            fired.append(Fired("large_amount", amount >= self.review_amount, amount, self.review_amount))
+        fired = [Fired("card_blocked", blocked, np.full(n, np.nan), math.nan)]
+        if "known_fraud_30d" in on:
+            fired.append(Fired("known_fraud_30d", (frauds >= 1) & open_, frauds, 1.0))
+        if self.review_amount is not None and "large_amount" in on:
+            fired.append(Fired("large_amount", (amount >= self.review_amount) & open_, amount, self.review_amount))
         return tuple(fired)
 
-    def judge(self, scores: ArrayLike, matrix: NDArray[np.float64]) -> Verdicts:
-        """The verdicts on a batch: the thresholds on ``scores``, then the rules on ``matrix`` (class docstring)."""
+    def judge(self, scores: ArrayLike, matrix: NDArray[np.float64],
+              blocked: NDArray[np.bool_] | None = None) -> Verdicts:  # fmt: skip
+        """The verdicts on a batch: the thresholds on ``scores``, then the rules on ``matrix`` and the ``blocked``
+        cards (class docstring)."""
         s = np.asarray(scores, dtype=np.float64)
-        by_score = s >= self.review
-        level = np.where(s >= self.decline, 2, by_score.astype(np.int8)).astype(np.int8)
-        fired = self.rules(matrix)
+        fired = self.rules(matrix, None if blocked is None else np.asarray(blocked, dtype=bool))
+        blocked = fired[0].rows
+        by_score = (s >= self.review) & ~blocked
+        level = np.where(s >= self.decline, 2, s >= self.review).astype(np.int8)
         forced = np.zeros(len(s), dtype=bool)
-        for rule in fired:
+        for rule in fired[1:]:
             forced |= rule.rows
-        return Verdicts(np.where(forced, np.maximum(level, 1), level).astype(np.int8), by_score, fired)
+        level = np.where(forced, np.maximum(level, 1), level)
+        return Verdicts(np.where(blocked, 2, level).astype(np.int8), by_score, fired, blocked)
 
-    def decide(self, scores: ArrayLike, matrix: NDArray[np.float64]) -> list[DecisionOutcome]:
+    def decide(self, scores: ArrayLike, matrix: NDArray[np.float64],
+               blocked: NDArray[np.bool_] | None = None) -> list[DecisionOutcome]:  # fmt: skip
         """approve / review / decline for each row (:meth:`judge`'s outcomes)."""
-        return self.judge(scores, matrix).outcomes()
+        return self.judge(scores, matrix, blocked).outcomes()
 
 
 def choose_thresholds(truth: ArrayLike, scores: ArrayLike, days: Sequence[object], *, alerts_per_day: int = 100,

@@ -92,7 +92,7 @@ class Decided:
     reaching the worker; ``matrix`` the features as served (FEATURE_NAMES columns, NaN = missing; ``None`` for a
     degraded batch: no features); ``scores`` (NaN = none); ``level`` 0 approve / 1 review / 2 decline;
     ``versions`` / ``sha256s`` the model of each decision (``None``: none); ``reasons`` the reason codes as JSON
-    text (:func:`reason_texts`)."""
+    text (:func:`reason_texts`); ``blocked`` the declines of blocked cards (not analysts' alerts; ``None``: none)."""
 
     txns: Sequence[Transaction]
     decided_at: datetime
@@ -106,6 +106,7 @@ class Decided:
     decline: float
     reasons: Sequence[str]
     degraded: bool
+    blocked: NDArray[np.bool_] | None = None
 
 
 # --- the messages --------------------------------------------------------------------------------------------------
@@ -218,9 +219,11 @@ def decision_messages(decided: Decided) -> list[tuple[bytes, bytes]]:
 
 
 def alert_messages(decided: Decided) -> list[tuple[bytes, bytes]]:
-    """The ``alerts.v1`` messages of the reviews and declines in ``decided``: (card token, ``Alert`` JSON) each, in
-    order; ``raised_at`` is the decision's time, ``alert_id`` :meth:`Alert.id_for`."""
-    rows = np.flatnonzero(decided.level > 0).tolist()
+    """The ``alerts.v1`` messages of the reviews and declines in ``decided`` (not a blocked card's decline: no one
+    has to look at it): (card token, ``Alert`` JSON) each, in order; ``raised_at`` is the decision's time,
+    ``alert_id`` :meth:`Alert.id_for`."""
+    alerts = decided.level > 0
+    rows = np.flatnonzero(alerts if decided.blocked is None else alerts & ~decided.blocked).tolist()
     if not rows:
         return []
     models, at = _models(decided), decided.decided_at

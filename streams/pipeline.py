@@ -17,6 +17,8 @@ pydantic object per decision, the log's rows built once per flush of the decisio
 - **Reason codes where they explain.** An alert carries the policy rules that fired on it (``known_fraud_30d``,
   ``large_amount``: :mod:`models.scorer`); TreeSHAP runs only for the alerts whose score crossed the review
   threshold, and their contributions follow the rules. A review forced by a rule alone carries the rule, no SHAP.
+  A payment on a blocked card (a confirmed fraud: :attr:`features.snapshot.StoreReply.blocked`, as the store read
+  it with the batch) is declined with ``card_blocked`` alone: no SHAP, no alert message.
   A redelivered decision's reasons are worked out again from its features as read again.
 - **Circuit breaker.** After ``scoring.breaker_failures`` consecutive store failures, batches are decided
   degraded at once for ``breaker_cooldown_s`` (:mod:`streams.breaker`) instead of each waiting out the socket
@@ -384,8 +386,8 @@ class Pipeline:
         s = self.scoring
         stored = scorer.model.manifest.thresholds
         if s.thresholds_from == "model" and {"review", "decline"} <= set(stored):
-            return Policy(float(stored["review"]), float(stored["decline"]), s.review_amount)
-        return Policy(s.review_threshold, s.decline_threshold, s.review_amount)
+            return Policy(float(stored["review"]), float(stored["decline"]), s.review_amount, s.rules)
+        return Policy(s.review_threshold, s.decline_threshold, s.review_amount, s.rules)
 
     def _read(self, txns: Sequence[Transaction], digests: list[str]) -> tuple[_Rows, StoreReply]:
         """The batch's rows sorted out against the decision memory, then the store applied to the rows kept and
@@ -432,7 +434,7 @@ class Pipeline:
         store_s = self.clock.monotonic() - started
         started = self.clock.monotonic()
         scores = scorer.score(x)
-        verdicts = policy.judge(scores, x)
+        verdicts = policy.judge(scores, x, reply.blocked_rows(kept))
         model_s = self.clock.monotonic() - started
         level = verdicts.level.copy()
         versions: list[str | None] = [scorer.version] * len(kept)
@@ -469,8 +471,9 @@ class Pipeline:
                 versions[k] = again.version
                 sha256s[k] = again.sha256 or self.models.sha256_of(again.version)
         decided = np.array([k for k in range(len(kept)) if k not in dropped], dtype=np.intp)
-        alerting = level[decided] >= 1
-        explain = np.flatnonzero(alerting & (scores[decided] >= policy.review)).tolist()  # the score made them alerts
+        alerting, blocked = level[decided] >= 1, verdicts.blocked[decided]
+        # the score made them alerts (a blocked card's decline is the rule's alone)
+        explain = np.flatnonzero(alerting & ~blocked & (scores[decided] >= policy.review)).tolist()
         codes = scorer.explain(x[decided[explain]], self.scoring.reason_codes) if explain else []
         fired = tuple(Fired(f.rule, f.rows[decided], f.value[decided], f.threshold) for f in verdicts.fired)
         batch = Batch.of(
@@ -480,6 +483,7 @@ class Pipeline:
                 scores=scores[decided], level=level[decided], versions=[versions[k] for k in decided],
                 sha256s=[sha256s[k] for k in decided], review=policy.review, decline=policy.decline,
                 reasons=reason_texts(alerting, fired, dict(zip(explain, codes, strict=True))), degraded=False,
+                blocked=blocked,
             )
         )  # fmt: skip
         batch.conflicts = [txns[i] for i in rows.conflicts] + [kept[k] for k in sorted(dropped)]
@@ -523,7 +527,9 @@ class Pipeline:
             return None
         x = batch.matrix[batch.fresh]
         scores = scorer.score(x)
-        outcomes = self._policy(scorer).decide(scores, x)
+        blocked = np.concatenate([np.zeros(len(d.txns), dtype=bool) if d.blocked is None else d.blocked
+                                  for d in batch.decided])[batch.fresh]  # fmt: skip
+        outcomes = self._policy(scorer).decide(scores, x, blocked)
         served = batch.log_rows[batch.fresh]
         return served.select(
             "txn_id", "card_token", "event_time", "decided_at",

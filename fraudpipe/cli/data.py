@@ -272,12 +272,18 @@ def features_show(card: Annotated[str, typer.Option("--card", help="Card token (
     if is_pan(card):
         raise CliError("--card takes a card token, never a PAN")
     settings = _settings()
+    store = RedisFeatureStore(redis_client(settings.redis), settings.redis.key_prefix)
     try:
-        state = RedisFeatureStore(redis_client(settings.redis), settings.redis.key_prefix).card_state(card)
+        state, blocked = store.card_state(card), store.blocked(card)
     except StoreUnavailableError as error:
         raise CliError(f"{error} (is Redis running at {settings.redis.address}?)") from None
     if state is None:
         raise CliError(f"no online state for card {card}")
+    if blocked:
+        on = ", ".join(blocked)
+        out.print(
+            f"[bold]blocked[/]: every payment is declined (card_blocked); confirmed fraud on {on}", soft_wrap=True
+        )
     table = Table("resolution", "bucket start (UTC)", "payments", "amount", box=None)
     for res, seconds in RESOLUTIONS.items():
         ring = state.get(res) or []

@@ -71,6 +71,8 @@ def audit_show(
     for code in decision["reason_codes"]:
         if code["kind"] == "rule":
             tested = "" if code.get("value") is None else f": {code['value']} (fires at {code.get('threshold')})"
+            if code["rule"] == "card_blocked":
+                tested = " (the card was blocked: a fraud on it had been confirmed; no alert was raised)"
             say(f"  reason: rule {code['rule']}{tested}")
             continue
         say(f"  reason: {code['feature']} = {code['value']} {code['direction']} the score by "

@@ -437,8 +437,9 @@ def test_every_key_expires_and_the_layout_is_the_documented_one(store_client: re
                               terminal_id="T1", merchant_id="M1")])  # fmt: skip
     day = txns[0].event_time.timestamp() // 86_400
     expected = {"card:card-0": 3_000, "cardlog:card-0": 3_000, "terminal:T1": 3_000, "merchant:M1": 3_000,
-                "label:t0": 1_000, **{f"applied:card-0:{int(day // MARKER_DAYS) + k}": 2_000 + MARKER_DAYS * 86_400
-                                      for k in (0, 1)}}  # fmt: skip
+                "label:t0": 1_000, "blocked:card-0": 1_000,
+                **{f"applied:card-0:{int(day // MARKER_DAYS) + k}": 2_000 + MARKER_DAYS * 86_400
+                   for k in (0, 1)}}  # fmt: skip
     keys = {key.decode()[len(prefix) :]: store_client.ttl(key) for key in store_client.scan_iter(match=f"{prefix}*")}
     assert set(keys) == set(expected)
     assert all(expected[name] - 5 <= ttl <= expected[name] for name, ttl in keys.items()), keys

@@ -36,6 +36,13 @@ def test_backfill_is_rerunnable_and_show_is_pii_free(settings: Settings, tmp_pat
         assert shown.returncode == 0, shown.stderr
         assert "latest payment: 2018-04-0" in shown.stdout
         assert "lat" not in shown.stdout.replace("latest", "")
+        frauds = labels.filter((pl.col("known_at") <= last.item()) & pl.col("is_fraud"))
+        assert ("blocked" in shown.stdout) == (token in frauds.get_column("card_token").to_list())
+        blocked = frauds.row(0, named=True)
+        shown = run_cli(settings, "features", "show", "--card", blocked["card_token"], cwd=tmp_path)
+        assert shown.returncode == 0, shown.stderr
+        assert "blocked: every payment is declined (card_blocked)" in shown.stdout
+        assert blocked["txn_id"] in shown.stdout
         missing = run_cli(settings, "features", "show", "--card", "tok_nobody", cwd=tmp_path)
         assert missing.returncode == 1
         assert missing.stderr.strip() == "error: no online state for card tok_nobody"

@@ -70,6 +70,7 @@ def test_labels_are_applied_once_logged_and_poison_dead_lettered(
     # Two frauds count once each (the duplicates and the overturned one do not): the card's fraud ring holds 2.
     state = store.card_state("tok_labelled")
     assert state is not None and sum(state["f"][1::2]) == 2
+    assert store.blocked("tok_labelled") == ("p-1", "p-2")  # blocked by its confirmed frauds, not the overturned one
     day_log = DayLog(topics.paths.data_dir / "labels", "event_time")
     rows = day_log.read()
     assert rows.height == 7  # as received: the reader de-duplicates

@@ -32,12 +32,13 @@ def _rows(txn_ids: list[str], reasons: list[str]) -> pl.DataFrame:
 
 
 def test_the_trail_and_audit_show_name_rules_and_contributions(tmp_path: Path) -> None:
-    rule = Fired("known_fraud_30d", np.array([True, False]), np.array([2.0, 0.0]), 1.0)
+    blocked = Fired("card_blocked", np.array([False, False, True]), np.full(3, np.nan), np.nan)
+    rule = Fired("known_fraud_30d", np.array([True, False, False]), np.array([2.0, 0.0, 0.0]), 1.0)
     contribution = factories.REASONS[0]
-    reasons = reason_texts(np.array([True, True]), (rule,), {1: [contribution]})
+    reasons = reason_texts(np.array([True, True, True]), (blocked, rule), {1: [contribution]})
     old = json.dumps([{k: v for k, v in contribution.model_dump().items() if k != "kind"}])
     logs = Logs.under(tmp_path)
-    logs.decisions.append(pl.concat([_rows(["ruled", "scored"], reasons), _rows(["old"], [old])]))
+    logs.decisions.append(pl.concat([_rows(["ruled", "scored", "blocked"], reasons), _rows(["old"], [old])]))
     codes = {t: trail(t, logs, registered=None, key=None)["decision"]["reason_codes"]  # type: ignore[index]
              for t in ("ruled", "scored", "old")}  # fmt: skip
     assert codes["ruled"] == [{"schema_version": 1, "kind": "rule", "rule": "known_fraud_30d", "value": 2.0,
@@ -47,10 +48,11 @@ def test_the_trail_and_audit_show_name_rules_and_contributions(tmp_path: Path) -
     env |= {"FRAUD_PATHS__DATA_DIR": str(tmp_path), "FRAUD_PATHS__MODELS_DIR": str(tmp_path / "models"),
             "PYTHONPATH": str(ROOT)}  # fmt: skip
     shown = {}
-    for txn_id in ("ruled", "old"):
+    for txn_id in ("ruled", "old", "blocked"):
         result = subprocess.run([sys.executable, "-m", "fraudpipe", "audit", "show", txn_id], env=env, cwd=tmp_path,
                                 capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
         assert result.returncode == 0, result.stderr
         shown[txn_id] = result.stdout
     assert "reason: rule known_fraud_30d: 2.0 (fires at 1.0)" in shown["ruled"]
+    assert "reason: rule card_blocked (the card was blocked: a fraud on it had been confirmed" in shown["blocked"]
     assert "reason: card_amount_ratio_30d = 7.5 raises the score by 1.800" in shown["old"]

@@ -193,13 +193,19 @@ def _realistic(champion_dir: Path) -> tuple[Pipeline, list[Transaction], Batch, 
     def run(**scoring: Any) -> tuple[Pipeline, Batch]:
         store = InMemoryFeatureStore()
         pipeline = _pipeline(champion_dir, store, thresholds_from="settings", review_amount=70.0, reason_codes=2,
-                             **scoring)  # fmt: skip
+                             rules=("known_fraud_30d", "large_amount"), **scoring)  # fmt: skip
         pipeline.score(history, [0.0] * len(history))
         store.apply_labels([fraud])
         return pipeline, pipeline.score(later + history[:5], [-0.25] * 35)  # the last five: redelivered
 
-    scores = sorted(d.score for d in run()[1].decisions()[:30] if d.score is not None)
-    pipeline, _ = run(review_threshold=scores[20], decline_threshold=scores[27])
+    decided = run()[1].decisions()[:30]
+    scores = sorted(d.score for d in decided if d.score is not None)
+    # a review threshold above one large payment's score and one of the fraud card's: each rule forces one alone
+    large = min(d.score for d in decided if d.amount >= 70.0 and d.score is not None)
+    known = min(d.score for d in decided if d.card_token == "tok_card0" and d.score is not None)
+    review = max(large, known, scores[20]) + 1e-12
+    assert review < scores[-1]  # and the score makes some alerts
+    pipeline, _ = run(review_threshold=review, decline_threshold=max(review, scores[27]))
     explained: list[int] = []
     scorer = pipeline.models.scorer
     assert scorer is not None
@@ -233,7 +239,10 @@ def _expected(pipeline: Pipeline, txns: list[Transaction], batch: Batch) -> list
         score = served.score
         assert score is not None
         reasons: list[Contribution | RuleReason] = []
-        if served.decision != "approve":
+        blocking = "card_blocked" in pipeline.scoring.rules
+        if served.decision != "approve" and blocking and pipeline.store.blocked(txn.card_token):  # type: ignore[attr-defined]
+            reasons.append(RuleReason(rule="card_blocked"))
+        elif served.decision != "approve":
             frauds, amount = float(np.nan_to_num(row[FEATURE_NAMES.index("card_fraud_count_30d")])), row[0]
             if frauds >= 1:
                 reasons.append(RuleReason(rule="known_fraud_30d", value=frauds, threshold=1.0))
@@ -355,3 +364,61 @@ def test_a_zero_amount_authorization_is_scored_like_any_payment(champion_dir: Pa
     assert probe.amount == 0.0 and probe.score is not None and not probe.degraded
     assert probe.features["amount"] == 0.0 and probe.features["card_amount_ratio_30d"] == 0.0
     assert all(math.isfinite(v) for v in probe.features.values() if v is not None)
+
+
+def _fraud_on(store: InMemoryFeatureStore, txn: Transaction, *, fraud: bool = True, version: int = 1) -> None:
+    store.apply_labels([factories.label(txn_id=txn.txn_id, card_token=txn.card_token, event_time=txn.event_time,
+                                        known_at=T0 + timedelta(minutes=1), is_fraud=fraud, label_version=version,
+                                        terminal_id=txn.terminal_id)])  # fmt: skip
+
+
+def test_a_card_with_a_confirmed_fraud_is_declined_by_the_block_alone(champion_dir: Path) -> None:
+    """Once a fraud on a card is confirmed, every later payment on it is declined with ``card_blocked`` only: no
+    model explanation, no analyst alert, whatever the score; other cards are decided as before. A revision that
+    clears the fraud lifts the block."""
+    store = InMemoryFeatureStore()
+    pipeline = _pipeline(champion_dir, store, thresholds_from="settings", review_threshold=0.0,
+                         decline_threshold=0.99, review_amount=1.0)  # fmt: skip
+    first = _txns(14)
+    pipeline.score(first, [0.0] * len(first))
+    _fraud_on(store, first[0])  # tok_card0
+    assert store.blocked("tok_card0") == (first[0].txn_id,)
+    later = [
+        factories.transaction(txn_id=f"later-{i}", card_token=f"tok_card{i % 7}", amount=30.0,
+                              event_time=(T0 + timedelta(minutes=i)).isoformat())
+        for i in range(14)
+    ]  # fmt: skip
+    batch = pipeline.score(later, [0.0] * len(later))
+    decisions = {d.txn_id: d for d in batch.decisions()}
+    for txn in later:
+        decision = decisions[txn.txn_id]
+        if txn.card_token == "tok_card0":
+            assert decision.decision == "decline"
+            assert [(r.kind, r.rule) for r in decision.reason_codes] == [("rule", "card_blocked")]
+        else:  # every payment is an alert here (review threshold 0): explained, with the amount rule
+            assert decision.decision in ("review", "decline")
+            assert "card_blocked" not in {getattr(r, "rule", None) for r in decision.reason_codes}
+    alerted = {a.txn_id for a in batch.alerts()}
+    assert alerted == {t.txn_id for t in later if t.card_token != "tok_card0"}
+
+    _fraud_on(store, first[0], fraud=False, version=2)  # an analyst overturns it: the card is open again
+    assert store.blocked("tok_card0") == ()
+    again = factories.transaction(txn_id="after-revision", card_token="tok_card0", amount=30.0,
+                                  event_time=(T0 + timedelta(hours=1)).isoformat())  # fmt: skip
+    (decision,) = pipeline.score([again], [0.0]).decisions()
+    assert "card_blocked" not in {getattr(r, "rule", None) for r in decision.reason_codes}
+
+
+def test_a_block_lists_each_confirmed_fraud_once_and_goes_with_the_last(champion_dir: Path) -> None:
+    store = InMemoryFeatureStore()
+    txns = [factories.transaction(txn_id=f"b-{i}", card_token="tok_b", event_time=(T0 - timedelta(minutes=i))
+                                  .isoformat()) for i in range(3)]  # fmt: skip
+    store.raw(txns)
+    _fraud_on(store, txns[0])
+    _fraud_on(store, txns[0])  # a redelivered label: nothing changes
+    _fraud_on(store, txns[1])
+    assert store.blocked("tok_b") == ("b-0", "b-1")
+    _fraud_on(store, txns[0], fraud=False, version=2)
+    assert store.blocked("tok_b") == ("b-1",)
+    _fraud_on(store, txns[1], fraud=False, version=2)
+    assert store.blocked("tok_b") == () and f"{store.prefix}blocked:tok_b" not in store.values
