@@ -89,8 +89,10 @@ class FeatureStore(Protocol):
 
 
 _PACKED = struct.Struct("<Bd16s")
-"""A remembered decision: outcome level (1 byte), score (float64, NaN = none), raw content digest (16 bytes), then
-the model version (UTF-8, the rest of the value; empty = none)."""
+"""A remembered decision: outcome level (1 byte: 0 approve, 1 review, 2 decline, 3 declined because the card was
+blocked), score (float64, NaN = none), raw content digest (16 bytes), then the model version (UTF-8, the rest of the
+value; empty = none)."""
+_BLOCKED = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,17 +106,20 @@ class Recalled:
     version: str | None
     sha256: str | None
     digest: str
+    blocked: bool = False
+    """Declined because the card was blocked (no alert was raised)."""
 
     @staticmethod
-    def pack(level: int, score: float, version: str | None, content: str) -> bytes:
-        """The memory's value of a decision: ``level`` (0 approve, 1 review, 2 decline), ``score`` (NaN = none),
-        the model version, the content digest (32 hex characters): 25 bytes and the version."""
-        return _PACKED.pack(level, score, bytes.fromhex(content)) + (version or "").encode()
+    def pack(level: int, score: float, version: str | None, content: str, blocked: bool = False) -> bytes:
+        """The memory's value of a decision: ``level`` (0 approve, 1 review, 2 decline; ``blocked``: a blocked
+        card's decline), ``score`` (NaN = none), the model version, the content digest (32 hex characters): 25 bytes
+        and the version."""
+        return _PACKED.pack(_BLOCKED if blocked else level, score, bytes.fromhex(content)) + (version or "").encode()
 
     def dumps(self) -> bytes:
         """This decision as the memory's value (:meth:`pack`)."""
         score = math.nan if self.score is None else self.score
-        return self.pack(OUTCOMES.index(self.outcome), score, self.version, self.digest)
+        return self.pack(OUTCOMES.index(self.outcome), score, self.version, self.digest, self.blocked)
 
     @classmethod
     def loads(cls, value: str | bytes) -> Recalled:
@@ -126,7 +131,9 @@ class Recalled:
             return cls(outcome, score, version, sha256, content)
         level, score, content = _PACKED.unpack_from(data)
         version = data[_PACKED.size :].decode() or None
-        return cls(OUTCOMES[level], None if math.isnan(score) else score, version, None, content.hex())
+        blocked = level == _BLOCKED
+        outcome = OUTCOMES[2 if blocked else level]
+        return cls(outcome, None if math.isnan(score) else score, version, None, content.hex(), blocked)
 
 
 _REMEMBER = """
@@ -436,11 +443,12 @@ class Pipeline:
         scores = scorer.score(x)
         verdicts = policy.judge(scores, x, reply.blocked_rows(kept))
         model_s = self.clock.monotonic() - started
-        level = verdicts.level.copy()
+        level, blocked = verdicts.level.copy(), verdicts.blocked.copy()
         versions: list[str | None] = [scorer.version] * len(kept)
         fresh = [k for k, i in enumerate(rows.kept) if i not in rows.again]
         ids = [kept[k].txn_id for k in fresh]
-        values = [Recalled.pack(int(level[k]), float(scores[k]), scorer.version, digests[rows.kept[k]]) for k in fresh]
+        values = [Recalled.pack(int(level[k]), float(scores[k]), scorer.version, digests[rows.kept[k]],
+                                bool(blocked[k])) for k in fresh]  # fmt: skip
         try:
             raced = self.memory.remember(ids, values)
         except StoreUnavailableError as error:
@@ -465,17 +473,19 @@ class Pipeline:
             if isinstance(again, int):  # a copy of an earlier row of this batch: its decision
                 j = position[again]
                 scores[k], level[k], versions[k], sha256s[k] = scores[j], level[j], versions[j], sha256s[j]
-            else:
+                blocked[k] = blocked[j]
+            else:  # the decision as first made: a blocked card's decline stays one (no alert), whatever the block now
                 scores[k] = np.nan if again.score is None else again.score
-                level[k] = OUTCOMES.index(again.outcome)
+                level[k], blocked[k] = OUTCOMES.index(again.outcome), again.blocked
                 versions[k] = again.version
                 sha256s[k] = again.sha256 or self.models.sha256_of(again.version)
         decided = np.array([k for k in range(len(kept)) if k not in dropped], dtype=np.intp)
-        alerting, blocked = level[decided] >= 1, verdicts.blocked[decided]
+        alerting, blocked = level[decided] >= 1, blocked[decided]
         # the score made them alerts (a blocked card's decline is the rule's alone)
         explain = np.flatnonzero(alerting & ~blocked & (scores[decided] >= policy.review)).tolist()
         codes = scorer.explain(x[decided[explain]], self.scoring.reason_codes) if explain else []
-        fired = tuple(Fired(f.rule, f.rows[decided], f.value[decided], f.threshold) for f in verdicts.fired)
+        fired = tuple(Fired(f.rule, blocked if f.rule == "card_blocked" else f.rows[decided] & ~blocked,
+                            f.value[decided], f.threshold) for f in verdicts.fired)  # fmt: skip
         batch = Batch.of(
             Decided(
                 txns=[kept[k] for k in decided], decided_at=self.clock.now(),

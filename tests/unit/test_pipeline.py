@@ -339,6 +339,9 @@ def test_a_remembered_decision_packs_small_and_reads_back() -> None:
                                                                                    "ab" * 16)  # fmt: skip
     before = json.dumps(["review", 0.5, "v0001", "cd" * 32, "ab" * 16])  # written before this format
     assert Recalled.loads(before) == Recalled("review", 0.5, "v0001", "cd" * 32, "ab" * 16)
+    blocked = Recalled.loads(Recalled.pack(2, 0.25, "v0001", "cd" * 16, blocked=True))
+    assert blocked == Recalled("decline", 0.25, "v0001", None, "cd" * 16, blocked=True)
+    assert Recalled.loads(blocked.dumps()) == blocked
 
 
 def test_a_redelivery_after_a_model_swap_keeps_the_first_model(tmp_path: Path) -> None:
@@ -422,3 +425,24 @@ def test_a_block_lists_each_confirmed_fraud_once_and_goes_with_the_last(champion
     assert store.blocked("tok_b") == ("b-1",)
     _fraud_on(store, txns[1], fraud=False, version=2)
     assert store.blocked("tok_b") == () and f"{store.prefix}blocked:tok_b" not in store.values
+
+
+def test_a_redelivery_is_decided_as_first_whatever_the_block_is_now(champion_dir: Path) -> None:
+    """A payment declined because its card was blocked, delivered again after the block was lifted, is still a
+    blocked card's decline (no alert); one approved before the block, delivered again once blocked, stays approved."""
+    store = InMemoryFeatureStore()
+    pipeline = _pipeline(champion_dir, store, thresholds_from="settings", review_threshold=0.99,
+                         decline_threshold=0.999)  # fmt: skip
+    history = _txns(7)  # one payment per card
+    pipeline.score(history, [0.0] * 7)
+    _fraud_on(store, history[0])  # tok_card0 blocked
+    declined = factories.transaction(txn_id="while-blocked", card_token="tok_card0", event_time=T0.isoformat())
+    approved = factories.transaction(txn_id="before-block", card_token="tok_card1", event_time=T0.isoformat())
+    first = pipeline.score([declined, approved], [0.0, 0.0])
+    assert [d.decision for d in first.decisions()] == ["decline", "approve"] and first.alerts() == []
+    _fraud_on(store, history[0], fraud=False, version=2)  # tok_card0 open again
+    _fraud_on(store, history[1])  # tok_card1 blocked now
+    again = pipeline.score([declined, approved], [0.0, 0.0])
+    assert [d.decision for d in again.decisions()] == ["decline", "approve"] and again.alerts() == []
+    assert again.redelivered == 2
+    assert again.decisions()[0].reason_codes == [RuleReason(rule="card_blocked")]
