@@ -152,11 +152,6 @@ class Verdicts:
     fired: tuple[Fired, ...]
     blocked: NDArray[np.bool_]
 
-    @property
-    def alerts(self) -> NDArray[np.bool_]:
-        """The rows an analyst sees: reviews and declines, except a blocked card's."""
-        return (self.level >= 1) & ~self.blocked
-
     def outcomes(self) -> list[DecisionOutcome]:
         """approve / review / decline for each row."""
         return [OUTCOMES[value] for value in self.level.tolist()]
