@@ -25,6 +25,7 @@ __all__ = [
     "DEV_AUDIT_KEY",
     "DEV_TOKENIZATION_KEY",
     "ApiSettings",
+    "CostSettings",
     "GovernanceSettings",
     "KafkaSettings",
     "LogSettings",
@@ -283,6 +284,21 @@ class TrainingSettings(_Section):
     threads: Annotated[int, Field(ge=1, le=64)] = 1
 
 
+class CostSettings(_Section):
+    """The cost model decisions are judged by (``models.cost``), in the payments' currency unit: ``train`` and
+    ``retrain`` choose the review and decline thresholds that cost least under the review capacity, and every
+    report adds up money with it."""
+
+    chargeback_fee: Annotated[float, Field(ge=0.0)] = 20.0
+    """What a missed fraud costs on top of its amount (the chargeback's handling fee)."""
+    review_cost: Annotated[float, Field(ge=0.0)] = 5.0
+    """What one analyst review costs (about five minutes of an analyst's time)."""
+    false_decline_share: Annotated[float, Field(ge=0.0, le=1.0)] = 0.3
+    """Share of a genuine payment's amount lost when it is declined (lost margin, the customer's friction)."""
+    review_capacity: Annotated[int, Field(ge=0)] = 100
+    """Payments the analysts can review a day (rule reviews included)."""
+
+
 class PrivacySettings(_Section):
     """PAN tokenization, audit seals, erasure and retention. The keys must be set (>= 32 characters, not the dev
     key) when ``environment=prod``.
@@ -457,6 +473,9 @@ class RetrainSettings(_Section):
     margin_cp: Annotated[float, Field(ge=0.0)] = 0.0
     max_drop: Annotated[float, Field(ge=0.0)] = 0.02
     """How much AUC or recall at 1 % FPR may drop against the champion."""
+    max_cost_increase: Annotated[float, Field(ge=0.0)] | None = 0.05
+    """How much more the challenger's policy may cost on the holdout than the champion's (a fraction of the
+    champion's expected cost, each with its own thresholds, under the ``cost`` model); unset: cost is not gated."""
 
 
 class WorkerSettings(_Section):
@@ -507,6 +526,7 @@ class Settings(BaseSettings):
     topics: TopicSettings = TopicSettings()
     scoring: ScoringSettings = ScoringSettings()
     training: TrainingSettings = TrainingSettings()
+    cost: CostSettings = CostSettings()
     privacy: PrivacySettings = PrivacySettings()
     governance: GovernanceSettings = GovernanceSettings()
     paths: PathSettings = PathSettings()

@@ -36,8 +36,8 @@ LIMITATIONS = """\
   so recall is overestimated and precision underestimated until labels mature.
 - The validation window is short and recent; the fraud mix changes (new campaigns), so quality decays: watch the
   drift and matured quality (`fraudpipe monitor`) and retrain.
-- Scores are calibrated to the training period's fraud rate; the thresholds were chosen for an alert budget and a
-  decline precision on validation and hold only while the mix stays alike.
+- Scores are calibrated to the training period's fraud rate; the thresholds were chosen for the least expected cost
+  under the cost model below on validation, and hold only while the fraud mix, the amounts and the costs stay alike.
 - No protected attribute or customer segment is a feature (a guard test holds the feature list apart from them),
   but features can stand in for one: places, terminals and merchants follow geography, spending habits follow age.
   Look at the segment metrics, not only at the feature list.
@@ -86,6 +86,7 @@ def render_card(manifest: Manifest, segment_metrics: Mapping[str, Any] | None = 
         _table(["metric", "value"], metrics),
         "",
         _thresholds(m.thresholds),
+        *_money(m.metrics.get("policy")),
         *_scenarios(m.metrics.get("scenario_recall_at_1pct_fpr")),
         "",
         *(_segments(segment_metrics) if segment_metrics else _no_segments()),
@@ -114,10 +115,28 @@ def _thresholds(thresholds: Mapping[str, Any]) -> str:
     if "review" not in thresholds:
         return "No thresholds recorded."
     text = f"Thresholds: review at a score of {_cell(thresholds['review'])}, decline at {_cell(thresholds['decline'])}"
-    if "alerts_per_day" in thresholds:
-        text += (f" (chosen on validation for about {thresholds['alerts_per_day']} alerts a day and a decline "
-                 f"precision of {thresholds.get('decline_precision')})")  # fmt: skip
+    cost = thresholds.get("cost")
+    if isinstance(cost, Mapping):
+        text += (f", chosen on validation for the least expected cost ({thresholds['expected_cost_per_day']:,.2f} a "
+                 f"day) when a missed fraud costs its amount plus {cost['chargeback_fee']:,.2f}, a review "
+                 f"{cost['review_cost']:,.2f}, a false decline {cost['false_decline_share']:.0%} of its amount, with "
+                 f"at most {cost['review_capacity']:,} reviews a day")  # fmt: skip
     return text + "."
+
+
+_MONEY = (("payments", "payments"), ("alert_rate", "analyst alerts per payment"), ("model_alerts", "alerts by the "
+          "model's score"), ("rule_alerts", "alerts by a rule alone"), ("blocked_declines", "declines of blocked "
+          "cards (no alert)"), ("reviews_per_day", "reviews a day"), ("amount_recall", "fraud amount caught (share)"),
+          ("fraud_amount_missed", "fraud amount missed"), ("false_declines", "false declines"),
+          ("false_decline_amount", "false decline amount"), ("expected_cost_per_day", "expected cost a day"),
+          ("saving_vs_rules_only", "saving against the rules alone"))  # fmt: skip
+
+
+def _money(policy: object) -> list[str]:
+    if not isinstance(policy, Mapping):
+        return []
+    return ["", "The policy on the same window (the model's thresholds and the serving rules):", "",
+            _table(["figure", "value"], [(label, policy.get(key)) for key, label in _MONEY])]  # fmt: skip
 
 
 def _scenarios(recall: object) -> list[str]:

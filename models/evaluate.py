@@ -5,6 +5,11 @@ Following ../shared/REFERENCE.md (the handbook's protocol): label-derived featur
 configured number of rounds — no early stopping, since the protocol leaves no labelled days between training and
 test to stop on; the delay gap is skipped; the test window loses the payments of cards already known compromised
 (:func:`models.protocol.drop_known_compromised`). Metrics are computed on what is left.
+
+The report's ``policy`` is the serving policy applied to the whole test window (:func:`models.cost.policy_figures`):
+the cards known compromised are declined by the ``card_blocked`` rule (they would be blocked), the serving rules
+apply, and the model decides the rest with thresholds chosen for the least expected cost on the delay gap's days
+(scored by the same model; the training window when there is no gap) — never on the days it reports.
 """
 
 from __future__ import annotations
@@ -18,10 +23,11 @@ import numpy as np
 import polars as pl
 
 from features.definitions import FEATURE_NAMES
-from fraudpipe.settings import TrainingSettings
+from fraudpipe.settings import CostSettings, ScoringSettings, TrainingSettings
+from models.cost import cheapest_thresholds, judged, policy_figures
 from models.dataset import History
 from models.evaluation import CardPrecision, measure
-from models.protocol import Windows, drop_known_compromised, window_of
+from models.protocol import Windows, known_compromised, window_of
 from models.train import Progress, feature_rows, fit, lgb_params, matrix, window_counts
 
 __all__ = ["Evaluation", "evaluate"]
@@ -38,6 +44,7 @@ class Evaluation:
 
 
 def evaluate(history: History, windows: Windows, settings: TrainingSettings, *, k: int = 100,
+             costs: CostSettings | None = None, scoring: ScoringSettings | None = None,
              progress: Progress | None = None) -> Evaluation:  # fmt: skip
     """Train and test under the protocol (module docstring).
 
@@ -47,16 +54,31 @@ def evaluate(history: History, windows: Windows, settings: TrainingSettings, *, 
     labels = history.truth_labels(timedelta(days=windows.delay_days))
     rows = feature_rows(history, (windows.history[0], windows.test[1]), labels)
     train = window_of(rows, (windows.history[0], windows.train[1]))
+    revealing = window_of(rows, (windows.train[0], windows.test[1]))
     everything = window_of(rows, windows.test)
-    test = drop_known_compromised(everything, window_of(rows, (windows.train[0], windows.test[1])),
-                                  windows.delay_days)  # fmt: skip
+    blocked = known_compromised(everything, revealing, windows.delay_days)
+    test = everything.filter(~blocked)
     if train.height == 0 or test.height == 0:
         raise ValueError(f"no transactions in the {'training' if train.height == 0 else 'test'} window")
     fitted = fit(train, settings, progress=progress)
-    scores = np.asarray(fitted.booster.predict(matrix(test), num_threads=settings.threads), dtype=np.float64)
+
+    def scored(frame: pl.DataFrame) -> np.ndarray:
+        return np.asarray(fitted.booster.predict(matrix(frame), num_threads=settings.threads), dtype=np.float64)
+
+    all_scores = scored(everything)
+    scores = all_scores[~blocked.to_numpy()]
     metrics, cp = measure(test, scores, k)
+    costs, scoring = costs or CostSettings(), scoring or ScoringSettings()
+    chosen_on = "delay" if windows.delay_days else "train"
+    choice = window_of(rows, windows.delay) if windows.delay_days else train
+    thresholds = cheapest_thresholds(
+        judged(choice, scored(choice), scoring, known_compromised(choice, revealing, windows.delay_days)), costs
+    )
+    policy = policy_figures(judged(everything, all_scores, scoring, blocked), thresholds["review"],
+                            thresholds["decline"], costs)  # fmt: skip
     report = {
         **metrics,
+        "policy": {**policy, "thresholds_chosen_on": chosen_on},
         "windows": {
             "history": window_counts(window_of(rows, windows.history)),
             "train": window_counts(window_of(rows, windows.train)),

@@ -5,10 +5,14 @@ day's quality is only known once its labels have had time to arrive: a day is *m
 ``maturity`` past its end, and then an unlabelled decision counts as genuine. Before that, the numbers are
 provisional and say so. Only labels known by ``as_of`` are used (never the future), latest version per transaction.
 
-Per event day and model version: decisions, alerts (review or decline) and the alert rate, frauds known, alerts
-that were frauds, precision and recall of alerts, average precision of the scores, CP@k (the handbook's card
-precision, k cards a day) and label coverage (the share of decisions with a label). Degraded decisions (no score)
-count as decisions and alerts by their outcome but stay out of AP and CP@k.
+Per event day and model version: decisions; analysts' alerts (every review and decline but a blocked card's) and
+their rate, the model's alerts (its score reached the review threshold) and the rules' apart, blocked cards'
+declines; frauds known, frauds caught (declined or reviewed, whoever decided), precision of the alerts and of the
+model's own, recall; average precision of the scores, CP@k (the handbook's card precision, k cards a day), label
+coverage (the share of decisions with a label); and money under the cost model (:func:`models.cost.money_figures`):
+reviews against the daily capacity, fraud amount caught and missed, false declines, the expected cost and the
+saving against the rules alone on the same payments. Degraded decisions (no score) count as decisions and as the
+rules' alerts by their outcome, but stay out of AP and CP@k.
 
 Drift: the served features and scores of a trailing window of decisions, against the reference distributions of
 the model that served them (:mod:`models.drift`).
@@ -24,6 +28,8 @@ import numpy as np
 import polars as pl
 
 from features.definitions import FEATURE_NAMES
+from fraudpipe.settings import CostSettings
+from models.cost import Judged, money_figures
 from models.drift import Drift, drift_report
 from models.evaluation import average_precision, card_precision_at_k
 
@@ -39,8 +45,14 @@ __all__ = [
     "rollback_reason",
 ]
 
-QUALITY_COLUMNS = ("day", "model_version", "matured", "decisions", "alerts", "alert_rate", "frauds", "caught",
-                   "precision", "recall", "ap", "cp_at_k", "label_coverage")  # fmt: skip
+QUALITY_COLUMNS = ("day", "model_version", "matured", "decisions", "alerts", "alert_rate", "model_alerts",
+                   "rule_alerts", "blocked_declines", "frauds", "caught", "precision", "model_precision", "recall",
+                   "ap", "cp_at_k", "label_coverage", "reviews", "review_capacity", "fraud_amount",
+                   "fraud_amount_caught", "fraud_amount_missed", "amount_recall", "false_declines",
+                   "false_decline_amount", "expected_cost", "rules_only_cost", "saving_vs_rules_only")  # fmt: skip
+_MONEY = QUALITY_COLUMNS[QUALITY_COLUMNS.index("reviews") :]
+_LEVEL = {"approve": 0, "review": 1, "decline": 2}
+_REASONS = pl.List(pl.Struct({"kind": pl.String, "rule": pl.String}))
 
 
 def latest_decisions(decisions: pl.DataFrame) -> pl.DataFrame:
@@ -67,8 +79,10 @@ def matured_before(as_of: datetime, maturity: timedelta) -> date:
 
 
 def live_quality(decisions: pl.DataFrame, labels: pl.DataFrame, *, as_of: datetime, maturity: timedelta,
-                 k: int = 100) -> pl.DataFrame:  # fmt: skip
-    """Quality per event day and model version (QUALITY_COLUMNS), days in order."""
+                 k: int = 100, costs: CostSettings | None = None) -> pl.DataFrame:  # fmt: skip
+    """Quality and money per event day and model version (QUALITY_COLUMNS), days in order."""
+    costs = costs or CostSettings()
+    rules = pl.col("reason_codes").fill_null("[]").str.json_decode(_REASONS)
     rows = (
         latest_decisions(decisions)
         .join(latest_labels(labels, as_of), on="txn_id", how="left")
@@ -76,17 +90,25 @@ def live_quality(decisions: pl.DataFrame, labels: pl.DataFrame, *, as_of: dateti
             day=pl.col("event_time").dt.date(),
             labelled=pl.col("is_fraud").is_not_null(),
             fraud=pl.col("is_fraud").fill_null(False),
-            alert=pl.col("decision") != "approve",
+            level=pl.col("decision").replace_strict(_LEVEL, return_dtype=pl.Int8),
+            blocked=rules.list.eval(pl.element().struct.field("rule") == "card_blocked").list.any().fill_null(False),
+            ruled=rules.list.eval(pl.element().struct.field("kind") == "rule").list.any().fill_null(False),
             model_version=pl.col("model_version").fill_null("none"),
+        )
+        .with_columns(
+            by_model=(pl.col("score") >= pl.col("review_threshold")).fill_null(False) & ~pl.col("blocked"),
+            forced=(pl.col("ruled") | (pl.col("degraded").fill_null(False) & (pl.col("level") >= 1)))
+            & ~pl.col("blocked"),
         )
     )
     cutoff = matured_before(as_of, maturity)
     out: list[dict[str, Any]] = []
     for (day, version), group in rows.group_by("day", "model_version", maintain_order=True):
-        n = group.height
-        alerts = int(group.get_column("alert").sum())
-        frauds = int(group.get_column("fraud").sum())
-        caught = int((group.get_column("alert") & group.get_column("fraud")).sum())
+        judged = Judged.of(group.get_column("fraud").to_numpy(), group.get_column("amount").to_numpy(),
+                           group.get_column("score").fill_null(np.nan).to_numpy(), [day],
+                           group.get_column("blocked").to_numpy(), group.get_column("forced").to_numpy())  # fmt: skip
+        money = money_figures(judged, group.get_column("level").to_numpy(), group.get_column("by_model").to_numpy(),
+                              costs)  # fmt: skip
         scored = group.filter(pl.col("score").is_not_null())
         truth = scored.get_column("fraud").cast(pl.Int8).to_numpy()
         scores = scored.get_column("score").to_numpy()
@@ -97,21 +119,27 @@ def live_quality(decisions: pl.DataFrame, labels: pl.DataFrame, *, as_of: dateti
                 "day": day,
                 "model_version": version,
                 "matured": day < cutoff,
-                "decisions": n,
-                "alerts": alerts,
-                "alert_rate": alerts / n,
-                "frauds": frauds,
-                "caught": caught,
-                "precision": caught / alerts if alerts else None,
-                "recall": caught / frauds if frauds else None,
+                "decisions": group.height,
+                "alerts": money["alerts"],
+                "alert_rate": money["alert_rate"],
+                "model_alerts": money["model_alerts"],
+                "rule_alerts": money["rule_alerts"],
+                "blocked_declines": money["blocked_declines"],
+                "frauds": money["frauds"],
+                "caught": money["caught"],
+                "precision": money["alert_precision"],
+                "model_precision": money["model_precision"],
+                "recall": money["recall"],
                 "ap": average_precision(truth, scores) if both else None,
                 "cp_at_k": cp.mean if scored.height else None,
                 "label_coverage": float(group.get_column("labelled").mean()),  # type: ignore[arg-type]
+                **{name: money[name] for name in _MONEY},
             }
         )
-    schema = {"precision": pl.Float64, "recall": pl.Float64, "ap": pl.Float64, "cp_at_k": pl.Float64}
-    frame = pl.DataFrame(out, schema_overrides=schema) if out else pl.DataFrame(schema=dict.fromkeys(QUALITY_COLUMNS))
-    return frame.sort("day", "model_version") if out else frame
+    floats = ("precision", "model_precision", "recall", "ap", "cp_at_k", "amount_recall", "saving_vs_rules_only")
+    if not out:
+        return pl.DataFrame(schema=dict.fromkeys(QUALITY_COLUMNS))
+    return pl.DataFrame(out, schema_overrides=dict.fromkeys(floats, pl.Float64)).sort("day", "model_version")
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from datetime import date, timedelta
 
 import polars as pl
 
-__all__ = ["Windows", "drop_known_compromised", "window_of"]
+__all__ = ["Windows", "drop_known_compromised", "known_compromised", "window_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +53,9 @@ def window_of(frame: pl.DataFrame, days: tuple[date, date], column: str = "event
     return frame.filter((day >= days[0]) & (day < days[1]))
 
 
-def drop_known_compromised(test: pl.DataFrame, history: pl.DataFrame, delay_days: int) -> pl.DataFrame:
-    """``test`` without the payments of cards whose fraud was known by their day (see the module docstring).
+def known_compromised(test: pl.DataFrame, history: pl.DataFrame, delay_days: int) -> pl.Series:
+    """For each row of ``test``, whether its card's fraud was known by its day (see the module docstring): such a
+    card would be blocked.
 
     ``history`` holds the payments that may reveal a fraud, from the training window's first day on, with
     ``card_token``, ``event_time`` and ``is_fraud``.
@@ -64,11 +65,19 @@ def drop_known_compromised(test: pl.DataFrame, history: pl.DataFrame, delay_days
         .group_by("card_token")
         .agg(pl.col("event_time").dt.date().min().alias("first_fraud_day"))
     )
-    return (
-        test.join(first_fraud, on="card_token", how="left")
-        .filter(
-            pl.col("first_fraud_day").is_null()
-            | (pl.col("first_fraud_day") >= pl.col("event_time").dt.date() - pl.duration(days=delay_days))
-        )
-        .drop("first_fraud_day")
+    known = test.select("card_token", "event_time").join(
+        first_fraud, on="card_token", how="left", maintain_order="left"
     )
+    return (
+        known.select(
+            pl.col("first_fraud_day").is_not_null()
+            & (pl.col("first_fraud_day") < pl.col("event_time").dt.date() - pl.duration(days=delay_days))
+        )
+        .to_series()
+        .alias("known_compromised")
+    )
+
+
+def drop_known_compromised(test: pl.DataFrame, history: pl.DataFrame, delay_days: int) -> pl.DataFrame:
+    """``test`` without the payments of cards whose fraud was known by their day (:func:`known_compromised`)."""
+    return test.filter(~known_compromised(test, history, delay_days))

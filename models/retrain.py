@@ -11,9 +11,14 @@ rate within bounds, no feature missing far more often than in the champion's ref
 feature wildly off the champion's reference (PSI past ``max_psi``: a unit or pipeline break, not drift). A failure
 stops the run with the list of what failed.
 
+The thresholds are the cheapest on the validation window under the cost model (:func:`models.cost.cheapest_thresholds`,
+with the serving rules in force).
+
 The promotion gate (:func:`gate`): the challenger's AP and CP@k on the holdout beat the champion's by at least their
-margins, and neither AUC nor recall at 1 % FPR drops by more than ``max_drop``. The champion is re-scored on the
-holdout's served features, so both are judged on the very same rows.
+margins, neither AUC nor recall at 1 % FPR drops by more than ``max_drop``, and (unless ``max_cost_increase`` is
+unset) the challenger's policy does not cost more than the champion's by more than that fraction — each model with
+its own thresholds. The champion is re-scored on the holdout's served features, so both are judged on the very same
+rows.
 
 Given a segment table (``segments``), the challenger's model card shows its metrics and fairness per segment on the
 holdout (:func:`models.fairness.card_segments`, bounds from ``governance``).
@@ -29,7 +34,8 @@ import numpy as np
 import polars as pl
 
 from features.definitions import FEATURE_NAMES
-from fraudpipe.settings import GovernanceSettings, RetrainSettings, TrainingSettings
+from fraudpipe.settings import CostSettings, GovernanceSettings, RetrainSettings, ScoringSettings, TrainingSettings
+from models.cost import cheapest_thresholds, judged, policy_figures
 from models.dataset import fingerprint
 from models.drift import psi
 from models.evaluation import measure
@@ -38,7 +44,6 @@ from models.monitor import latest_decisions, latest_labels, matured_before
 from models.protocol import window_of
 from models.reference import reference
 from models.registry import Registry
-from models.scorer import choose_thresholds
 from models.train import fit, lgb_params, matrix, window_counts
 
 __all__ = ["DataValidationError", "Outcome", "Plan", "gate", "plan", "retrain", "served_rows", "validate"]
@@ -134,6 +139,10 @@ def gate(champion: dict[str, Any], challenger: dict[str, Any], settings: Retrain
             refusals.append(
                 f"{name} collapses: {new:.4f} against the champion's {old:.4f} (max drop {settings.max_drop})"
             )
+    new, old = challenger.get("expected_cost"), champion.get("expected_cost")
+    bound = settings.max_cost_increase
+    if bound is not None and new is not None and old is not None and new > old * (1 + bound):
+        refusals.append(f"expected cost {new:,.2f} exceeds the champion's {old:,.2f} by more than {bound:.0%}")
     return refusals
 
 
@@ -163,15 +172,16 @@ class Outcome:
         }
 
 
-def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
+def _headline(metrics: dict[str, Any], policy: dict[str, Any]) -> dict[str, Any]:
     keys = ("auc", "ap", "cp_at_k", "recall_at_1pct_fpr", "n_test", "n_test_fraud")
-    return {key: metrics.get(key) for key in keys}
+    money = ("expected_cost", "saving_vs_rules_only", "alert_rate", "amount_recall")
+    return {**{key: metrics.get(key) for key in keys}, **{key: policy[key] for key in money}}
 
 
 def retrain(decisions: pl.DataFrame, labels: pl.DataFrame, registry: Registry, *, as_of: datetime,
             maturity: timedelta, settings: RetrainSettings, training: TrainingSettings, k: int = 100,
-            by: str | None = None, segments: Segments | None = None,
-            governance: GovernanceSettings | None = None) -> Outcome:  # fmt: skip
+            by: str | None = None, segments: Segments | None = None, governance: GovernanceSettings | None = None,
+            costs: CostSettings | None = None, scoring: ScoringSettings | None = None) -> Outcome:  # fmt: skip
     """Train a challenger on the served history matured by ``as_of``, register it (alias ``challenger``), and
     promote it to ``champion`` if it passes the gate.
 
@@ -194,18 +204,21 @@ def retrain(decisions: pl.DataFrame, labels: pl.DataFrame, registry: Registry, *
         raise ValueError(f"no decisions in the {'validation' if valid.height == 0 else 'holdout'} window")
     fitted = fit(train, training, valid)
     outcome.seconds = fitted.seconds
+    costs, scoring = costs or CostSettings(), scoring or ScoringSettings()
     valid_scores = np.asarray(fitted.booster.predict(matrix(valid), num_threads=training.threads), dtype=np.float64)
+    thresholds = cheapest_thresholds(judged(valid, valid_scores, scoring), costs)
     inputs = matrix(holdout)
     scores = np.asarray(fitted.booster.predict(inputs, num_threads=training.threads), dtype=np.float64)
     new, _ = measure(holdout, scores, k)
-    outcome.metrics["challenger"] = _headline(new)
+    policy = policy_figures(judged(holdout, scores, scoring), thresholds["review"], thresholds["decline"], costs)
+    outcome.metrics["challenger"] = _headline(new, policy)
     if champion is not None:
         old_scores = np.asarray(champion.booster.predict(inputs, num_threads=training.threads), dtype=np.float64)
         old, _ = measure(holdout, old_scores, k)
-        outcome.metrics["champion"] = _headline(old)
-        outcome.refusals = gate(old, new, settings)
-    truth = valid.get_column("is_fraud").cast(pl.Int8).to_numpy()
-    thresholds = choose_thresholds(truth, valid_scores, valid.get_column("event_time").dt.date().to_list())
+        served = champion.manifest.thresholds
+        old_policy = policy_figures(judged(holdout, old_scores, scoring), served["review"], served["decline"], costs)
+        outcome.metrics["champion"] = _headline(old, old_policy)
+        outcome.refusals = gate(outcome.metrics["champion"], outcome.metrics["challenger"], settings)
     fields = {
         "created_by": by,
         "params": lgb_params(training),
@@ -213,6 +226,7 @@ def retrain(decisions: pl.DataFrame, labels: pl.DataFrame, registry: Registry, *
         "windows": {"source": "decision log", "as_of": as_of.isoformat(), **windows.as_dict(), **counts},
         "metrics": {
             **new,
+            "policy": policy,
             "train_seconds": round(fitted.seconds, 2),
             "champion_on_holdout": outcome.metrics.get("champion"),
         },

@@ -18,8 +18,7 @@ can only make a decision stricter, never looser (:data:`RULES`, stable ids: they
 :meth:`Policy.judge` says, column-wise for a batch, which rows the score made alerts (``by_score``: explain those)
 and which rules fired on each row (their reason codes, :class:`Fired`).
 
-:func:`choose_thresholds` picks the thresholds on validation scores: review for a daily alert budget, decline for a
-target precision.
+:func:`models.cost.cheapest_thresholds` chooses the thresholds on validation, for the least expected cost.
 """
 
 from __future__ import annotations
@@ -29,18 +28,19 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightgbm as lgb
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from sklearn.metrics import precision_recall_curve
 
 from features.definitions import FEATURE_NAMES, feature_index
 from fraudpipe.contracts import Contribution, DecisionOutcome
-from models.registry import LoadedModel
 
-__all__ = ["OUTCOMES", "RULES", "Fired", "Policy", "Scorer", "Verdicts", "choose_thresholds", "explain"]
+if TYPE_CHECKING:  # the registry's model card reaches the policy through models.cost: only the type is needed
+    from models.registry import LoadedModel
+
+__all__ = ["OUTCOMES", "RULES", "Fired", "Policy", "Scorer", "Verdicts", "explain"]
 
 _INDEX = feature_index()
 RULES = ("card_blocked", "known_fraud_30d", "large_amount")
@@ -207,21 +207,3 @@ class Policy:
                blocked: NDArray[np.bool_] | None = None) -> list[DecisionOutcome]:  # fmt: skip
         """approve / review / decline for each row (:meth:`judge`'s outcomes)."""
         return self.judge(scores, matrix, blocked).outcomes()
-
-
-def choose_thresholds(truth: ArrayLike, scores: ArrayLike, days: Sequence[object], *, alerts_per_day: int = 100,
-                      decline_precision: float = 0.9) -> dict[str, float]:  # fmt: skip
-    """Thresholds from validation: ``review`` raises about ``alerts_per_day`` alerts a day on these scores;
-    ``decline`` is the lowest threshold whose precision reaches ``decline_precision`` (never below review)."""
-    s = np.asarray(scores, dtype=np.float64)
-    budget = alerts_per_day * max(len(set(days)), 1)
-    review = float(np.sort(s)[::-1][min(budget, len(s)) - 1]) if len(s) else 0.5
-    precision, _, thresholds = precision_recall_curve(np.asarray(truth), s)
-    reached = thresholds[precision[:-1] >= decline_precision]
-    decline = float(reached.min()) if len(reached) else 1.0
-    return {
-        "review": review,
-        "decline": max(decline, review),
-        "alerts_per_day": alerts_per_day,
-        "decline_precision": decline_precision,
-    }

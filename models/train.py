@@ -6,8 +6,8 @@ booster, deterministically for a seed (``deterministic``, row-wise histograms, f
 
 Class imbalance (about 1 fraud in 120 payments) is handled deliberately, and not by reweighting: the model is trained
 on the plain log-loss so its scores stay calibrated probabilities, and the imbalance is dealt with where it matters
-— thresholds are chosen on validation scores for an alert budget and a target precision
-(:func:`models.scorer.choose_thresholds`), and early stopping watches average precision, not accuracy. Measured on
+— thresholds are chosen on validation scores for the least expected cost under a daily review capacity
+(:func:`models.cost.cheapest_thresholds`), and early stopping watches average precision, not accuracy. Measured on
 the handbook preset (seed 0, 3 model seeds): ``scale_pos_weight=5`` lowered AP from 0.718 to 0.714 at equal AUC, so
 it stays off (``TrainingSettings``).
 
@@ -32,12 +32,12 @@ from numpy.typing import NDArray
 from features.definitions import FEATURE_NAMES
 from features.vectorized import build_features_fast
 from features.windows import PLACE_KEPT_DAYS
-from fraudpipe.settings import TrainingSettings
+from fraudpipe.settings import CostSettings, ScoringSettings, TrainingSettings
+from models.cost import cheapest_thresholds, judged, policy_figures
 from models.dataset import History
 from models.evaluation import measure
 from models.protocol import Windows, window_of
 from models.reference import reference
-from models.scorer import choose_thresholds
 
 __all__ = [
     "LOOKBACK",
@@ -169,11 +169,12 @@ class Trained:
 
 
 def train_version(history: History, windows: Windows, settings: TrainingSettings, *, k: int = 100,
-                  alerts_per_day: int = 100, decline_precision: float = 0.9,
+                  costs: CostSettings | None = None, scoring: ScoringSettings | None = None,
                   progress: Progress | None = None) -> Trained:  # fmt: skip
     """Fit on the training window (and ``history_days`` before it) with the labels the system received, early-stop
     on the validation window after the delay gap (``windows.test``), measure there — every payment, as the live
-    system would score it — and choose the thresholds there.
+    system would score it — and choose the thresholds there: the cheapest under ``costs`` with ``scoring``'s rules
+    in force (:func:`models.cost.cheapest_thresholds`), whose money figures join the metrics as ``policy``.
 
     Raises:
         ValueError: an empty window, or a training window without frauds.
@@ -187,8 +188,10 @@ def train_version(history: History, windows: Windows, settings: TrainingSettings
     inputs = matrix(valid)
     scores = np.asarray(fitted.booster.predict(inputs, num_threads=settings.threads), dtype=np.float64)
     metrics, _ = measure(valid, scores, k)
-    truth = valid.get_column("is_fraud").cast(pl.Int8).to_numpy()
-    days = valid.get_column("event_time").dt.date().to_list()
+    costs, scoring = costs or CostSettings(), scoring or ScoringSettings()
+    judged_valid = judged(valid, scores, scoring)
+    thresholds = cheapest_thresholds(judged_valid, costs)
+    policy = policy_figures(judged_valid, thresholds["review"], thresholds["decline"], costs)
     fields = {
         "params": lgb_params(settings),
         "rounds": fitted.rounds,
@@ -198,10 +201,8 @@ def train_version(history: History, windows: Windows, settings: TrainingSettings
             "delay_days": windows.delay_days,
             "validation": window_counts(valid),
         },
-        "metrics": {**metrics, "train_seconds": round(fitted.seconds, 2)},
-        "thresholds": choose_thresholds(
-            truth, scores, days, alerts_per_day=alerts_per_day, decline_precision=decline_precision
-        ),
+        "metrics": {**metrics, "train_seconds": round(fitted.seconds, 2), "policy": policy},
+        "thresholds": thresholds,
         "data_fingerprint": history.fingerprint(),
         "reference": reference(inputs, scores),
     }

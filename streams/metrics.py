@@ -61,8 +61,8 @@ REPAIRS_SENT = Counter("fraudpipe_repairs_sent", "Transactions decided without t
 REPAIRS_APPLIED = Counter("fraudpipe_repairs_applied", "Repairs applied to the feature store (redeliveries included)")
 LIVE_QUALITY = Gauge(
     "fraudpipe_live_quality",
-    "Quality of the latest matured day per model version (fraudpipe monitor): precision, recall, ap, cp_at_k, "
-    "alert_rate, label_coverage",
+    "Quality and money of the latest matured day per model version (fraudpipe monitor): precision, model_precision, "
+    "recall, ap, cp_at_k, alert_rate, label_coverage, amount_recall, expected_cost, saving_vs_rules_only",
     ["model_version", "metric"],
 )
 DRIFT_PSI = Gauge("fraudpipe_drift_psi", "PSI of a served feature or the score over the drift window",

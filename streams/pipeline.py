@@ -531,7 +531,8 @@ class Pipeline:
 
     def shadow(self, batch: Batch, models: Models) -> pl.DataFrame | None:
         """What ``models`` (the challenger) would have done with the batch's fresh decisions: one row each with
-        its score and would-be decision next to the champion's; ``None`` without a challenger or features."""
+        its score and would-be decision (with its rules' reason codes) next to the champion's; ``None`` without a
+        challenger or features."""
         scorer = models.scorer
         if scorer is None or batch.matrix is None or not batch.fresh:
             return None
@@ -539,13 +540,17 @@ class Pipeline:
         scores = scorer.score(x)
         blocked = np.concatenate([np.zeros(len(d.txns), dtype=bool) if d.blocked is None else d.blocked
                                   for d in batch.decided])[batch.fresh]  # fmt: skip
-        outcomes = self._policy(scorer).decide(scores, x, blocked)
+        policy = self._policy(scorer)
+        verdicts = policy.judge(scores, x, blocked)
         served = batch.log_rows[batch.fresh]
         return served.select(
-            "txn_id", "card_token", "event_time", "decided_at",
+            "txn_id", "card_token", "event_time", "decided_at", "amount",
             pl.lit(scorer.version).alias("model_version"),
             pl.Series("score", scores.astype(np.float64)),
-            pl.Series("decision", outcomes, dtype=pl.String),
+            pl.Series("decision", verdicts.outcomes(), dtype=pl.String),
+            pl.lit(policy.review).alias("review_threshold"),
+            pl.lit(False).alias("degraded"),
+            pl.Series("reason_codes", reason_texts(verdicts.level >= 1, verdicts.fired, {}), dtype=pl.String),
             pl.col("model_version").alias("champion_version"),
             pl.col("score").alias("champion_score"),
             pl.col("decision").alias("champion_decision"),

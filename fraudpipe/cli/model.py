@@ -76,15 +76,14 @@ def train(
     delay_days: Annotated[int, typer.Option(min=0, help="Gap whose labels are not known yet.")] = 7,
     valid_days: Annotated[int, typer.Option(min=1, help="Validation days after the gap (early stopping).")] = 7,
     label_delay: Annotated[str, typer.Option(help="Delay of labels derived from a file's label column.")] = "7d",
-    alerts_per_day: Annotated[int, typer.Option(min=1, help="Review budget the review threshold is set for.")] = 100,
-    decline_precision: Annotated[float, typer.Option(min=0.0, max=1.0, help="Precision the decline needs.")] = 0.9,
     seed: SeedOption = None,
     rounds: RoundsOption = None,
     learning_rate: RateOption = None,
     promote: Annotated[bool, typer.Option(help="Make the new version the champion.")] = False,
     why: Annotated[str, typer.Option(help="Recorded with the promotion.")] = "trained with fraudpipe train",
 ) -> None:
-    """Train a LightGBM model, register it (model, manifest, report) and optionally promote it."""
+    """Train a LightGBM model, register it (model, manifest, report) and optionally promote it. Its thresholds are
+    the cheapest on the validation window under the cost model (FRAUD_COST__*: fees, review cost and capacity)."""
     from models.registry import Registry
     from models.report import render_report, report_data
     from models.train import latest_windows, train_version
@@ -99,10 +98,8 @@ def train(
     progress, update = _fitting(training.rounds)
     with progress:
         try:
-            trained = train_version(
-                history, windows, training, alerts_per_day=alerts_per_day, decline_precision=decline_precision,
-                progress=update,
-            )  # fmt: skip
+            trained = train_version(history, windows, training, costs=settings.cost, scoring=settings.scoring,
+                                    progress=update)  # fmt: skip
         except ValueError as error:
             raise CliError(str(error)) from None
     registry = Registry(settings.paths.models_dir)
@@ -118,11 +115,17 @@ def train(
         f"registered {manifest.version} ({trained.fitted.rounds} rounds, {metrics['train_seconds']:.1f} s) — "
         f"validation {windows.test[0]}..{windows.test[1] - timedelta(days=1)}: AUC {metrics['auc']:.3f}, "
         f"AP {metrics['ap']:.3f}, CP@{metrics['k']} {metrics['cp_at_k']:.3f}; thresholds review "
-        f"{thresholds['review']:.3f} / decline {thresholds['decline']:.3f}"
+        f"{thresholds['review']:.3f} / decline {thresholds['decline']:.3f}, "
+        f"expected cost {thresholds['expected_cost_per_day']:,.0f} a day ({_saving(metrics['policy'])})"
         + (" — now champion" if promote else "")
         + f"\nreport: {registry.versions_dir / manifest.version / 'report.html'}",
         highlight=False,
     )
+
+
+def _saving(policy: dict[str, Any]) -> str:
+    saving = policy.get("saving_vs_rules_only")
+    return "rules alone cost nothing" if saving is None else f"{saving:.0%} less than the rules alone"
 
 
 @app.command()
@@ -155,7 +158,8 @@ def evaluate(
     progress, update = _fitting(training.rounds)
     with progress:
         try:
-            result = run(history, windows, training, k=k, progress=update)
+            result = run(history, windows, training, k=k, costs=settings.cost, scoring=settings.scoring,
+                         progress=update)  # fmt: skip
         except ValueError as error:
             raise CliError(str(error)) from None
     report.parent.mkdir(parents=True, exist_ok=True)
@@ -163,11 +167,17 @@ def evaluate(
     if html is not None:
         title = f"fraudpipe evaluate — test {windows.test[0]}..{windows.test[1] - timedelta(days=1)}"
         write_report(report_data(title, result.booster, result.test, result.report, result.report["windows"]), html)
-    r = result.report
+    r, p = result.report, result.report["policy"]
     auc, ap = (f"{r[key]:.3f}" if r[key] is not None else "n/a" for key in ("auc", "ap"))
+    recall = "n/a" if p["amount_recall"] is None else f"{p['amount_recall']:.1%}"
     Console(soft_wrap=True).print(
         f"AUC {auc}  AP {ap}  CP@{k} {r['cp_at_k']:.3f}  ({r['n_test']:,} test transactions, "
-        f"{r['n_test_fraud']:,} frauds) → {report}" + (f", {html}" if html else ""),
+        f"{r['n_test_fraud']:,} frauds) → {report}"
+        + (f", {html}" if html else "")
+        + f"\npolicy on all {p['payments']:,} test payments: {p['alert_rate']:.2%} analyst alerts, "
+        f"{p['reviews_per_day']:,.0f} reviews a day (capacity {p['review_capacity']:,}), fraud amount caught "
+        f"{recall}, {p['false_declines']:,} false declines, expected cost {p['expected_cost_per_day']:,.0f} a day, "
+        f"{_saving(p)}",
         highlight=False,
     )
 

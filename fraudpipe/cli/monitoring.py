@@ -126,7 +126,8 @@ def _retrain_once(settings: Settings, as_of_text: str | None, only_on_breach: bo
     try:
         outcome = run(decisions, labels, registry, as_of=as_of, maturity=timedelta(days=settings.monitor.maturity_days),
                       settings=settings.retrain, training=training, k=settings.monitor.k,
-                      segments=_training_segments(settings, None), governance=settings.governance)  # fmt: skip
+                      segments=_training_segments(settings, None), governance=settings.governance,
+                      costs=settings.cost, scoring=settings.scoring)  # fmt: skip
     except DataValidationError as error:
         out.print("[red]training data failed validation, nothing trained:[/red]")
         for failure in error.failures:
@@ -230,6 +231,21 @@ def _drift(settings: Settings, decisions: Any, references: dict[str, Any]) -> An
     return live_drift(decisions, references, since=since, moderate=cfg.psi_moderate, breach=cfg.psi_breach)
 
 
+def _saving_line(quality: Any) -> str:
+    """The matured days' money in one sentence: what the policy cost against the rules alone (served models only)."""
+    import polars as pl
+
+    served = quality.filter(pl.col("matured") & ~pl.col("model_version").str.ends_with("(shadow)"))
+    if served.is_empty():
+        return "no matured day yet: the saving against the rules alone is not known"
+    cost, baseline = served.get_column("expected_cost").sum(), served.get_column("rules_only_cost").sum()
+    caught, missed = served.get_column("fraud_amount_caught").sum(), served.get_column("fraud_amount_missed").sum()
+    saving = f"{1 - cost / baseline:.1%}" if baseline else "n/a"
+    return (f"over {served.get_column('day').n_unique()} matured days: expected cost {cost:,.2f} against "
+            f"{baseline:,.2f} for the rules alone — a saving against the rules alone of {saving}; fraud amount "
+            f"caught {caught:,.2f}, missed {missed:,.2f}")  # fmt: skip
+
+
 def _monitor_once(settings: Settings, as_of_text: str | None, days: int, json_out: Path | None) -> int:
     """One pass of ``fraudpipe monitor``: print, export, write; the number of drift breaches."""
     import json
@@ -244,13 +260,13 @@ def _monitor_once(settings: Settings, as_of_text: str | None, days: int, json_ou
     cfg = settings.monitor
     decisions, labels, as_of = _served_logs(settings, days, as_of_text)
     maturity = timedelta(days=cfg.maturity_days)
-    quality = live_quality(decisions, labels, as_of=as_of, maturity=maturity, k=cfg.k)
+    quality = live_quality(decisions, labels, as_of=as_of, maturity=maturity, k=cfg.k, costs=settings.cost)
     first_day = as_of.date() - timedelta(days=days)
     shadow = DayLog(settings.paths.data_dir / "shadow", "event_time").read(
         (first_day, as_of.date() + timedelta(days=1))
     )
     if not shadow.is_empty():  # the challenger's would-be decisions, judged on the same labels
-        judged = live_quality(shadow, labels, as_of=as_of, maturity=maturity, k=cfg.k)
+        judged = live_quality(shadow, labels, as_of=as_of, maturity=maturity, k=cfg.k, costs=settings.cost)
         judged = judged.with_columns(model_version=pl.col("model_version") + " (shadow)")
         quality = pl.concat([quality, judged]).sort("day", "model_version")
     first = as_of.date() - timedelta(days=days - 1)
@@ -264,16 +280,26 @@ def _monitor_once(settings: Settings, as_of_text: str | None, days: int, json_ou
             continue
     windows = _drift(settings, decisions, references)
 
-    table = Table("day", "model", "matured", "decisions", "alert rate", "frauds", "caught", "precision", "recall",
-                  "AP", f"CP@{cfg.k}", "labelled", box=None)  # fmt: skip
+    table = Table("day", "model", "matured", "decisions", "alert rate", "by model", "by rule", "blocked", "frauds",
+                  "caught", "precision", "recall", "AP", f"CP@{cfg.k}", "labelled", box=None)  # fmt: skip
+    money = Table("day", "model", "reviews", "fraud caught", "fraud missed", "false declines", "expected cost",
+                  "rules alone", "saving", box=None, title="money (cost model: FRAUD_COST__*)")  # fmt: skip
     for row in quality.iter_rows(named=True):
         rates = [_fmt(row[name]) for name in ("precision", "recall", "ap", "cp_at_k", "label_coverage")]
         table.add_row(str(row["day"]), row["model_version"], "yes" if row["matured"] else "no",
-                      f"{row['decisions']:,}", _fmt(row["alert_rate"]), str(row["frauds"]), str(row["caught"]),
-                      *rates)  # fmt: skip
+                      f"{row['decisions']:,}", _fmt(row["alert_rate"]), f"{row['model_alerts']:,}",
+                      f"{row['rule_alerts']:,}", f"{row['blocked_declines']:,}", str(row["frauds"]),
+                      str(row["caught"]), *rates)  # fmt: skip
+        money.add_row(str(row["day"]), row["model_version"], f"{row['reviews']:,} / {row['review_capacity']:,}",
+                      f"{row['fraud_amount_caught']:,.2f}", f"{row['fraud_amount_missed']:,.2f}",
+                      f"{row['false_declines']:,} ({row['false_decline_amount']:,.2f})",
+                      f"{row['expected_cost']:,.2f}", f"{row['rules_only_cost']:,.2f}",
+                      _fmt(row["saving_vs_rules_only"]))  # fmt: skip
     out = Console(soft_wrap=True)
     out.print(f"as of {as_of.isoformat()} (days matured after {cfg.maturity_days} days)", highlight=False)
     out.print(table)
+    out.print(money)
+    out.print(_saving_line(quality), highlight=False)
     breaches = 0
     for window in windows:
         top = sorted(window.drift, key=lambda d: d.psi, reverse=True)[:5]
@@ -290,7 +316,18 @@ def _monitor_once(settings: Settings, as_of_text: str | None, days: int, json_ou
     matured = quality.filter(pl.col("matured")) if not quality.is_empty() else quality
     for (version,), group in matured.group_by("model_version") if not matured.is_empty() else []:
         latest = group.sort("day").row(-1, named=True)
-        for name in ("precision", "recall", "ap", "cp_at_k", "alert_rate", "label_coverage"):
+        for name in (
+            "precision",
+            "model_precision",
+            "recall",
+            "ap",
+            "cp_at_k",
+            "alert_rate",
+            "label_coverage",
+            "amount_recall",
+            "expected_cost",
+            "saving_vs_rules_only",
+        ):
             if latest[name] is not None:
                 metrics.LIVE_QUALITY.labels(str(version), name).set(latest[name])
     if json_out is not None:

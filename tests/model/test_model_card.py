@@ -42,6 +42,11 @@ def test_a_trained_version_has_a_card_with_metrics_per_segment(trained_sim: Path
                     "## Metrics per segment", "## Fairness summary", "## Known limitations"):  # fmt: skip
         assert heading in card
     assert all(f"`{name}`" in card for name in FEATURE_NAMES)
+    cost = manifest.thresholds["cost"]
+    assert "chosen on validation for the least expected cost" in card
+    assert f"at most {cost['review_capacity']:,} reviews a day" in card
+    saving = manifest.metrics["policy"]["saving_vs_rules_only"]
+    assert f"| saving against the rules alone | {saving:.4f} |" in card
     train = manifest.windows["train"]
     assert f"| train | {train['from']} | {train['to']} | {train['transactions']:,} | {train['frauds']:,} |" in card
     assert str(TRAIN_START) == train["from"]

@@ -92,9 +92,19 @@ def test_evaluate_on_a_simulator_folder_reports_scenarios(small_sim: Path, tmp_p
     ]
     result = _cli(*args, *FAST_ARGS, models=tmp_path / "m", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    recall = json.loads(report.read_text())["scenario_recall_at_1pct_fpr"]
+    written = json.loads(report.read_text())
+    recall = written["scenario_recall_at_1pct_fpr"]
     assert {"amount_threshold", "compromised_terminal", "compromised_card"} <= set(recall)
     assert recall["amount_threshold"] > 0.9
+    # the serving policy on the whole test window: known-compromised cards declined by their block, no alert
+    policy = written["policy"]
+    assert policy["payments"] == written["n_test"] + written["n_test_removed_known_compromised"]
+    assert policy["blocked_declines"] == written["n_test_removed_known_compromised"]
+    assert policy["alerts"] == policy["model_alerts"] + policy["rule_alerts"]
+    assert policy["fraud_amount_caught"] + policy["fraud_amount_missed"] == pytest.approx(policy["fraud_amount"])
+    assert policy["reviews_per_day"] <= policy["review_capacity"] and policy["thresholds_chosen_on"] == "delay"
+    assert 0 < policy["saving_vs_rules_only"] < 1 and policy["expected_cost"] < policy["rules_only_cost"]
+    assert "analyst alerts" in result.stdout and "less than the rules alone" in result.stdout
 
 
 def test_train_promote_rollback_through_the_cli(small_sim: Path, tmp_path: Path) -> None:

@@ -33,9 +33,12 @@ D1 = datetime(2024, 5, 1, 10, tzinfo=UTC)
 
 
 def _decision(txn: str, when: datetime, score: float | None, decision: str, version: str = "v0001",
-              card: str = "tok_a", decided: datetime | None = None) -> dict[str, Any]:  # fmt: skip
+              card: str = "tok_a", decided: datetime | None = None, amount: float = 10.0,
+              rule: str | None = None) -> dict[str, Any]:  # fmt: skip
+    reasons = json.dumps([{"kind": "rule", "rule": rule, "value": 1.0, "threshold": 1.0}] if rule else [])
     return {"txn_id": txn, "card_token": card, "event_time": when, "decided_at": decided or when,
-            "model_version": version, "score": score, "decision": decision}  # fmt: skip
+            "amount": amount, "model_version": version, "score": score, "decision": decision,
+            "review_threshold": 0.5, "degraded": score is None, "reason_codes": reasons}  # fmt: skip
 
 
 def _label(txn: str, fraud: bool, known: datetime, version: int = 1) -> dict[str, Any]:
@@ -80,6 +83,41 @@ def test_quality_per_day_and_model_counts_only_labels_known_by_then() -> None:
     assert first["ap"] == pytest.approx(average_precision_score(truth, scores))
     assert first["cp_at_k"] == pytest.approx(1 / 2)  # top 2 cards by score: tok_1 (fraud), tok_2 (not)
     assert (second["decisions"], second["frauds"], second["recall"], second["ap"]) == (2, 0, None, None)
+
+
+def test_monitor_json_adds_up_the_money_of_a_hand_made_log(tmp_path: Path) -> None:
+    # A missed fraud costs its amount + 10, a review 5, a false decline its whole amount (the cost settings below).
+    decisions = [
+        _decision("a", D1, 0.9, "decline", card="tok_1", amount=100.0),  # fraud, the model's alert: caught
+        _decision("b", D1, 0.6, "review", card="tok_2", amount=50.0),  # genuine, the model's alert: a review (5)
+        _decision("c", D1, 0.2, "review", card="tok_3", amount=80.0, rule="known_fraud_30d"),  # fraud, a rule's
+        _decision("d", D1, 0.1, "approve", card="tok_4", amount=20.0),  # fraud, missed: 20 + 10
+        _decision("e", D1, 0.95, "decline", card="tok_5", amount=30.0, rule="card_blocked"),  # genuine: 30
+        _decision("f", D1, 0.3, "approve", card="tok_6", amount=40.0),  # genuine, approved: nothing
+    ]
+    DayLog(tmp_path / "data" / "decisions", "event_time").append(pl.DataFrame(decisions))
+    labels = [{**_label(txn, True, D1 + timedelta(hours=2)), "event_time": D1} for txn in "acd"]
+    DayLog(tmp_path / "data" / "labels", "event_time").append(pl.DataFrame(labels))
+    (tmp_path / "models").mkdir()
+    out = tmp_path / "monitor.json"
+    costs = {"FRAUD_COST__CHARGEBACK_FEE": "10", "FRAUD_COST__REVIEW_COST": "5",
+             "FRAUD_COST__FALSE_DECLINE_SHARE": "1.0", "FRAUD_COST__REVIEW_CAPACITY": "4"}  # fmt: skip
+    result = _monitor(tmp_path, "--as-of", (D1 + timedelta(days=10)).isoformat(), "--json", str(out), **costs)
+    assert result.returncode == 0, result.stderr
+    (day,) = json.loads(out.read_text())["quality"]
+    assert (day["decisions"], day["alerts"], day["model_alerts"], day["rule_alerts"], day["blocked_declines"]) == (
+        6, 3, 2, 1, 1
+    )  # fmt: skip
+    assert (day["frauds"], day["caught"], day["reviews"], day["review_capacity"]) == (3, 2, 2, 4)
+    assert day["precision"] == pytest.approx(2 / 3) and day["model_precision"] == pytest.approx(1 / 2)
+    assert day["recall"] == pytest.approx(2 / 3) and day["alert_rate"] == pytest.approx(3 / 6)
+    assert (day["fraud_amount"], day["fraud_amount_caught"], day["fraud_amount_missed"]) == (200, 180, 20)
+    assert day["amount_recall"] == pytest.approx(0.9)
+    assert (day["false_declines"], day["false_decline_amount"]) == (1, 30)
+    assert day["expected_cost"] == pytest.approx(5 + 5 + 30 + 30)
+    # the rules alone: the blocked card declined (30), the rule's review (5), a and d missed (110 + 30)
+    assert day["rules_only_cost"] == pytest.approx(175) and day["saving_vs_rules_only"] == pytest.approx(1 - 70 / 175)
+    assert "saving against the rules alone" in result.stdout
 
 
 def test_maturity_is_measured_from_the_end_of_the_day() -> None:

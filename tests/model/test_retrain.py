@@ -137,6 +137,10 @@ def test_retraining_promotes_a_challenger_that_catches_the_new_campaign(stream: 
     assert report["promoted"] and registry.aliases()["champion"] == report["challenger"] != first
     old, new = report["metrics"]["champion"], report["metrics"]["challenger"]
     assert new["ap"] > old["ap"] and new["cp_at_k"] >= old["cp_at_k"]
+    assert new["expected_cost"] <= old["expected_cost"] * 1.05  # the cost gate, each model with its own thresholds
+    manifest = registry.manifest(report["challenger"])
+    assert manifest.thresholds["chosen_by"] == "expected cost" and manifest.thresholds["cost"]["review_capacity"] == 100
+    assert manifest.metrics["policy"]["expected_cost"] == new["expected_cost"]
     assert stream.models.refresh(force=True)  # the worker's hot swap
     first_day = stream.truth.get_column("event_time").min().date()  # type: ignore[union-attr]
     split = datetime.combine(first_day, datetime.min.time(), UTC) + timedelta(days=SPLIT_DAY)
@@ -154,6 +158,15 @@ def test_gate_and_validation_rules() -> None:
     assert gate(champion, {**champion, "ap": 0.505}, rules)[0].startswith("ap 0.5050 does not beat")
     assert any(r.startswith("auc collapses") for r in gate(champion, {**champion, "ap": 0.6, "auc": 0.85}, rules))
     assert gate(champion, {**champion, "ap": None}, rules) == ["ap not measurable on the holdout"]
+    priced, better = {**champion, "expected_cost": 1_000.0}, {**champion, "ap": 0.52, "cp_at_k": 0.21}
+    assert (
+        gate(priced, {**better, "expected_cost": 1_049.0}, rules.model_copy(update={"max_cost_increase": 0.05})) == []
+    )
+    (refusal,) = gate(
+        priced, {**better, "expected_cost": 1_100.0}, rules.model_copy(update={"max_cost_increase": 0.05})
+    )
+    assert refusal == "expected cost 1,100.00 exceeds the champion's 1,000.00 by more than 5%"
+    assert gate(priced, {**better, "expected_cost": 9e9}, rules.model_copy(update={"max_cost_increase": None})) == []
     frame = pl.DataFrame({"txn_id": ["a", "b", "c", "d"], "card_token": ["x"] * 4,
                           "event_time": [datetime(2024, 1, 1, tzinfo=UTC)] * 4,
                           "is_fraud": [True, False, False, False], "fraud_scenario": [None] * 4}

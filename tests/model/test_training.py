@@ -15,7 +15,7 @@ from features.definitions import FEATURE_NAMES, feature_index
 from models.dataset import History
 from models.protocol import window_of
 from models.registry import LoadedModel, Manifest
-from models.scorer import Policy, Scorer, choose_thresholds
+from models.scorer import Policy, Scorer
 from models.train import feature_rows, fit, matrix, train_version
 from tests.model.conftest import FAST, WINDOWS
 
@@ -129,17 +129,6 @@ def test_policy_thresholds_and_stricter_only_rules() -> None:
     assert policy.decide([0.1, 0.5, 0.95, 0.95, 0.95], x)[3:] == ["decline", "decline"]  # never loosened
     with pytest.raises(ValueError, match="review <= decline"):
         Policy(review=0.9, decline=0.5)
-
-
-def test_thresholds_are_chosen_for_the_alert_budget_and_the_precision() -> None:
-    # Two days, 10 payments each; a budget of 2 alerts a day allows the 4 highest scores.
-    scores = np.linspace(0.05, 1.0, 20)
-    truth = (scores > 0.8).astype(int)  # the 4 highest are frauds, the 5th (0.80) is not
-    days = ["d1", "d2"] * 10
-    chosen = choose_thresholds(truth, scores, days, alerts_per_day=2, decline_precision=1.0)
-    assert chosen["review"] == pytest.approx(scores[-4])
-    assert chosen["decline"] == pytest.approx(scores[-4])  # precision 1 reached from the 4th highest
-    assert np.sum(scores >= chosen["review"]) == 4
 
 
 def test_the_compiled_runtime_gives_lightgbms_scores(rows: pl.DataFrame, booster: lgb.Booster, tmp_path: Path) -> None:
