@@ -442,6 +442,9 @@ class MonitorSettings(_Section):
     """PSI from which a feature's drift is moderate."""
     psi_breach: Annotated[float, Field(gt=0)] = 0.25
     """PSI from which it is a breach."""
+    drift_min_decisions: Annotated[int, Field(ge=1)] = 2_000
+    """Fewer decisions of a model in the drift window are reported but never judged (PSI of a small sample is
+    noise); the calendar features (hour, weekend, night) are never judged (``models.drift``)."""
     metrics_port: Annotated[int, Field(ge=0, le=65_535)] = 9109
     """Where ``fraudpipe monitor --every`` serves its gauges (on ``metrics.bind``); 0 turns it off."""
     decay_ap_drop: Annotated[float, Field(ge=0.0)] = 0.1

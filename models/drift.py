@@ -6,6 +6,13 @@ with the reference shares. Shares are floored at ``EPSILON`` so an empty bin giv
 - PSI = Σ (live - ref) · ln(live / ref): below 0.1 stable, 0.1 to 0.25 moderate shift, above 0.25 a breach (the
   conventional bounds, configurable by the caller).
 - KL(live ‖ ref) = Σ live · ln(live / ref).
+
+Like is compared with like, so an alarm means the data moved, not the clock: the calendar features
+(:data:`CALENDAR`: hour of day, weekend, night) follow the time of the window, not the payments — a trailing day
+against a whole training period always "drifts" on them (a Saturday is all weekend) — so their PSI is reported but
+never judged (level ``calendar``); and a window of fewer than ``min_values`` values is too small to judge at all
+(level ``too_few``). Only ``moderate`` and ``breach`` are alarms: the monitor, its gauges, the dashboard, Grafana
+and the demo's summary all count breaches from these levels.
 """
 
 from __future__ import annotations
@@ -18,9 +25,13 @@ from numpy.typing import NDArray
 
 from features.definitions import FEATURE_NAMES
 
-__all__ = ["EPSILON", "Drift", "compare", "drift_report", "kl", "psi"]
+__all__ = ["CALENDAR", "EPSILON", "JUDGED", "Drift", "compare", "drift_report", "kl", "psi"]
 
 EPSILON = 1e-4
+CALENDAR = frozenset({"hour_of_day", "is_weekend", "is_night"})
+"""Features that follow the clock of the window, never judged for drift (module docstring)."""
+JUDGED = frozenset({"stable", "moderate", "breach"})
+"""The levels of a judged column (the others: ``calendar``, ``too_few``)."""
 
 
 def _shares(reference: dict[str, Any], values: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
@@ -52,7 +63,8 @@ def kl(reference: dict[str, Any], values: NDArray[np.float64]) -> float:
 
 @dataclass(frozen=True, slots=True)
 class Drift:
-    """One column's drift: PSI, KL and its level (``stable`` / ``moderate`` / ``breach``)."""
+    """One column's drift: PSI, KL and its level (``stable`` / ``moderate`` / ``breach``, or unjudged: ``calendar``,
+    ``too_few``)."""
 
     name: str
     psi: float
@@ -61,17 +73,22 @@ class Drift:
 
 
 def compare(name: str, reference: dict[str, Any], values: NDArray[np.float64], *, moderate: float = 0.1,
-            breach: float = 0.25) -> Drift:  # fmt: skip
-    """The drift of one column."""
+            breach: float = 0.25, min_values: int = 1) -> Drift:  # fmt: skip
+    """The drift of one column (judged unless it is a calendar feature or has fewer than ``min_values`` values)."""
     value = psi(reference, values)
-    level = "breach" if value >= breach else "moderate" if value >= moderate else "stable"
+    if name in CALENDAR:
+        level = "calendar"
+    elif len(values) < min_values:
+        level = "too_few"
+    else:
+        level = "breach" if value >= breach else "moderate" if value >= moderate else "stable"
     return Drift(name, value, kl(reference, values), level)
 
 
 def drift_report(reference: dict[str, Any], matrix: NDArray[np.float64], scores: NDArray[np.float64], *,
-                 moderate: float = 0.1, breach: float = 0.25) -> list[Drift]:  # fmt: skip
+                 moderate: float = 0.1, breach: float = 0.25, min_values: int = 1) -> list[Drift]:  # fmt: skip
     """The score's drift, then each feature's (FEATURE_NAMES order), against a manifest's ``reference``."""
-    out = [compare("score", reference["score"], scores, moderate=moderate, breach=breach)]
-    for i, name in enumerate(FEATURE_NAMES):
-        out.append(compare(name, reference["features"][name], matrix[:, i], moderate=moderate, breach=breach))
-    return out
+    columns = [("score", reference["score"], scores)]
+    columns += [(name, reference["features"][name], matrix[:, i]) for i, name in enumerate(FEATURE_NAMES)]
+    return [compare(name, ref, values, moderate=moderate, breach=breach, min_values=min_values)
+            for name, ref, values in columns]  # fmt: skip

@@ -15,7 +15,7 @@ saving against the rules alone on the same payments. Degraded decisions (no scor
 rules' alerts by their outcome, but stay out of AP and CP@k.
 
 Drift: the served features and scores of a trailing window of decisions, against the reference distributions of
-the model that served them (:mod:`models.drift`).
+the model that served them (:mod:`models.drift`: calendar features and windows too small are reported, not judged).
 """
 
 from __future__ import annotations
@@ -156,9 +156,10 @@ class Window:
 
 
 def live_drift(decisions: pl.DataFrame, references: dict[str, dict[str, Any]], *, since: datetime,
-               moderate: float = 0.1, breach: float = 0.25) -> list[Window]:  # fmt: skip
+               moderate: float = 0.1, breach: float = 0.25, min_decisions: int = 1) -> list[Window]:  # fmt: skip
     """Drift of the decisions made since ``since``, per model version that has a reference (``references``:
-    version → a manifest's ``reference``), against that reference."""
+    version → a manifest's ``reference``), against that reference; a version with fewer than ``min_decisions``
+    decisions there is reported, never judged (:mod:`models.drift`)."""
     recent = latest_decisions(decisions).filter(
         (pl.col("decided_at") >= since) & pl.col("score").is_not_null() & pl.col("model_version").is_not_null()
     )
@@ -169,7 +170,7 @@ def live_drift(decisions: pl.DataFrame, references: dict[str, dict[str, Any]], *
             continue
         matrix = group.select([f"f_{name}" for name in FEATURE_NAMES]).to_numpy().astype(np.float64)
         scores = group.get_column("score").to_numpy().astype(np.float64)
-        report = drift_report(reference, matrix, scores, moderate=moderate, breach=breach)
+        report = drift_report(reference, matrix, scores, moderate=moderate, breach=breach, min_values=min_decisions)
         out.append(Window(str(version), group.height, report))
     return out
 

@@ -65,9 +65,10 @@ LIVE_QUALITY = Gauge(
     "recall, ap, cp_at_k, alert_rate, label_coverage, amount_recall, expected_cost, saving_vs_rules_only",
     ["model_version", "metric"],
 )
-DRIFT_PSI = Gauge("fraudpipe_drift_psi", "PSI of a served feature or the score over the drift window",
+DRIFT_PSI = Gauge("fraudpipe_drift_psi", "PSI of a served feature or the score over the drift window, for the columns "
+                  "judged (not the calendar features, nothing when the window is too small: models.drift)",
                   ["model_version", "column"])  # fmt: skip
-DRIFT_BREACHES = Gauge("fraudpipe_drift_breaches", "Columns past the PSI breach bound over the drift window",
+DRIFT_BREACHES = Gauge("fraudpipe_drift_breaches", "Judged columns past the PSI breach bound over the drift window",
                        ["model_version"])  # fmt: skip
 SHADOW_SCORED = Counter("fraudpipe_shadow_scored", "Transactions the challenger scored in shadow")
 SHADOW_FAILURES = Counter("fraudpipe_shadow_failures", "Shadow batches that failed (ignored: decisions unaffected)")

@@ -228,7 +228,8 @@ def _drift(settings: Settings, decisions: Any, references: dict[str, Any]) -> An
 
     cfg = settings.monitor
     since = _latest(decisions, "decided_at") - timedelta(hours=cfg.drift_window_hours)
-    return live_drift(decisions, references, since=since, moderate=cfg.psi_moderate, breach=cfg.psi_breach)
+    return live_drift(decisions, references, since=since, moderate=cfg.psi_moderate, breach=cfg.psi_breach,
+                      min_decisions=cfg.drift_min_decisions)  # fmt: skip
 
 
 def _saving_line(quality: Any) -> str:
@@ -253,6 +254,7 @@ def _monitor_once(settings: Settings, as_of_text: str | None, days: int, json_ou
     import polars as pl
 
     from fraudpipe.logstore import DayLog
+    from models.drift import JUDGED
     from models.monitor import live_quality
     from models.registry import RegistryError
     from streams import metrics
@@ -301,15 +303,20 @@ def _monitor_once(settings: Settings, as_of_text: str | None, days: int, json_ou
     out.print(money)
     out.print(_saving_line(quality), highlight=False)
     breaches = 0
+    metrics.DRIFT_PSI.clear()  # only this pass's judged columns: what the dashboard and Grafana draw
+    metrics.DRIFT_BREACHES.clear()
     for window in windows:
-        top = sorted(window.drift, key=lambda d: d.psi, reverse=True)[:5]
+        columns = [d for d in window.drift if d.level in JUDGED]
+        top = sorted(columns, key=lambda d: d.psi, reverse=True)[:5]
         worst = ", ".join(f"{d.name} {d.psi:.3f} ({d.level})" for d in top)
+        unjudged = (f"too few to judge (fewer than {cfg.drift_min_decisions:,})" if not columns
+                    else f"{len(window.breaches)} breaches; highest PSI: {worst}")  # fmt: skip
         out.print(f"drift of model {window.model_version} over {window.decisions:,} decisions in the last "
-                  f"{cfg.drift_window_hours:g} h: {len(window.breaches)} breaches; highest PSI: {worst}",
+                  f"{cfg.drift_window_hours:g} h: {unjudged} (calendar features are not judged)",
                   highlight=False)  # fmt: skip
         breaches += len(window.breaches)
         metrics.DRIFT_BREACHES.labels(window.model_version).set(len(window.breaches))
-        for drift in window.drift:
+        for drift in columns:
             metrics.DRIFT_PSI.labels(window.model_version, drift.name).set(drift.psi)
     if cfg.rollback_margin_ap is not None:
         _auto_rollback(settings, registry, quality, out)

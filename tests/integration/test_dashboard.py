@@ -172,7 +172,8 @@ def test_the_dashboard_shows_live_alerts_and_the_pipeline(
         worker_ready = time.monotonic()
         monitor = subprocess.Popen(
             [sys.executable, "-m", "fraudpipe", "monitor", "--every", "2"],
-            cwd=tmp_path, env=settings_env(topics) | env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=tmp_path, env=settings_env(topics) | env | {"FRAUD_MONITOR__DRIFT_MIN_DECISIONS": "1"},  # 21 decisions
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         stop.append(monitor)  # the decision log has the worker's decisions: the monitor measures their drift
 

@@ -46,3 +46,15 @@ def test_report_covers_the_score_and_every_feature() -> None:
     report = drift_report(ref, shifted, scores)
     assert [d.name for d in report] == ["score", *FEATURE_NAMES]
     assert [d.name for d in report if d.level == "breach"] == [FEATURE_NAMES[0]]
+
+
+def test_calendar_features_and_small_windows_are_reported_never_judged() -> None:
+    rng = np.random.default_rng(2)
+    ref = distribution(rng.integers(0, 2, size=50_000).astype(float))  # a week's share of weekend payments
+    saturday = np.ones(20_000)  # a trailing day that is a Saturday: all weekend
+    assert compare("amount", ref, saturday).level == "breach"  # as a payment feature: a breach
+    judged = compare("is_weekend", ref, saturday)
+    assert judged.level == "calendar" and judged.psi > 0.25  # reported, not an alarm
+    few = compare("amount", ref, saturday[:50], min_values=2_000)
+    assert few.level == "too_few" and few.psi > 0.25
+    assert compare("amount", ref, saturday[:2_000], min_values=2_000).level == "breach"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from datetime import UTC, date, datetime, timedelta
@@ -252,3 +253,67 @@ def test_decay_is_the_recent_matured_ap_below_validation() -> None:
     assert reason is not None and "0.4250 over its last 2 days" in reason
     assert decay_reason(quality, "v0002", 0.72, days=4, max_drop=0.0) is None  # not enough matured days
     assert decay_reason(quality, "v0002", None, days=1, max_drop=0.0) is None
+
+
+def _replayed_day(root: Path, history: Any, day: date, booster: Any, version: str) -> None:
+    """The decision log of one day of ``history`` served live by ``version`` (features as the stream computes them:
+    the offline builder, held equal to the online store by the parity tests; decided as they happen)."""
+    from models.train import feature_rows, matrix
+
+    rows = feature_rows(history, (day, day + timedelta(days=1)), history.labels)
+    scores = booster.predict(matrix(rows))
+    log = rows.select(
+        "txn_id", "card_token", "event_time", pl.col("event_time").alias("decided_at"), "amount",
+        pl.lit(version).alias("model_version"), pl.Series("score", scores),
+        pl.when(pl.Series(scores) >= 0.5).then(pl.lit("review")).otherwise(pl.lit("approve")).alias("decision"),
+        pl.lit(0.5).alias("review_threshold"), pl.lit(False).alias("degraded"), pl.lit("[]").alias("reason_codes"),
+        *[pl.col(name).alias(f"f_{name}") for name in FEATURE_NAMES],
+    )  # fmt: skip
+    DayLog(root / "data" / "decisions", "event_time").append(log)
+
+
+def test_a_stable_day_raises_no_breach_and_a_drift_campaign_does(tmp_path: Path) -> None:
+    from fraudpipe.settings import TrainingSettings
+    from fraudpipe.simulator.config import DriftCampaign
+    from models.dataset import History
+    from models.protocol import Windows
+    from models.train import train_version
+
+    def history(**extra: Any) -> History:
+        config = default(days=56, customers=1_500, terminals=3_000, seed=5, **extra)
+        run = list(simulate(config, b"drift-test-tokenization-key-0000")[1])
+        return History(pl.concat([d.transactions for d in run]), pl.concat([d.labels for d in run]), 0)
+
+    stable = history()
+    first = date(2018, 4, 1)
+    # trained with 30 days of history behind it (full windows), validated (the drift reference) Friday to Monday
+    trained = train_version(stable, Windows(first + timedelta(days=30), 14, 3, 4),
+                            TrainingSettings(rounds=30, learning_rate=0.1, min_data_in_leaf=20))  # fmt: skip
+    registry = Registry(tmp_path / "stable" / "models")
+    version = registry.register(trained.fitted.booster, trained.fields).version
+    saturday = first + timedelta(days=55)  # 2018-05-26
+    assert saturday.weekday() == 5
+    campaign = history(drift=DriftCampaign(start_day=54, cards_per_day=150))  # a quarter of the day's payments
+    for name, served in (("stable", stable), ("campaign", campaign)):
+        root = tmp_path / name
+        if name != "stable":
+            shutil.copytree(tmp_path / "stable" / "models", root / "models")
+        _replayed_day(root, served, saturday, trained.fitted.booster, version)
+        DayLog(root / "data" / "labels", "event_time").append(
+            pl.DataFrame(schema={"txn_id": pl.String, "is_fraud": pl.Boolean, "known_at": pl.Datetime("us", "UTC"),
+                                 "label_version": pl.Int64, "event_time": pl.Datetime("us", "UTC")})
+        )  # fmt: skip
+    quiet = _monitor(tmp_path / "stable", "--fail-on-breach", "--json", str(tmp_path / "stable.json"),
+                     FRAUD_MONITOR__DRIFT_WINDOW_HOURS="24")  # fmt: skip
+    assert quiet.returncode == 0, quiet.stdout + quiet.stderr
+    assert "0 breaches" in quiet.stdout and "calendar features are not judged" in quiet.stdout
+    (window,) = json.loads((tmp_path / "stable.json").read_text())["drift"]
+    columns = {c["name"]: c for c in window["columns"]}
+    assert window["decisions"] >= 2_000  # enough to judge (FRAUD_MONITOR__DRIFT_MIN_DECISIONS)
+    assert columns["is_weekend"]["level"] == "calendar" and columns["is_weekend"]["psi"] > 0.25  # a Saturday
+    assert not [c for c in columns.values() if c["level"] == "breach"]
+    loud = _monitor(tmp_path / "campaign", "--fail-on-breach", FRAUD_MONITOR__DRIFT_WINDOW_HOURS="24")
+    assert loud.returncode == 3, loud.stdout + loud.stderr
+    too_few = _monitor(tmp_path / "campaign", "--fail-on-breach", FRAUD_MONITOR__DRIFT_WINDOW_HOURS="24",
+                       FRAUD_MONITOR__DRIFT_MIN_DECISIONS="100000")  # fmt: skip
+    assert too_few.returncode == 0 and "too few to judge" in too_few.stdout
