@@ -116,6 +116,18 @@ class DriftCampaign(_Frozen):
     cards_per_day: Rate = 15.0
 
 
+class Reissue(_Frozen):
+    """A card with a confirmed fraud is blocked the day its first fraud label is known; from the next day its
+    customer pays with a new card (new PAN, new token), and the fraud scenarios that held the old card end. The
+    fraudsters keep trying the blocked card now and then (card testing: ``retry_per_day`` of the blocked cards a
+    day try 1 to ``retry_tests`` tiny online payments, for ``retry_days`` days after the block)."""
+
+    enabled: bool = True
+    retry_per_day: Share = 0.05
+    retry_tests: Annotated[int, Field(ge=1)] = 2
+    retry_days: Annotated[int, Field(ge=0)] = 7
+
+
 class Scenarios(_Frozen):
     """Every fraud scenario; each can be switched off and has its own rate."""
 
@@ -165,20 +177,23 @@ class SimulationConfig(_Frozen):
     scenarios: Scenarios = Scenarios()
     labels: LabelDelays = LabelDelays()
     drift: DriftCampaign = DriftCampaign()
+    reissue: Reissue = Reissue()
 
 
 def handbook(**overrides: object) -> SimulationConfig:
-    """The published simulator: scenarios 1-3 only, card-present only, every fraud known 7 days later."""
+    """The published simulator: scenarios 1-3 only, card-present only, every fraud known 7 days later, no card ever
+    reissued (its evaluation removes known-compromised cards instead)."""
     scenarios = Scenarios(
         card_testing=CardTesting(enabled=False),
         account_takeover=AccountTakeover(enabled=False),
         impossible_travel=ImpossibleTravel(enabled=False),
     )
     labels = LabelDelays(fixed_days=7.0, unreported_share=0.0, false_chargeback_share=0.0, analyst_share=0.0)
-    base = SimulationConfig(preset="handbook", ecommerce_share=(0.0, 0.0), scenarios=scenarios, labels=labels)
+    base = SimulationConfig(preset="handbook", ecommerce_share=(0.0, 0.0), scenarios=scenarios, labels=labels,
+                            reissue=Reissue(enabled=False))  # fmt: skip
     return SimulationConfig.model_validate({**base.model_dump(), **overrides})
 
 
 def default(**overrides: object) -> SimulationConfig:
-    """Every scenario, e-commerce, realistic label delays."""
+    """Every scenario, e-commerce, realistic label delays, blocked cards reissued."""
     return SimulationConfig.model_validate({"preset": "default", **overrides})

@@ -9,6 +9,9 @@ Per day (handbook process): each customer makes ``Poisson(tx_per_day)`` payments
 at a terminal within the radius chosen uniformly — or, with the customer's e-commerce share, online at one of their
 favourite merchants from one of their devices. Then, in the handbook's order, scenarios 1-3 turn some of these into
 fraud; scenarios 4-6 and the drift campaign add fraudulent payments of their own.
+
+With ``config.reissue`` (the default preset), a card is blocked the day its first fraud label is known; from the next
+day its customer pays with a new card, and fraudsters now and then try the blocked one (``blocked_card_testing``).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from numpy.typing import NDArray
 
 from fraudpipe.contracts import Transaction
 from fraudpipe.simulator.config import SimulationConfig
-from fraudpipe.simulator.population import GRID_COUNTRIES, Population, build_population
+from fraudpipe.simulator.population import GRID_COUNTRIES, Population, Reissued, build_population, reissue_card
 
 __all__ = ["SCENARIOS", "TRANSACTION_COLUMNS", "Day", "haversine_km", "simulate"]
 
@@ -36,6 +39,7 @@ SCENARIOS = (
     "account_takeover",
     "impossible_travel",
     "campaign_card_testing",
+    "blocked_card_testing",
 )
 """Scenario names by code; code 0 (None) is a genuine payment."""
 TRANSACTION_COLUMNS = (
@@ -83,9 +87,10 @@ class _Rows:
     online: NDArray[np.int64]  # -1 when card-present; >= online_merchants for campaign merchants
     device: NDArray[np.int64]  # >= 0 the customer's own (customer * 2 + k), < -1 a fraudster's, -1 none
     scenario: NDArray[np.int8]
+    card: NDArray[np.int64]  # the card paying (a card number), -1: the customer's card in use that day
 
     def extend(self, other: _Rows) -> None:
-        for name in ("customer", "seconds", "amount", "kind", "terminal", "online", "device", "scenario"):
+        for name in _Rows.__dataclass_fields__:
             setattr(self, name, np.concatenate([getattr(self, name), getattr(other, name)]))
 
 
@@ -97,6 +102,12 @@ class _State:
     cards_until: dict[int, int] = field(default_factory=dict)
     next_txn: int = 0
     next_fraud_device: int = 2
+    card_of: NDArray[np.int64] = field(default_factory=lambda: np.array([], np.int64))
+    """Each customer's card in use (a _Cards number)."""
+    known: dict[int, int] = field(default_factory=dict)
+    """Cards with a fraud label, by card number: the day the first one is known (the card is blocked that day)."""
+    blocked: dict[int, int] = field(default_factory=dict)
+    """Blocked cards replaced by a new one, by card number: the day the block was known."""
 
 
 def haversine_km(lat1: NDArray[np.float64], lon1: NDArray[np.float64], lat2: NDArray[np.float64],
@@ -116,7 +127,7 @@ def _count(rng: np.random.Generator, rate: float) -> int:
 
 def _empty() -> _Rows:
     i64, f64 = np.array([], np.int64), np.array([], np.float64)
-    return _Rows(i64, f64, f64, np.array([], np.int8), i64, i64, i64, np.array([], np.int8))
+    return _Rows(i64, f64, f64, np.array([], np.int8), i64, i64, i64, np.array([], np.int8), i64)
 
 
 def _genuine(pop: Population, rng: np.random.Generator) -> _Rows:
@@ -149,6 +160,7 @@ def _genuine(pop: Population, rng: np.random.Generator) -> _Rows:
         online=np.where(online, favourite, -1),
         device=np.where(online, device, -1),
         scenario=np.zeros(n, np.int8),
+        card=np.full(n, -1, np.int64),
     )
 
 
@@ -190,6 +202,7 @@ def _online_fraud(customer: int, seconds: NDArray[np.float64], amounts: NDArray[
         online=merchants.astype(np.int64),
         device=np.full(n, device, np.int64),
         scenario=np.full(n, code, np.int8),
+        card=np.full(n, -1, np.int64),
     )
 
 
@@ -259,6 +272,7 @@ def _impossible_travel(config: SimulationConfig, pop: Population, rng: np.random
                 online=np.array([-1], np.int64),
                 device=np.array([-1], np.int64),
                 scenario=np.array([6], np.int8),
+                card=np.array([-1], np.int64),
             )
         )
     return rows
@@ -296,7 +310,7 @@ def _choose(condition: NDArray[np.bool_], when_true: pl.Series, when_false: pl.S
     return pl.select(pl.when(pl.lit(pl.Series(condition))).then(when_true).otherwise(when_false)).to_series()
 
 
-def _frame(config: SimulationConfig, pop: Population, names: _Names, rows: _Rows, day_start: datetime,
+def _frame(config: SimulationConfig, pop: Population, names: _Names, rows: _Rows, cards: _Cards, day_start: datetime,
            first_txn: int) -> pl.DataFrame:  # fmt: skip
     order = np.lexsort((np.arange(len(rows.seconds)), rows.seconds))
     r = {name: getattr(rows, name)[order] for name in _Rows.__dataclass_fields__}
@@ -322,9 +336,9 @@ def _frame(config: SimulationConfig, pop: Population, names: _Names, rows: _Rows
         {
             "txn_id": "TX" + pl.Series(np.arange(first_txn, first_txn + n)).cast(pl.String).str.zfill(10),
             "event_time": pl.Series(micros).cast(pl.Datetime("us", "UTC")),
-            "card_token": pop.card_tokens.gather(r["customer"]),
-            "card_bin": pop.card_bins.gather(r["customer"]),
-            "card_last4": pop.card_last4.gather(r["customer"]),
+            "card_token": cards.tokens.gather(r["card"]),
+            "card_bin": cards.bins.gather(r["card"]),
+            "card_last4": cards.last4.gather(r["card"]),
             "amount": r["amount"],
             "currency": pl.Series([config.currency]).gather(np.zeros(n, np.int64)),
             "terminal_id": _take(pop.terminal_ids, terminal),
@@ -381,19 +395,93 @@ def _labels(config: SimulationConfig, transactions: pl.DataFrame, rng: np.random
     return pl.concat([first, second]).select(LABEL_COLUMNS).sort("known_at", "txn_id", "label_version")
 
 
+@dataclass
+class _Cards:
+    """Every card so far, by number: the population's (number = customer), then the reissued ones in order."""
+
+    tokens: pl.Series
+    bins: pl.Series
+    last4: pl.Series
+    number: dict[str, int]
+
+    @classmethod
+    def of(cls, pop: Population) -> _Cards:
+        tokens = pop.card_tokens
+        return cls(tokens, pop.card_bins, pop.card_last4, dict(zip(tokens.to_list(), range(len(tokens)), strict=True)))
+
+    def add(self, card: Reissued) -> int:
+        number = len(self.tokens)
+        self.tokens = pl.concat([self.tokens, pl.Series([card.token])])
+        self.bins = pl.concat([self.bins, pl.Series([card.bin])])
+        self.last4 = pl.concat([self.last4, pl.Series([card.last4])])
+        self.number[card.token] = number
+        return number
+
+
+def _reissue(config: SimulationConfig, day: int, state: _State, pop: Population, cards: _Cards, key: bytes) -> None:
+    """Give a new card to each customer whose card in use was blocked before ``day`` (its fraud known), ending the
+    card's compromise (scenario 3 follows the customer's card)."""
+    for card, known in sorted(state.known.items()):
+        if known >= day or card in state.blocked:
+            continue
+        state.blocked[card] = known
+        customer = card if card < pop.customers else pop.reissued[card - pop.customers].customer
+        if state.card_of[customer] != card:
+            continue  # an earlier card of the customer's: replaced already
+        generation = sum(1 for r in pop.reissued if r.customer == customer) + 1
+        ref = reissue_card(config.seed, customer, generation, key)
+        issued = Reissued(customer, day, ref.token, ref.bin, ref.last4, str(cards.tokens[card]))
+        pop.reissued.append(issued)
+        state.card_of[customer] = cards.add(issued)
+        state.cards_until.pop(customer, None)
+
+
+def _retries(config: SimulationConfig, day: int, state: _State, pop: Population,
+             rng: np.random.Generator) -> _Rows:  # fmt: skip
+    """Fraudsters trying blocked cards again: a few tiny online payments (card testing) on some of the cards
+    blocked in the last ``retry_days``."""
+    again = config.reissue
+    rows = _empty()
+    for card, known in sorted(state.blocked.items()):
+        if day - known > again.retry_days or rng.random() >= again.retry_per_day:
+            continue
+        tests = int(rng.integers(1, again.retry_tests + 1))
+        seconds = np.sort(np.floor(rng.uniform(0, _DAY_S, tests)))
+        amounts = np.round(rng.uniform(*config.scenarios.card_testing.tiny_amount, tests), 2)
+        where = rng.choice(pop.testing_pool, size=tests)
+        customer = card if card < pop.customers else pop.reissued[card - pop.customers].customer
+        tried = _online_fraud(customer, seconds, amounts, where, _fraud_device(state), 8)
+        tried.card[:] = card
+        rows.extend(tried)
+    return rows
+
+
+def _blocks(labels: pl.DataFrame, cards: _Cards, start: datetime, state: _State) -> None:
+    """Note the day each card's first fraud label becomes known (the day it is blocked)."""
+    frauds = labels.filter(pl.col("is_fraud")).group_by("card_token").agg(pl.col("known_at").min())
+    for token, known_at in frauds.iter_rows():
+        card, day = cards.number[token], (known_at - start) // timedelta(days=1)
+        if card not in state.known or day < state.known[card]:
+            state.known[card] = day
+
+
 def simulate(config: SimulationConfig, key: bytes) -> tuple[Population, Iterator[Day]]:
-    """The population of ``config`` (cards tokenized with ``key``) and an iterator over its days."""
+    """The population of ``config`` (cards tokenized with ``key``) and an iterator over its days. With
+    ``config.reissue``, the population's ``reissued`` cards grow as the days are drawn."""
     population = build_population(config, np.random.default_rng([config.seed, 0]), key)
-    return population, _days(config, population)
+    return population, _days(config, population, key)
 
 
-def _days(config: SimulationConfig, pop: Population) -> Iterator[Day]:
-    state = _State()
+def _days(config: SimulationConfig, pop: Population, key: bytes) -> Iterator[Day]:
+    state = _State(card_of=np.arange(pop.customers, dtype=np.int64))
+    cards = _Cards.of(pop)
     names = _names(config, pop)
     start = datetime(config.start_date.year, config.start_date.month, config.start_date.day, tzinfo=UTC)
     campaign = np.arange(config.online_merchants, config.online_merchants + config.drift.merchants, dtype=np.int64)
     for day in range(config.days):
         rng = np.random.default_rng([config.seed, 1, day])
+        if config.reissue.enabled:
+            _reissue(config, day, state, pop, cards, key)
         rows = _genuine(pop, rng)
         _handbook_scenarios(config, day, rows, state, pop, rng)
         genuine = _Rows(**{name: getattr(rows, name).copy() for name in _Rows.__dataclass_fields__})
@@ -410,7 +498,13 @@ def _days(config: SimulationConfig, pop: Population) -> Iterator[Day]:
                 _bursts(pop, rng, state, _count(rng, config.drift.cards_per_day), campaign,
                         (testing.min_tests, testing.max_tests), testing.tiny_amount, testing.large_amount, 7)
             )  # fmt: skip
+        if config.reissue.enabled:  # its own generator: the other draws stay those of a run without reissue
+            rows.extend(_retries(config, day, state, pop, np.random.default_rng([config.seed, 4, day])))
+        rows.card = np.where(rows.card >= 0, rows.card, state.card_of[rows.customer])
         day_start = start + timedelta(days=day)
-        transactions = _frame(config, pop, names, rows, day_start, state.next_txn)
+        transactions = _frame(config, pop, names, rows, cards, day_start, state.next_txn)
         state.next_txn += transactions.height
-        yield Day(day, day_start, transactions, _labels(config, transactions, rng))
+        labels = _labels(config, transactions, rng)
+        if config.reissue.enabled:
+            _blocks(labels, cards, start, state)
+        yield Day(day, day_start, transactions, labels)

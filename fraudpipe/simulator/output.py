@@ -3,7 +3,8 @@
 Layout of ``OUT/`` (every file written to a temporary name, then renamed: a reader never sees half a file)::
 
     manifest.json                            config, seed, counts per scenario, files
-    customers.parquet                        one row per customer: token, BIN, last four, segments (no PAN)
+    customers.parquet                        one row per card: its customer, token, BIN, last four, the blocked card
+                                             it replaced, segments (no PAN)
     transactions/day=YYYY-MM-DD/part-0.parquet   TRANSACTION_COLUMNS, sorted by event_time
     labels/day=YYYY-MM-DD/part-0.parquet         LABEL_COLUMNS of that day's transactions, sorted by known_at
     transactions.jsonl, labels.jsonl         the same rows as JSON lines (with --format jsonl or both)
@@ -76,19 +77,23 @@ def _prepare(out: Path, overwrite: bool) -> None:
 
 
 def customers_frame(population: Population) -> pl.DataFrame:
-    """One row per customer: ids, card token / BIN / last four, home country and age band (segments for fairness
+    """One row per card: its customer's id, the card's token / BIN / last four, the card it replaced (``replaces``:
+    a blocked card's token, null for a customer's first card), home country and age band (segments for fairness
     reports, never model features), and the spending profile the simulator drew."""
+    reissued = population.reissued
+    owner = np.concatenate([np.arange(population.customers), [r.customer for r in reissued]]).astype(np.int64)
     return pl.DataFrame(
         {
-            "customer_id": population.customer_ids,
-            "card_token": population.card_tokens,
-            "card_bin": population.card_bins,
-            "card_last4": population.card_last4,
-            "home_country": pl.Series(np.array(GRID_COUNTRIES)[population.home_country]),
-            "age_band": pl.Series(np.array(AGE_BANDS)[population.age_band]),
-            "mean_amount": np.round(population.mean_amount, 2),
-            "tx_per_day": np.round(population.tx_per_day, 4),
-            "ecommerce_share": np.round(population.ecommerce_share, 4),
+            "customer_id": population.customer_ids.gather(owner),
+            "card_token": pl.concat([population.card_tokens, pl.Series([r.token for r in reissued], dtype=pl.String)]),
+            "card_bin": pl.concat([population.card_bins, pl.Series([r.bin for r in reissued], dtype=pl.String)]),
+            "card_last4": pl.concat([population.card_last4, pl.Series([r.last4 for r in reissued], dtype=pl.String)]),
+            "replaces": pl.Series([None] * population.customers + [r.replaces for r in reissued], dtype=pl.String),
+            "home_country": pl.Series(np.array(GRID_COUNTRIES)[population.home_country[owner]]),
+            "age_band": pl.Series(np.array(AGE_BANDS)[population.age_band[owner]]),
+            "mean_amount": np.round(population.mean_amount[owner], 2),
+            "tx_per_day": np.round(population.tx_per_day[owner], 4),
+            "ecommerce_share": np.round(population.ecommerce_share[owner], 4),
         }
     )
 
@@ -121,7 +126,6 @@ def write_simulation(
     """
     _prepare(out, overwrite)
     parquet, jsonl = output_format in {"parquet", "both"}, output_format in {"jsonl", "both"}
-    _atomic(out / "customers.parquet", lambda p: customers_frame(population).write_parquet(p, compression="zstd"))
     scenarios: Counter[str] = Counter()
     totals = Counter(transactions=0, frauds=0, labels=0, days=0)
     handles: dict[str, IO[bytes]] = {}
@@ -150,11 +154,14 @@ def write_simulation(
             handle.close()
     for name in handles:
         os.replace(out / f".{name}.jsonl.tmp", out / f"{name}.jsonl")
+    # after the days: the cards reissued while they were drawn are in it
+    _atomic(out / "customers.parquet", lambda p: customers_frame(population).write_parquet(p, compression="zstd"))
     summary: Summary = dict(
         generator="fraudpipe simulate",
         format_version=1,
         config=config.model_dump(mode="json"),
         customers=population.customers,
+        reissued_cards=len(population.reissued),
         terminals=population.terminals,
         transactions=totals["transactions"],
         frauds=totals["frauds"],

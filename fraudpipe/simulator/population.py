@@ -11,17 +11,26 @@ Cards are Luhn-valid 16-digit PANs from issuers' public *test* BIN ranges. The P
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
 from numpy.typing import NDArray
 from scipy.spatial import cKDTree
 
-from fraudpipe.pan import tokenize_pan
+from fraudpipe.pan import CardRef, tokenize_pan
 from fraudpipe.simulator.config import SimulationConfig
 
-__all__ = ["AGE_BANDS", "FOREIGN_COUNTRIES", "GRID_COUNTRIES", "Population", "build_population", "grid_to_latlon"]
+__all__ = [
+    "AGE_BANDS",
+    "FOREIGN_COUNTRIES",
+    "GRID_COUNTRIES",
+    "Population",
+    "Reissued",
+    "build_population",
+    "grid_to_latlon",
+    "reissue_card",
+]
 
 GRID_COUNTRIES = ("FR", "IT", "SI", "CH", "AT", "HU", "BE", "DE", "PL")  # row-major from the south-west cell
 FOREIGN_COUNTRIES = ("US", "BR", "NG", "RU", "CN", "VN", "MX", "ID")
@@ -48,6 +57,24 @@ _ONLINE_MCCS = (
 ONLINE_FAVOURITES = 5
 """Online merchants a customer uses; card testers use merchants outside everyone's favourites."""
 _TESTING_POOL_SHARE = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class Reissued:
+    """A card issued to ``customer`` on ``day`` (0-based) in place of the blocked card ``replaces`` (a token)."""
+
+    customer: int
+    day: int
+    token: str
+    bin: str
+    last4: str
+    replaces: str
+
+
+def reissue_card(seed: int, customer: int, generation: int, key: bytes) -> CardRef:
+    """The customer's ``generation``-th replacement card (a PAN of its own, never kept: tokenized with ``key``)."""
+    (pan,) = _pans(np.random.default_rng([seed, 3, customer, generation]), 1)
+    return tokenize_pan(pan, key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +110,8 @@ class Population:
     online_country: pl.Series  # ISO alpha-2
     online_is_foreign: NDArray[np.bool_]
     testing_pool: NDArray[np.int64]  # online merchants no customer has among favourites
+    reissued: list[Reissued] = field(default_factory=list)
+    """Cards issued to replace blocked ones, in order: card number ``customers + i`` is ``reissued[i]``."""
 
     @property
     def customers(self) -> int:

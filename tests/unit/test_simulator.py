@@ -373,7 +373,7 @@ def test_impossible_travel_follows_the_previous_card_present_payment_too_fast(bu
 @pytest.mark.parametrize("field", list(SCENARIO_NAMES))
 def test_a_scenario_switched_off_is_gone(field: str) -> None:
     run = Run(_small(scenarios={field: {"enabled": False}}, days=15))
-    found = set(run.transactions.get_column("fraud_scenario").drop_nulls())
+    found = set(run.transactions.get_column("fraud_scenario").drop_nulls()) - {"blocked_card_testing"}
     assert found == set(SCENARIO_NAMES.values()) - {SCENARIO_NAMES[field]}
     if field == "amount_threshold":
         threshold = run.config.scenarios.amount_threshold.threshold
@@ -685,3 +685,41 @@ def test_account_takeovers_stay_within_their_day() -> None:
     run = Run(_small(scenarios={"account_takeover": {"per_day": 20.0, "max_payments": 10}}))
     for day in run.days:
         assert (day.transactions.get_column("event_time").dt.date() == day.date.date()).all(), day.index
+
+
+# --- blocked cards reissued ---------------------------------------------------------------------------------------
+
+
+def test_a_blocked_card_is_replaced_the_next_day_and_only_fraudsters_keep_trying_it(busy: Run) -> None:
+    """A card is blocked the day its first fraud label is known; from the next day its customer's payments use a new
+    card (new token, BIN and last four of a PAN of its own) and the old one sees only fraudsters' tiny attempts."""
+    reissued = busy.population.reissued
+    assert len(reissued) > 50
+    transactions = _with_day(busy.transactions, busy.config)
+    start = busy.days[0].date
+    first_known = busy.labels.filter(pl.col("is_fraud")).group_by("card_token").agg(pl.col("known_at").min())
+    known_day = {token: (at - start) // timedelta(days=1) for token, at in first_known.iter_rows()}
+    by_token = transactions.partition_by("card_token", as_dict=True)
+    customer_ids = busy.population.customer_ids
+    for card in reissued:
+        assert card.day == known_day[card.replaces] + 1 and TOKEN.match(card.token)
+        assert card.token not in busy.population.card_tokens.to_list()
+        old = by_token[(card.replaces,)].filter(pl.col("day") >= card.day)
+        assert old.get_column("fraud_scenario").is_in(["blocked_card_testing"]).all(), old
+        new = by_token.get((card.token,))
+        if new is not None:  # the customer paid with it (the run may end first)
+            assert new.get_column("day").min() >= card.day  # type: ignore[operator]
+            assert set(new.get_column("customer_id").to_list()) <= {customer_ids[card.customer], None}
+    retries = busy.scenario("blocked_card_testing")
+    assert retries.height > 10 and retries.get_column("is_fraud").all()
+    assert retries.get_column("amount").max() <= busy.config.scenarios.card_testing.tiny_amount[1]  # type: ignore[operator]
+    assert set(retries.get_column("card_token").to_list()) <= {card.replaces for card in reissued}
+    cards = busy.customers.filter(pl.col("replaces").is_not_null())
+    assert cards.get_column("card_token").to_list() == [card.token for card in reissued]
+    assert busy.customers.height == busy.population.customers + len(reissued)
+
+
+def test_the_handbook_preset_never_reissues_a_card() -> None:
+    run = Run(sim_config.handbook(customers=300, terminals=600, days=30, seed=3))
+    assert run.population.reissued == [] and run.customers.height == 300
+    assert run.transactions.get_column("card_token").n_unique() <= 300
