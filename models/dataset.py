@@ -38,6 +38,19 @@ class History:
         """One label per fraud, known exactly ``delay`` after the payment: the evaluation protocol's assumption."""
         return derived_labels(self.transactions.filter(pl.col("is_fraud")), delay)
 
+    def blocked(self, rows: pl.DataFrame) -> pl.Series:
+        """For each of ``rows`` (``card_token``, ``event_time``), whether its card was blocked by then: a fraud label
+        on the card known before the payment (the label agent blocks a card on its first one; a later revision that
+        would lift the block is not followed here)."""
+        first = (
+            self.labels.filter(pl.col("is_fraud"))
+            .join(self.transactions.select("txn_id", "card_token"), on="txn_id")
+            .group_by("card_token")
+            .agg(pl.col("known_at").min().alias("blocked_at"))
+        )
+        known = rows.select("card_token", "event_time").join(first, on="card_token", how="left", maintain_order="left")
+        return known.select((pl.col("blocked_at") < pl.col("event_time")).fill_null(False)).to_series().alias("blocked")
+
     def fingerprint(self) -> str:
         """Which data a model was trained on: :func:`fingerprint` of the transactions."""
         return fingerprint(self.transactions)

@@ -7,8 +7,9 @@ test to stop on; the delay gap is skipped; the test window loses the payments of
 (:func:`models.protocol.drop_known_compromised`). Metrics are computed on what is left.
 
 The report's ``policy`` is the serving policy applied to the whole test window (:func:`models.cost.policy_figures`):
-the cards known compromised are declined by the ``card_blocked`` rule (they would be blocked), the serving rules
-apply, and the model decides the rest with thresholds chosen for the least expected cost on the delay gap's days
+a card with a fraud label known before the payment (the labels as the system received them,
+:meth:`models.dataset.History.blocked`) is declined by the ``card_blocked`` rule, the serving rules apply, and the
+model decides the rest with thresholds chosen for the least expected cost on the delay gap's days
 (scored by the same model; the training window when there is no gap) — never on the days it reports.
 """
 
@@ -71,11 +72,9 @@ def evaluate(history: History, windows: Windows, settings: TrainingSettings, *, 
     costs, scoring = costs or CostSettings(), scoring or ScoringSettings()
     chosen_on = "delay" if windows.delay_days else "train"
     choice = window_of(rows, windows.delay) if windows.delay_days else train
-    thresholds = cheapest_thresholds(
-        judged(choice, scored(choice), scoring, known_compromised(choice, revealing, windows.delay_days)), costs
-    )
-    policy = policy_figures(judged(everything, all_scores, scoring, blocked), thresholds["review"],
-                            thresholds["decline"], costs)  # fmt: skip
+    thresholds = cheapest_thresholds(judged(choice, scored(choice), scoring, history.blocked(choice)), costs)
+    policy = policy_figures(judged(everything, all_scores, scoring, history.blocked(everything)),
+                            thresholds["review"], thresholds["decline"], costs)  # fmt: skip
     report = {
         **metrics,
         "policy": {**policy, "thresholds_chosen_on": chosen_on},
