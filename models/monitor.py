@@ -37,6 +37,7 @@ __all__ = [
     "QUALITY_COLUMNS",
     "Window",
     "decay_reason",
+    "decided_money",
     "latest_decisions",
     "latest_labels",
     "live_drift",
@@ -78,37 +79,54 @@ def matured_before(as_of: datetime, maturity: timedelta) -> date:
     return (as_of - maturity).date()
 
 
+def _sources(rows: pl.DataFrame) -> pl.DataFrame:
+    """Decision-log rows with who decided: ``level`` (0 approve, 1 review, 2 decline), ``blocked`` (a blocked card's
+    decline), ``by_model`` (its score reached the review threshold), ``forced`` (a rule — or the degraded fallback —
+    made it an alert whatever the score)."""
+    rules = pl.col("reason_codes").fill_null("[]").str.json_decode(_REASONS)
+    return rows.with_columns(
+        level=pl.col("decision").replace_strict(_LEVEL, return_dtype=pl.Int8),
+        blocked=rules.list.eval(pl.element().struct.field("rule") == "card_blocked").list.any().fill_null(False),
+        ruled=rules.list.eval(pl.element().struct.field("kind") == "rule").list.any().fill_null(False),
+    ).with_columns(
+        by_model=(pl.col("score") >= pl.col("review_threshold")).fill_null(False) & ~pl.col("blocked"),
+        forced=(pl.col("ruled") | (pl.col("degraded").fill_null(False) & (pl.col("level") >= 1))) & ~pl.col("blocked"),
+    )
+
+
+def decided_money(decisions: pl.DataFrame, fraud: pl.DataFrame, costs: CostSettings) -> dict[str, Any]:
+    """:func:`models.cost.money_figures` of the decision log's ``decisions`` (one per transaction kept) against a
+    truth (``fraud``: ``txn_id``, ``is_fraud``; a transaction missing there is genuine), over their event days."""
+    rows = _sources(latest_decisions(decisions).join(fraud.select("txn_id", "is_fraud"), on="txn_id", how="left"))
+    return _money(rows.with_columns(fraud=pl.col("is_fraud").fill_null(False)), costs)
+
+
+def _money(rows: pl.DataFrame, costs: CostSettings) -> dict[str, Any]:
+    days = rows.get_column("event_time").dt.date().to_list()
+    judged = Judged.of(rows.get_column("fraud").to_numpy(), rows.get_column("amount").to_numpy(),
+                       rows.get_column("score").fill_null(np.nan).to_numpy(), days,
+                       rows.get_column("blocked").to_numpy(), rows.get_column("forced").to_numpy())  # fmt: skip
+    return money_figures(judged, rows.get_column("level").to_numpy(), rows.get_column("by_model").to_numpy(), costs)
+
+
 def live_quality(decisions: pl.DataFrame, labels: pl.DataFrame, *, as_of: datetime, maturity: timedelta,
                  k: int = 100, costs: CostSettings | None = None) -> pl.DataFrame:  # fmt: skip
     """Quality and money per event day and model version (QUALITY_COLUMNS), days in order."""
     costs = costs or CostSettings()
-    rules = pl.col("reason_codes").fill_null("[]").str.json_decode(_REASONS)
-    rows = (
+    rows = _sources(
         latest_decisions(decisions)
         .join(latest_labels(labels, as_of), on="txn_id", how="left")
         .with_columns(
             day=pl.col("event_time").dt.date(),
             labelled=pl.col("is_fraud").is_not_null(),
             fraud=pl.col("is_fraud").fill_null(False),
-            level=pl.col("decision").replace_strict(_LEVEL, return_dtype=pl.Int8),
-            blocked=rules.list.eval(pl.element().struct.field("rule") == "card_blocked").list.any().fill_null(False),
-            ruled=rules.list.eval(pl.element().struct.field("kind") == "rule").list.any().fill_null(False),
             model_version=pl.col("model_version").fill_null("none"),
-        )
-        .with_columns(
-            by_model=(pl.col("score") >= pl.col("review_threshold")).fill_null(False) & ~pl.col("blocked"),
-            forced=(pl.col("ruled") | (pl.col("degraded").fill_null(False) & (pl.col("level") >= 1)))
-            & ~pl.col("blocked"),
         )
     )
     cutoff = matured_before(as_of, maturity)
     out: list[dict[str, Any]] = []
     for (day, version), group in rows.group_by("day", "model_version", maintain_order=True):
-        judged = Judged.of(group.get_column("fraud").to_numpy(), group.get_column("amount").to_numpy(),
-                           group.get_column("score").fill_null(np.nan).to_numpy(), [day],
-                           group.get_column("blocked").to_numpy(), group.get_column("forced").to_numpy())  # fmt: skip
-        money = money_figures(judged, group.get_column("level").to_numpy(), group.get_column("by_model").to_numpy(),
-                              costs)  # fmt: skip
+        money = _money(group, costs)
         scored = group.filter(pl.col("score").is_not_null())
         truth = scored.get_column("fraud").cast(pl.Int8).to_numpy()
         scores = scored.get_column("score").to_numpy()

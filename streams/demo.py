@@ -34,23 +34,27 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 from pydantic import SecretStr
 
 from features.backfill import backfill
 from features.store import RedisFeatureStore, redis_client
 from fraudpipe.files import open_source
+from fraudpipe.logstore import DayLog
 from fraudpipe.settings import KafkaSettings, RedisSettings, Settings
 from fraudpipe.simulator.config import default
 from fraudpipe.simulator.generate import simulate
 from fraudpipe.simulator.output import write_simulation
 from models.dataset import load_history
+from models.monitor import decided_money
 from models.registry import Registry
 from models.report import render_report, report_data, write_html
 from models.train import latest_windows, train_version
-from streams.demo_report import Samples, render_html, totals
+from streams.demo_report import Samples, money_facts, render_html, totals
 from streams.local_services import free_port, grant, local_services, revoke, stop
 from streams.topics import create_topics, delete_topics, topic_specs, worker_acls
 
@@ -97,7 +101,8 @@ def _champion(settings: Settings, history: Path, say: Callable[[str], None]) -> 
         return version
     say("training the champion on the history")
     loaded = load_history(history, {}, key=KEY)
-    trained = train_version(loaded, latest_windows(loaded, 14, 3, 4), settings.training)
+    trained = train_version(loaded, latest_windows(loaded, 14, 3, 4), settings.training, costs=settings.cost,
+                            scoring=settings.scoring)  # fmt: skip
     fields = trained.fields
     report = render_report(report_data("fraudpipe demo champion (validation window)", trained.fitted.booster,
                                        trained.valid, fields["metrics"], fields["windows"]))  # fmt: skip
@@ -201,7 +206,7 @@ def run(settings: Settings, options: DemoOptions, *, say: Callable[[str], None],
     processes = _Processes(options.work_dir / "logs" / run_id, env)
     samples, url = Samples(), f"http://127.0.0.1:{ports['api']}/dashboard"
     topics = [spec.name for spec in topic_specs(demo.topics)]
-    began = time.monotonic()
+    began, started_at = time.monotonic(), None
     try:
         history, live = _prepare(options, say)
         version = _champion(demo, history, say)
@@ -219,7 +224,7 @@ def run(settings: Settings, options: DemoOptions, *, say: Callable[[str], None],
         _wait_for_api(f"http://127.0.0.1:{ports['api']}/readyz", processes)
         say(f"dashboard: {url}")
         replay = processes.start("replay", "replay", str(live), "--rate", str(options.rate))
-        began = time.monotonic()
+        began, started_at = time.monotonic(), datetime.now(UTC)
         last_line = 0.0
         while options.duration_s is None or time.monotonic() - began < options.duration_s:
             if dead := processes.dead():
@@ -251,15 +256,30 @@ def run(settings: Settings, options: DemoOptions, *, say: Callable[[str], None],
         if acls:
             revoke(demo.kafka, "User:worker", acls)
         stop(services.started)
+    money = _money(demo, live, started_at) if started_at is not None else None
     report = demo.paths.data_dir / "reports" / f"demo-{run_id}.html"
     report.parent.mkdir(parents=True, exist_ok=True)
     facts = {"champion": version, "customers": options.customers, "history days": options.history_days,
              "live days": options.live_days, "rate (tx/s)": options.rate, "warmed transactions": warmed,
-             "ran (s)": round(time.monotonic() - began), "logs": str(processes.logs)}  # fmt: skip
+             "ran (s)": round(time.monotonic() - began), "logs": str(processes.logs),
+             **({} if money is None else money_facts(money))}  # fmt: skip
     write_html(render_html(samples, facts), report)
     final = samples.points[-1][1] if samples.points else totals({})
     return {**final, "alerts_seen": len(samples.alerts), "report": str(report), "logs": str(processes.logs),
-            "dashboard": url}  # fmt: skip
+            "dashboard": url, "money": money}  # fmt: skip
+
+
+def _money(settings: Settings, live: Path, since: datetime) -> dict[str, Any] | None:
+    """What this run's decisions did against the simulation's truth, under the cost model
+    (:func:`models.monitor.decided_money`): the live days' labels have not all arrived, their truth has."""
+    decisions = DayLog(settings.paths.data_dir / "decisions", "event_time").read()
+    if decisions.is_empty():
+        return None
+    ours = decisions.filter(pl.col("decided_at") >= since)
+    if ours.is_empty():
+        return None
+    truth = pl.read_parquet(live / "transactions" / "**" / "*.parquet", columns=["txn_id", "is_fraud"])
+    return decided_money(ours, truth, settings.cost)
 
 
 def _nested(env: dict[str, str]) -> dict[str, Any]:

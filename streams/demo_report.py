@@ -45,6 +45,26 @@ def totals(summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def money_facts(money: dict[str, Any]) -> dict[str, str]:
+    """The run's workload and money (:func:`models.monitor.decided_money`) as the summary's lines."""
+    return {
+        "analysts' alerts": f"{money['alerts']:,} ({_share(money['alert_rate'])} of {money['payments']:,} payments; "
+        f"{money['model_alerts']:,} by the model, {money['rule_alerts']:,} by a rule alone), precision "
+        f"{_share(money['alert_precision'])}",
+        "blocked cards' declines": f"{money['blocked_declines']:,} (no alert)",
+        "reviews a day": f"{money['reviews_per_day']:,.0f} against a capacity of {money['review_capacity']:,}",
+        "fraud caught": f"{_share(money['recall'])} of {money['frauds']:,} frauds; {_share(money['amount_recall'])} of "
+        f"the amount ({money['fraud_amount_caught']:,.2f} caught, {money['fraud_amount_missed']:,.2f} missed)",
+        "false declines": f"{money['false_declines']:,} ({money['false_decline_amount']:,.2f})",
+        "expected cost": f"{money['expected_cost']:,.2f} ({money['rules_only_cost']:,.2f} with the rules alone)",
+        "saving against the rules alone": _share(money["saving_vs_rules_only"]),
+    }
+
+
 def _number(value: float | None, unit: str = "", digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}{unit}"
 

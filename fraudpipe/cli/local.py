@@ -75,6 +75,12 @@ def demo(
         f"summary report: {final['report']}\nlogs: {final['logs']}",
         highlight=False, soft_wrap=True,
     )  # fmt: skip
+    if final["money"] is not None:
+        from streams.demo_report import money_facts
+
+        out.print("against the simulation's truth, under the cost model (FRAUD_COST__*):", highlight=False)
+        for name, value in money_facts(final["money"]).items():
+            out.print(f"  {name}: {value}", highlight=False, soft_wrap=True)
     if final["decisions"] == 0:
         raise CliError(f"demo: no decision was made; see the logs in {final['logs']}")
 

@@ -22,11 +22,12 @@ from features.memory import InMemoryFeatureStore
 from fraudpipe.clock import FixedClock
 from fraudpipe.contracts import Transaction
 from fraudpipe.logstore import DayLog
-from fraudpipe.settings import ScoringSettings
+from fraudpipe.settings import CostSettings, ScoringSettings
 from fraudpipe.simulator.config import default
 from fraudpipe.simulator.generate import TRANSACTION_COLUMNS, simulate
-from models.monitor import decay_reason, live_drift, live_quality
+from models.monitor import decay_reason, decided_money, live_drift, live_quality
 from models.registry import Registry
+from streams.demo_report import money_facts
 from streams.pipeline import InMemoryDecisionMemory, Models, Pipeline
 from tests import factories
 
@@ -119,6 +120,14 @@ def test_monitor_json_adds_up_the_money_of_a_hand_made_log(tmp_path: Path) -> No
     # the rules alone: the blocked card declined (30), the rule's review (5), a and d missed (110 + 30)
     assert day["rules_only_cost"] == pytest.approx(175) and day["saving_vs_rules_only"] == pytest.approx(1 - 70 / 175)
     assert "saving against the rules alone" in result.stdout
+    # the demo judges its run against the simulation's truth the same way (a transaction missing there: genuine)
+    truth = pl.DataFrame({"txn_id": ["a", "c", "d"], "is_fraud": [True, True, True]})
+    cost = CostSettings(chargeback_fee=10, review_cost=5, false_decline_share=1.0, review_capacity=4)
+    money = decided_money(pl.DataFrame(decisions), truth, cost)
+    assert {name: money[name] for name in ("expected_cost", "rules_only_cost", "alerts", "blocked_declines")} == {
+        "expected_cost": 70, "rules_only_cost": 175, "alerts": 3, "blocked_declines": 1
+    }  # fmt: skip
+    assert money_facts(money)["saving against the rules alone"] == "60.0%"
 
 
 def test_maturity_is_measured_from_the_end_of_the_day() -> None:
