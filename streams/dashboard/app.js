@@ -268,6 +268,18 @@
     $("dead-letters-empty").hidden = rows.length > 0;
   }
 
+  function pct(value) {
+    return value === undefined || value === null ? "–" : `${(100 * value).toFixed(1)} %`;
+  }
+
+  function drawMoney(summary) {
+    const rows = summary.money.map((m) => el("tr", "", el("td", "", m.version), el("td", "num", pct(m.saving_vs_rules_only)),
+      el("td", "num", pct(m.amount_recall)), el("td", "num", pct(m.alert_rate)), el("td", "num", pct(m.model_precision)),
+      el("td", "num", num(m.expected_cost, 0))));
+    $("money").tBodies[0].replaceChildren(...rows);
+    $("money-empty").hidden = rows.length > 0;
+  }
+
   function drawDrift(summary) {
     const bounds = summary.psi_bounds;
     const blocks = summary.drift.map((version) => {
@@ -322,6 +334,7 @@
       drawCharts(summary);
       drawDecisions(summary.decisions);
       drawDeadLetters(summary);
+      drawMoney(summary);
       drawDrift(summary);
       drawSources(summary);
       report("summary", null);

@@ -50,6 +50,8 @@ class Snapshot:
     """Model version -> columns past the breach bound."""
     models: tuple[tuple[str, str], ...] = ()
     """(version, model SHA-256) each worker says it serves, sorted, without repeats."""
+    quality: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    """(model version, metric) -> the monitor's quality and money of the latest matured day."""
 
 
 def _add(into: dict[K, float], key: K, value: float) -> None:
@@ -70,6 +72,7 @@ def parse(text: str) -> Snapshot:
     psi: dict[tuple[str, str], float] = {}
     breaches: dict[str, float] = {}
     models: set[tuple[str, str]] = set()
+    quality: dict[tuple[str, str], float] = {}
     degraded = count = total = 0.0
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -94,6 +97,8 @@ def parse(text: str) -> Snapshot:
                 psi[(labels.get("model_version", "?"), labels.get("column", "?"))] = value
             elif name == "fraudpipe_drift_breaches":
                 breaches[labels.get("model_version", "?")] = value
+            elif name == "fraudpipe_live_quality":
+                quality[(labels.get("model_version", "?"), labels.get("metric", "?"))] = value
             elif name == "fraudpipe_model_info" and "version" in labels:
                 models.add((labels["version"], labels.get("sha256", "")))
     return Snapshot(
@@ -107,6 +112,7 @@ def parse(text: str) -> Snapshot:
         drift_psi=psi,
         drift_breaches=breaches,
         models=tuple(sorted(models)),
+        quality=quality,
     )
 
 
@@ -119,13 +125,16 @@ def _summed(maps: Iterable[Mapping[K, float]]) -> dict[K, float]:
 
 
 def combine(snapshots: Iterable[Snapshot]) -> Snapshot:
-    """One snapshot of several processes: counts and histograms summed, drift gauges and models merged."""
+    """One snapshot of several processes: counts and histograms summed, drift and quality gauges and models
+    merged."""
     parts = list(snapshots)
     psi: dict[tuple[str, str], float] = {}
     breaches: dict[str, float] = {}
+    quality: dict[tuple[str, str], float] = {}
     for part in parts:
         psi.update(part.drift_psi)
         breaches.update(part.drift_breaches)
+        quality.update(part.quality)
     return Snapshot(
         decisions=_summed(p.decisions for p in parts),
         degraded=sum(p.degraded for p in parts),
@@ -137,6 +146,7 @@ def combine(snapshots: Iterable[Snapshot]) -> Snapshot:
         drift_psi=psi,
         drift_breaches=breaches,
         models=tuple(sorted({m for p in parts for m in p.models})),
+        quality=quality,
     )
 
 

@@ -195,6 +195,10 @@ def _metrics_view(total: Snapshot, series: Series, monitor: MonitorSettings) -> 
         "sink_dead_letters": [{"sink": s, "count": int(n)} for s, n in sorted(total.sink_dead_letters.items())],
         "drift": drift,
         "psi_bounds": {"moderate": monitor.psi_moderate, "breach": monitor.psi_breach},
+        "money": [
+            {"version": version, **{metric: value for (v, metric), value in total.quality.items() if v == version}}
+            for version in sorted({version for version, _ in total.quality})
+        ],
     }
 
 

@@ -38,7 +38,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 
 def worker_text(*, approve: int = 0, decline: int = 0, latencies: tuple[float, ...] = (), dead: int = 0,
-                psi: dict[str, float] | None = None) -> str:  # fmt: skip
+                psi: dict[str, float] | None = None, quality: dict[str, float] | None = None) -> str:  # fmt: skip
     """Exposition text as a worker (or the monitor) serves it: the same metric definitions as streams.metrics, in
     a registry of their own."""
     registry = CollectorRegistry()
@@ -47,6 +47,9 @@ def worker_text(*, approve: int = 0, decline: int = 0, latencies: tuple[float, .
     latency = Histogram("fraudpipe_end_to_end_seconds", "l", registry=registry, buckets=LATENCY_BUCKETS)
     Info("fraudpipe_model", "m", registry=registry).info({"version": "v0001", "sha256": SHA})
     drift = Gauge("fraudpipe_drift_psi", "p", ["model_version", "column"], registry=registry)
+    live = Gauge("fraudpipe_live_quality", "q", ["model_version", "metric"], registry=registry)
+    for metric, value in (quality or {}).items():
+        live.labels("v0001", metric).set(value)
     if approve:
         decisions.labels("approve").inc(approve)
     if decline:
@@ -362,7 +365,8 @@ def test_summary_with_a_worker_draws_rates_dead_letters_and_drift(
         client.get("/v1/dashboard/summary")
         clock.advance(2.0)
         worker.text = worker_text(approve=40, decline=10, latencies=(0.03,) * 40, dead=2,
-                                  psi={"amount": 0.4, "hour": 0.15, "score": 0.01})  # fmt: skip
+                                  psi={"amount": 0.4, "hour": 0.15, "score": 0.01},
+                                  quality={"saving_vs_rules_only": 0.8, "expected_cost": 2_300.0})  # fmt: skip
         summary = client.get("/v1/dashboard/summary").json()
     assert summary["decisions"]["by_outcome"] == {"approve": 40, "review": 0, "decline": 10}
     assert summary["throughput"] == [{"at": T0.timestamp() + 2.0, "per_s": 20.0}]
@@ -376,3 +380,4 @@ def test_summary_with_a_worker_draws_rates_dead_letters_and_drift(
     ]
     assert summary["model"]["workers"] == [{"version": "v0001", "sha256": SHA}]
     assert not any("no drift gauges" in note for note in summary["notes"])
+    assert summary["money"] == [{"version": "v0001", "saving_vs_rules_only": 0.8, "expected_cost": 2_300.0}]
