@@ -155,8 +155,7 @@ def _local_services(settings: Settings, sasl: bool, started: Started) -> LocalSe
     env = {"FRAUD_REDIS__URL": settings.redis.url, "FRAUD_KAFKA__BOOTSTRAP_SERVERS": f"{host}:{port}"}
     answers = _redis_answers(with_redis_login(settings, state).redis)
     if answers is False:
-        _script(state, env, "start", "redis")
-        started.append((state, "redis", env))
+        _start(state, env, "redis", started)
     settings = with_redis_login(settings, state)  # the login the script (just) wrote
     where = settings.redis.url.rpartition("@")[2]
     if (answers := _redis_answers(settings.redis)) is None:
@@ -166,8 +165,7 @@ def _local_services(settings: Settings, sasl: bool, started: Started) -> LocalSe
         raise RuntimeError(f"Redis does not answer ({where})")
     if not sasl:
         if not _kafka_answers(settings.kafka):
-            _script(state, env, "start", "kafka")
-            started.append((state, "kafka", env))
+            _start(state, env, "kafka", started)
         return LocalServices(settings, settings.kafka, tuple(started))
     sasl_state = state / "sasl"
     bootstrap = f"{host}:{int(port) + SASL_PORT_OFFSET}"
@@ -179,6 +177,14 @@ def _local_services(settings: Settings, sasl: bool, started: Started) -> LocalSe
     admin = _kafka_login(settings.kafka, bootstrap, users / "admin.env")
     worker = _kafka_login(settings.kafka, bootstrap, users / "worker.env")
     return LocalServices(settings.model_copy(update={"kafka": admin}), worker, tuple(started))
+
+
+def _start(state: Path, env: dict[str, str], service: str, started: Started) -> None:
+    """Start ``service`` with the script; note it as ours to stop only when the script was not already running it
+    (from this state folder, perhaps on another port than the settings name: then it is someone else's)."""
+    if _script(state, env, "status", service, quiet=True) != 0:
+        started.append((state, service, env))
+    _script(state, env, "start", service)
 
 
 def stop(started: Started | tuple[tuple[Path, str, dict[str, str]], ...]) -> None:
