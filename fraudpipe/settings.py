@@ -33,6 +33,7 @@ __all__ = [
     "PathSettings",
     "PrivacySettings",
     "RedisSettings",
+    "Rule",
     "ScoringSettings",
     "Settings",
     "SinkSettings",
@@ -186,6 +187,37 @@ class TopicSettings(_Section):
         return tuple(self.full(name) for name in (self.scores, self.alerts, self.repairs))
 
 
+RuleId = Literal["card_blocked", "known_fraud_30d", "large_amount"]
+
+
+class Rule(BaseModel):
+    """One rule of the decision policy (``scoring.rules``), data rather than code: which (``id``, its reason code),
+    the outcome it forces at least (``at_least``) and its limit (``threshold``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: RuleId
+    at_least: Literal["review", "decline"] = "review"
+    threshold: Annotated[float, Field(gt=0.0)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_id(cls, value: Any) -> Any:
+        return {"id": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _complete(self) -> Rule:
+        if self.id == "card_blocked":
+            if self.threshold is not None or ("at_least" in self.model_fields_set and self.at_least != "decline"):
+                raise ValueError("card_blocked declines, with no threshold")
+            object.__setattr__(self, "at_least", "decline")
+        elif self.id == "known_fraud_30d" and self.threshold is None:
+            object.__setattr__(self, "threshold", 1.0)
+        elif self.id == "large_amount" and self.threshold is None:
+            raise ValueError("large_amount needs a threshold (the amount from which it fires)")
+        return self
+
+
 class ScoringSettings(_Section):
     """The hot path: micro-batches, thresholds, validation tolerance."""
 
@@ -215,13 +247,12 @@ class ScoringSettings(_Section):
     thresholds_from: Literal["model", "settings"] = "model"
     """``model``: the thresholds chosen on validation and stored in the champion's manifest; ``settings``: the two
     above."""
-    review_amount: Annotated[float | None, Field(gt=0.0)] = None
-    """Rule: payments of at least this amount are at least reviewed (unset: no such rule)."""
-    rules: tuple[Literal["card_blocked", "known_fraud_30d", "large_amount"], ...] = (
-        "card_blocked", "known_fraud_30d", "large_amount")  # fmt: skip
-    """The policy's rules in force (``models.scorer``: each can only make a decision stricter; its id is its reason
-    code): ``card_blocked`` declines every payment of a card with a confirmed fraud, ``known_fraud_30d`` reviews a
-    card with a fraud known in its last 30 days, ``large_amount`` reviews from ``review_amount``."""
+    rules: tuple[Rule, ...] = (Rule(id="card_blocked"), Rule(id="known_fraud_30d"))
+    """The policy's rules, in order (``models.scorer``; each can only make a decision stricter, and its id is its
+    reason code), as JSON: ``card_blocked`` declines every payment of a card with a confirmed fraud;
+    ``known_fraud_30d`` takes a card with at least ``threshold`` (1) frauds known in its last 30 days to at least
+    ``at_least`` (review); ``large_amount`` a payment of at least ``threshold`` (required). A bare id takes the
+    defaults: ``["card_blocked", {"id": "large_amount", "threshold": 5000, "at_least": "decline"}]``."""
     reason_codes: Annotated[int, Field(ge=1, le=16)] = 3
     """Reason codes per alert (largest SHAP contributions)."""
     model_alias: Literal["champion", "challenger"] = "champion"
@@ -264,6 +295,8 @@ class ScoringSettings(_Section):
     def _ordered(self) -> ScoringSettings:
         if self.review_threshold > self.decline_threshold:
             raise ValueError("review_threshold must not exceed decline_threshold")
+        if len({rule.id for rule in self.rules}) < len(self.rules):
+            raise ValueError("rules: each rule at most once")
         if unknown := sorted(set(self.amount_caps_by_currency) - currencies.CURRENCIES):
             raise ValueError(f"amount_caps_by_currency: not ISO 4217 currencies: {', '.join(unknown)}")
         return self
@@ -578,7 +611,8 @@ def _env_value(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, (list, tuple)):
-        return json.dumps(list(value))
+        return json.dumps([v.model_dump(mode="json", exclude_none=True) if isinstance(v, BaseModel) else v
+                           for v in value])  # fmt: skip
     return str(value)
 
 

@@ -121,6 +121,12 @@ def _thresholds(thresholds: Mapping[str, Any]) -> str:
                  f"day) when a missed fraud costs its amount plus {cost['chargeback_fee']:,.2f}, a review "
                  f"{cost['review_cost']:,.2f}, a false decline {cost['false_decline_share']:.0%} of its amount, with "
                  f"at most {cost['review_capacity']:,} reviews a day")  # fmt: skip
+    rules = thresholds.get("rules")
+    if isinstance(rules, list) and rules:
+        text += ". The serving rules it was chosen with, in order: " + ", ".join(
+            f"`{r['id']}`" + ("" if r.get("threshold") is None else f" from {r['threshold']:g}")
+            + f" → at least {r['at_least']}" for r in rules
+        )  # fmt: skip
     return text + "."
 
 

@@ -10,10 +10,10 @@ its thresholds were chosen with), in the payments' own currency unit:
 - analysts can review ``review_capacity`` payments a day (on average over the days judged).
 
 Who decided counts apart (:class:`Judged`): a *blocked* card's payment is declined by the ``card_blocked`` rule and
-is nobody's alert; a *forced* payment is reviewed by a rule (``known_fraud_30d``, ``large_amount``) whatever its
-score; the model decides the rest with two thresholds (``score >= review``: review; ``score >= decline``: decline).
-The rules-only baseline is the same policy without the model: blocked cards declined, forced payments reviewed,
-everything else approved.
+is nobody's alert; a *forced* payment is taken by a rule (``known_fraud_30d``, ``large_amount``) to at least the
+rule's outcome whatever its score; the model decides the rest with two thresholds (``score >= review``: review;
+``score >= decline``: decline). The rules-only baseline is the same policy without the model: blocked cards
+declined, forced payments given their rule's outcome, everything else approved.
 
 :func:`cheapest_thresholds` chooses ``review`` and ``decline`` on validation rows: the pair of cuts of the ranking
 with the least expected cost whose reviews fit the capacity (every pair of candidate cuts, from cumulative sums —
@@ -34,7 +34,7 @@ import polars as pl
 from numpy.typing import ArrayLike, NDArray
 
 from features.definitions import FEATURE_NAMES, feature_index
-from fraudpipe.settings import CostSettings, ScoringSettings
+from fraudpipe.settings import CostSettings, Rule, ScoringSettings
 from models.scorer import Policy
 
 __all__ = ["Judged", "cheapest_thresholds", "judged", "money_figures", "offline_rules", "policy_figures"]
@@ -48,15 +48,15 @@ that keeps the top of the ranking (where thresholds land) dense."""
 @dataclass(frozen=True, slots=True)
 class Judged:
     """Rows to judge a policy on, column-wise: ``truth`` (1 fraud), ``amount``, ``score`` (NaN: none), the UTC
-    ``days`` they fall on, ``blocked`` (declined by the card_blocked rule) and ``forced`` (reviewed by a rule at least).
-    """
+    ``days`` they fall on, ``blocked`` (declined by the card_blocked rule) and ``forced`` (the outcome a rule forces
+    at least: 0 none, 1 review, 2 decline)."""
 
     truth: NDArray[np.bool_]
     amount: NDArray[np.float64]
     score: NDArray[np.float64]
     days: int
     blocked: NDArray[np.bool_]
-    forced: NDArray[np.bool_]
+    forced: NDArray[np.int8]
 
     @classmethod
     def of(cls, truth: ArrayLike, amount: ArrayLike, score: ArrayLike, days: Sequence[object],
@@ -65,21 +65,18 @@ class Judged:
         none = np.zeros(len(t), dtype=bool)
         return cls(t, np.asarray(amount, dtype=np.float64), np.asarray(score, dtype=np.float64),
                    max(len(set(days)), 1), none if blocked is None else np.asarray(blocked, dtype=bool),
-                   none if forced is None else np.asarray(forced, dtype=bool))  # fmt: skip
+                   np.zeros(len(t), np.int8) if forced is None else np.asarray(forced, dtype=np.int8))  # fmt: skip
 
 
-def offline_rules(matrix: NDArray[np.float64], rules: Sequence[str], review_amount: float | None
-                  ) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:  # fmt: skip
+def offline_rules(matrix: NDArray[np.float64], rules: Sequence[Rule]) -> tuple[NDArray[np.bool_], NDArray[np.int8]]:
     """``(blocked, forced)`` of feature rows built offline, where the online block is not recorded: a card with a
     fraud known in its last 30 days (``card_fraud_count_30d >= 1``) is blocked when ``card_blocked`` is in force (a
-    block lasts as long as the card's labels, at least that), else reviewed by ``known_fraud_30d``."""
+    block lasts as long as the card's labels, at least that)."""
     known = np.nan_to_num(matrix[:, _INDEX["card_fraud_count_30d"]]) >= 1
-    fired = Policy(0.0, 1.0, review_amount, tuple(rules)).rules(matrix, known)
-    forced = np.zeros(len(matrix), dtype=bool)
+    fired = Policy(0.0, 1.0, rules).fired(matrix, known)
+    forced = np.zeros(len(matrix), dtype=np.int8)
     for rule in fired[1:]:
-        forced |= rule.rows
-    if "card_blocked" not in rules:
-        return np.zeros(len(matrix), dtype=bool), forced
+        forced = np.where(rule.rows, np.maximum(forced, rule.level), forced).astype(np.int8)
     return fired[0].rows, forced
 
 
@@ -89,10 +86,10 @@ def judged(rows: pl.DataFrame, scores: ArrayLike, scoring: ScoringSettings,
     the rules in force in ``scoring`` where each fires (:func:`offline_rules`), or the ``blocked`` rows when they
     are known (``None``: from the rules)."""
     values = rows.select(FEATURE_NAMES).cast(pl.Float64).to_numpy()
-    ruled_blocked, forced = offline_rules(values, scoring.rules, scoring.review_amount)
+    ruled_blocked, forced = offline_rules(values, scoring.rules)
     if blocked is not None:
         ruled_blocked = np.asarray(blocked, dtype=bool)
-        forced &= ~ruled_blocked
+        forced = np.where(ruled_blocked, 0, forced).astype(np.int8)
     return Judged.of(rows.get_column("is_fraud").to_numpy(), values[:, _INDEX["amount"]], scores,
                      rows.get_column("event_time").dt.date().to_list(), ruled_blocked, forced)  # fmt: skip
 
@@ -101,7 +98,7 @@ def _levels(rows: Judged, review: float, decline: float) -> NDArray[np.int8]:
     """0 approve / 1 review / 2 decline per row under the policy (rules included)."""
     s = np.nan_to_num(rows.score, nan=-1.0)
     level = np.where(s >= decline, 2, s >= review).astype(np.int8)
-    level = np.where(rows.forced, np.maximum(level, 1), level)
+    level = np.maximum(level, rows.forced)
     return np.where(rows.blocked, 2, level).astype(np.int8)
 
 
@@ -122,12 +119,13 @@ def cheapest_thresholds(rows: Judged, costs: CostSettings) -> dict[str, Any]:
 
     Cuts: the model flags the ``i`` best-scored rows for decline and the ``j >= i`` best for review or decline;
     ``cost(i, j)`` adds the declines' cost above ``i``, the reviews between ``i`` and ``j`` and what the rows below
-    ``j`` cost when approved (a forced row is reviewed instead), each from a cumulative sum.
+    ``j`` cost when approved (a row a rule reviews is reviewed instead), each from a cumulative sum. The rows a rule
+    declines are declined whatever the thresholds: like the blocked ones, they do not move the choice.
     """
-    open_ = ~rows.blocked
+    open_ = ~rows.blocked & (rows.forced < 2)
     order = np.argsort(-np.nan_to_num(rows.score[open_], nan=-1.0), kind="stable")
     s = np.nan_to_num(rows.score[open_], nan=-1.0)[order]
-    fraud, amount, forced = rows.truth[open_][order], rows.amount[open_][order], rows.forced[open_][order]
+    fraud, amount, forced = rows.truth[open_][order], rows.amount[open_][order], rows.forced[open_][order] == 1
     declined = np.where(fraud, 0.0, costs.false_decline_share * amount)
     approved = np.where(forced, costs.review_cost, np.where(fraud, amount + costs.chargeback_fee, 0.0))
 
@@ -184,7 +182,7 @@ def money_figures(rows: Judged, level: NDArray[np.int8], by_model: NDArray[np.bo
     fraud, amount, n = rows.truth, rows.amount, len(rows.truth)
     alerts = (level >= 1) & ~rows.blocked
     caught = (level >= 1) & fraud
-    rules_only = np.where(rows.blocked, 2, rows.forced.astype(np.int8)).astype(np.int8)
+    rules_only = np.where(rows.blocked, 2, rows.forced).astype(np.int8)
     cost, baseline = _cost(rows, level, costs), _cost(rows, rules_only, costs)
     missed_amount = float(amount[(level == 0) & fraud].sum())
     baseline_missed = float(amount[(rules_only == 0) & fraud].sum())

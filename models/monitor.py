@@ -81,8 +81,9 @@ def matured_before(as_of: datetime, maturity: timedelta) -> date:
 
 def _sources(rows: pl.DataFrame) -> pl.DataFrame:
     """Decision-log rows with who decided: ``level`` (0 approve, 1 review, 2 decline), ``blocked`` (a blocked card's
-    decline), ``by_model`` (its score reached the review threshold), ``forced`` (a rule — or the degraded fallback —
-    made it an alert whatever the score)."""
+    decline), ``by_model`` (its score reached the review threshold), ``forced`` (the outcome a rule — or the
+    degraded fallback — gave it whatever the score: 0 none, 1 review, 2 decline; a rule's decline of a payment whose
+    score stayed under the decline threshold is the rule's)."""
     rules = pl.col("reason_codes").fill_null("[]").str.json_decode(_REASONS)
     return rows.with_columns(
         level=pl.col("decision").replace_strict(_LEVEL, return_dtype=pl.Int8),
@@ -90,7 +91,18 @@ def _sources(rows: pl.DataFrame) -> pl.DataFrame:
         ruled=rules.list.eval(pl.element().struct.field("kind") == "rule").list.any().fill_null(False),
     ).with_columns(
         by_model=(pl.col("score") >= pl.col("review_threshold")).fill_null(False) & ~pl.col("blocked"),
-        forced=(pl.col("ruled") | (pl.col("degraded").fill_null(False) & (pl.col("level") >= 1))) & ~pl.col("blocked"),
+        forced=pl.when(pl.col("blocked"))
+        .then(0)
+        .when(pl.col("degraded").fill_null(False))
+        .then(pl.col("level"))
+        .when(pl.col("ruled"))
+        .then(
+            pl.when((pl.col("level") == 2) & ~(pl.col("score") >= pl.col("decline_threshold")).fill_null(False))
+            .then(2)
+            .otherwise(1)
+        )
+        .otherwise(0)
+        .cast(pl.Int8),
     )
 
 

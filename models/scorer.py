@@ -5,15 +5,16 @@ millisecond per call). Reason codes come from LightGBM's own SHAP values (``pred
 a row, the dearest step of the hot path) and are computed only for the rows whose *score* made them alerts: the
 features that pushed the score up most, with their values and log-odds contributions.
 
-:class:`Policy` turns scores into approve / review / decline with two thresholds, then applies explicit rules that
-can only make a decision stricter, never looser (:data:`RULES`, stable ids: they are reason codes):
+:class:`Policy` turns scores into approve / review / decline with two thresholds, then applies the rules in force —
+data, not code (:class:`fraudpipe.settings.Rule`: an id from :data:`RULES`, which is its reason code, the outcome it
+forces at least, its threshold) — which can only make a decision stricter, never looser:
 
 - ``card_blocked``: a card with a confirmed fraud (its label known: :attr:`features.snapshot.StoreReply.blocked`)
   is blocked, and every later payment on it is declined — by the rule alone: the other rules do not fire on it, it
   is not explained by the model and it is not an analyst's alert (:attr:`Verdicts.blocked`);
-- ``known_fraud_30d``: a card with a fraud already known in its last 30 days (``card_fraud_count_30d >= 1``) is at
-  least reviewed;
-- ``large_amount``: a payment of at least ``review_amount`` (when set) is at least reviewed.
+- ``known_fraud_30d``: a card with at least ``threshold`` frauds known in its last 30 days
+  (``card_fraud_count_30d``) is at least ``at_least``;
+- ``large_amount``: a payment of at least ``threshold`` is at least ``at_least``.
 
 :meth:`Policy.judge` says, column-wise for a batch, which rows the score made alerts (``by_score``: explain those)
 and which rules fired on each row (their reason codes, :class:`Fired`).
@@ -36,6 +37,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from features.definitions import FEATURE_NAMES, feature_index
 from fraudpipe.contracts import Contribution, DecisionOutcome
+from fraudpipe.settings import Rule
 
 if TYPE_CHECKING:  # the registry's model card reaches the policy through models.cost: only the type is needed
     from models.registry import LoadedModel
@@ -133,12 +135,14 @@ def explain(
 @dataclass(frozen=True, slots=True)
 class Fired:
     """Where one rule fired in a batch: ``rule`` (a :data:`RULES` id), ``rows`` (bool per row), ``value`` (what it
-    tested, per row: a count of frauds, an amount in major units) and ``threshold`` (the limit it fires at)."""
+    tested, per row: a count of frauds, an amount in major units), ``threshold`` (the limit it fires at) and
+    ``level`` (the outcome it forces at least: 1 review, 2 decline)."""
 
     rule: str
     rows: NDArray[np.bool_]
     value: NDArray[np.float64]
     threshold: float
+    level: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,44 +167,43 @@ class Policy:
 
     review: float
     decline: float
-    review_amount: float | None = None
-    enabled: Sequence[str] = RULES
-    """The rules in force (ids of :data:`RULES`; ``large_amount`` also needs ``review_amount``)."""
+    rules: Sequence[Rule] = ()
+    """The rules in force, in order (their reason codes come in this order, a blocked card's first)."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.review <= self.decline <= 1.0:
             raise ValueError("thresholds must satisfy 0 <= review <= decline <= 1")
-        if unknown := set(self.enabled) - set(RULES):
-            raise ValueError(f"unknown rules: {sorted(unknown)} (known: {', '.join(RULES)})")
 
-    def rules(self, matrix: NDArray[np.float64], blocked: NDArray[np.bool_] | None = None) -> tuple[Fired, ...]:
+    def fired(self, matrix: NDArray[np.float64], blocked: NDArray[np.bool_] | None = None) -> tuple[Fired, ...]:
         """Where each rule fires on ``matrix``'s rows (FEATURE_NAMES columns, NaN = missing) and the ``blocked``
-        cards' rows (none when ``None``); on a blocked card's row only ``card_blocked`` fires."""
-        n, on = len(matrix), set(self.enabled)
-        blocked = np.zeros(n, dtype=bool) if blocked is None or "card_blocked" not in on else blocked
+        cards' rows (none when ``None``): ``card_blocked`` first (no row when it is not in force), then the others
+        in order; on a blocked card's row only ``card_blocked`` fires."""
+        n = len(matrix)
+        ids = [rule.id for rule in self.rules]
+        blocked = np.zeros(n, dtype=bool) if blocked is None or "card_blocked" not in ids else blocked
         open_ = ~blocked
-        frauds = np.nan_to_num(matrix[:, _INDEX["card_fraud_count_30d"]])
-        amount = matrix[:, _INDEX["amount"]]
-        fired = [Fired("card_blocked", blocked, np.full(n, np.nan), math.nan)]
-        if "known_fraud_30d" in on:
-            fired.append(Fired("known_fraud_30d", (frauds >= 1) & open_, frauds, 1.0))
-        if self.review_amount is not None and "large_amount" in on:
-            fired.append(Fired("large_amount", (amount >= self.review_amount) & open_, amount, self.review_amount))
-        return tuple(fired)
+        tested = {"known_fraud_30d": np.nan_to_num(matrix[:, _INDEX["card_fraud_count_30d"]]),
+                  "large_amount": matrix[:, _INDEX["amount"]]}  # fmt: skip
+        out = [Fired("card_blocked", blocked, np.full(n, np.nan), math.nan, 2)]
+        for rule in self.rules:
+            if rule.id == "card_blocked" or rule.threshold is None:
+                continue
+            value = tested[rule.id]
+            level = OUTCOMES.index(rule.at_least)
+            out.append(Fired(rule.id, (value >= rule.threshold) & open_, value, rule.threshold, level))
+        return tuple(out)
 
     def judge(self, scores: ArrayLike, matrix: NDArray[np.float64],
               blocked: NDArray[np.bool_] | None = None) -> Verdicts:  # fmt: skip
         """The verdicts on a batch: the thresholds on ``scores``, then the rules on ``matrix`` and the ``blocked``
         cards (class docstring)."""
         s = np.asarray(scores, dtype=np.float64)
-        fired = self.rules(matrix, None if blocked is None else np.asarray(blocked, dtype=bool))
+        fired = self.fired(matrix, None if blocked is None else np.asarray(blocked, dtype=bool))
         blocked = fired[0].rows
         by_score = (s >= self.review) & ~blocked
         level = np.where(s >= self.decline, 2, s >= self.review).astype(np.int8)
-        forced = np.zeros(len(s), dtype=bool)
         for rule in fired[1:]:
-            forced |= rule.rows
-        level = np.where(forced, np.maximum(level, 1), level)
+            level = np.where(rule.rows, np.maximum(level, rule.level), level).astype(np.int8)
         return Verdicts(np.where(blocked, 2, level).astype(np.int8), by_score, fired, blocked)
 
     def decide(self, scores: ArrayLike, matrix: NDArray[np.float64],

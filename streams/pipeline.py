@@ -393,8 +393,8 @@ class Pipeline:
         s = self.scoring
         stored = scorer.model.manifest.thresholds
         if s.thresholds_from == "model" and {"review", "decline"} <= set(stored):
-            return Policy(float(stored["review"]), float(stored["decline"]), s.review_amount, s.rules)
-        return Policy(s.review_threshold, s.decline_threshold, s.review_amount, s.rules)
+            return Policy(float(stored["review"]), float(stored["decline"]), s.rules)
+        return Policy(s.review_threshold, s.decline_threshold, s.rules)
 
     def _read(self, txns: Sequence[Transaction], digests: list[str]) -> tuple[_Rows, StoreReply]:
         """The batch's rows sorted out against the decision memory, then the store applied to the rows kept and
@@ -485,7 +485,7 @@ class Pipeline:
         explain = np.flatnonzero(alerting & ~blocked & (scores[decided] >= policy.review)).tolist()
         codes = scorer.explain(x[decided[explain]], self.scoring.reason_codes) if explain else []
         fired = tuple(Fired(f.rule, blocked if f.rule == "card_blocked" else f.rows[decided] & ~blocked,
-                            f.value[decided], f.threshold) for f in verdicts.fired)  # fmt: skip
+                            f.value[decided], f.threshold, f.level) for f in verdicts.fired)  # fmt: skip
         batch = Batch.of(
             Decided(
                 txns=[kept[k] for k in decided], decided_at=self.clock.now(),
@@ -549,6 +549,7 @@ class Pipeline:
             pl.Series("score", scores.astype(np.float64)),
             pl.Series("decision", verdicts.outcomes(), dtype=pl.String),
             pl.lit(policy.review).alias("review_threshold"),
+            pl.lit(policy.decline).alias("decline_threshold"),
             pl.lit(False).alias("degraded"),
             pl.Series("reason_codes", reason_texts(verdicts.level >= 1, verdicts.fired, {}), dtype=pl.String),
             pl.col("model_version").alias("champion_version"),

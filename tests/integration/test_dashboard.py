@@ -111,7 +111,7 @@ def test_the_dashboard_shows_live_alerts_and_the_pipeline(
         "FRAUD_MONITOR__METRICS_PORT": str(monitor_port),
         "FRAUD_API__PORT": str(api_port),
         "FRAUD_WORKER__AGENTS": '["score", "alerts"]',
-        "FRAUD_SCORING__REVIEW_AMOUNT": "5000",  # the rule that makes the test's alert certain
+        "FRAUD_SCORING__RULES": '["card_blocked", {"id": "large_amount", "threshold": 5000}]',  # the test's alert
         "FRAUD_API__KEYS": f'{{"{hash_key(READER)}": ["read:alerts"]}}',
     }
     worker, worker_log = start_worker(topics, tmp_path, **env)

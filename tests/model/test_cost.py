@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from features.definitions import FEATURE_NAMES, feature_index
-from fraudpipe.settings import CostSettings
+from fraudpipe.settings import CostSettings, Rule
 from models.cost import Judged, cheapest_thresholds, offline_rules, policy_figures
 
 # Four payments, best score first. With a fee of 10, a review at 5 and a false decline costing its whole amount:
@@ -77,7 +77,19 @@ def test_offline_rules_block_a_card_with_a_known_fraud_only_when_blocking_is_in_
     matrix = np.zeros((3, len(FEATURE_NAMES)))
     matrix[:, index["amount"]] = [10.0, 10.0, 5_000.0]
     matrix[:, index["card_fraud_count_30d"]] = [0, 2, np.nan]
-    blocked, forced = offline_rules(matrix, ("card_blocked", "known_fraud_30d", "large_amount"), 1_000.0)
-    assert blocked.tolist() == [False, True, False] and forced.tolist() == [False, False, True]
-    blocked, forced = offline_rules(matrix, ("known_fraud_30d",), 1_000.0)
-    assert blocked.tolist() == [False, False, False] and forced.tolist() == [False, True, False]
+    rules = (Rule(id="card_blocked"), Rule(id="known_fraud_30d"), Rule(id="large_amount", threshold=1_000.0))
+    blocked, forced = offline_rules(matrix, rules)
+    assert blocked.tolist() == [False, True, False] and forced.tolist() == [0, 0, 1]
+    blocked, forced = offline_rules(matrix, (Rule(id="known_fraud_30d"),))
+    assert blocked.tolist() == [False, False, False] and forced.tolist() == [0, 1, 0]
+    declining = (Rule(id="large_amount", threshold=1_000.0, at_least="decline"),)
+    assert offline_rules(matrix, declining)[1].tolist() == [0, 0, 2]
+
+
+def test_a_rule_that_declines_is_fixed_cost_and_its_own_in_the_baseline() -> None:
+    # row 1 is declined by a rule whatever its score: the choice ignores it, the rules alone decline it too
+    rows = Judged.of(TRUTH, AMOUNTS, SCORES, ["d"] * 4, forced=[0, 2, 0, 0])
+    chosen = cheapest_thresholds(rows, _costs(2))
+    figures = policy_figures(rows, chosen["review"], chosen["decline"], _costs(2))
+    assert figures["false_declines"] >= 1 and figures["rule_alerts"] + figures["model_alerts"] == figures["alerts"]
+    assert figures["rules_only_cost"] == 110 + 50 + 90  # a and c missed, b declined by its rule

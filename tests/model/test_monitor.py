@@ -40,7 +40,8 @@ def _decision(txn: str, when: datetime, score: float | None, decision: str, vers
     reasons = json.dumps([{"kind": "rule", "rule": rule, "value": 1.0, "threshold": 1.0}] if rule else [])
     return {"txn_id": txn, "card_token": card, "event_time": when, "decided_at": decided or when,
             "amount": amount, "model_version": version, "score": score, "decision": decision,
-            "review_threshold": 0.5, "degraded": score is None, "reason_codes": reasons}  # fmt: skip
+            "review_threshold": 0.5, "decline_threshold": 0.9, "degraded": score is None,
+            "reason_codes": reasons}  # fmt: skip
 
 
 def _label(txn: str, fraud: bool, known: datetime, version: int = 1) -> dict[str, Any]:
@@ -275,7 +276,8 @@ def _replayed_day(root: Path, history: Any, day: date, booster: Any, version: st
         "txn_id", "card_token", "event_time", pl.col("event_time").alias("decided_at"), "amount",
         pl.lit(version).alias("model_version"), pl.Series("score", scores),
         pl.when(pl.Series(scores) >= 0.5).then(pl.lit("review")).otherwise(pl.lit("approve")).alias("decision"),
-        pl.lit(0.5).alias("review_threshold"), pl.lit(False).alias("degraded"), pl.lit("[]").alias("reason_codes"),
+        pl.lit(0.5).alias("review_threshold"), pl.lit(0.9).alias("decline_threshold"), pl.lit(False).alias("degraded"),
+        pl.lit("[]").alias("reason_codes"),
         *[pl.col(name).alias(f"f_{name}") for name in FEATURE_NAMES],
     )  # fmt: skip
     DayLog(root / "data" / "decisions", "event_time").append(log)

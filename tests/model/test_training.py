@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 
 from features.definitions import FEATURE_NAMES, feature_index
+from fraudpipe.settings import Rule
 from models.dataset import History
 from models.protocol import window_of
 from models.registry import LoadedModel, Manifest
@@ -124,7 +125,9 @@ def test_policy_thresholds_and_stricter_only_rules() -> None:
     x = np.zeros((5, len(FEATURE_NAMES)))
     x[:, IDX["amount"]] = [10, 10, 10, 10, 5_000]
     x[3, IDX["card_fraud_count_30d"]] = 1
-    policy = Policy(review=0.5, decline=0.9, review_amount=1_000)
+    policy = Policy(
+        review=0.5, decline=0.9, rules=(Rule(id="known_fraud_30d"), Rule(id="large_amount", threshold=1_000))
+    )
     assert policy.decide([0.1, 0.5, 0.95, 0.1, 0.1], x) == ["approve", "review", "decline", "review", "review"]
     assert policy.decide([0.1, 0.5, 0.95, 0.95, 0.95], x)[3:] == ["decline", "decline"]  # never loosened
     with pytest.raises(ValueError, match="review <= decline"):

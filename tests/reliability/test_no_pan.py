@@ -92,7 +92,7 @@ def test_no_pan_reaches_topics_redis_files_logs_or_metrics(champion: Settings, t
         writer.writeheader()
         writer.writerows(rows)
     worker, log = start(config, tmp_path, FRAUD_METRICS__PORT=str(metrics_port),
-                        FRAUD_SCORING__REVIEW_AMOUNT="50")  # fmt: skip
+                        FRAUD_SCORING__RULES='["card_blocked", {"id": "large_amount", "threshold": 50}]')  # fmt: skip
     stop.append(worker)
     outputs = []
     replay = run_cli(config, "replay", str(source), "--rate", "2000", "--label-delay", "1h", "--rejects",

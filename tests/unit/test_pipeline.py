@@ -192,8 +192,8 @@ def _realistic(champion_dir: Path) -> tuple[Pipeline, list[Transaction], Batch, 
 
     def run(**scoring: Any) -> tuple[Pipeline, Batch]:
         store = InMemoryFeatureStore()
-        pipeline = _pipeline(champion_dir, store, thresholds_from="settings", review_amount=70.0, reason_codes=2,
-                             rules=("known_fraud_30d", "large_amount"), **scoring)  # fmt: skip
+        rules = ("known_fraud_30d", {"id": "large_amount", "threshold": 70.0})
+        pipeline = _pipeline(champion_dir, store, thresholds_from="settings", reason_codes=2, rules=rules, **scoring)
         pipeline.score(history, [0.0] * len(history))
         store.apply_labels([fraud])
         return pipeline, pipeline.score(later + history[:5], [-0.25] * 35)  # the last five: redelivered
@@ -239,15 +239,16 @@ def _expected(pipeline: Pipeline, txns: list[Transaction], batch: Batch) -> list
         score = served.score
         assert score is not None
         reasons: list[Contribution | RuleReason] = []
-        blocking = "card_blocked" in pipeline.scoring.rules
+        blocking = any(rule.id == "card_blocked" for rule in pipeline.scoring.rules)
+        large = next((rule.threshold for rule in pipeline.scoring.rules if rule.id == "large_amount"), None)
         if served.decision != "approve" and blocking and pipeline.store.blocked(txn.card_token):  # type: ignore[attr-defined]
             reasons.append(RuleReason(rule="card_blocked"))
         elif served.decision != "approve":
             frauds, amount = float(np.nan_to_num(row[FEATURE_NAMES.index("card_fraud_count_30d")])), row[0]
             if frauds >= 1:
                 reasons.append(RuleReason(rule="known_fraud_30d", value=frauds, threshold=1.0))
-            if policy.review_amount is not None and amount >= policy.review_amount:
-                reasons.append(RuleReason(rule="large_amount", value=amount, threshold=policy.review_amount))
+            if large is not None and amount >= large:
+                reasons.append(RuleReason(rule="large_amount", value=amount, threshold=large))
             if score >= policy.review:
                 reasons += scorer.explain(row[None, :], pipeline.scoring.reason_codes)[0]
         out.append(
@@ -380,8 +381,9 @@ def test_a_card_with_a_confirmed_fraud_is_declined_by_the_block_alone(champion_d
     model explanation, no analyst alert, whatever the score; other cards are decided as before. A revision that
     clears the fraud lifts the block."""
     store = InMemoryFeatureStore()
-    pipeline = _pipeline(champion_dir, store, thresholds_from="settings", review_threshold=0.0,
-                         decline_threshold=0.99, review_amount=1.0)  # fmt: skip
+    rules = ("card_blocked", "known_fraud_30d", {"id": "large_amount", "threshold": 1.0})
+    pipeline = _pipeline(champion_dir, store, thresholds_from="settings", review_threshold=0.0, decline_threshold=0.99,
+                         rules=rules)  # fmt: skip
     first = _txns(14)
     pipeline.score(first, [0.0] * len(first))
     _fraud_on(store, first[0])  # tok_card0

@@ -120,3 +120,21 @@ def test_env_example_lists_every_setting_with_its_default() -> None:
 def test_every_line_of_env_example_is_a_valid_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     (tmp_path / ".env").write_text(env_example())
     assert Settings() == Settings(_env_file=None)
+
+
+def test_rules_are_data_with_their_own_limits() -> None:
+    from fraudpipe.settings import Rule, ScoringSettings
+
+    rules = ScoringSettings(rules=("card_blocked", {"id": "large_amount", "threshold": 5000, "at_least": "decline"}))
+    assert rules.rules == (Rule(id="card_blocked", at_least="decline"),
+                           Rule(id="large_amount", at_least="decline", threshold=5000.0))  # fmt: skip
+    assert ScoringSettings(rules=("known_fraud_30d",)).rules[0].threshold == 1.0  # a bare id takes the defaults
+    for bad, message in (
+        (("large_amount",), "large_amount needs a threshold"),
+        (({"id": "card_blocked", "threshold": 2},), "card_blocked declines, with no threshold"),
+        (({"id": "card_blocked", "at_least": "review"},), "card_blocked declines"),
+        (("known_fraud_30d", "known_fraud_30d"), "each rule at most once"),
+        (("velocity",), "Input should be"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            ScoringSettings(rules=bad)
