@@ -1,10 +1,11 @@
 """One self-contained HTML report for a trained fraud model: pictures first, the numbers beside them.
 
 Top to bottom the report shows: the headline metrics table; the windows table (train / validation / test spans and
-counts); the ROC curve (AUC in the legend, the chance diagonal, a marker at a false-positive rate of 1 %); the
-precision-recall curve (AP in the legend, the fraud base rate as a line); the score distributions of fraud and genuine
-transactions (same bins, log-scaled counts); card precision@k per day with its mean; the top 20 features by total
-gain; and a few alerts with their reasons (contributions that raise the score in red, those that lower it in green).
+counts); the decision policy's workload and money on the same window, when there is one; the ROC curve (AUC in the
+legend, the chance diagonal, a marker at a false-positive rate of 1 %); the precision-recall curve (AP in the
+legend, the fraud base rate as a line); the score distributions of fraud and genuine transactions (same bins,
+log-scaled counts); card precision@k per day with its mean; the top 20 features by total gain; and a few alerts with
+their reasons (contributions that raise the score in red, those that lower it in green).
 
 ``render_report`` is pure: data in, one HTML string out. Images are inline SVG drawn with matplotlib's
 object-oriented ``Figure`` API (no pyplot, no GUI backend, no global state), their text kept as text; the output is
@@ -85,6 +86,8 @@ class ReportData:
     importance: Mapping[str, float]
     explanations: Sequence[Mapping[str, object]]
     windows: Mapping[str, object] = field(default_factory=dict)
+    policy: Mapping[str, object] = field(default_factory=dict)
+    """The decision policy's workload and money on the same window (:func:`models.cost.policy_figures`), if any."""
 
 
 def report_data(title: str, booster: Any, rows: Any, metrics: dict[str, Any], windows: dict[str, Any]) -> ReportData:
@@ -109,6 +112,7 @@ def report_data(title: str, booster: Any, rows: Any, metrics: dict[str, Any], wi
             for txn, score, codes in zip(top["txn_id"], top["score"], reasons, strict=True)
         ],
         windows=windows,
+        policy={k: v for k, v in (metrics.get("policy") or {}).items() if not isinstance(v, (list, dict))},
     )
 
 
@@ -137,7 +141,8 @@ def render_report(data: ReportData) -> str:
         f"<style>{CSS}</style></head>\n<body>\n<h1>{title}</h1>\n"
         f"<h2>Headline metrics</h2>\n{html_table(['metric', 'value'], data.metrics.items())}\n"
         f"<h2>Windows</h2>\n{_windows(data.windows)}\n"
-        f"<h2>Ranking</h2>\n{curves}\n<h2>Score distributions</h2>\n{distributions}\n"
+        + (f"<h2>Decisions and money</h2>\n{_policy(data.policy)}\n" if data.policy else "")
+        + f"<h2>Ranking</h2>\n{curves}\n<h2>Score distributions</h2>\n{distributions}\n"
         f"<h2>Card precision@{data.k} per day</h2>\n{per_day}\n"
         f"<h2>Feature importance (gain, top {TOP_FEATURES})</h2>\n{gains}\n"
         f'<h2>Explained alerts</h2>\n<div class="alerts">{alerts}</div>\n</body>\n</html>\n'
@@ -228,6 +233,14 @@ def _explanation(alert: Mapping[str, object]) -> str:
             classes.append(str(reason.get("direction")) if reason.get("direction") in ("raises", "lowers") else "")
     caption = f"{_text(alert.get('txn_id'))} — score {_text(alert.get('score'))}"
     return html_table(["feature", "value", "contribution", "direction"], rows, classes, caption)
+
+
+def _policy(policy: Mapping[str, object]) -> str:
+    note = html_note(
+        "The serving policy on this window: the model's thresholds, the rules in force, blocked cards "
+        "declined; money under the cost model (FRAUD_COST__*), against the same rules without a model."
+    )
+    return note + html_table(["figure", "value"], policy.items())
 
 
 def _windows(windows: Mapping[str, object]) -> str:

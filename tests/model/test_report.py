@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import Counter
 from dataclasses import replace
@@ -182,3 +183,11 @@ def test_truth_and_scores_must_line_up() -> None:
     data = report_data()
     with pytest.raises(ValueError, match="2000 entries but scores 1999"):
         render_report(replace(data, scores=data.scores[:-1]))
+
+
+def test_the_policy_s_money_has_its_own_section_when_there_is_one(document: str) -> None:
+    assert "Decisions and money" not in document  # no policy given: no section
+    data = dataclasses.replace(report_data(), policy={"alert_rate": 0.009, "saving_vs_rules_only": 0.83})
+    page = render_report(data)
+    assert "<h2>Decisions and money</h2>" in page and "saving_vs_rules_only" in page and "0.83" in page
+    assert page.index("Decisions and money") < page.index("<h2>Ranking</h2>")
