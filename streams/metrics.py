@@ -62,7 +62,8 @@ REPAIRS_APPLIED = Counter("fraudpipe_repairs_applied", "Repairs applied to the f
 LIVE_QUALITY = Gauge(
     "fraudpipe_live_quality",
     "Quality and money of the latest matured day per model version (fraudpipe monitor): precision, model_precision, "
-    "recall, ap, cp_at_k, alert_rate, label_coverage, amount_recall, expected_cost, saving_vs_rules_only",
+    "recall, ap, cp_at_k, alert_rate, label_coverage, amount_recall, expected_cost, saving_vs_rules_only, reviews, "
+    "review_capacity, fraud_amount_caught, fraud_amount_missed, false_declines, false_decline_amount",
     ["model_version", "metric"],
 )
 DRIFT_PSI = Gauge("fraudpipe_drift_psi", "PSI of a served feature or the score over the drift window, for the columns "

@@ -232,6 +232,12 @@ def _drift(settings: Settings, decisions: Any, references: dict[str, Any]) -> An
                       min_decisions=cfg.drift_min_decisions)  # fmt: skip
 
 
+_GAUGED = ("precision", "model_precision", "recall", "ap", "cp_at_k", "alert_rate", "label_coverage", "amount_recall",
+           "expected_cost", "saving_vs_rules_only", "reviews", "review_capacity", "fraud_amount_caught",
+           "fraud_amount_missed", "false_declines", "false_decline_amount")  # fmt: skip
+"""The quality and money columns the monitor exports as gauges (the latest matured day per model version)."""
+
+
 def _saving_line(quality: Any) -> str:
     """The matured days' money in one sentence: what the policy cost against the rules alone (served models only)."""
     import polars as pl
@@ -323,18 +329,7 @@ def _monitor_once(settings: Settings, as_of_text: str | None, days: int, json_ou
     matured = quality.filter(pl.col("matured")) if not quality.is_empty() else quality
     for (version,), group in matured.group_by("model_version") if not matured.is_empty() else []:
         latest = group.sort("day").row(-1, named=True)
-        for name in (
-            "precision",
-            "model_precision",
-            "recall",
-            "ap",
-            "cp_at_k",
-            "alert_rate",
-            "label_coverage",
-            "amount_recall",
-            "expected_cost",
-            "saving_vs_rules_only",
-        ):
+        for name in _GAUGED:
             if latest[name] is not None:
                 metrics.LIVE_QUALITY.labels(str(version), name).set(latest[name])
     if json_out is not None:

@@ -274,8 +274,10 @@
 
   function drawMoney(summary) {
     const rows = summary.money.map((m) => el("tr", "", el("td", "", m.version), el("td", "num", pct(m.saving_vs_rules_only)),
-      el("td", "num", pct(m.amount_recall)), el("td", "num", pct(m.alert_rate)), el("td", "num", pct(m.model_precision)),
-      el("td", "num", num(m.expected_cost, 0))));
+      el("td", "num", pct(m.amount_recall)), el("td", "num", num(m.fraud_amount_missed, 0)),
+      el("td", "num", `${num(m.false_declines, 0)} (${num(m.false_decline_amount, 0)})`),
+      el("td", "num", `${num(m.reviews, 0)} / ${num(m.review_capacity, 0)}`), el("td", "num", pct(m.alert_rate)),
+      el("td", "num", pct(m.model_precision)), el("td", "num", num(m.expected_cost, 0))));
     $("money").tBodies[0].replaceChildren(...rows);
     $("money-empty").hidden = rows.length > 0;
   }

@@ -22,7 +22,7 @@ from features.memory import InMemoryFeatureStore
 from fraudpipe.clock import FixedClock
 from fraudpipe.contracts import Transaction
 from fraudpipe.logstore import DayLog
-from fraudpipe.settings import CostSettings, ScoringSettings
+from fraudpipe.settings import CostSettings, ScoringSettings, Settings
 from fraudpipe.simulator.config import default
 from fraudpipe.simulator.generate import TRANSACTION_COLUMNS, simulate
 from models.monitor import decay_reason, decided_money, live_drift, live_quality
@@ -129,6 +129,18 @@ def test_monitor_json_adds_up_the_money_of_a_hand_made_log(tmp_path: Path) -> No
         "expected_cost": 70, "rules_only_cost": 175, "alerts": 3, "blocked_declines": 1
     }  # fmt: skip
     assert money_facts(money)["saving against the rules alone"] == "60.0%"
+    # the gauges the dashboard and Grafana draw: the same figures, the latest matured day per model
+    from prometheus_client import REGISTRY
+
+    from fraudpipe.cli.monitoring import _monitor_once
+
+    settings = Settings(_env_file=None, paths={"models_dir": tmp_path / "models", "data_dir": tmp_path / "data"},
+                        cost=cost, monitor={"maturity_days": 3})  # fmt: skip
+    _monitor_once(settings, (D1 + timedelta(days=10)).isoformat(), 30, None)
+    for metric, value in (("saving_vs_rules_only", 0.6), ("fraud_amount_missed", 20), ("false_declines", 1),
+                          ("reviews", 2), ("review_capacity", 4), ("expected_cost", 70)):  # fmt: skip
+        labels = {"model_version": "v0001", "metric": metric}
+        assert REGISTRY.get_sample_value("fraudpipe_live_quality", labels) == pytest.approx(value), metric
 
 
 def test_maturity_is_measured_from_the_end_of_the_day() -> None:
