@@ -11,6 +11,11 @@ a card with a fraud label known before the payment (the labels as the system rec
 :meth:`models.dataset.History.blocked`) is declined by the ``card_blocked`` rule, the serving rules apply, and the
 model decides the rest with thresholds chosen for the least expected cost on the delay gap's days
 (scored by the same model; the training window when there is no gap) — never on the days it reports.
+
+``oracle_cp_at_k`` is the CP@k a perfect ranking would reach on the same rows (each day, the compromised cards not
+yet found, up to k): the ceiling a week allows. :func:`weekly` gathers several consecutive test weeks (the protocol
+slid a week at a time, the handbook's prequential validation) into one report: the first week's keys as they are,
+then ``weeks`` (each week's ``test_start``, ``auc``, ``ap``, ``cp_at_k``, ``oracle_cp_at_k``), ``mean`` and ``std``.
 """
 
 from __future__ import annotations
@@ -27,11 +32,14 @@ from features.definitions import FEATURE_NAMES
 from fraudpipe.settings import CostSettings, ScoringSettings, TrainingSettings
 from models.cost import cheapest_thresholds, judged, policy_figures
 from models.dataset import History
-from models.evaluation import CardPrecision, measure
+from models.evaluation import CardPrecision, card_precision_at_k, measure
 from models.protocol import Windows, known_compromised, window_of
 from models.train import Progress, feature_rows, fit, lgb_params, matrix, window_counts
 
-__all__ = ["Evaluation", "evaluate"]
+__all__ = ["SUMMARIZED", "Evaluation", "evaluate", "weekly"]
+
+SUMMARIZED = ("auc", "ap", "cp_at_k", "oracle_cp_at_k")
+"""The figures each test week reports, and their mean and standard deviation over the weeks."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +77,9 @@ def evaluate(history: History, windows: Windows, settings: TrainingSettings, *, 
     all_scores = scored(everything)
     scores = all_scores[~blocked.to_numpy()]
     metrics, cp = measure(test, scores, k)
+    truth = test.get_column("is_fraud").cast(pl.Int8).to_numpy()
+    days = test.get_column("event_time").dt.date().to_list()
+    metrics["oracle_cp_at_k"] = card_precision_at_k(days, test.get_column("card_token").to_list(), truth, truth, k).mean
     costs, scoring = costs or CostSettings(), scoring or ScoringSettings()
     chosen_on = "delay" if windows.delay_days else "train"
     choice = window_of(rows, windows.delay) if windows.delay_days else train
@@ -87,6 +98,7 @@ def evaluate(history: History, windows: Windows, settings: TrainingSettings, *, 
         "n_test_removed_known_compromised": everything.height - test.height,
         "protocol": {
             "train_start": str(windows.train_start),
+            "test_start": str(windows.test[0]),
             "train_days": windows.train_days,
             "delay_days": windows.delay_days,
             "test_days": windows.test_days,
@@ -100,3 +112,18 @@ def evaluate(history: History, windows: Windows, settings: TrainingSettings, *, 
         "rejected_rows": history.rejected,
     }
     return Evaluation(report, fitted.booster, test.with_columns(score=pl.Series(scores)), cp)
+
+
+def weekly(evaluations: list[Evaluation]) -> dict[str, Any]:
+    """One report for several test weeks (module docstring), in the order given."""
+    weeks = [{"test_start": e.report["protocol"]["test_start"], **{name: e.report[name] for name in SUMMARIZED}}
+             for e in evaluations]  # fmt: skip
+
+    def spread(reduce: Any) -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        for name in SUMMARIZED:
+            values = [week[name] for week in weeks if week[name] is not None]
+            out[name] = float(reduce(values)) if values else None
+        return out
+
+    return {**evaluations[0].report, "weeks": weeks, "mean": spread(np.mean), "std": spread(np.std)}

@@ -88,6 +88,8 @@ class ReportData:
     windows: Mapping[str, object] = field(default_factory=dict)
     policy: Mapping[str, object] = field(default_factory=dict)
     """The decision policy's workload and money on the same window (:func:`models.cost.policy_figures`), if any."""
+    weeks: Sequence[Mapping[str, Any]] = ()
+    """Several test weeks' figures (:func:`models.evaluate.weekly`), when the protocol ran on more than one."""
 
 
 def report_data(title: str, booster: Any, rows: Any, metrics: dict[str, Any], windows: dict[str, Any]) -> ReportData:
@@ -134,6 +136,7 @@ def render_report(data: ReportData) -> str:
         distributions = svg_figure("scores", _distributions(truth, scores))
         per_day = svg_figure("cp", _cp_per_day(data.cp_per_day, data.k)) if data.cp_per_day else html_note("No days.")
         gains = svg_figure("importance", _importance(data.importance)) if data.importance else html_note("No features.")
+        weekly = _weeks(data.weeks) if len(data.weeks) > 1 else ""
     alerts = "".join(_explanation(alert) for alert in data.explanations) or html_note("No alerts explained.")
     title = html.escape(data.title)
     return (
@@ -142,6 +145,7 @@ def render_report(data: ReportData) -> str:
         f"<h2>Headline metrics</h2>\n{html_table(['metric', 'value'], data.metrics.items())}\n"
         f"<h2>Windows</h2>\n{_windows(data.windows)}\n"
         + (f"<h2>Decisions and money</h2>\n{_policy(data.policy)}\n" if data.policy else "")
+        + (f"<h2>Test weeks</h2>\n{weekly}\n" if weekly else "")
         + f"<h2>Ranking</h2>\n{curves}\n<h2>Score distributions</h2>\n{distributions}\n"
         f"<h2>Card precision@{data.k} per day</h2>\n{per_day}\n"
         f"<h2>Feature importance (gain, top {TOP_FEATURES})</h2>\n{gains}\n"
@@ -233,6 +237,21 @@ def _explanation(alert: Mapping[str, object]) -> str:
             classes.append(str(reason.get("direction")) if reason.get("direction") in ("raises", "lowers") else "")
     caption = f"{_text(alert.get('txn_id'))} — score {_text(alert.get('score'))}"
     return html_table(["feature", "value", "contribution", "direction"], rows, classes, caption)
+
+
+def _weeks(weeks: Sequence[Mapping[str, Any]]) -> str:
+    """Each test week's AUC, AP, CP@k and the oracle's CP@k, as a table and a plot; mean ± std below."""
+    names = ("auc", "ap", "cp_at_k", "oracle_cp_at_k")
+    fig, ax = new_axes(7.0, 3.2)
+    starts = [str(w["test_start"]) for w in weeks]
+    for name in names:
+        ax.plot(starts, [np.nan if w[name] is None else w[name] for w in weeks], marker="o", label=name)
+    ax.set(title="Per test week", xlabel="test week from", ylim=(0, 1.02))
+    ax.legend(loc="lower left", fontsize="small")
+    rows = [[w["test_start"], *(w[name] for name in names)] for w in weeks]
+    for label, reduce in (("mean", np.mean), ("std", np.std)):
+        rows.append([label, *(float(reduce([w[n] for w in weeks if w[n] is not None])) for n in names)])
+    return svg_figure("weeks", fig) + html_table(["test week from", *names], rows)
 
 
 def _policy(policy: Mapping[str, object]) -> str:

@@ -123,6 +123,10 @@ def train(
     )
 
 
+def _figure(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def _saving(policy: dict[str, Any]) -> str:
     saving = policy.get("saving_vs_rules_only")
     return "rules alone cost nothing" if saving is None else f"{saving:.0%} less than the rules alone"
@@ -131,8 +135,12 @@ def _saving(policy: dict[str, Any]) -> str:
 @app.command()
 def evaluate(
     source: Annotated[Path, typer.Option("--input", help="Simulator folder or .csv / .parquet / .jsonl file.")],
-    train_start: Annotated[str, typer.Option(help="First training day, YYYY-MM-DD.")],
     report: Annotated[Path, typer.Option(help="JSON report to write.")],
+    train_start: Annotated[str | None, typer.Option(help="First training day, YYYY-MM-DD.")] = None,
+    weeks: Annotated[int, typer.Option(min=1, max=52, help="Test weeks: the protocol slid a week at a time.")] = 1,
+    starts: Annotated[
+        str | None, typer.Option(help="First training days, comma-separated (instead of --train-start/--weeks).")
+    ] = None,
     mapping: MapOption = None,
     train_days: Annotated[int, typer.Option(min=1)] = 7,
     delay_days: Annotated[int, typer.Option(min=0)] = 7,
@@ -144,29 +152,55 @@ def evaluate(
     rounds: RoundsOption = None,
     learning_rate: RateOption = None,
 ) -> None:
-    """Train and test under the published protocol (delay gap, known-compromised cards removed); write the report."""
+    """Train and test under the published protocol (delay gap, known-compromised cards removed); write the report.
+    With --weeks N (or --starts), the protocol runs on N consecutive test weeks and the report adds each week and
+    their mean ± std."""
     import json
 
+    from models.evaluate import SUMMARIZED, weekly
     from models.evaluate import evaluate as run
     from models.protocol import Windows
     from models.report import report_data, write_report
 
+    if starts is not None:
+        firsts = [_day(text.strip(), "--starts") for text in starts.split(",") if text.strip()]
+    elif train_start is not None:
+        first = _day(train_start, "--train-start")
+        firsts = [first + timedelta(days=7 * week) for week in range(weeks)]
+    else:
+        raise CliError("give --train-start (with --weeks) or --starts")
     settings = _settings()
-    windows = Windows(_day(train_start, "--train-start"), train_days, delay_days, test_days, history_days)
     history = _history(source, mapping, settings, timedelta(days=delay_days))
     training = _training(settings, seed, rounds, learning_rate)
-    progress, update = _fitting(training.rounds)
-    with progress:
-        try:
-            result = run(history, windows, training, k=k, costs=settings.cost, scoring=settings.scoring,
-                         progress=update)  # fmt: skip
-        except ValueError as error:
-            raise CliError(str(error)) from None
+    results = []
+    for first in firsts:
+        windows = Windows(first, train_days, delay_days, test_days, history_days)
+        progress, update = _fitting(training.rounds)
+        with progress:
+            try:
+                results.append(run(history, windows, training, k=k, costs=settings.cost, scoring=settings.scoring,
+                                   progress=update))  # fmt: skip
+            except ValueError as error:
+                raise CliError(f"test week from {windows.test[0]}: {error}") from None
+    result = results[0]
+    written = weekly(results) if len(results) > 1 else result.report
     report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(json.dumps(result.report, indent=2) + "\n")
+    report.write_text(json.dumps(written, indent=2) + "\n")
     if html is not None:
-        title = f"fraudpipe evaluate — test {windows.test[0]}..{windows.test[1] - timedelta(days=1)}"
-        write_report(report_data(title, result.booster, result.test, result.report, result.report["windows"]), html)
+        test = result.report["protocol"]["test_start"]
+        more = f" (and {len(results) - 1} more)" if results[1:] else ""
+        title = f"fraudpipe evaluate — test week from {test}{more}"
+        data = report_data(title, result.booster, result.test, result.report, result.report["windows"])
+        write_report(replace(data, weeks=written.get("weeks", [])), html)
+    if results[1:]:
+        mean, std = written["mean"], written["std"]
+        Console(soft_wrap=True).print(
+            "\n".join(f"test week from {w['test_start']}: " + "  ".join(f"{n} {_figure(w[n])}" for n in SUMMARIZED)
+                      for w in written["weeks"])
+            + "\nmean ± std over the weeks: "
+            + "  ".join(f"{n} {_figure(mean[n])} ± {_figure(std[n])}" for n in SUMMARIZED),
+            highlight=False,
+        )  # fmt: skip
     r, p = result.report, result.report["policy"]
     auc, ap = (f"{r[key]:.3f}" if r[key] is not None else "n/a" for key in ("auc", "ap"))
     recall = "n/a" if p["amount_recall"] is None else f"{p['amount_recall']:.1%}"

@@ -144,3 +144,30 @@ def test_bad_arguments_get_one_line(args: list[str], message: str, tmp_path: Pat
     assert result.returncode != 0
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_evaluate_on_several_weeks_reports_each_and_their_mean(small_sim: Path, tmp_path: Path) -> None:
+    report, html = tmp_path / "weeks.json", tmp_path / "weeks.html"
+    args = ["evaluate", "--input", str(small_sim), "--train-start", "2018-04-15", "--train-days", "7", "--weeks", "2",
+            "--report", str(report), "--html", str(html)]  # fmt: skip
+    result = _cli(*args, *FAST_ARGS, models=tmp_path / "m", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    written = json.loads(report.read_text())
+    first, second = written["weeks"]
+    assert (first["test_start"], second["test_start"]) == ("2018-04-29", "2018-05-06")  # slid a week at a time
+    assert written["auc"] == first["auc"] and written["protocol"]["test_start"] == "2018-04-29"  # today's keys
+    for name in ("auc", "ap", "cp_at_k", "oracle_cp_at_k"):
+        values = [first[name], second[name]]
+        assert written["mean"][name] == pytest.approx(sum(values) / 2)
+        assert written["std"][name] == pytest.approx(abs(values[0] - values[1]) / 2)
+    assert all(week["cp_at_k"] <= week["oracle_cp_at_k"] <= 1 for week in written["weeks"])  # the ceiling
+    assert "mean ± std over the weeks" in result.stdout
+    page = html.read_text()
+    assert "<h2>Test weeks</h2>" in page and 'id="weeks"' in page
+    starts = _cli("evaluate", "--input", str(small_sim), "--starts", "2018-04-22", "--train-days", "7", "--report",
+                  str(tmp_path / "one.json"), *FAST_ARGS, models=tmp_path / "m", cwd=tmp_path)  # fmt: skip
+    assert starts.returncode == 0, starts.stderr
+    assert json.loads((tmp_path / "one.json").read_text())["auc"] == pytest.approx(second["auc"])  # the same week
+    neither = _cli("evaluate", "--input", str(small_sim), "--report", str(tmp_path / "x.json"), models=tmp_path / "m",
+                   cwd=tmp_path)  # fmt: skip
+    assert neither.returncode != 0 and "give --train-start" in neither.stderr and "Traceback" not in neither.stderr
