@@ -58,3 +58,13 @@ def test_calendar_features_and_small_windows_are_reported_never_judged() -> None
     few = compare("amount", ref, saturday[:50], min_values=2_000)
     assert few.level == "too_few" and few.psi > 0.25
     assert compare("amount", ref, saturday[:2_000], min_values=2_000).level == "breach"
+
+
+def test_values_outside_the_reference_range_are_seen_even_for_a_constant_feature() -> None:
+    constant = distribution(np.zeros(10_000))  # e.g. a flag never set in the reference window
+    assert compare("flag", constant, np.zeros(5_000)).level == "stable"
+    assert compare("flag", constant, np.ones(5_000)).level == "breach"  # above anything the reference saw
+    assert compare("flag", constant, -np.ones(5_000)).level == "breach"  # below it
+    rng = np.random.default_rng(3)
+    ref = distribution(rng.normal(size=50_000))
+    assert compare("x", ref, rng.normal(size=20_000)).level == "stable"  # a few values past the extremes: no alarm
