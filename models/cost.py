@@ -35,7 +35,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from features.definitions import FEATURE_NAMES, feature_index
 from fraudpipe.settings import CostSettings, Rule, ScoringSettings
-from models.scorer import Policy
+from models.scorer import Policy, forced_levels, levels
 
 __all__ = ["Judged", "cheapest_thresholds", "judged", "money_figures", "offline_rules", "policy_figures"]
 
@@ -74,10 +74,7 @@ def offline_rules(matrix: NDArray[np.float64], rules: Sequence[Rule]) -> tuple[N
     block lasts as long as the card's labels, at least that)."""
     known = np.nan_to_num(matrix[:, _INDEX["card_fraud_count_30d"]]) >= 1
     fired = Policy(0.0, 1.0, rules).fired(matrix, known)
-    forced = np.zeros(len(matrix), dtype=np.int8)
-    for rule in fired[1:]:
-        forced = np.where(rule.rows, np.maximum(forced, rule.level), forced).astype(np.int8)
-    return fired[0].rows, forced
+    return fired[0].rows, forced_levels(fired[1:], len(matrix))
 
 
 def judged(rows: pl.DataFrame, scores: ArrayLike, scoring: ScoringSettings,
@@ -96,10 +93,7 @@ def judged(rows: pl.DataFrame, scores: ArrayLike, scoring: ScoringSettings,
 
 def _levels(rows: Judged, review: float, decline: float) -> NDArray[np.int8]:
     """0 approve / 1 review / 2 decline per row under the policy (rules included)."""
-    s = np.nan_to_num(rows.score, nan=-1.0)
-    level = np.where(s >= decline, 2, s >= review).astype(np.int8)
-    level = np.maximum(level, rows.forced)
-    return np.where(rows.blocked, 2, level).astype(np.int8)
+    return levels(rows.score, review, decline, rows.forced, rows.blocked)
 
 
 def _cost(rows: Judged, level: NDArray[np.int8], costs: CostSettings) -> float:
@@ -113,9 +107,10 @@ def _cost(rows: Judged, level: NDArray[np.int8], costs: CostSettings) -> float:
     )
 
 
-def cheapest_thresholds(rows: Judged, costs: CostSettings) -> dict[str, Any]:
+def cheapest_thresholds(rows: Judged, costs: CostSettings, rules: Sequence[Rule] = ()) -> dict[str, Any]:
     """The ``review`` / ``decline`` thresholds with the least expected cost on ``rows`` whose reviews (by score and
-    by rule) fit ``costs.review_capacity`` a day, with that cost per day. The blocked rows do not move the choice.
+    by rule) fit ``costs.review_capacity`` a day, with that cost per day, the cost model and the ``rules`` in force
+    (those ``rows`` were judged with). The blocked rows do not move the choice.
 
     Cuts: the model flags the ``i`` best-scored rows for decline and the ``j >= i`` best for review or decline;
     ``cost(i, j)`` adds the declines' cost above ``i``, the reviews between ``i`` and ``j`` and what the rows below
@@ -145,7 +140,8 @@ def cheapest_thresholds(rows: Judged, costs: CostSettings) -> dict[str, Any]:
     decline, review = _threshold(s, int(cuts[best[0]])), _threshold(s, int(cuts[best[1]]))
     chosen = {"review": review, "decline": max(decline, review)}
     day_cost = _cost(rows, _levels(rows, chosen["review"], chosen["decline"]), costs) / rows.days
-    return {**chosen, "chosen_by": "expected cost", "cost": costs.model_dump(), "expected_cost_per_day": day_cost}
+    return {**chosen, "chosen_by": "expected cost", "cost": costs.model_dump(), "expected_cost_per_day": day_cost,
+            "rules": [rule.model_dump() for rule in rules]}  # fmt: skip
 
 
 def _cuts(ranked: NDArray[np.float64]) -> NDArray[np.int64]:

@@ -83,7 +83,8 @@ def evaluate(history: History, windows: Windows, settings: TrainingSettings, *, 
     costs, scoring = costs or CostSettings(), scoring or ScoringSettings()
     chosen_on = "delay" if windows.delay_days else "train"
     choice = window_of(rows, windows.delay) if windows.delay_days else train
-    thresholds = cheapest_thresholds(judged(choice, scored(choice), scoring, history.blocked(choice)), costs)
+    thresholds = cheapest_thresholds(judged(choice, scored(choice), scoring, history.blocked(choice)), costs,
+                                     scoring.rules)  # fmt: skip
     policy = policy_figures(judged(everything, all_scores, scoring, history.blocked(everything)),
                             thresholds["review"], thresholds["decline"], costs)  # fmt: skip
     report = {

@@ -206,8 +206,7 @@ def retrain(decisions: pl.DataFrame, labels: pl.DataFrame, registry: Registry, *
     outcome.seconds = fitted.seconds
     costs, scoring = costs or CostSettings(), scoring or ScoringSettings()
     valid_scores = np.asarray(fitted.booster.predict(matrix(valid), num_threads=training.threads), dtype=np.float64)
-    thresholds = {**cheapest_thresholds(judged(valid, valid_scores, scoring), costs),
-                  "rules": [rule.model_dump() for rule in scoring.rules]}  # fmt: skip
+    thresholds = cheapest_thresholds(judged(valid, valid_scores, scoring), costs, scoring.rules)
     inputs = matrix(holdout)
     scores = np.asarray(fitted.booster.predict(inputs, num_threads=training.threads), dtype=np.float64)
     new, _ = measure(holdout, scores, k)

@@ -42,7 +42,7 @@ from fraudpipe.settings import Rule
 if TYPE_CHECKING:  # the registry's model card reaches the policy through models.cost: only the type is needed
     from models.registry import LoadedModel
 
-__all__ = ["OUTCOMES", "RULES", "Fired", "Policy", "Scorer", "Verdicts", "explain"]
+__all__ = ["OUTCOMES", "RULES", "Fired", "Policy", "Scorer", "Verdicts", "explain", "forced_levels", "levels"]
 
 _INDEX = feature_index()
 RULES = ("card_blocked", "known_fraud_30d", "large_amount")
@@ -200,13 +200,27 @@ class Policy:
         s = np.asarray(scores, dtype=np.float64)
         fired = self.fired(matrix, None if blocked is None else np.asarray(blocked, dtype=bool))
         blocked = fired[0].rows
-        by_score = (s >= self.review) & ~blocked
-        level = np.where(s >= self.decline, 2, s >= self.review).astype(np.int8)
-        for rule in fired[1:]:
-            level = np.where(rule.rows, np.maximum(level, rule.level), level).astype(np.int8)
-        return Verdicts(np.where(blocked, 2, level).astype(np.int8), by_score, fired, blocked)
+        level = levels(s, self.review, self.decline, forced_levels(fired[1:], len(s)), blocked)
+        return Verdicts(level, (s >= self.review) & ~blocked, fired, blocked)
 
     def decide(self, scores: ArrayLike, matrix: NDArray[np.float64],
                blocked: NDArray[np.bool_] | None = None) -> list[DecisionOutcome]:  # fmt: skip
         """approve / review / decline for each row (:meth:`judge`'s outcomes)."""
         return self.judge(scores, matrix, blocked).outcomes()
+
+
+def forced_levels(fired: Sequence[Fired], n: int) -> NDArray[np.int8]:
+    """The outcome the rules in ``fired`` force at least on each of ``n`` rows: 0 none, 1 review, 2 decline."""
+    forced = np.zeros(n, dtype=np.int8)
+    for rule in fired:
+        forced = np.where(rule.rows, np.maximum(forced, rule.level), forced).astype(np.int8)
+    return forced
+
+
+def levels(scores: NDArray[np.float64], review: float, decline: float, forced: NDArray[np.int8],
+           blocked: NDArray[np.bool_]) -> NDArray[np.int8]:  # fmt: skip
+    """The policy's decision per row, 0 approve / 1 review / 2 decline: the thresholds on ``scores`` (NaN: none),
+    raised to what the rules force (``forced``), and a decline on a ``blocked`` card. The one place a level is made:
+    :meth:`Policy.judge` and the cost model's judging (:mod:`models.cost`) both call it."""
+    level = np.where(scores >= decline, 2, scores >= review).astype(np.int8)
+    return np.where(blocked, 2, np.maximum(level, forced)).astype(np.int8)

@@ -190,7 +190,7 @@ def train_version(history: History, windows: Windows, settings: TrainingSettings
     metrics, _ = measure(valid, scores, k)
     costs, scoring = costs or CostSettings(), scoring or ScoringSettings()
     judged_valid = judged(valid, scores, scoring)
-    thresholds = {**cheapest_thresholds(judged_valid, costs), "rules": [rule.model_dump() for rule in scoring.rules]}
+    thresholds = cheapest_thresholds(judged_valid, costs, scoring.rules)
     policy = policy_figures(judged_valid, thresholds["review"], thresholds["decline"], costs)
     fields = {
         "params": lgb_params(settings),
