@@ -1,7 +1,7 @@
 """Warming the online store from history, so a stream starts with its cards', terminals' and merchants' past.
 
 History is applied exactly as the stream would have applied it (transactions by event time, each label once replay
-time reaches its ``known_at``), in micro-batches, each one atomic transaction of the store, pipelined
+time passes its ``known_at``: before the first transaction after it), in micro-batches, each one atomic transaction of the store, pipelined
 (:meth:`features.store.RedisFeatureStore.stream`). Transactions already applied are skipped by the store's markers,
 so a backfill can be re-run or resumed safely.
 """
@@ -49,8 +49,9 @@ class _Labels:
         self.labels, self.known_us = [labels[i] for i in order], known[order]
 
     def take_until(self, micros: int) -> list[Label]:
-        """Labels known at or before ``micros`` (µs since the epoch), removed from the queue."""
-        count = int(np.searchsorted(self.known_us, micros, side="right"))
+        """Labels known before ``micros`` (µs since the epoch), removed from the queue: a label known at a
+        transaction's very time comes after it (a payment never sees a label as old as itself)."""
+        count = int(np.searchsorted(self.known_us, micros, side="left"))
         taken, self.labels, self.known_us = self.labels[:count], self.labels[count:], self.known_us[count:]
         return taken
 
@@ -107,7 +108,7 @@ def backfill(
             # between two streams, never while a batch is in flight.
             stop = len(txns)
             if len(queue.known_us):
-                stop = max(start + 1, int(np.searchsorted(times, queue.known_us[0], side="left")))
+                stop = max(start + 1, int(np.searchsorted(times, queue.known_us[0], side="right")))
             batches = (txns[i : min(i + batch_size, stop)] for i in range(start, stop, batch_size))
             for reply in store.stream(batches):
                 stats.transactions += len(reply)
@@ -115,7 +116,7 @@ def backfill(
                 if on_progress is not None:
                     on_progress(stats)
             start = stop
-    end = limit_us - 1 if limit_us is not None else last_us
+    end = limit_us if limit_us is not None else None if last_us is None else last_us + 1
     rest = _unerased(queue.take_until(end), erasures, stats) if end is not None else []
     stats.labels += store.apply_labels(rest) if rest else 0
     stats.later_labels = len(queue.labels)

@@ -9,7 +9,8 @@ the transaction being scored (the handbook's convention); ``*_prev_*`` values ex
 Missing values are explicit ``None`` (NaN for the model): a feature that needs an optional field the transaction
 lacks (device, geo, channel, terminal, merchant), or history the card does not have yet, is missing — never 0.
 Label-derived features use only labels received before the decision (online: what the label agent has applied;
-offline: labels whose ``known_at`` is not after the transaction's event time). Terminal and merchant fraud rates
+offline: labels whose ``known_at`` is strictly before the transaction's event time, so a payment never sees its
+own label, even with no delay). Terminal and merchant fraud rates
 look at the window ending ``LABEL_DELAY_DAYS`` (7) before the payment's day, as the handbook does: the most recent
 payments cannot be labelled yet, and counting them would dilute the rate toward zero.
 """

@@ -1,11 +1,11 @@
 """The offline feature builder: point-in-time features for every transaction of a history.
 
-History is replayed in the order the stream would deliver it — transactions by event time, each label as soon as
-replay time reaches its ``known_at`` (plus ``label_delay``, for evaluation protocols that pretend labels arrive
+History is replayed in the order the stream would deliver it — transactions by event time, each label before the
+first transaction after its ``known_at`` (plus ``label_delay``, for evaluation protocols that pretend labels arrive
 later) — through the in-memory twin of the online store, in micro-batches, and the same formulas turn snapshots
 into features. Online and offline therefore share every rule by construction, and the parity tests hold the twin
 equal to Redis. A feature never sees the future: a transaction's snapshot holds only what was applied before it
-(and itself), and label-derived features only labels already known at its event time.
+(and itself), and label-derived features only labels known before its event time.
 
 Input rows must already satisfy the contract (simulator output, or files read through :mod:`fraudpipe.files`):
 they are not validated again here.
@@ -62,7 +62,7 @@ def build_features(
         pending = [Label.model_construct(**row) for row in _rows(ordered, _LABEL_FIELDS)]  # type: ignore[arg-type]
         known_us = ordered.get_column("known_at").dt.epoch("us").to_numpy()
     event_us = order.get_column("event_time").dt.epoch("us").to_numpy()
-    due = np.searchsorted(known_us, event_us, side="right")
+    due = np.searchsorted(known_us, event_us, side="left")  # strictly before: never a label as old as the payment
 
     store = InMemoryFeatureStore()
     matrix = np.full((len(txns), len(FEATURE_NAMES)), np.nan)

@@ -105,7 +105,7 @@ def _fraud_counts(entity: pl.Series, times: NDArray[np.int64], days: NDArray[np.
         known, day, delta = (labels.get_column(c).to_numpy() for c in ("known", "day", "delta"))
         for start in range(0, len(index), 2_048):
             chunk = index[start : start + 2_048]
-            visible = known[None, :] <= times[chunk, None]
+            visible = known[None, :] < times[chunk, None]
             for slot, length in enumerate(lengths):
                 inside = (
                     visible & (day[None, :] >= days[chunk, None] - length + 1) & (day[None, :] <= days[chunk, None])

@@ -311,10 +311,16 @@ class TrainingSettings(_Section):
     feature_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8
     bagging_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8
     lambda_l2: Annotated[float, Field(ge=0.0)] = 0.0
+    scale_pos_weight: Annotated[float, Field(gt=0.0, le=1_000.0)] = 1.0
+    """Weight of a fraud against a genuine payment in the loss (1: the plain log-loss, calibrated scores)."""
     rounds: Annotated[int, Field(ge=1, le=100_000)] = 300
     early_stopping_rounds: Annotated[int, Field(ge=1)] = 50
     seed: int = 0
     threads: Annotated[int, Field(ge=1, le=64)] = 1
+    tuned: Path | None = None
+    """A ``fraudpipe tune`` report: its chosen parameters replace the ones above in ``train``, ``retrain`` and
+    ``evaluate`` (the command line's ``--seed`` / ``--rounds`` / ``--learning-rate`` still win), and each model's
+    manifest records the study."""
 
 
 class CostSettings(_Section):

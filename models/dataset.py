@@ -34,9 +34,16 @@ class History:
         day = self.transactions.get_column("event_time").dt.date()
         return day.min(), day.max()  # type: ignore[return-value]
 
-    def truth_labels(self, delay: timedelta) -> pl.DataFrame:
-        """One label per fraud, known exactly ``delay`` after the payment: the evaluation protocol's assumption."""
-        return derived_labels(self.transactions.filter(pl.col("is_fraud")), delay)
+    def truth_labels(self, delay: timedelta, *, aligned: bool = True) -> pl.DataFrame:
+        """One label per fraud, as the evaluation protocol assumes them: ``aligned``, known from the start of the day
+        after the payment's day plus ``delay`` — the day the protocol counts its card as known compromised
+        (:func:`models.protocol.known_compromised`), so no test payment of a card still counted as a target sees
+        the label; else known exactly ``delay`` after the payment."""
+        frauds = self.transactions.filter(pl.col("is_fraud"))
+        if not aligned:
+            return derived_labels(frauds, delay)
+        day_after = pl.col("event_time").dt.truncate("1d") + pl.duration(days=1)
+        return derived_labels(frauds, delay).with_columns(known_at=day_after + pl.duration(days=delay.days))
 
     def blocked(self, rows: pl.DataFrame) -> pl.Series:
         """For each of ``rows`` (``card_token``, ``event_time``), whether its card was blocked by then: a fraud label

@@ -1,10 +1,11 @@
 """``fraudpipe evaluate``: the published protocol, end to end, on any labelled history.
 
-Following ../shared/REFERENCE.md (the handbook's protocol): label-derived features use only labels known
-``delay_days`` after each fraud; the model trains on the training window (and ``history_days`` before it) for the
-configured number of rounds — no early stopping, since the protocol leaves no labelled days between training and
-test to stop on; the delay gap is skipped; the test window loses the payments of cards already known compromised
-(:func:`models.protocol.drop_known_compromised`). Metrics are computed on what is left.
+Following ../shared/REFERENCE.md (the handbook's protocol): label-derived features use only labels known ``delay_days``
+after each fraud — by default from the start of the day the protocol counts the card as known compromised
+(:data:`VISIBILITY`), never the payment's own label; the model trains on the training window (and ``history_days``
+before it) for the configured number of rounds — no early stopping, since the protocol leaves no labelled days between
+training and test to stop on; the delay gap is skipped; the test window loses the payments of cards already known
+compromised (:func:`models.protocol.drop_known_compromised`). Metrics are computed on what is left.
 
 The report's ``policy`` is the serving policy applied to the whole test window (:func:`models.cost.policy_figures`):
 a card with a fraud label known before the payment (the labels as the system received them,
@@ -21,8 +22,8 @@ then ``weeks`` (each week's ``test_start``, ``auc``, ``ap``, ``cp_at_k``, ``orac
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any
+from datetime import date, timedelta
+from typing import Any, Literal
 
 import lightgbm as lgb
 import numpy as np
@@ -36,10 +37,27 @@ from models.evaluation import CardPrecision, card_precision_at_k, measure
 from models.protocol import Windows, known_compromised, window_of
 from models.train import Progress, feature_rows, fit, lgb_params, matrix, window_counts
 
-__all__ = ["SUMMARIZED", "Evaluation", "evaluate", "weekly"]
+__all__ = [
+    "SUMMARIZED",
+    "VISIBILITY",
+    "Evaluation",
+    "Split",
+    "Visibility",
+    "evaluate",
+    "protocol_rows",
+    "split",
+    "weekly",
+]
 
 SUMMARIZED = ("auc", "ap", "cp_at_k", "oracle_cp_at_k")
 """The figures each test week reports, and their mean and standard deviation over the weeks."""
+
+Visibility = Literal["aligned", "exact"]
+VISIBILITY: tuple[Visibility, ...] = ("aligned", "exact")
+"""When the truth labels become visible to the label-derived features: ``aligned`` (the default) from the start of the
+day the protocol counts the card as known compromised — the day after the fraud's day plus the delay — so a test
+payment still counted as a detection target never sees its card's label; ``exact``, exactly ``delay_days`` after
+the fraud (a payment later that same day sees a label its card's removal does not yet reflect)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,16 +70,38 @@ class Evaluation:
     card_precision: CardPrecision
 
 
-def evaluate(history: History, windows: Windows, settings: TrainingSettings, *, k: int = 100,
-             costs: CostSettings | None = None, scoring: ScoringSettings | None = None,
-             progress: Progress | None = None) -> Evaluation:  # fmt: skip
-    """Train and test under the protocol (module docstring).
+@dataclass(frozen=True, slots=True)
+class Split:
+    """One run of the protocol's rows (META + features): ``rows`` from the history's first day to the test window's
+    end, ``train`` (history and training days), ``everything`` the test window's payments, ``blocked`` which of them
+    belong to a card already known compromised, ``test`` the rest (the rows measured)."""
+
+    rows: pl.DataFrame
+    train: pl.DataFrame
+    everything: pl.DataFrame
+    blocked: pl.Series
+    test: pl.DataFrame
+
+
+def protocol_rows(history: History, days: tuple[date, date], delay_days: int,
+                  visibility: Visibility = "aligned") -> pl.DataFrame:  # fmt: skip
+    """META and every feature of the payments of ``[days)``, label-derived features computed with the truth labels
+    visible as ``visibility`` says (:data:`VISIBILITY`). A row does not depend on the span asked for (features are
+    point in time), so several runs of the protocol may share one call."""
+    labels = history.truth_labels(timedelta(days=delay_days), aligned=visibility == "aligned")
+    return feature_rows(history, days, labels)
+
+
+def split(history: History, windows: Windows, visibility: Visibility = "aligned", *,
+          rows: pl.DataFrame | None = None) -> Split:  # fmt: skip
+    """The protocol's rows for ``windows`` (:func:`protocol_rows`, or taken from ``rows`` when it covers them).
 
     Raises:
-        ValueError: a window holds no data, or the training window lacks frauds.
+        ValueError: the training or the test window holds no payment.
     """
-    labels = history.truth_labels(timedelta(days=windows.delay_days))
-    rows = feature_rows(history, (windows.history[0], windows.test[1]), labels)
+    if rows is None:
+        rows = protocol_rows(history, (windows.history[0], windows.test[1]), windows.delay_days, visibility)
+    rows = window_of(rows, (windows.history[0], windows.test[1]))
     train = window_of(rows, (windows.history[0], windows.train[1]))
     revealing = window_of(rows, (windows.train[0], windows.test[1]))
     everything = window_of(rows, windows.test)
@@ -69,13 +109,26 @@ def evaluate(history: History, windows: Windows, settings: TrainingSettings, *, 
     test = everything.filter(~blocked)
     if train.height == 0 or test.height == 0:
         raise ValueError(f"no transactions in the {'training' if train.height == 0 else 'test'} window")
+    return Split(rows, train, everything, blocked, test)
+
+
+def evaluate(history: History, windows: Windows, settings: TrainingSettings, *, k: int = 100,
+             costs: CostSettings | None = None, scoring: ScoringSettings | None = None,
+             visibility: Visibility = "aligned", progress: Progress | None = None) -> Evaluation:  # fmt: skip
+    """Train and test under the protocol (module docstring).
+
+    Raises:
+        ValueError: a window holds no data, or the training window lacks frauds.
+    """
+    data = split(history, windows, visibility)
+    rows, train, everything, test = data.rows, data.train, data.everything, data.test
     fitted = fit(train, settings, progress=progress)
 
     def scored(frame: pl.DataFrame) -> np.ndarray:
         return np.asarray(fitted.booster.predict(matrix(frame), num_threads=settings.threads), dtype=np.float64)
 
     all_scores = scored(everything)
-    scores = all_scores[~blocked.to_numpy()]
+    scores = all_scores[~data.blocked.to_numpy()]
     metrics, cp = measure(test, scores, k)
     truth = test.get_column("is_fraud").cast(pl.Int8).to_numpy()
     days = test.get_column("event_time").dt.date().to_list()
@@ -104,6 +157,7 @@ def evaluate(history: History, windows: Windows, settings: TrainingSettings, *, 
             "delay_days": windows.delay_days,
             "test_days": windows.test_days,
             "history_days": windows.history_days,
+            "label_visibility": visibility,
         },
         "rounds": fitted.rounds,
         "train_seconds": round(fitted.seconds, 2),

@@ -76,6 +76,8 @@ class Manifest(BaseModel):
     thresholds: dict[str, Any]
     data_fingerprint: str
     reference: dict[str, Any]
+    tuning: dict[str, Any] = Field(default_factory=dict)
+    """The ``fraudpipe tune`` study its parameters came from (:func:`models.tune.summary`); empty: the settings'."""
     notes: str = ""
 
 

@@ -181,9 +181,11 @@ def _headline(metrics: dict[str, Any], policy: dict[str, Any]) -> dict[str, Any]
 def retrain(decisions: pl.DataFrame, labels: pl.DataFrame, registry: Registry, *, as_of: datetime,
             maturity: timedelta, settings: RetrainSettings, training: TrainingSettings, k: int = 100,
             by: str | None = None, segments: Segments | None = None, governance: GovernanceSettings | None = None,
-            costs: CostSettings | None = None, scoring: ScoringSettings | None = None) -> Outcome:  # fmt: skip
+            costs: CostSettings | None = None, scoring: ScoringSettings | None = None,
+            tuning: dict[str, Any] | None = None) -> Outcome:  # fmt: skip
     """Train a challenger on the served history matured by ``as_of``, register it (alias ``challenger``), and
-    promote it to ``champion`` if it passes the gate.
+    promote it to ``champion`` if it passes the gate. ``tuning``: the study ``training`` came from, for the
+    manifest (:func:`models.tune.summary`).
 
     Raises:
         DataValidationError: the training rows failed validation (nothing trained or registered).
@@ -233,6 +235,7 @@ def retrain(decisions: pl.DataFrame, labels: pl.DataFrame, registry: Registry, *
         "thresholds": thresholds,
         "data_fingerprint": fingerprint(train),
         "reference": reference(inputs, scores),
+        "tuning": tuning or {},
         "notes": "retrained from the decision log",
     }
     segment_metrics = None

@@ -4,12 +4,12 @@
 it and the labels known by then; :mod:`features.vectorized`, held equal to the online store). ``fit`` trains one
 booster, deterministically for a seed (``deterministic``, row-wise histograms, fixed threads).
 
-Class imbalance (about 1 fraud in 120 payments) is handled deliberately, and not by reweighting: the model is trained
-on the plain log-loss so its scores stay calibrated probabilities, and the imbalance is dealt with where it matters
-— thresholds are chosen on validation scores for the least expected cost under a daily review capacity
+Class imbalance (about 1 fraud in 120 payments) is handled deliberately, and by default not by reweighting: the model
+is trained on the plain log-loss so its scores stay calibrated probabilities, and the imbalance is dealt with where it
+matters — thresholds are chosen on validation scores for the least expected cost under a daily review capacity
 (:func:`models.cost.cheapest_thresholds`), and early stopping watches average precision, not accuracy. Measured on
 the handbook preset (seed 0, 3 model seeds): ``scale_pos_weight=5`` lowered AP from 0.718 to 0.714 at equal AUC, so
-it stays off (``TrainingSettings``).
+it stays 1 in the settings; ``fraudpipe tune`` searches it with the other parameters (:mod:`models.tune`).
 
 ``train_version`` is what ``fraudpipe train`` runs: fit on a training window, leave a gap of ``delay_days`` whose labels
 are not known yet when the model goes live, early-stop on the validation window after the gap (the days the model
@@ -46,6 +46,7 @@ __all__ = [
     "Trained",
     "feature_rows",
     "fit",
+    "fit_arrays",
     "latest_windows",
     "lgb_params",
     "matrix",
@@ -93,6 +94,7 @@ def lgb_params(settings: TrainingSettings) -> dict[str, Any]:
         "bagging_fraction": settings.bagging_fraction,
         "bagging_freq": 1,
         "lambda_l2": settings.lambda_l2,
+        "scale_pos_weight": settings.scale_pos_weight,
         "monotone_constraints": [1 if name in RISING else 0 for name in FEATURE_NAMES],
         "seed": settings.seed,
         "deterministic": True,
@@ -120,16 +122,29 @@ def fit(train: pl.DataFrame, settings: TrainingSettings, valid: pl.DataFrame | N
         ValueError: the training rows hold no fraud or no genuine payment.
     """
     truth = train.get_column("is_fraud").cast(pl.Int8).to_numpy()
+    checked = None
+    if valid is not None and valid.get_column("is_fraud").any():
+        checked = (matrix(valid), valid.get_column("is_fraud").cast(pl.Int8).to_numpy())
+    return fit_arrays(matrix(train), truth, settings, checked, progress)
+
+
+def fit_arrays(x: NDArray[np.float64], truth: NDArray[Any], settings: TrainingSettings,
+               valid: tuple[NDArray[np.float64], NDArray[Any]] | None = None,
+               progress: Progress | None = None) -> Fitted:  # fmt: skip
+    """:func:`fit` on inputs already built (:func:`matrix`) and their truths (1 = fraud); ``valid`` likewise.
+
+    Raises:
+        ValueError: the training rows hold no fraud or no genuine payment.
+    """
     if truth.min(initial=1) == truth.max(initial=0):
         raise ValueError("the training window needs both frauds and genuine payments")
-    data = lgb.Dataset(matrix(train), truth, feature_name=list(FEATURE_NAMES), free_raw_data=True)
+    data = lgb.Dataset(x, truth, feature_name=list(FEATURE_NAMES), free_raw_data=True)
     callbacks: list[Callable[[Any], None]] = []
     if progress is not None:
         callbacks.append(lambda env: progress(env.iteration + 1, env.end_iteration))
     sets, names = [], []
-    if valid is not None and valid.get_column("is_fraud").any():
-        valid_truth = valid.get_column("is_fraud").cast(pl.Int8).to_numpy()
-        sets, names = [lgb.Dataset(matrix(valid), valid_truth, reference=data)], ["valid"]
+    if valid is not None:
+        sets, names = [lgb.Dataset(valid[0], valid[1], reference=data)], ["valid"]
         callbacks.append(lgb.early_stopping(settings.early_stopping_rounds, verbose=False))
     started = time.perf_counter()
     booster = lgb.train(lgb_params(settings), data, settings.rounds, valid_sets=sets, valid_names=names,
@@ -170,11 +185,12 @@ class Trained:
 
 def train_version(history: History, windows: Windows, settings: TrainingSettings, *, k: int = 100,
                   costs: CostSettings | None = None, scoring: ScoringSettings | None = None,
-                  progress: Progress | None = None) -> Trained:  # fmt: skip
+                  tuning: dict[str, Any] | None = None, progress: Progress | None = None) -> Trained:  # fmt: skip
     """Fit on the training window (and ``history_days`` before it) with the labels the system received, early-stop
     on the validation window after the delay gap (``windows.test``), measure there — every payment, as the live
     system would score it — and choose the thresholds there: the cheapest under ``costs`` with ``scoring``'s rules
     in force (:func:`models.cost.cheapest_thresholds`), whose money figures join the metrics as ``policy``.
+    ``tuning``: the study ``settings`` came from, for the manifest (:func:`models.tune.summary`).
 
     Raises:
         ValueError: an empty window, or a training window without frauds.
@@ -205,5 +221,6 @@ def train_version(history: History, windows: Windows, settings: TrainingSettings
         "thresholds": thresholds,
         "data_fingerprint": history.fingerprint(),
         "reference": reference(inputs, scores),
+        "tuning": tuning or {},
     }
     return Trained(fitted, fields, valid.with_columns(score=pl.Series(scores)))

@@ -1,8 +1,8 @@
 """Replays a transaction source onto Kafka: transactions to ``transactions.v1``, labels to ``labels.v1``.
 
 One confluent-kafka producer (idempotent, acks=all, lz4, batched), keyed by card token so each card's events keep
-their order. Transactions go out in event-time order; a label goes out as soon as replay time (the event time of
-the last transaction sent) reaches its ``known_at``; labels still in the future at the end go out last.
+their order. Transactions go out in event-time order; a label goes out before the first transaction whose event time
+is after its ``known_at``; labels still in the future at the end go out last.
 
 Pacing: ``rate`` (messages per second), ``speedup`` (event time runs ``speedup`` times faster than the wall
 clock), or neither (as fast as possible). Position = number of messages (transactions + labels) handed to the
@@ -201,9 +201,9 @@ class _Labels:
     def merged(self, chunk: Chunk, tx_topic: str, label_topic: str) -> list[tuple[str, bytes, bytes, int]]:
         """(topic, key, value, replay time µs) of the chunk's transactions with the labels due among them."""
         times = chunk.event_us.tolist()
-        if self.next >= len(self.values) or self.known_us[self.next] > times[-1]:
+        if self.next >= len(self.values) or self.known_us[self.next] >= times[-1]:
             return list(zip([tx_topic] * len(times), chunk.keys, chunk.values, times, strict=True))
-        due = np.searchsorted(self.known_us, chunk.event_us, side="right").tolist()
+        due = np.searchsorted(self.known_us, chunk.event_us, side="left").tolist()  # known strictly before
         out: list[tuple[str, bytes, bytes, int]] = []
         for index, event_us in enumerate(times):
             while self.next < due[index]:

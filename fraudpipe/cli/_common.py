@@ -67,9 +67,34 @@ def _day(text: str, option: str) -> date:
         raise CliError(f"{option} expects a date YYYY-MM-DD; got {text!r}") from None
 
 
-def _training(settings: Settings, seed: int | None, rounds: int | None, learning_rate: float | None) -> Any:
+TunedOption = Annotated[
+    Path | None, typer.Option(help="A fraudpipe tune report: train with its chosen parameters [training.tuned].")
+]
+
+
+def _training(settings: Settings, seed: int | None, rounds: int | None, learning_rate: float | None,
+              tuned: Path | None = None) -> tuple[Any, dict[str, Any] | None]:  # fmt: skip
+    """The training settings: the settings', then a tune report's chosen parameters (``tuned``, else
+    ``training.tuned``), then the options given; and the study's summary for the manifest (``None`` untuned)."""
+    import json
+
+    from models.tune import summary, tuned_settings
+
+    training = settings.training
+    path = tuned or training.tuned
+    study = None
+    if path is not None:
+        try:
+            report = json.loads(Path(path).read_text())
+            training, study = tuned_settings(training, report), summary(report)
+        except OSError as error:
+            raise CliError(f"--tuned: cannot read {path}: {error.strerror}") from None
+        except (ValueError, KeyError, TypeError) as error:
+            what = _first_line(error) if isinstance(error, ValueError) else "not a fraudpipe tune report"
+            raise CliError(f"--tuned: {path}: {what}") from None
+        study = {**study, "report": str(path)}
     changes = {"seed": seed, "rounds": rounds, "learning_rate": learning_rate}
-    return settings.training.model_copy(update={k: v for k, v in changes.items() if v is not None})
+    return training.model_copy(update={k: v for k, v in changes.items() if v is not None}), study
 
 
 def _as_of(text: str) -> datetime:

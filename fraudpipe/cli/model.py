@@ -1,11 +1,12 @@
 """Commands that make and manage models: ``train`` (and register) a version, ``evaluate`` under the published
-protocol, and the registry's ``model list|show|promote|rollback|history|card``."""
+protocol, ``tune`` its parameters on earlier folds, and the registry's
+``model list|show|promote|rollback|history|card``."""
 
 from __future__ import annotations
 
 import sys
 from dataclasses import replace
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -19,6 +20,7 @@ from fraudpipe.cli._common import (
     RateOption,
     RoundsOption,
     SeedOption,
+    TunedOption,
     _day,
     _duration,
     _registry,
@@ -79,6 +81,7 @@ def train(
     seed: SeedOption = None,
     rounds: RoundsOption = None,
     learning_rate: RateOption = None,
+    tuned: TunedOption = None,
     promote: Annotated[bool, typer.Option(help="Make the new version the champion.")] = False,
     why: Annotated[str, typer.Option(help="Recorded with the promotion.")] = "trained with fraudpipe train",
 ) -> None:
@@ -94,12 +97,12 @@ def train(
     if train_start is not None:
         windows = replace(windows, train_start=_day(train_start, "--train-start"))
     windows = replace(windows, history_days=history_days)
-    training = _training(settings, seed, rounds, learning_rate)
+    training, tuning = _training(settings, seed, rounds, learning_rate, tuned)
     progress, update = _fitting(training.rounds)
     with progress:
         try:
             trained = train_version(history, windows, training, costs=settings.cost, scoring=settings.scoring,
-                                    progress=update)  # fmt: skip
+                                    tuning=tuning, progress=update)  # fmt: skip
         except ValueError as error:
             raise CliError(str(error)) from None
     registry = Registry(settings.paths.models_dir)
@@ -151,13 +154,18 @@ def evaluate(
     seed: SeedOption = None,
     rounds: RoundsOption = None,
     learning_rate: RateOption = None,
+    tuned: TunedOption = None,
+    label_visibility: Annotated[
+        str, typer.Option(help="When truth labels become visible: aligned (with the removal rule) or exact.")
+    ] = "aligned",
 ) -> None:
     """Train and test under the published protocol (delay gap, known-compromised cards removed); write the report.
     With --weeks N (or --starts), the protocol runs on N consecutive test weeks and the report adds each week and
-    their mean ± std."""
+    their mean ± std. With --tuned, a fraudpipe tune study's parameters — refused if its folds reach a reported
+    test week."""
     import json
 
-    from models.evaluate import SUMMARIZED, weekly
+    from models.evaluate import SUMMARIZED, VISIBILITY, weekly
     from models.evaluate import evaluate as run
     from models.protocol import Windows
     from models.report import report_data, write_report
@@ -169,9 +177,15 @@ def evaluate(
         firsts = [first + timedelta(days=7 * week) for week in range(weeks)]
     else:
         raise CliError("give --train-start (with --weeks) or --starts")
+    if label_visibility not in VISIBILITY:
+        raise CliError(f"--label-visibility must be one of {', '.join(VISIBILITY)}; got {label_visibility!r}")
     settings = _settings()
+    training, tuning = _training(settings, seed, rounds, learning_rate, tuned)
+    first_test = min(Windows(first, train_days, delay_days, test_days).test[0] for first in firsts)
+    if tuning is not None and date.fromisoformat(tuning["until"]) > first_test:
+        raise CliError(f"--tuned: the study's folds reach {tuning['until']}, past the test week from {first_test}: "
+                       f"tune with --until {first_test} or earlier")  # fmt: skip
     history = _history(source, mapping, settings, timedelta(days=delay_days))
-    training = _training(settings, seed, rounds, learning_rate)
     results = []
     for first in firsts:
         windows = Windows(first, train_days, delay_days, test_days, history_days)
@@ -179,11 +193,13 @@ def evaluate(
         with progress:
             try:
                 results.append(run(history, windows, training, k=k, costs=settings.cost, scoring=settings.scoring,
-                                   progress=update))  # fmt: skip
+                                   visibility=label_visibility, progress=update))  # fmt: skip
             except ValueError as error:
                 raise CliError(f"test week from {windows.test[0]}: {error}") from None
     result = results[0]
     written = weekly(results) if len(results) > 1 else result.report
+    if tuning is not None:
+        written = {**written, "tuning": tuning}
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(json.dumps(written, indent=2) + "\n")
     if html is not None:
@@ -212,6 +228,63 @@ def evaluate(
         f"{p['reviews_per_day']:,.0f} reviews a day (capacity {p['review_capacity']:,}), fraud amount caught "
         f"{recall}, {p['false_declines']:,} false declines, expected cost {p['expected_cost_per_day']:,.0f} a day, "
         f"{_saving(p)}",
+        highlight=False,
+    )
+
+
+@app.command()
+def tune(
+    source: Annotated[Path, typer.Option("--input", help="Simulator folder or .csv / .parquet / .jsonl file.")],
+    until: Annotated[str, typer.Option(help="First day no fold may see (YYYY-MM-DD): at most a report's test week's.")],
+    report: Annotated[Path, typer.Option(help="JSON report to write (train / retrain / evaluate take it: --tuned).")],
+    mapping: MapOption = None,
+    folds: Annotated[int, typer.Option(min=1, max=26, help="Selection folds: test weeks back from --until.")] = 4,
+    trials: Annotated[int, typer.Option(min=1, max=1_000, help="Parameter sets tried (the first: the settings).")] = 30,
+    metric: Annotated[str, typer.Option(help="Maximised over the folds' mean: ap, auc or cp_at_k.")] = "ap",
+    train_days: Annotated[int, typer.Option(min=1)] = 7,
+    delay_days: Annotated[int, typer.Option(min=0)] = 7,
+    test_days: Annotated[int, typer.Option(min=1)] = 7,
+    history_days: Annotated[int, typer.Option(min=0, help="More training days before each fold's window.")] = 0,
+    k: Annotated[int, typer.Option(min=1, help="Cards investigated per day (CP@k).")] = 100,
+    html: Annotated[Path | None, typer.Option(help="HTML report to write (the search's history plotted).")] = None,
+    seed: SeedOption = None,
+) -> None:
+    """Choose LightGBM parameters with Optuna on selection folds that end before --until (the evaluation protocol
+    slid back a week at a time); write the study and the chosen parameters."""
+    import json
+
+    from models.report import write_html
+    from models.tune import METRICS, fold_windows
+    from models.tune import folds as fold_rows
+    from models.tune import tune as run
+    from models.tune_report import render_tune
+
+    if metric not in METRICS:
+        raise CliError(f"--metric must be one of {', '.join(METRICS)}; got {metric!r}")
+    end = _day(until, "--until")
+    settings = _settings()
+    training, _ = _training(settings, seed, None, None)
+    history = _history(source, mapping, settings, timedelta(days=delay_days))
+    windows = fold_windows(end, folds, train_days, delay_days, test_days, history_days)
+    with err.status(f"building the features of {folds} folds"):
+        try:
+            built = fold_rows(history, windows)
+        except ValueError as error:
+            raise CliError(str(error)) from None
+
+    def said(done: int, total: int, best: float | None) -> None:
+        err.print(f"trial {done}/{total}: best mean {metric} {_figure(best)}", highlight=False)
+
+    study = run(built, training, trials=trials, until=end, metric=metric, k=k, progress=said)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(json.dumps(study, indent=2) + "\n")
+    if html is not None:
+        write_html(render_tune(study, title=f"fraudpipe tune — {folds} folds before {end}"), html)
+    chosen = ", ".join(f"{name} {value:.4g}" for name, value in study["chosen"].items())
+    Console(soft_wrap=True).print(
+        f"mean {metric} over {folds} folds: {study['best']['value']:.4f} chosen (trial {study['best']['number']}) "
+        f"against {study['current']['value']:.4f} with the settings — {chosen} → {report}"
+        + (f", {html}" if html else ""),
         highlight=False,
     )
 

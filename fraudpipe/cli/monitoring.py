@@ -18,6 +18,7 @@ from fraudpipe.cli._common import (
     RateOption,
     RoundsOption,
     SeedOption,
+    TunedOption,
     _fmt,
     _latest,
     _registry,
@@ -75,6 +76,7 @@ def retrain(
     seed: SeedOption = None,
     rounds: RoundsOption = None,
     learning_rate: RateOption = None,
+    tuned: TunedOption = None,
 ) -> None:
     """Train a challenger from the decision log and matured labels; promote it only if it beats the champion.
 
@@ -83,7 +85,7 @@ def retrain(
     import time
 
     settings = _settings()
-    training = _training(settings, seed, rounds, learning_rate)
+    training = _training(settings, seed, rounds, learning_rate, tuned)
     while True:
         if every is None:
             if code := _retrain_once(settings, as_of, only_on_breach, json_out, training):
@@ -103,7 +105,7 @@ def _repeating(run: Any) -> None:
 
 
 def _retrain_once(settings: Settings, as_of_text: str | None, only_on_breach: bool, json_out: Path | None,
-                  training: Any) -> int:  # fmt: skip
+                  training: tuple[Any, dict[str, Any] | None]) -> int:  # fmt: skip
     import json
     from datetime import UTC
 
@@ -125,7 +127,7 @@ def _retrain_once(settings: Settings, as_of_text: str | None, only_on_breach: bo
         out.print(f"{'; '.join(reasons)}: retraining", highlight=False)
     try:
         outcome = run(decisions, labels, registry, as_of=as_of, maturity=timedelta(days=settings.monitor.maturity_days),
-                      settings=settings.retrain, training=training, k=settings.monitor.k,
+                      settings=settings.retrain, training=training[0], tuning=training[1], k=settings.monitor.k,
                       segments=_training_segments(settings, None), governance=settings.governance,
                       costs=settings.cost, scoring=settings.scoring)  # fmt: skip
     except DataValidationError as error:

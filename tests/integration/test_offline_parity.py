@@ -42,7 +42,7 @@ def test_offline_builder_equals_the_online_store(store_client: redis.Redis, sett
     online: list[list[float | None]] = []
     next_label = 0
     for txn in sorted(txns, key=lambda t: t.event_time):
-        due = [label for label in pending[next_label:] if label.known_at <= txn.event_time]
+        due = [label for label in pending[next_label:] if label.known_at < txn.event_time]
         next_label += len(due)
         store.apply_labels(due)
         online += [s.features() for s in store.apply([txn])]

@@ -54,3 +54,25 @@ def test_input_order_is_kept_and_duplicates_are_refused() -> None:
     )
     with pytest.raises(ValueError, match="unique"):
         build_features_fast(pl.concat([transactions, transactions.head(1)]), labels)
+
+
+@pytest.mark.parametrize("builder", [build_features, build_features_fast], ids=["reference", "fast"])
+def test_a_label_is_seen_only_by_payments_after_it_is_known(builder: object) -> None:
+    """A label known at a payment's very time is not seen by it (strict ``known_at < event_time``): with no delay a
+    fraud never sees its own label; a payment a microsecond later does."""
+    from tests import factories
+
+    first = factories.transaction(txn_id="t1", event_time="2024-03-01T12:00:00Z")
+    frame = pl.DataFrame([t.model_dump() for t in (
+        first,
+        factories.transaction(txn_id="t2", event_time="2024-03-01T13:00:00Z"),
+        factories.transaction(txn_id="t3", event_time="2024-03-01T13:00:00.000001Z"),
+    )]).drop("schema_version")  # fmt: skip
+    known = frame.get_column("event_time")[1]
+    label = factories.label(txn_id="t1", card_token=first.card_token, event_time=first.event_time, known_at=known,
+                            terminal_id=first.terminal_id, merchant_id=first.merchant_id)  # fmt: skip
+    labels = pl.DataFrame([label.model_dump()]).drop("schema_version")
+    seen = builder(frame, labels).get_column("card_fraud_count_30d").to_list()  # type: ignore[operator]
+    assert seen == [0, 0, 1]
+    own = labels.with_columns(known_at=pl.col("event_time"))  # zero delay: known the instant it happened
+    assert builder(frame, own).get_column("card_fraud_count_30d").to_list() == [0, 1, 1]  # type: ignore[operator]
