@@ -3,18 +3,19 @@
 A number a user can trust comes from data the choices never saw. The folds are the evaluation protocol
 (:mod:`models.evaluate`: training week, delay gap, test week, known-compromised cards removed, labels visible as
 the protocol assumes) slid back a week at a time from ``until``: fold *i* tests the week ending ``7 * i`` days
-before ``until``, so no fold reads a payment or a label of a day from ``until`` on. Give ``until`` as the first day
-of the training window a report will be trained on (as the handbook's model selection does): then even the labels
-the folds are judged by were known before the reported model is trained.
+before ``until``, so no fold reads a payment or a label of a day from ``until`` on. ``until`` must be at most the
+first day of the test week a report gives (``evaluate --tuned`` refuses a study past it); the handbook's model
+selection takes the day after the reported training week, whose labels are known when the reported model goes live.
 
-Each trial trains one booster per fold with the parameters Optuna's TPE sampler proposes (seeded: the same data and
-seed give the same study) and scores it by the folds' mean ``metric`` (AP by default: threshold-free and smoother
-than CP@k on a week of cards). The first trial is the current settings, so the choice is never worse on the folds
-than the parameters it replaces. Features are computed once per fold; only the boosters change between trials.
+Each trial trains one booster per fold with what Optuna's TPE sampler proposes — LightGBM's parameters and how many
+days of history before the training window to train on too (up to the folds' ``history_days``) — and scores it by
+the folds' mean ``metric`` (AP by default: threshold-free and smoother than CP@k on a week of cards). The sampler is
+seeded: the same data and seed give the same study. The first trial is the current settings, so the choice is never
+worse on the folds than what it replaces. Features are computed once for every fold; only the boosters change.
 
 The result (:func:`tune`) is a plain dict written as the command's JSON report and read back by ``train``,
 ``retrain`` and ``evaluate`` (``--tuned``): :func:`tuned_settings` applies its ``chosen`` parameters,
-:func:`summary` is what a manifest and a report keep of it.
+:func:`tuned_history_days` its history, :func:`summary` is what a manifest and a report keep of it.
 """
 
 from __future__ import annotations
@@ -36,7 +37,19 @@ from models.evaluation import measure
 from models.protocol import Windows
 from models.train import fit_arrays, matrix
 
-__all__ = ["METRICS", "SEARCHED", "SPACE", "Fold", "fold_windows", "folds", "summary", "tune", "tuned_settings"]
+__all__ = [
+    "HISTORY",
+    "METRICS",
+    "SEARCHED",
+    "SPACE",
+    "Fold",
+    "fold_windows",
+    "folds",
+    "summary",
+    "tune",
+    "tuned_history_days",
+    "tuned_settings",
+]
 
 METRICS = ("ap", "auc", "cp_at_k")
 """What a study may maximise: the folds' mean of one of the protocol's figures."""
@@ -50,12 +63,14 @@ Progress = Callable[[int, int, float | None], None]
 
 @dataclass(frozen=True, slots=True)
 class Fold:
-    """One selection fold: its windows, its training rows' inputs and truths, its test rows (META + features) and
-    their inputs."""
+    """One selection fold: its windows, its training rows' inputs and truths and how many days before the training
+    window each was made (0: in it; up to the windows' ``history_days``), its test rows (META + features) and their
+    inputs."""
 
     windows: Windows
     x: np.ndarray
     y: np.ndarray
+    before: np.ndarray
     test: pl.DataFrame
     test_x: np.ndarray
 
@@ -67,7 +82,8 @@ class Fold:
 
 def fold_windows(until: date, n: int, train_days: int, delay_days: int, test_days: int,
                  history_days: int) -> list[Windows]:  # fmt: skip
-    """The ``n`` folds' windows, latest first: fold *i*'s test window ends ``test_days * i`` days before ``until``."""
+    """The ``n`` folds' windows, latest first: fold *i*'s test window ends ``test_days * i`` days before ``until``;
+    ``history_days``: the most days before each training window a study may add to it."""
     out = []
     for i in range(n):
         test_end = until - timedelta(days=test_days * i)
@@ -93,7 +109,10 @@ def folds(history: History, windows: Sequence[Windows], visibility: Visibility =
         y = data.train.get_column("is_fraud").cast(pl.Int8).to_numpy()
         if y.min(initial=1) == y.max(initial=0):
             raise ValueError(f"the fold training from {w.train[0]} needs frauds and genuine payments")
-        out.append(Fold(w, matrix(data.train), y, data.test, matrix(data.test)))
+        day = data.train.get_column("event_time").dt.date()
+        before = (pl.lit(w.train_start) - day).dt.total_days().clip(lower_bound=0)
+        out.append(Fold(w, matrix(data.train), y, data.train.select(before).to_series().to_numpy(), data.test,
+                        matrix(data.test)))  # fmt: skip
     return out
 
 
@@ -112,11 +131,15 @@ two of payments sensibly uses (log scales where a factor matters more than a dif
 settings' own value."""
 SEARCHED = tuple(SPACE)
 """The training settings a study chooses (:class:`fraudpipe.settings.TrainingSettings`); the others stay."""
+HISTORY = "history_days"
+"""The window a study also chooses: days of history before the training window trained on too (from 0 to the folds'
+``history_days``; ``train`` and ``evaluate`` take it as their ``--history-days``)."""
 
 
-def _suggest(trial: optuna.Trial, current: dict[str, Any]) -> dict[str, Any]:
+def _suggest(trial: optuna.Trial, current: dict[str, Any], history_days: int) -> dict[str, Any]:
+    space = SPACE | ({HISTORY: (0, history_days, False)} if history_days else {})
     out: dict[str, Any] = {}
-    for name, (low, high, log) in SPACE.items():
+    for name, (low, high, log) in space.items():
         low, high = min(low, current[name]), max(high, current[name])
         if isinstance(current[name], int):
             out[name] = trial.suggest_int(name, int(low), int(high), log=log)
@@ -125,19 +148,21 @@ def _suggest(trial: optuna.Trial, current: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _fold_scores(fold: Fold, settings: TrainingSettings, k: int) -> dict[str, float | None]:
-    """The protocol's figures of a booster trained on the fold with ``settings``."""
-    booster = fit_arrays(fold.x, fold.y, settings).booster
+def _fold_scores(fold: Fold, settings: TrainingSettings, history_days: int, k: int) -> dict[str, float | None]:
+    """The protocol's figures of a booster trained on the fold with ``settings`` and ``history_days`` of history."""
+    kept = fold.before <= history_days
+    booster = fit_arrays(fold.x[kept], fold.y[kept], settings).booster
     scores = np.asarray(booster.predict(fold.test_x, num_threads=settings.threads), dtype=np.float64)
     figures, _ = measure(fold.test, scores, k)
     return {name: figures[name] for name in METRICS}
 
 
 def tune(fold_list: Sequence[Fold], settings: TrainingSettings, *, trials: int, until: date, metric: str = "ap",
-         k: int = 100, visibility: Visibility = "aligned",
+         k: int = 100, history_days: int = 0, visibility: Visibility = "aligned",
          progress: Progress | None = None) -> dict[str, Any]:  # fmt: skip
     """Run the study (module docstring) and return its report: the folds, every trial (parameters, each fold's
-    figures, the mean), the best, the current settings' value and the ``chosen`` parameters.
+    figures, the mean), the best, the current settings' value and the ``chosen`` parameters. ``history_days`` is
+    the current choice of history (the first trial's); the study chooses it up to the folds' own.
 
     Raises:
         ValueError: an unknown metric, no fold, or fewer than one trial.
@@ -148,10 +173,13 @@ def tune(fold_list: Sequence[Fold], settings: TrainingSettings, *, trials: int, 
         raise ValueError("tuning needs at least one fold and one trial")
     history: list[dict[str, Any]] = []
 
+    most = min(fold.windows.history_days for fold in fold_list)
+
     def objective(trial: optuna.Trial) -> float:
-        params = _suggest(trial, current)
+        params = _suggest(trial, current, most)
+        trained = settings.model_copy(update={name: params[name] for name in SEARCHED})
         started = time.perf_counter()
-        per_fold = [_fold_scores(fold, settings.model_copy(update=params), k) for fold in fold_list]
+        per_fold = [_fold_scores(fold, trained, params.get(HISTORY, 0), k) for fold in fold_list]
         value = _mean([f[metric] for f in per_fold])
         value = float("nan") if value is None else value
         history.append({"number": trial.number, "params": params, "value": value,
@@ -167,6 +195,8 @@ def tune(fold_list: Sequence[Fold], settings: TrainingSettings, *, trials: int, 
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=settings.seed))
     current = {name: getattr(settings, name) for name in SEARCHED}
     current["lambda_l2"] = max(current["lambda_l2"], _NO_L2)  # a log scale has no 0
+    if most:
+        current[HISTORY] = min(history_days, most)
     study.enqueue_trial(current)
     started = time.perf_counter()
     study.optimize(objective, n_trials=trials, callbacks=[report])
@@ -182,7 +212,7 @@ def tune(fold_list: Sequence[Fold], settings: TrainingSettings, *, trials: int, 
         "best": {"number": best["number"], "value": best["value"], "mean": best["mean"]},
         "current": {"params": current, "value": history[0]["value"], "mean": history[0]["mean"]},
         "chosen": best["params"],
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": round(time.perf_counter() - started),
     }
 
 
@@ -200,10 +230,16 @@ def tuned_settings(settings: TrainingSettings, tuned: dict[str, Any]) -> Trainin
     chosen = tuned.get("chosen")
     if not isinstance(chosen, dict) or not chosen:
         raise ValueError("not a fraudpipe tune report (no 'chosen' parameters)")
-    unknown = sorted(set(chosen) - set(SEARCHED))
+    unknown = sorted(set(chosen) - {*SEARCHED, HISTORY})
     if unknown:
         raise ValueError(f"not a fraudpipe tune report: it chooses {', '.join(unknown)}")
-    return TrainingSettings.model_validate(settings.model_dump() | chosen)
+    return TrainingSettings.model_validate(settings.model_dump() | {k: v for k, v in chosen.items() if k in SEARCHED})
+
+
+def tuned_history_days(tuned: dict[str, Any]) -> int | None:
+    """The days of history before the training window a study chose (``None``: it did not choose them)."""
+    value = tuned.get("chosen", {}).get(HISTORY)
+    return None if value is None else int(value)
 
 
 def summary(tuned: dict[str, Any]) -> dict[str, Any]:

@@ -36,6 +36,9 @@ if TYPE_CHECKING:
     from models.dataset import History
 
 MapOption = Annotated[str | None, typer.Option("--map", help="target=column pairs, as for replay.")]
+HistoryOption = Annotated[
+    int | None, typer.Option(min=0, help="More training days before the window [a --tuned study's choice, else 0].")
+]
 
 
 def _history(source: Path, mapping: str | None, settings: Settings, label_delay: timedelta) -> History:
@@ -74,7 +77,7 @@ def train(
     mapping: MapOption = None,
     train_start: Annotated[str | None, typer.Option(help="First training day [latest that fits].")] = None,
     train_days: Annotated[int, typer.Option(min=1, help="Days of the training window.")] = 14,
-    history_days: Annotated[int, typer.Option(min=0, help="More training days before the window.")] = 0,
+    history_days: HistoryOption = None,
     delay_days: Annotated[int, typer.Option(min=0, help="Gap whose labels are not known yet.")] = 7,
     valid_days: Annotated[int, typer.Option(min=1, help="Validation days after the gap (early stopping).")] = 7,
     label_delay: Annotated[str, typer.Option(help="Delay of labels derived from a file's label column.")] = "7d",
@@ -96,8 +99,8 @@ def train(
     windows = latest_windows(history, train_days, delay_days, valid_days)
     if train_start is not None:
         windows = replace(windows, train_start=_day(train_start, "--train-start"))
-    windows = replace(windows, history_days=history_days)
     training, tuning = _training(settings, seed, rounds, learning_rate, tuned)
+    windows = replace(windows, history_days=_history_days(history_days, tuning))
     progress, update = _fitting(training.rounds)
     with progress:
         try:
@@ -126,6 +129,12 @@ def train(
     )
 
 
+def _history_days(given: int | None, tuning: dict[str, Any] | None) -> int:
+    """``--history-days`` as given, else a study's choice, else 0."""
+    chosen = None if tuning is None else tuning["chosen"].get("history_days")
+    return given if given is not None else int(chosen or 0)
+
+
 def _figure(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -148,7 +157,7 @@ def evaluate(
     train_days: Annotated[int, typer.Option(min=1)] = 7,
     delay_days: Annotated[int, typer.Option(min=0)] = 7,
     test_days: Annotated[int, typer.Option(min=1)] = 7,
-    history_days: Annotated[int, typer.Option(min=0, help="More training days before the window.")] = 0,
+    history_days: HistoryOption = None,
     k: Annotated[int, typer.Option(min=1, help="Cards investigated per day (CP@k).")] = 100,
     html: Annotated[Path | None, typer.Option(help="HTML report to write.")] = None,
     seed: SeedOption = None,
@@ -186,9 +195,10 @@ def evaluate(
         raise CliError(f"--tuned: the study's folds reach {tuning['until']}, past the test week from {first_test}: "
                        f"tune with --until {first_test} or earlier")  # fmt: skip
     history = _history(source, mapping, settings, timedelta(days=delay_days))
+    before = _history_days(history_days, tuning)
     results = []
     for first in firsts:
-        windows = Windows(first, train_days, delay_days, test_days, history_days)
+        windows = Windows(first, train_days, delay_days, test_days, before)
         progress, update = _fitting(training.rounds)
         with progress:
             try:
@@ -244,7 +254,9 @@ def tune(
     train_days: Annotated[int, typer.Option(min=1)] = 7,
     delay_days: Annotated[int, typer.Option(min=0)] = 7,
     test_days: Annotated[int, typer.Option(min=1)] = 7,
-    history_days: Annotated[int, typer.Option(min=0, help="More training days before each fold's window.")] = 0,
+    max_history_days: Annotated[
+        int, typer.Option(min=0, help="The most history days before each training window the study may add.")
+    ] = 21,
     k: Annotated[int, typer.Option(min=1, help="Cards investigated per day (CP@k).")] = 100,
     html: Annotated[Path | None, typer.Option(help="HTML report to write (the search's history plotted).")] = None,
     seed: SeedOption = None,
@@ -263,9 +275,9 @@ def tune(
         raise CliError(f"--metric must be one of {', '.join(METRICS)}; got {metric!r}")
     end = _day(until, "--until")
     settings = _settings()
-    training, _ = _training(settings, seed, None, None)
+    training, tuning = _training(settings, seed, None, None)
     history = _history(source, mapping, settings, timedelta(days=delay_days))
-    windows = fold_windows(end, folds, train_days, delay_days, test_days, history_days)
+    windows = fold_windows(end, folds, train_days, delay_days, test_days, max_history_days)
     with err.status(f"building the features of {folds} folds"):
         try:
             built = fold_rows(history, windows)
@@ -275,7 +287,8 @@ def tune(
     def said(done: int, total: int, best: float | None) -> None:
         err.print(f"trial {done}/{total}: best mean {metric} {_figure(best)}", highlight=False)
 
-    study = run(built, training, trials=trials, until=end, metric=metric, k=k, progress=said)
+    study = run(built, training, trials=trials, until=end, metric=metric, k=k,
+                history_days=_history_days(None, tuning), progress=said)  # fmt: skip
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(json.dumps(study, indent=2) + "\n")
     if html is not None:

@@ -13,7 +13,7 @@ from fraudpipe.settings import TrainingSettings
 from models.dataset import History
 from models.protocol import Windows
 from models.registry import Registry
-from models.tune import SEARCHED, fold_windows, folds, tune, tuned_settings
+from models.tune import SEARCHED, fold_windows, folds, tune, tuned_history_days, tuned_settings
 from tests.model.conftest import FAST, run_cli
 
 UNTIL = date(2018, 5, 6)
@@ -48,6 +48,17 @@ def test_a_study_never_reads_a_day_from_until_on(small_history: History) -> None
     assert again["chosen"] == study["chosen"]
 
 
+def test_a_study_chooses_the_days_of_history_too(small_history: History) -> None:
+    built = folds(small_history, fold_windows(UNTIL, 1, 7, 7, 7, history_days=7))
+    (fold,) = built
+    assert fold.before.max() == 7 and (fold.before == 0).sum() < len(fold.before)  # a week before the window too
+    study = tune(built, FAST.model_copy(update={"rounds": 20}), trials=3, until=UNTIL, k=20, history_days=3)
+    assert study["trials"][0]["params"]["history_days"] == 3  # the current choice first
+    assert all(0 <= t["params"]["history_days"] <= 7 for t in study["trials"])
+    assert tuned_history_days(study) == study["chosen"]["history_days"]
+    assert "history_days" not in tuned_settings(TrainingSettings(), study).model_dump()
+
+
 def test_tuned_settings_take_the_chosen_parameters_only() -> None:
     chosen = {"learning_rate": 0.07, "num_leaves": 15, "rounds": 250}
     settings = tuned_settings(TrainingSettings(seed=4), {"chosen": chosen})
@@ -74,6 +85,7 @@ def test_tune_then_train_and_evaluate_with_it(small_sim: Path, tmp_path: Path) -
     manifest = Registry(tmp_path / "models").manifest(Registry(tmp_path / "models").versions()[-1])
     assert manifest.tuning["chosen"] == study["chosen"] and manifest.tuning["report"] == str(report)
     assert manifest.params["num_leaves"] == study["chosen"]["num_leaves"]
+    assert manifest.windows["history"]["from"] is not None or study["chosen"]["history_days"] == 0
     assert manifest.params["learning_rate"] == pytest.approx(study["chosen"]["learning_rate"])
     seen = run_cli("evaluate", "--input", str(small_sim), "--train-start", "2018-04-15", "--report",
                    str(tmp_path / "e.json"), "--tuned", str(report), cwd=tmp_path, **env)  # fmt: skip
