@@ -97,9 +97,10 @@ def test_evaluate_on_a_simulator_folder_reports_scenarios(small_sim: Path, tmp_p
     assert {"amount_threshold", "compromised_terminal", "compromised_card"} <= set(recall)
     # Not higher: with blocked cards reissued, the test week keeps the genuine payments of the victims' new cards,
     # and those made at a terminal whose compromise just ended score high (its fraud rate over the labels known is
-    # still high): they fill the top 1 % of genuine scores (0.6 here; 0.94 before reissue, when the protocol dropped
-    # these cards as known compromised).
-    assert recall["amount_threshold"] > 0.5
+    # still high): they fill the top 1 % of genuine scores (0.5 here with truth labels visible from the day the card
+    # counts as known compromised, 0.6 with them visible exactly 7 days after the fraud; 0.94 before reissue, when the
+    # protocol dropped these cards as known compromised).
+    assert recall["amount_threshold"] >= 0.5
     # the serving policy on the whole test window: cards with a fraud label known declined by their block, no alert
     policy = written["policy"]
     assert policy["payments"] == written["n_test"] + written["n_test_removed_known_compromised"]
