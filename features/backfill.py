@@ -1,9 +1,9 @@
 """Warming the online store from history, so a stream starts with its cards', terminals' and merchants' past.
 
-History is applied exactly as the stream would have applied it (transactions by event time, each label once replay
-time passes its ``known_at``: before the first transaction after it), in micro-batches, each one atomic transaction of the store, pipelined
-(:meth:`features.store.RedisFeatureStore.stream`). Transactions already applied are skipped by the store's markers,
-so a backfill can be re-run or resumed safely.
+History is applied exactly as the stream would have applied it (transactions by event time, each label once replay time
+passes its ``known_at``: before the first transaction after it), in micro-batches, each one atomic transaction of the
+store, pipelined (:meth:`features.store.RedisFeatureStore.stream`). Transactions already applied are skipped by the
+store's markers, so a backfill can be re-run or resumed safely.
 """
 
 from __future__ import annotations
