@@ -76,14 +76,14 @@ def _training(settings: Settings, seed: int | None, rounds: int | None, learning
               tuned: Path | None = None) -> tuple[Any, dict[str, Any] | None]:  # fmt: skip
     """The training settings: the settings', then a tune report's chosen parameters (``tuned``, else
     ``training.tuned``), then the options given; and the study's summary for the manifest (``None`` untuned)."""
-    import json
-
-    from models.tune import summary, tuned_settings
-
     training = settings.training
     path = tuned or training.tuned
     study = None
     if path is not None:
+        import json
+
+        from models.tune import summary, tuned_settings  # optuna (~0.6 s to import) only for a tuned run
+
         try:
             report = json.loads(Path(path).read_text())
             training, study = tuned_settings(training, report), summary(report)

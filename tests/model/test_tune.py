@@ -101,3 +101,8 @@ def test_tune_then_train_and_evaluate_with_it(small_sim: Path, tmp_path: Path) -
     bad = run_cli("tune", "--input", str(small_sim), "--until", str(UNTIL), "--metric", "f1", "--report",
                   str(report), cwd=tmp_path, **env)  # fmt: skip
     assert bad.returncode == 1 and "--metric must be one of" in bad.stderr and "Traceback" not in bad.stderr
+    (tmp_path / "other.json").write_text('{"auc": 0.9}')
+    other = run_cli("evaluate", "--input", str(small_sim), "--train-start", str(later), "--report",
+                    str(tmp_path / "e.json"), "--tuned", str(tmp_path / "other.json"), cwd=tmp_path, **env)  # fmt: skip
+    assert other.returncode == 1 and "not a fraudpipe tune report" in other.stderr
+    assert len(other.stderr.strip().splitlines()) == 1
