@@ -131,8 +131,11 @@ def train(
 
 def _history_days(given: int | None, tuning: dict[str, Any] | None) -> int:
     """``--history-days`` as given, else a study's choice, else 0."""
-    chosen = None if tuning is None else tuning["chosen"].get("history_days")
-    return given if given is not None else int(chosen or 0)
+    from models.tune import tuned_history_days
+
+    if given is not None:
+        return given
+    return (tuned_history_days(tuning) if tuning is not None else None) or 0
 
 
 def _figure(value: float | None) -> str:
