@@ -276,6 +276,17 @@ class InMemoryFeatureStore:
             rows.append(row)
         return StoreReply.from_rows(rows, previous, blocked)
 
+    def begin(self, txns: Sequence[Transaction]) -> StoreReply:
+        """:meth:`raw`, its reply kept for :meth:`end` (the Redis store returns before the reply is read)."""
+        return self.raw(txns)
+
+    def end(self, flight: StoreReply) -> StoreReply:
+        """The reply of a batch :meth:`begin` applied."""
+        return flight
+
+    def cancel(self, flight: StoreReply) -> None:
+        """Give up a batch :meth:`begin` applied (nothing to undo: delivering it again reads it)."""
+
     def stream(self, batches: Iterable[Sequence[Transaction]]) -> Iterator[StoreReply]:
         """:meth:`raw` for each batch in turn (the Redis store pipelines them and takes batch k+1 before it yields
         reply k; the replies are the same)."""

@@ -57,7 +57,7 @@ from fraudpipe.clock import Clock, SystemClock
 from fraudpipe.contracts import Label, Transaction
 from fraudpipe.settings import RedisSettings
 
-__all__ = ["RedisFeatureStore", "StoreUnavailableError", "redis_client"]
+__all__ = ["InFlight", "RedisFeatureStore", "StoreUnavailableError", "redis_client"]
 
 _SCRIPT = files("features").joinpath("apply.lua").read_text()
 DAY_S = 86_400
@@ -174,10 +174,62 @@ class RedisFeatureStore:
         Raises:
             StoreUnavailableError: Redis did not answer within the budget.
         """
+        return self.end(self.begin(txns))
+
+    def begin(self, txns: Sequence[Transaction]) -> InFlight:
+        """Send the batch's transaction and return without waiting for its reply: Redis applies it while this
+        process does other work. :meth:`end` reads the reply (what :meth:`raw` returns), :meth:`cancel` gives it
+        up (the batch may have been applied: delivering it again is safe, it is read, not applied twice). The
+        batch holds a connection of the pool until then. One batch in flight at a time: the folds read with one
+        are written back with the next one begun.
+
+        Raises:
+            StoreUnavailableError: Redis did not answer within the budget.
+        """
         if not txns:
+            return InFlight(None, None)
+        try:
+            connection = self.client.connection_pool.get_connection()
+        except (RedisConnectionError, RedisTimeoutError) as error:
+            raise StoreUnavailableError(f"Redis unavailable: {error}") from None
+        flight = InFlight(connection, None)
+        try:
+            connection.check_health()  # type: ignore[no-untyped-call]  # here: sends skip it, a PING would misread
+            flight.sent = self._send(connection, txns)
+        except BaseException as error:
+            self.cancel(flight)
+            if isinstance(error, RedisConnectionError | RedisTimeoutError):
+                raise StoreUnavailableError(f"Redis unavailable: {error}") from None
+            raise
+        return flight
+
+    def end(self, flight: InFlight) -> StoreReply:
+        """The reply of a batch :meth:`begin` sent (its connection goes back to the pool).
+
+        Raises:
+            StoreUnavailableError: Redis did not answer within the budget.
+        """
+        connection, sent = flight.connection, flight.sent
+        if connection is None or sent is None:
             return StoreReply.from_rows([], [])
-        (reply,) = self.stream([txns])  # the stream run to its end: the connection goes back to the pool
+        try:
+            reply = self._receive(connection, deque([sent]))
+        except BaseException as error:
+            self.cancel(flight)
+            if isinstance(error, RedisConnectionError | RedisTimeoutError):
+                raise StoreUnavailableError(f"Redis unavailable: {error}") from None
+            raise
+        flight.connection = None
+        self.client.connection_pool.release(connection)
         return reply
+
+    def cancel(self, flight: InFlight) -> None:
+        """Give up a batch :meth:`begin` sent without reading its reply: its connection is closed (a reply may be
+        left unread on it) and goes back to the pool."""
+        if (connection := flight.connection) is not None:
+            flight.connection = None
+            connection.disconnect()  # type: ignore[no-untyped-call]
+            self.client.connection_pool.release(connection)
 
     def stream(self, batches: Iterable[Sequence[Transaction]]) -> Iterator[StoreReply]:
         """:meth:`raw` for each batch in turn, pipelined: batch k+1's transaction is sent before batch k's reply
@@ -380,6 +432,15 @@ class RedisFeatureStore:
             return 0
         day_us = self.layout["size"]["d"]
         return int(self._call("labels", [value for label in labels for value in label_plan(label, day_us)]))
+
+
+@dataclass(slots=True)
+class InFlight:
+    """A batch :meth:`RedisFeatureStore.begin` sent whose reply is not read yet: the connection it holds (``None``
+    once read or given up, or for an empty batch) and what was sent."""
+
+    connection: Connection | None
+    sent: _Sent | None
 
 
 @dataclass(slots=True)

@@ -14,6 +14,10 @@ pydantic object per decision, the log's rows built once per flush of the decisio
   remembered with *another* digest is a reused id: that transaction is refused (:attr:`Batch.conflicts`, reason
   ``txn_id_conflict``), never answered with the other payment's decision, and it touches no state — the memory
   is read before the store applies anything. Within a batch the first of two same-id transactions wins.
+- **The next batch's store call overlaps this one's outputs.** Given the batch that follows (``then``),
+  :meth:`Pipeline.score` reads the memory for it and sends its store call once this batch's decisions are
+  remembered, and builds this batch's reason codes and outputs while Redis applies the next one: the same order of
+  memory and store calls as one batch after the other, less waiting.
 - **Reason codes where they explain.** An alert carries the policy rules that fired on it (``known_fraud_30d``,
   ``large_amount``: :mod:`models.scorer`); TreeSHAP runs only for the alerts whose score crossed the review
   threshold, and their contributions follow the rules. A review forced by a rule alone carries the rule, no SHAP.
@@ -38,7 +42,7 @@ import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import polars as pl
@@ -86,6 +90,12 @@ class FeatureStore(Protocol):
     """What the pipeline needs of a feature store (Redis or its in-memory twin)."""
 
     def raw(self, txns: Sequence[Transaction]) -> StoreReply: ...
+
+    def begin(self, txns: Sequence[Transaction]) -> Any: ...
+
+    def end(self, flight: Any) -> StoreReply: ...
+
+    def cancel(self, flight: Any) -> None: ...
 
 
 _PACKED = struct.Struct("<Bd16s")
@@ -381,13 +391,25 @@ class _Rows:
         return rows
 
 
+@dataclass(frozen=True, slots=True)
+class _Ahead:
+    """The next batch, its memory read and its store call sent while the one before is decided."""
+
+    txns: Sequence[Transaction]
+    digests: list[str]
+    rows: _Rows
+    flight: Any
+
+
 class Pipeline:
-    """Features, score, decision, reason codes and outputs for one micro-batch (module docstring)."""
+    """Features, score, decision, reason codes and outputs for one micro-batch (module docstring). Not
+    thread-safe: one thread scores."""
 
     def __init__(self, store: FeatureStore, memory: DecisionMemory | InMemoryDecisionMemory, models: Models,
                  scoring: ScoringSettings, clock: Clock, *, breaker: Breaker | None = None) -> None:  # fmt: skip
         self.store, self.memory, self.models, self.scoring, self.clock = store, memory, models, scoring, clock
         self.breaker = breaker
+        self._ahead: _Ahead | None = None
 
     def _policy(self, scorer: Scorer) -> Policy:
         s = self.scoring
@@ -396,9 +418,9 @@ class Pipeline:
             return Policy(float(stored["review"]), float(stored["decline"]), s.rules)
         return Policy(s.review_threshold, s.decline_threshold, s.rules)
 
-    def _read(self, txns: Sequence[Transaction], digests: list[str]) -> tuple[_Rows, StoreReply]:
-        """The batch's rows sorted out against the decision memory, then the store applied to the rows kept and
-        read: one memory read and one store call, guarded by the breaker.
+    def _begin(self, txns: Sequence[Transaction], digests: list[str]) -> tuple[_Rows, Any]:
+        """The batch's rows sorted out against the decision memory, and the store call for the rows kept sent
+        (:meth:`_end` reads it), guarded by the breaker.
 
         Raises:
             StoreUnavailableError: Redis did not answer in time, or the breaker is open.
@@ -408,21 +430,71 @@ class Pipeline:
             raise StoreUnavailableError("circuit breaker open: Redis failed on the last calls")
         try:
             rows = _Rows.sort_out(txns, digests, self.memory.recall([t.txn_id for t in txns]))
-            reply = self.store.raw([txns[i] for i in rows.kept])
+            return rows, self.store.begin([txns[i] for i in rows.kept])
         except StoreUnavailableError:
             if breaker is not None:
                 breaker.failed()
             raise
-        if breaker is not None:
-            breaker.succeeded()
-        return rows, reply
+
+    def _end(self, flight: Any) -> StoreReply:
+        """The state a store call :meth:`_begin` sent read back, told to the breaker.
+
+        Raises:
+            StoreUnavailableError: Redis did not answer in time.
+        """
+        try:
+            reply = self.store.end(flight)
+        except StoreUnavailableError:
+            if self.breaker is not None:
+                self.breaker.failed()
+            raise
+        if self.breaker is not None:
+            self.breaker.succeeded()
+        return reply
+
+    def _read(self, txns: Sequence[Transaction]) -> tuple[list[str], _Rows, StoreReply]:
+        """The batch's digests, its rows sorted out against the memory and its state after the store applied the
+        rows kept: begun with the batch before (``then``) if it was, else now.
+
+        Raises:
+            StoreUnavailableError: Redis did not answer in time, or the breaker is open.
+        """
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead.txns is not txns:  # not the batch it was begun for: given up
+            self.store.cancel(ahead.flight)
+            ahead = None
+        if ahead is None:
+            digests = [digest(txn) for txn in txns]
+            rows, flight = self._begin(txns, digests)
+        else:
+            digests, rows, flight = ahead.digests, ahead.rows, ahead.flight
+        return digests, rows, self._end(flight)
+
+    def _begin_next(self, txns: Sequence[Transaction]) -> None:
+        """Read the memory for the next batch and send its store call (module docstring). If that fails, this
+        batch goes on: the next one tries again when it is scored, and meets the failure there (degraded, or scored
+        one by one), not this one."""
+        digests = [digest(txn) for txn in txns]
+        try:
+            rows, flight = self._begin(txns, digests)
+        except Exception:  # the next batch's failure, handled when it is scored
+            return
+        self._ahead = _Ahead(txns, digests, rows, flight)
+
+    def give_up_ahead(self) -> None:
+        """Give up the next batch's store call, if one was begun (at shutdown; it is sent again if scored)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            self.store.cancel(ahead.flight)
 
     def _latency_ms(self, received_at: Sequence[float]) -> NDArray[np.float64]:
         return np.maximum(0.0, (self.clock.monotonic() - np.asarray(received_at, dtype=np.float64)) * 1000)
 
-    def score(self, txns: Sequence[Transaction], received_at: Sequence[float]) -> Batch:
+    def score(self, txns: Sequence[Transaction], received_at: Sequence[float], *,
+              then: Sequence[Transaction] | None = None) -> Batch:  # fmt: skip
         """Decide every transaction of the batch (except the refused reused ids, :attr:`Batch.conflicts`).
-        ``received_at``: monotonic time each reached the worker."""
+        ``received_at``: monotonic time each reached the worker. ``then``: the batch that will be scored next,
+        whose store call is sent once this batch's state is read (module docstring)."""
         if not txns:
             return Batch()
         scorer = self.models.scorer
@@ -430,9 +502,8 @@ class Pipeline:
             raise RuntimeError("no model loaded: call Models.start() first")
         policy = self._policy(scorer)
         started = self.clock.monotonic()
-        digests = [digest(txn) for txn in txns]
         try:
-            rows, reply = self._read(txns, digests)
+            digests, rows, reply = self._read(txns)
         except StoreUnavailableError as error:
             log.warning("degraded batch of %d: %s", len(txns), error)
             return self._degraded(txns, received_at, policy, self.clock.monotonic() - started)
@@ -454,6 +525,8 @@ class Pipeline:
         except StoreUnavailableError as error:
             log.warning("decisions of a batch not remembered: %s", error)
             raced = {}
+        if then:  # its memory read after this batch's decisions are remembered, as if it came after
+            self._begin_next(then)
         dropped: set[int] = set()
         position = {i: k for k, i in enumerate(rows.kept)}
         for txn_id, earlier in raced.items():  # another worker decided the same id since the memory was read

@@ -18,8 +18,9 @@ For each :class:`streams.consumer.Records` batch, :meth:`Scoring.submit`:
 4. with ``scoring.shadow``, scores the batch with the challenger into the shadow log (failures counted, ignored).
 
 Two batches overlap (:data:`OVERLAP`): while the scoring thread waits for Redis, the interpreter validates the next
-batch. The store still applies batches in the order the partitions gave them (one scoring thread), and outputs
-leave in that order too.
+batch; and once it is validated, the scoring thread sends its store call while it builds the outputs of the batch
+before (:meth:`streams.pipeline.Pipeline.score`'s ``then``). The store still applies batches in the order the
+partitions gave them (one scoring thread), and outputs leave in that order too.
 
 The batch's :class:`streams.watermark.Ticket` is told each append's number and, from the delivery thread, when
 the broker acknowledged every message: the consumer commits its offsets only then. A crash before that redelivers
@@ -121,6 +122,7 @@ class Scoring:
         self.caps = scoring.amount_caps()
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="scoring")
         self._pending: deque[asyncio.Future[None]] = deque()
+        self._upcoming: deque[Validated] = deque()  # validated, not yet taken by the scoring thread
         self._failure: BaseException | None = None
 
     def start(self) -> None:
@@ -133,6 +135,7 @@ class Scoring:
     def close(self) -> None:
         """Write what the logs hold and stop their threads and the scoring thread."""
         self._thread.shutdown(wait=True, cancel_futures=True)
+        self.pipeline.give_up_ahead()
         for writer in self.logs.all():
             writer.close()
 
@@ -159,6 +162,7 @@ class Scoring:
         except BaseException:
             records.ticket.finish()
             raise
+        self._upcoming.append(valid)
         scored = asyncio.get_running_loop().run_in_executor(self._thread, self._score, records, valid)
         last = self._pending[-1] if self._pending else None
         self._pending.append(asyncio.ensure_future(self._produce(last, records, valid, scored)))
@@ -228,7 +232,10 @@ class Scoring:
         the partitions gave them): the model in force, then the batch scored — or, if it raises, each transaction
         alone. Returns what was decided, the scored batch (``None`` if it raised) and the records that still
         raised (with the error's name)."""
-        pipeline = self.pipeline
+        pipeline, upcoming = self.pipeline, self._upcoming
+        if upcoming and upcoming[0] is valid:
+            upcoming.popleft()
+        following = upcoming[0].txns if upcoming else None  # validated since: its store call overlaps this batch
         if pipeline.models.refresh():
             current = pipeline.models.scorer
             assert current is not None
@@ -239,7 +246,7 @@ class Scoring:
             if self.scoring.mode == "naive":  # fraudpipe bench's floor: one store call and one model call per event
                 batch = pipeline.score_one_by_one(valid.txns, received)
             else:
-                batch = pipeline.score(valid.txns, received)
+                batch = pipeline.score(valid.txns, received, then=following)
             return batch, batch, []
         except Exception:  # one bad event must not take the batch with it
             log.exception("batch failed; scoring its %d transactions one by one", len(valid.txns))

@@ -367,6 +367,31 @@ def test_a_stream_left_early_loses_nothing(store_client: redis.Redis, settings: 
     assert _dump(store_client, prefix) == _twin_dump(twin)
 
 
+def test_a_batch_begun_is_read_when_ended_and_given_up_loses_nothing(store_client: redis.Redis,
+                                                                     settings: Settings) -> None:  # fmt: skip
+    """begin/end: the reply raw gives, read after other work (another batch ended in between on its own
+    connection); a batch given up (cancel) may be applied with its reply unread: its connection goes back closed,
+    and delivered again it is read, not applied twice."""
+    prefix = settings.redis.key_prefix
+    txns = [_txn(i, 7 * i, i % 3, i % 2, 2.0 + i, {}) for i in range(30)]
+    batches = [txns[:10], txns[10:20], txns[20:]]
+    store = RedisFeatureStore(store_client, prefix, fold_after=2, place_fold_after=2, fold_group=1)
+    twin = InMemoryFeatureStore(prefix)
+    first = store.begin(batches[0])
+    assert store.end(first) == twin.raw(batches[0])
+    second = store.begin(batches[1])
+    assert store.end(store.begin([])).applied == []  # an empty batch holds no connection
+    assert store.end(second) == twin.raw(batches[1])
+    given_up = store.begin(batches[2])
+    store.cancel(given_up)
+    store.cancel(given_up)  # once is enough: nothing left to give up
+    released = store_client.connection_pool._available_connections[-1]  # type: ignore[attr-defined]
+    assert released._sock is None
+    again, expected = store.raw(batches[2]), twin.raw(batches[2])
+    assert again == expected or not any(again.applied)  # applied then or now, never twice
+    assert _dump(store_client, prefix) == _twin_dump(twin)
+
+
 def test_features_from_both_stores_are_identical(store_client: redis.Redis, settings: Settings) -> None:
     txns = [
         _txn(i, 13 * i, i % 2, i % 3, 10.0 + i, {"channel": "card_present", "lat": 48.0 + i / 10, "lon": 8.0})

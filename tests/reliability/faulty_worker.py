@@ -3,7 +3,7 @@
     FRAUDPIPE_FAULT_RAISE=<txn id>      feature code raises for any batch holding that transaction
     FRAUDPIPE_FAULT_SLOW=<txn id>:<s>   feature code sleeps <s> seconds on the batch holding that transaction
 
-The fault goes into :class:`features.store.RedisFeatureStore` (the feature code the worker calls per batch); the
+The fault goes into :meth:`features.store.RedisFeatureStore.begin` (the feature code the worker calls per batch); the
 worker is otherwise the real one, started through the real CLI.
 """
 
@@ -19,7 +19,7 @@ from features.store import RedisFeatureStore
 from fraudpipe.cli import main
 from fraudpipe.contracts import Transaction
 
-_raw = RedisFeatureStore.raw
+_begin = RedisFeatureStore.begin
 _raises = os.environ.get("FRAUDPIPE_FAULT_RAISE")
 _slow_id, _, _slow_s = os.environ.get("FRAUDPIPE_FAULT_SLOW", "").partition(":")
 
@@ -31,10 +31,10 @@ def _faulty(self: RedisFeatureStore, txns: Sequence[Transaction]) -> Any:
     if _slow_id and _slow_id in ids:
         print(f"injected: sleeping {_slow_s} s on {_slow_id}", file=sys.stderr, flush=True)
         time.sleep(float(_slow_s))
-    return _raw(self, txns)
+    return _begin(self, txns)
 
 
-RedisFeatureStore.raw = _faulty  # type: ignore[method-assign]
+RedisFeatureStore.begin = _faulty  # type: ignore[method-assign]  # raw calls it too
 
 if __name__ == "__main__":
     sys.argv = ["fraudpipe", "worker", *sys.argv[1:]]

@@ -104,8 +104,8 @@ def test_the_alias_is_followed_between_batches_and_a_broken_version_refused(tmp_
     assert pipeline.models.refresh(force=True) is False  # already serving it
 
 
-class _DownStore:
-    def raw(self, txns: Any) -> list[Any]:
+class _DownStore(InMemoryFeatureStore):
+    def raw(self, txns: Any) -> Any:
         raise StoreUnavailableError("Redis unavailable: test")
 
 
@@ -149,6 +149,76 @@ def test_within_a_batch_the_first_of_two_same_ids_wins(champion_dir: Path) -> No
     assert batch.decisions()[0].decision == batch.decisions()[1].decision
     assert batch.decisions()[0].score == batch.decisions()[1].score and batch.redelivered == 1
     assert batch.fresh == [0]
+
+
+class _CountingStore(InMemoryFeatureStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.applied: list[list[str]] = []  # the ids of each call, in the order the store applied them
+
+    def raw(self, txns: Any) -> Any:
+        self.applied.append([t.txn_id for t in txns])
+        return super().raw(txns)
+
+
+def _decided(batch: Batch) -> list[tuple[str, str, float | None]]:
+    return [(d.txn_id, d.decision, d.score) for d in batch.decisions()]
+
+
+def test_the_next_batch_begun_ahead_is_decided_as_if_scored_alone(champion_dir: Path) -> None:
+    txns = _txns(24)
+    first, second, third = txns[:8], txns[8:16], txns[16:]
+    alone = _pipeline(champion_dir)
+    expected = [_decided(alone.score(b, [0.0] * len(b))) for b in (first, second, third)]
+    store = _CountingStore()
+    ahead = _pipeline(champion_dir, store)
+    got = [_decided(ahead.score(first, [0.0] * 8, then=second)),
+           _decided(ahead.score(second, [0.0] * 8, then=third)),
+           _decided(ahead.score(third, [0.0] * 8))]  # fmt: skip
+    assert got == expected
+    assert store.applied == [[t.txn_id for t in b] for b in (first, second, third)]  # each batch sent once
+
+
+def test_a_batch_other_than_the_one_begun_gives_it_up(champion_dir: Path) -> None:
+    txns = _txns(16)
+    store = _CountingStore()
+    pipeline = _pipeline(champion_dir, store)
+    pipeline.score(txns[:8], [0.0] * 8, then=txns[8:])
+    single = pipeline.score(txns[8:9], [0.0])  # e.g. the batch scored one by one after an error
+    assert [d.txn_id for d in single.decisions()] == ["t-8"]
+    rest = pipeline.score(txns[8:], [0.0] * 8)  # begun again: applied once already, read, not applied twice
+    assert [d.txn_id for d in rest.decisions()] == [t.txn_id for t in txns[8:]]
+    assert len(store.applied) == 4 and store.applied[-1] == [t.txn_id for t in txns[8:]]
+
+
+def test_a_failure_in_the_next_batchs_store_call_is_met_by_that_batch(champion_dir: Path) -> None:
+    class Failing(InMemoryFeatureStore):
+        def raw(self, txns: Any) -> Any:
+            if any(t.txn_id == "t-9" for t in txns):
+                raise RuntimeError("a bug in feature code")
+            return super().raw(txns)
+
+    txns = _txns(16)
+    pipeline = _pipeline(champion_dir, Failing())
+    assert len(pipeline.score(txns[:8], [0.0] * 8, then=txns[8:]).decisions()) == 8  # this batch goes on
+    with pytest.raises(RuntimeError, match="a bug"):  # the worker then scores that batch one by one
+        pipeline.score(txns[8:], [0.0] * 8)
+
+
+def test_the_batch_begun_ahead_reads_the_memory_after_this_one_is_remembered(champion_dir: Path) -> None:
+    store = InMemoryFeatureStore()
+    pipeline = _pipeline(champion_dir, store)
+    small = factories.transaction(txn_id="t-reused", card_token="tok_a", amount=10.0, event_time=T0.isoformat())
+    again = [factories.transaction(txn_id="t-reused", card_token="tok_a", amount=10.0, event_time=T0.isoformat())]
+    first = pipeline.score([small], [0.0], then=again)
+    batch = pipeline.score(again, [0.0])
+    assert _decided(batch) == _decided(first) and batch.redelivered == 1  # the same content: the same decision
+    reused = [factories.transaction(txn_id="t-reused", card_token="tok_b", amount=999_999.0,
+                                    event_time=(T0 + timedelta(days=1)).isoformat())]  # fmt: skip
+    pipeline.score(_txns(1), [0.0], then=reused)
+    refused = pipeline.score(reused, [0.0])
+    assert refused.conflicts == reused and not refused.decisions()
+    assert not [key for key in store.values if "tok_b" in key]  # refused before its store call: no state
 
 
 def test_an_open_breaker_degrades_at_once_and_a_trial_closes_it(champion_dir: Path) -> None:
