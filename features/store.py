@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Any
@@ -188,19 +189,9 @@ class RedisFeatureStore:
         """
         if not txns:
             return InFlight(None, None)
-        try:
-            connection = self.client.connection_pool.get_connection()
-        except (RedisConnectionError, RedisTimeoutError) as error:
-            raise StoreUnavailableError(f"Redis unavailable: {error}") from None
-        flight = InFlight(connection, None)
-        try:
-            connection.check_health()  # type: ignore[no-untyped-call]  # here: sends skip it, a PING would misread
-            flight.sent = self._send(connection, txns)
-        except BaseException as error:
-            self.cancel(flight)
-            if isinstance(error, RedisConnectionError | RedisTimeoutError):
-                raise StoreUnavailableError(f"Redis unavailable: {error}") from None
-            raise
+        flight = InFlight(self._connection(), None)
+        with self._giving_up(flight):
+            flight.sent = self._send(flight.connection, txns)  # type: ignore[arg-type]  # just taken
         return flight
 
     def end(self, flight: InFlight) -> StoreReply:
@@ -212,13 +203,8 @@ class RedisFeatureStore:
         connection, sent = flight.connection, flight.sent
         if connection is None or sent is None:
             return StoreReply.from_rows([], [])
-        try:
+        with self._giving_up(flight):
             reply = self._receive(connection, deque([sent]))
-        except BaseException as error:
-            self.cancel(flight)
-            if isinstance(error, RedisConnectionError | RedisTimeoutError):
-                raise StoreUnavailableError(f"Redis unavailable: {error}") from None
-            raise
         flight.connection = None
         self.client.connection_pool.release(connection)
         return reply
@@ -230,6 +216,38 @@ class RedisFeatureStore:
             flight.connection = None
             connection.disconnect()  # type: ignore[no-untyped-call]
             self.client.connection_pool.release(connection)
+
+    @contextmanager
+    def _giving_up(self, flight: InFlight) -> Iterator[None]:
+        """Whatever the block raises gives ``flight`` up first (:meth:`cancel`); Redis' connection and timeout
+        errors are raised as :class:`StoreUnavailableError`."""
+        try:
+            yield
+        except BaseException as error:
+            self.cancel(flight)
+            if isinstance(error, RedisConnectionError | RedisTimeoutError):
+                raise StoreUnavailableError(f"Redis unavailable: {error}") from None
+            raise
+
+    def _connection(self) -> Connection:
+        """A connection of the pool, checked before anything is in flight on it (sends skip the health check: a
+        PING sent with a reply unread would misread).
+
+        Raises:
+            StoreUnavailableError: Redis did not answer within the budget.
+        """
+        pool = self.client.connection_pool
+        try:
+            connection = pool.get_connection()
+        except (RedisConnectionError, RedisTimeoutError) as error:
+            raise StoreUnavailableError(f"Redis unavailable: {error}") from None
+        try:
+            connection.check_health()  # type: ignore[no-untyped-call]
+        except (RedisConnectionError, RedisTimeoutError) as error:
+            connection.disconnect()  # type: ignore[no-untyped-call]
+            pool.release(connection)
+            raise StoreUnavailableError(f"Redis unavailable: {error}") from None
+        return connection
 
     def stream(self, batches: Iterable[Sequence[Transaction]]) -> Iterator[StoreReply]:
         """:meth:`raw` for each batch in turn, pipelined: batch k+1's transaction is sent before batch k's reply
@@ -245,13 +263,9 @@ class RedisFeatureStore:
             StoreUnavailableError: Redis did not answer within the budget.
         """
         pool = self.client.connection_pool
-        try:
-            connection = pool.get_connection()
-        except (RedisConnectionError, RedisTimeoutError) as error:
-            raise StoreUnavailableError(f"Redis unavailable: {error}") from None
+        connection = self._connection()
         in_flight: deque[_Sent] = deque()
         try:
-            connection.check_health()  # type: ignore[no-untyped-call]  # here: sends skip it, a PING would misread
             for txns in batches:
                 in_flight.append(self._send(connection, txns))
                 if len(in_flight) == 2:
