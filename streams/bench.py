@@ -18,9 +18,9 @@ agents, which scale apart. In order:
 - **Redis memory**, right after the max runs, per active card: the card's own keys (its feature state; ``MEMORY
   USAGE``, sampled), and all of Redis' growth since before the warm-up (``INFO memory``: markers, places, labels and
   the decision memory included), with the share of each key family;
-- **1k/s** and **half** — paced at 1,000/s and at half the measured maximum (``linger.ms`` 1), ``repeat`` times,
-  medians: latency between the broker's append times of input and decision; at 1,000/s also the decision-log
-  files the worker wrote per minute;
+- **1k/s** and **half** — paced at 1,000/s and at half the measured maximum (the replayer's ``linger.ms`` 5:
+  :data:`streams.bench_runs.PACED_LINGER_MS`), ``repeat`` times, medians: latency between the broker's append times
+  of input and decision; at 1,000/s also the decision-log files the worker wrote per minute;
 - **naive** — the worker in ``naive`` mode (one Redis call and one model call per event) at full speed: the floor;
 - **sweep** — one full-speed run of ``sweep_events`` (at most 1,000 batches) per batch size
   (``FRAUD_SCORING__BATCH_SIZE``; not repeated): decisions/s and p99 (workers' clock), drawn as a latency /
