@@ -383,6 +383,14 @@ class GovernanceSettings(_Section):
     """A segment's ratio to the reference segment outside [bound, 1 / bound] is flagged (the four-fifths rule)."""
     min_segment_decisions: Annotated[int, Field(ge=1)] = 200
     """Smaller segments are reported but never flagged: their rates are noise."""
+    gate_ratios: tuple[Literal["fpr", "recall"], ...] = ()
+    """Ratios the promotion gate holds a challenger to on the holdout (``fpr``: its false-positive-rate ratio;
+    ``recall``: equal opportunity): one outside [``disparity_bound``, 1 / bound] refuses it. Empty: reported on the
+    model card only."""
+    min_segment_frauds: Annotated[int, Field(ge=1)] = 30
+    """The gate judges a recall ratio only when both segments hold at least this many frauds."""
+    min_segment_false_positives: Annotated[int, Field(ge=1)] = 30
+    """The gate judges a false-positive-rate ratio only when both segments hold at least this many false positives."""
 
 
 class PathSettings(_Section):

@@ -12,13 +12,15 @@ score at or above the version's review threshold as an alert and the truth as kn
 Decisions are judged once their day has matured (:func:`models.monitor.matured_before`): the latest label known by
 ``as_of`` decides fraud or genuine, and an unlabelled decision is genuine. An *alert* is a review or a decline.
 
-Per segment value: decisions, alerts, frauds, true and false positives, alert rate, approval rate, false-positive
-rate (alerts among genuine payments), precision and recall of alerts, and AUC / AP of the scores when there are
-scores and both classes. Per segment column, one *reference* segment (the largest known one, or the one named) and
-each segment's ratios to it: alert rate, false-positive rate, recall (equal opportunity) and approval rate (the
-four-fifths rule). A ratio outside ``[bound, 1 / bound]`` is a *flag* when both the segment and the reference hold
-at least ``min_decisions`` decisions: smaller segments are reported, their rates being noise, but never flagged. A
-ratio is ``None`` when the reference's rate is 0 or either rate is undefined.
+Per segment value, measured by fairlearn's ``MetricFrame`` (alerts as predictions, frauds as the truth; fairlearn's
+selection rate, false-positive rate and true-positive rate, and the counts, precision and score metrics it lacks as
+small functions passed to it): decisions, alerts, frauds, true and false positives, alert rate, approval rate,
+false-positive rate (alerts among genuine payments), precision and recall of alerts, and AUC / AP of the scores when
+there are scores and both classes. Per segment column, one *reference* segment (the largest known one, or the one
+named) and each segment's ratios to it: alert rate, false-positive rate, recall (equal opportunity) and approval
+rate (the four-fifths rule). A ratio outside ``[bound, 1 / bound]`` is a *flag* when both the segment and the
+reference hold at least ``min_decisions`` decisions: smaller segments are reported, their rates being noise, but
+never flagged. A ratio is ``None`` when the reference's rate is 0 or either rate is undefined.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ __all__ = [
     "SegmentStats",
     "Segments",
     "card_segments",
+    "disparity_refusals",
     "fairness",
     "judged_decisions",
     "scored_fairness",
@@ -217,12 +220,15 @@ def fairness(judged: pl.DataFrame, segments: Segments, *, bound: float, min_deci
     each of ``segments.columns`` (see the module docstring); ``reference`` names a column's reference segment.
 
     Raises:
-        ValueError: ``judged`` lacks the key, ``bound`` is not in (0, 1], or a named reference segment is absent.
+        ValueError: ``judged`` is empty or lacks the key, ``bound`` is not in (0, 1], or a named reference segment
+            is absent.
     """
     if not 0.0 < bound <= 1.0:
         raise ValueError(f"the disparity bound must be in (0, 1]; got {bound}")
     if segments.key not in judged.columns:
         raise ValueError(f"the decisions have no column {segments.key!r} to find their segments by")
+    if judged.is_empty():
+        raise ValueError("no decisions to judge")
     keep = [name for name in ("alert", "fraud", "score") if name in judged.columns]
     rows = (
         judged.select(pl.col(segments.key).cast(pl.String), *keep)
@@ -230,17 +236,18 @@ def fairness(judged: pl.DataFrame, segments: Segments, *, bound: float, min_deci
         .with_columns(pl.col(name).fill_null(UNKNOWN) for name in segments.columns)
     )
     unmatched = rows.height - rows.join(segments.table, on=segments.key, how="semi").height
-    columns = [
-        _column(rows, name, (reference or {}).get(name), bound=bound, min_decisions=min_decisions)
-        for name in segments.columns
-    ]
-    return Fairness(_stats(rows, "all"), columns, bound, min_decisions, unmatched)
+    overall: SegmentStats | None = None
+    columns = []
+    for name in segments.columns:
+        everyone, stats = _by_segment(rows, name)
+        overall = overall or everyone
+        columns.append(_column(name, stats, (reference or {}).get(name), bound=bound, min_decisions=min_decisions))
+    assert overall is not None  # Segments has at least one column
+    return Fairness(overall, columns, bound, min_decisions, unmatched)
 
 
-def _column(rows: pl.DataFrame, column: str, reference: str | None, *, bound: float,
+def _column(column: str, stats: dict[str, SegmentStats], reference: str | None, *, bound: float,
             min_decisions: int) -> ColumnFairness:  # fmt: skip
-    parts = rows.partition_by(column, as_dict=True)
-    stats = {str(value): _stats(part, str(value)) for (value,), part in parts.items()}
     known = [s for s in stats.values() if s.value != UNKNOWN] or list(stats.values())
     if reference is None and known:
         reference = min(known, key=lambda s: (-s.decisions, s.value)).value
@@ -269,33 +276,85 @@ def _ratio(value: float | None, base: float | None) -> float | None:
     return None if value is None or base is None or base == 0 else value / base
 
 
-def _stats(rows: pl.DataFrame, value: str) -> SegmentStats:
-    alert = rows.get_column("alert").to_numpy().astype(bool)
-    fraud = rows.get_column("fraud").to_numpy().astype(bool)
-    n, alerts, frauds = len(alert), int(alert.sum()), int(fraud.sum())
-    tp, fp = int((alert & fraud).sum()), int((alert & ~fraud).sum())
-    auc = ap = None
+def _by_segment(rows: pl.DataFrame, column: str) -> tuple[SegmentStats, dict[str, SegmentStats]]:
+    """Every row's numbers and each ``column`` segment's, measured by fairlearn's ``MetricFrame`` (alerts as the
+    predictions, frauds as the truth; the scores', where there are, in a second frame on the scored rows)."""
+    from fairlearn.metrics import MetricFrame  # pandas with it: never imported by the worker
+
+    alert_metrics, score_metrics = _metrics()
+    truth = rows.get_column("fraud").to_numpy().astype(bool)
+    alerts = MetricFrame(metrics=alert_metrics, y_true=truth, y_pred=rows.get_column("alert").to_numpy().astype(bool),
+                         sensitive_features=rows.get_column(column).to_numpy())  # fmt: skip
+    overall, by_group = _stats("all", alerts.overall.to_dict()), {}
+    for value, measured in alerts.by_group.iterrows():
+        by_group[str(value)] = _stats(str(value), measured.to_dict())
     if "score" in rows.columns:
         scored = rows.filter(pl.col("score").is_not_null())
-        truth = scored.get_column("fraud").cast(pl.Int8).to_numpy()
-        if 0 < truth.sum() < len(truth):
-            scores = scored.get_column("score").to_numpy().astype(np.float64)
-            auc, ap = roc_auc(truth, scores), average_precision(truth, scores)
+        if scored.height:
+            ranks = MetricFrame(metrics=score_metrics, y_true=scored.get_column("fraud").to_numpy().astype(int),
+                                y_pred=scored.get_column("score").to_numpy().astype(np.float64),
+                                sensitive_features=scored.get_column(column).to_numpy())  # fmt: skip
+            overall = _replace(overall, **_defined(ranks.overall.to_dict()))
+            for value, measured in ranks.by_group.iterrows():
+                by_group[str(value)] = _replace(by_group[str(value)], **_defined(measured.to_dict()))
+    return overall, by_group
+
+
+def _stats(value: str, measured: Mapping[str, float]) -> SegmentStats:
+    """A segment's :class:`SegmentStats` from what fairlearn measured: counts as integers, and each rate ``None``
+    where it is undefined (fairlearn reports 0 for a false-positive rate without genuine payments, a recall
+    without frauds)."""
+    n, alerts, frauds = int(measured["decisions"]), int(measured["alerts"]), int(measured["frauds"])
     return SegmentStats(
         value=value,
         decisions=n,
         alerts=alerts,
         frauds=frauds,
-        true_positives=tp,
-        false_positives=fp,
-        alert_rate=alerts / n if n else 0.0,
-        approval_rate=(n - alerts) / n if n else 0.0,
-        fpr=fp / (n - frauds) if n > frauds else None,
-        precision=tp / alerts if alerts else None,
-        recall=tp / frauds if frauds else None,
-        auc=auc,
-        ap=ap,
+        true_positives=int(measured["true_positives"]),
+        false_positives=int(measured["false_positives"]),
+        alert_rate=float(measured["alert_rate"]) if n else 0.0,
+        approval_rate=1.0 - float(measured["alert_rate"]) if n else 0.0,
+        fpr=float(measured["fpr"]) if n > frauds else None,
+        precision=float(measured["precision"]) if alerts else None,
+        recall=float(measured["recall"]) if frauds else None,
     )
+
+
+def _defined(measured: Mapping[str, float]) -> dict[str, float | None]:
+    return {name: None if np.isnan(v) else float(v) for name, v in measured.items()}
+
+
+def _metrics() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The metrics of the two frames: fairlearn's rates, and the counts and score metrics it does not have."""
+    from fairlearn.metrics import count, false_positive_rate, selection_rate, true_positive_rate
+    from sklearn.metrics import precision_score
+
+    def positives(truth: Any, alert: Any) -> int:
+        return int(np.asarray(alert, dtype=bool).sum())
+
+    def frauds(truth: Any, alert: Any) -> int:
+        return int(np.asarray(truth, dtype=bool).sum())
+
+    def true_positives(truth: Any, alert: Any) -> int:
+        return int((np.asarray(truth, dtype=bool) & np.asarray(alert, dtype=bool)).sum())
+
+    def false_positives(truth: Any, alert: Any) -> int:
+        return int((~np.asarray(truth, dtype=bool) & np.asarray(alert, dtype=bool)).sum())
+
+    def precision(truth: Any, alert: Any) -> float:
+        return float(precision_score(truth, alert, zero_division=0.0))
+
+    def both_classes(metric: Any) -> Any:
+        def measure(truth: Any, scores: Any) -> float:
+            truth = np.asarray(truth)
+            return metric(truth, scores) if 0 < truth.sum() < len(truth) else float("nan")
+
+        return measure
+
+    alert_metrics = {"decisions": count, "alerts": positives, "frauds": frauds, "true_positives": true_positives,
+                     "false_positives": false_positives, "alert_rate": selection_rate, "fpr": false_positive_rate,
+                     "precision": precision, "recall": true_positive_rate}  # fmt: skip
+    return alert_metrics, {"auc": both_classes(roc_auc), "ap": both_classes(average_precision)}
 
 
 def scored_fairness(rows: pl.DataFrame, thresholds: Mapping[str, Any], segments: Segments, *, bound: float,
@@ -314,3 +373,35 @@ def card_segments(rows: pl.DataFrame, thresholds: Mapping[str, Any], segments: S
     ``window`` the rows are from, the segments' ``source`` and ``key``): the registry's ``segment_metrics``."""
     judged = scored_fairness(rows, thresholds, segments, bound=bound, min_decisions=min_decisions)
     return {"window": window, "source": segments.source, "key": segments.key, **judged.to_dict()}
+
+
+_GATE_COUNTS = {"fpr": ("false_positives", "false positives"), "recall": ("frauds", "frauds")}
+"""What a gated ratio's two rates are counted in: a false-positive rate in false positives, a recall in frauds."""
+
+
+def disparity_refusals(card: Mapping[str, Any], ratios: Sequence[str], *, min_frauds: int,
+                       min_false_positives: int) -> list[str]:  # fmt: skip
+    """Why a challenger's segment metrics (:func:`card_segments` on the holdout) refuse it: each of ``ratios``
+    (``fpr``, ``recall``) outside the card's band for a segment where both it and the reference are large enough
+    to judge — at least ``min_false_positives`` false positives for an FPR ratio, ``min_frauds`` frauds for a recall
+    ratio (a rate made of a handful of events is noise), and a flaggable segment (``min_decisions``, not
+    ``(unknown)``). Empty: none does."""
+    low, high = card["band"]
+    least = {"fpr": min_false_positives, "recall": min_frauds}
+    refusals = []
+    for column in card["columns"]:
+        ref = next(s for s in column["segments"] if s["reference"])
+        for segment in column["segments"]:
+            if segment["reference"] or not segment["flaggable"]:
+                continue
+            for metric in ratios:
+                counted, noun = _GATE_COUNTS[metric]
+                ratio = (segment["ratios"] or {}).get(metric)
+                if ratio is None or min(segment[counted], ref[counted]) < least[metric] or low <= ratio <= high:
+                    continue
+                refusals.append(
+                    f"fairness: {column['column']}={segment['value']} {RATIOS[metric]} {ratio:.3f} to "
+                    f"{ref['value']} outside [{low:.2f}, {high:.2f}] on the holdout ({segment[counted]} against "
+                    f"{ref[counted]} {noun})"
+                )
+    return refusals

@@ -21,7 +21,10 @@ its own thresholds. The champion is re-scored on the holdout's served features, 
 rows.
 
 Given a segment table (``segments``), the challenger's model card shows its metrics and fairness per segment on the
-holdout (:func:`models.fairness.card_segments`, bounds from ``governance``).
+holdout (:func:`models.fairness.card_segments`, bounds from ``governance``), and with ``governance.gate_ratios`` the
+gate also refuses a challenger whose false-positive-rate (or recall) ratio to the reference segment leaves the
+bound for a segment large enough to judge (:func:`models.fairness.disparity_refusals`) — with a champion or
+without one.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from models.cost import cheapest_thresholds, judged, policy_figures
 from models.dataset import fingerprint
 from models.drift import psi
 from models.evaluation import measure
-from models.fairness import Segments, card_segments
+from models.fairness import Segments, card_segments, disparity_refusals
 from models.monitor import latest_decisions, latest_labels, matured_before
 from models.protocol import window_of
 from models.reference import reference
@@ -244,6 +247,13 @@ def retrain(decisions: pl.DataFrame, labels: pl.DataFrame, registry: Registry, *
         segment_metrics = card_segments(holdout.with_columns(score=pl.Series(scores)), thresholds, segments,
                                         window="holdout", bound=bounds.disparity_bound,
                                         min_decisions=bounds.min_segment_decisions)  # fmt: skip
+        if bounds.gate_ratios:
+            outcome.refusals += disparity_refusals(
+                segment_metrics,
+                bounds.gate_ratios,
+                min_frauds=bounds.min_segment_frauds,
+                min_false_positives=bounds.min_segment_false_positives,
+            )
     manifest = registry.register(fitted.booster, fields, segment_metrics=segment_metrics)
     outcome.challenger = manifest.version
     registry.promote(manifest.version, alias="challenger", by=by, why="retrained challenger")

@@ -2,7 +2,10 @@
 
 import sys
 
-from streams.app import app, settings, web_flags
+from streams import without_pandas
+
+without_pandas()  # before LightGBM is imported
+from streams.app import app, settings, web_flags  # noqa: E402
 
 if __name__ == "__main__":
     settings.paths.data_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level

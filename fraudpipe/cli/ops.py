@@ -100,6 +100,9 @@ def config_env_example() -> None:
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def worker(ctx: typer.Context) -> None:
     """Run a stream worker (Faust). Extra arguments go to Faust's worker command, e.g. ``-l info``."""
+    from streams import without_pandas
+
+    without_pandas()  # before LightGBM is imported
     from prometheus_client import start_http_server
 
     from models.registry import Registry, RegistryError

@@ -3,6 +3,7 @@ segment when segments are at hand; ``fraudpipe model card`` shows it, or renders
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -123,6 +124,35 @@ def test_retrain_cards_its_challenger_per_segment_on_the_holdout(served_sim: Pat
     assert "On the holdout window" in card and "### home_country (reference" in card
     rows = _section(card, "### age_band")
     assert sum(_number(row[1]) for row in rows[1:]) == holdout["transactions"]
+
+
+def test_the_gate_refuses_a_challenger_whose_disparity_leaves_the_bound(
+    served_sim: Path, trained_sim: Path, small_sim: Path, tmp_path: Path
+) -> None:
+    """With the gate on false-positive-rate and recall ratios and a band as narrow as [0.99, 1.01], the challenger's
+    segments on the holdout refuse it: exit code 4, each reason in the verdict; the same run without the gate has no
+    fairness reason."""
+    runs = {}
+    for name, gate in (("gated", '["fpr", "recall"]'), ("open", "[]")):
+        models = tmp_path / name / "models"
+        shutil.copytree(trained_sim, models)
+        result = run_cli(
+            "retrain", "--json", str(tmp_path / f"{name}.json"), cwd=tmp_path, FRAUD_PATHS__MODELS_DIR=str(models),
+            FRAUD_PATHS__DATA_DIR=str(served_sim), FRAUD_GOVERNANCE__SEGMENTS_PATH=str(small_sim / "customers.parquet"),
+            FRAUD_GOVERNANCE__GATE_RATIOS=gate, FRAUD_GOVERNANCE__DISPARITY_BOUND="0.99",
+            FRAUD_GOVERNANCE__MIN_SEGMENT_DECISIONS="50", FRAUD_GOVERNANCE__MIN_SEGMENT_FRAUDS="1",
+            FRAUD_GOVERNANCE__MIN_SEGMENT_FALSE_POSITIVES="1", FRAUD_MONITOR__MATURITY_DAYS="3",
+            FRAUD_RETRAIN__TRAIN_DAYS="7", FRAUD_RETRAIN__VALID_DAYS="3", FRAUD_RETRAIN__HOLDOUT_DAYS="4",
+            FRAUD_RETRAIN__MIN_ROWS="2000", FRAUD_TRAINING__ROUNDS=str(FAST.rounds),
+            FRAUD_TRAINING__MIN_DATA_IN_LEAF=str(FAST.min_data_in_leaf), FRAUD_KAFKA__BOOTSTRAP_SERVERS="127.0.0.1:1",
+        )  # fmt: skip
+        runs[name] = (result, json.loads((tmp_path / f"{name}.json").read_text()))
+    result, gated = runs["gated"]
+    fairness = [r for r in gated["refusals"] if r.startswith("fairness: ")]
+    assert result.returncode == 4 and fairness and not gated["promoted"], result.stdout + result.stderr
+    assert "outside [0.99, 1.01] on the holdout" in fairness[0] and fairness[0] in result.stdout
+    assert Registry(tmp_path / "gated" / "models").aliases()["champion"] == "v0001"
+    assert not [r for r in runs["open"][1]["refusals"] if r.startswith("fairness: ")]
 
 
 def test_a_card_says_when_no_segment_data_was_supplied(tmp_path: Path) -> None:
