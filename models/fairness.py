@@ -45,7 +45,7 @@ __all__ = [
     "SegmentStats",
     "Segments",
     "card_segments",
-    "disparity_refusals",
+    "disparity_breaches",
     "fairness",
     "judged_decisions",
     "scored_fairness",
@@ -379,13 +379,14 @@ _GATE_COUNTS = {"fpr": ("false_positives", "false positives"), "recall": ("fraud
 """What a gated ratio's two rates are counted in: a false-positive rate in false positives, a recall in frauds."""
 
 
-def disparity_refusals(card: Mapping[str, Any], ratios: Sequence[str], *, min_frauds: int,
-                       min_false_positives: int) -> list[str]:  # fmt: skip
-    """Why a challenger's segment metrics (:func:`card_segments` on the holdout) refuse it: each of ``ratios``
-    (``fpr``, ``recall``) outside the card's band for a segment where both it and the reference are large enough
-    to judge — at least ``min_false_positives`` false positives for an FPR ratio, ``min_frauds`` frauds for a recall
+def disparity_breaches(card: Mapping[str, Any], ratios: Sequence[str], *, min_frauds: int, min_false_positives: int,
+                       where: str = "on the holdout") -> list[str]:  # fmt: skip
+    """Each of ``ratios`` (``fpr``, ``recall``) of ``card`` (:meth:`Fairness.to_dict`, e.g. :func:`card_segments`
+    on a challenger's holdout) outside its band, for a segment where both it and the reference are large enough to
+    judge — at least ``min_false_positives`` false positives for an FPR ratio, ``min_frauds`` frauds for a recall
     ratio (a rate made of a handful of events is noise), and a flaggable segment (``min_decisions``, not
-    ``(unknown)``). Empty: none does."""
+    ``(unknown)``): one line each, saying ``where``. The retraining gate refuses a challenger for them; the monitor
+    counts them. Empty: none."""
     low, high = card["band"]
     least = {"fpr": min_false_positives, "recall": min_frauds}
     refusals = []
@@ -401,7 +402,7 @@ def disparity_refusals(card: Mapping[str, Any], ratios: Sequence[str], *, min_fr
                     continue
                 refusals.append(
                     f"fairness: {column['column']}={segment['value']} {RATIOS[metric]} {ratio:.3f} to "
-                    f"{ref['value']} outside [{low:.2f}, {high:.2f}] on the holdout ({segment[counted]} against "
+                    f"{ref['value']} outside [{low:.2f}, {high:.2f}] {where} ({segment[counted]} against "
                     f"{ref[counted]} {noun})"
                 )
     return refusals

@@ -23,7 +23,7 @@ rows.
 Given a segment table (``segments``), the challenger's model card shows its metrics and fairness per segment on the
 holdout (:func:`models.fairness.card_segments`, bounds from ``governance``), and with ``governance.gate_ratios`` the
 gate also refuses a challenger whose false-positive-rate (or recall) ratio to the reference segment leaves the
-bound for a segment large enough to judge (:func:`models.fairness.disparity_refusals`) — with a champion or
+bound for a segment large enough to judge (:func:`models.fairness.disparity_breaches`) — with a champion or
 without one.
 """
 
@@ -42,7 +42,7 @@ from models.cost import cheapest_thresholds, judged, policy_figures
 from models.dataset import fingerprint
 from models.drift import psi
 from models.evaluation import measure
-from models.fairness import Segments, card_segments, disparity_refusals
+from models.fairness import Segments, card_segments, disparity_breaches
 from models.monitor import latest_decisions, latest_labels, matured_before
 from models.protocol import window_of
 from models.reference import reference
@@ -248,7 +248,7 @@ def retrain(decisions: pl.DataFrame, labels: pl.DataFrame, registry: Registry, *
                                         window="holdout", bound=bounds.disparity_bound,
                                         min_decisions=bounds.min_segment_decisions)  # fmt: skip
         if bounds.gate_ratios:
-            outcome.refusals += disparity_refusals(
+            outcome.refusals += disparity_breaches(
                 segment_metrics,
                 bounds.gate_ratios,
                 min_frauds=bounds.min_segment_frauds,

@@ -200,7 +200,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None, metrics_urls: 
                                                           or default_metrics_urls(settings))  # fmt: skip
     sources: list[MetricSource] = [ProcessSource(REGISTRY), *(HttpSource(url) for url in urls)]
     feed = RedisAlertFeed(client, settings.sinks.redis_stream_key)
-    mount(app, Dashboard(feed, sources, first.models.registry, settings.monitor, clock, serving),
+    mount(app, Dashboard(feed, sources, first.models.registry, settings.monitor, clock, serving,
+                         disparity_bound=settings.governance.disparity_bound),
           reports=settings.paths.data_dir / "reports", keys=keys)  # fmt: skip
     return app
 

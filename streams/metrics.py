@@ -71,5 +71,14 @@ DRIFT_PSI = Gauge("fraudpipe_drift_psi", "PSI of a served feature or the score o
                   ["model_version", "column"])  # fmt: skip
 DRIFT_BREACHES = Gauge("fraudpipe_drift_breaches", "Judged columns past the PSI breach bound over the drift window",
                        ["model_version"])  # fmt: skip
+SEGMENT_FPR_RATIO = Gauge("fraudpipe_segment_fpr_ratio", "False-positive-rate ratio of a customer segment's matured "
+                          "decisions to its column's reference segment (fraudpipe monitor, governance.segments_path)",
+                          ["column", "segment"])  # fmt: skip
+FAIRNESS_BREACHES = Gauge(
+    "fraudpipe_fairness_breaches",
+    "Segments of a column whose false-positive-rate ratio of matured decisions is outside the disparity bound, among "
+    "those large enough to judge (models.fairness); no sample: fairness not watched",
+    ["column"],
+)
 SHADOW_SCORED = Counter("fraudpipe_shadow_scored", "Transactions the challenger scored in shadow")
 SHADOW_FAILURES = Counter("fraudpipe_shadow_failures", "Shadow batches that failed (ignored: decisions unaffected)")

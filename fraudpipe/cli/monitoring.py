@@ -22,6 +22,7 @@ from fraudpipe.cli._common import (
     _fmt,
     _latest,
     _registry,
+    _segment_file,
     _served_logs,
     _settings,
     _training,
@@ -161,6 +162,46 @@ def _retrain_once(settings: Settings, as_of_text: str | None, only_on_breach: bo
     refusals = "; ".join(outcome.refusals)
     out.print(f"kept champion {outcome.champion}; challenger {outcome.challenger} refused: {refusals}", highlight=False)
     return 4
+
+
+def _watch_fairness(settings: Settings, decisions: Any, labels: Any, as_of: datetime, out: Console) -> None:
+    """With ``governance.segments_path``: each segment's false-positive-rate ratio to its reference over the matured
+    decisions read, printed and exported as gauges, with the number of ratios outside the bound among segments large
+    enough to judge (:func:`models.fairness.disparity_breaches`)."""
+    from models.fairness import disparity_breaches, fairness, judged_decisions, segments_of
+    from streams import metrics
+
+    g = settings.governance
+    metrics.SEGMENT_FPR_RATIO.clear()  # only this pass's segments: what the dashboard and Grafana draw
+    metrics.FAIRNESS_BREACHES.clear()  # not watched (yet): no figure rather than a reassuring 0
+    if g.segments_path is None:
+        return
+    judged = judged_decisions(decisions, labels, as_of=as_of, maturity=timedelta(days=settings.monitor.maturity_days))
+    if judged.is_empty():
+        out.print("fairness: no matured decision yet", highlight=False)
+        return
+    try:
+        segments = segments_of(_segment_file(g.segments_path), g.segment_key, g.segment_columns)
+        card = fairness(judged, segments, bound=g.disparity_bound, min_decisions=g.min_segment_decisions).to_dict()
+    except (CliError, ValueError) as error:
+        out.print(f"[yellow]fairness not watched[/]: {g.segments_path}: {error}", highlight=False)
+        return
+    breaches, ratios = [], []
+    for column in card["columns"]:
+        found = disparity_breaches(card | {"columns": [column]}, ["fpr"], min_frauds=g.min_segment_frauds,
+                                   min_false_positives=g.min_segment_false_positives,
+                                   where=f"over {judged.height:,} matured decisions")  # fmt: skip
+        metrics.FAIRNESS_BREACHES.labels(column["column"]).set(len(found))
+        breaches += found
+        for segment in column["segments"]:
+            if (ratio := segment["ratios"]["fpr"]) is not None:
+                metrics.SEGMENT_FPR_RATIO.labels(column["column"], segment["value"]).set(ratio)
+                ratios.append(f"{column['column']}={segment['value']} {ratio:.2f}")
+    out.print(f"fairness of {judged.height:,} matured decisions, false-positive-rate ratio to the reference "
+              f"segment: {', '.join(ratios) or 'none measurable'}; {len(breaches)} outside the bound",
+              highlight=False)  # fmt: skip
+    for breach in breaches:
+        out.print(f"[yellow]warning[/]: {breach}", highlight=False)
 
 
 def _auto_rollback(settings: Settings, registry: Any, quality: Any, out: Console) -> None:
@@ -326,6 +367,7 @@ def _monitor_once(settings: Settings, as_of_text: str | None, days: int, json_ou
         metrics.DRIFT_BREACHES.labels(window.model_version).set(len(window.breaches))
         for drift in columns:
             metrics.DRIFT_PSI.labels(window.model_version, drift.name).set(drift.psi)
+    _watch_fairness(settings, decisions, labels, as_of, out)
     if cfg.rollback_margin_ap is not None:
         _auto_rollback(settings, registry, quality, out)
     matured = quality.filter(pl.col("matured")) if not quality.is_empty() else quality

@@ -295,6 +295,22 @@
     $("drift").replaceChildren(...blocks);
   }
 
+  function drawFairness(summary) {
+    const fairness = summary.fairness;
+    const [low, high] = fairness.band;
+    const max = Math.max(high * 1.5, ...fairness.segments.map((s) => s.fpr_ratio));
+    const columns = [...new Set(fairness.segments.map((s) => s.column))];
+    const blocks = columns.map((column) => el("div", "", el("h3", "", column),
+      el("div", "bars", ...fairness.segments.filter((s) => s.column === column)
+        .map((s) => bar(s.segment, s.fpr_ratio, max, s.level, num(s.fpr_ratio, 2))))));
+    const breaches = fairness.breaches === null ? "not watched" : `${fairness.breaches} outside the bound`;
+    blocks.unshift(el("p", "muted", `${breaches} · band ${num(low, 2)} – ${num(high, 2)} (segments large enough to judge)`));
+    if (!fairness.segments.length) {
+      blocks.push(el("p", "muted", "No fairness gauges: `fraudpipe monitor --every 60` with FRAUD_GOVERNANCE__SEGMENTS_PATH exports them."));
+    }
+    $("fairness").replaceChildren(...blocks);
+  }
+
   function drawModel(model) {
     const champion = model.champion;
     $("champion-version").textContent = champion ? champion.version : "none";
@@ -338,6 +354,7 @@
       drawDeadLetters(summary);
       drawMoney(summary);
       drawDrift(summary);
+      drawFairness(summary);
       drawSources(summary);
       report("summary", null);
     } catch (problem) {

@@ -52,6 +52,10 @@ class Snapshot:
     """(version, model SHA-256) each worker says it serves, sorted, without repeats."""
     quality: Mapping[tuple[str, str], float] = field(default_factory=dict)
     """(model version, metric) -> the monitor's quality and money of the latest matured day."""
+    fpr_ratios: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    """(segment column, segment) -> its matured decisions' false-positive-rate ratio to the column's reference."""
+    fairness_breaches: Mapping[str, float] = field(default_factory=dict)
+    """Segment column -> its segments whose FPR ratio is outside the disparity bound (empty: not watched)."""
 
 
 def _add(into: dict[K, float], key: K, value: float) -> None:
@@ -73,6 +77,8 @@ def parse(text: str) -> Snapshot:
     breaches: dict[str, float] = {}
     models: set[tuple[str, str]] = set()
     quality: dict[tuple[str, str], float] = {}
+    ratios: dict[tuple[str, str], float] = {}
+    fairness: dict[str, float] = {}
     degraded = count = total = 0.0
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -99,6 +105,10 @@ def parse(text: str) -> Snapshot:
                 breaches[labels.get("model_version", "?")] = value
             elif name == "fraudpipe_live_quality":
                 quality[(labels.get("model_version", "?"), labels.get("metric", "?"))] = value
+            elif name == "fraudpipe_segment_fpr_ratio":
+                ratios[(labels.get("column", "?"), labels.get("segment", "?"))] = value
+            elif name == "fraudpipe_fairness_breaches":
+                fairness[labels.get("column", "?")] = value
             elif name == "fraudpipe_model_info" and "version" in labels:
                 models.add((labels["version"], labels.get("sha256", "")))
     return Snapshot(
@@ -113,6 +123,8 @@ def parse(text: str) -> Snapshot:
         drift_breaches=breaches,
         models=tuple(sorted(models)),
         quality=quality,
+        fpr_ratios=ratios,
+        fairness_breaches=fairness,
     )
 
 
@@ -125,16 +137,20 @@ def _summed(maps: Iterable[Mapping[K, float]]) -> dict[K, float]:
 
 
 def combine(snapshots: Iterable[Snapshot]) -> Snapshot:
-    """One snapshot of several processes: counts and histograms summed, drift and quality gauges and models
-    merged."""
+    """One snapshot of several processes: counts and histograms summed, drift, quality and fairness gauges and
+    models merged."""
     parts = list(snapshots)
     psi: dict[tuple[str, str], float] = {}
     breaches: dict[str, float] = {}
     quality: dict[tuple[str, str], float] = {}
+    ratios: dict[tuple[str, str], float] = {}
+    fairness: dict[str, float] = {}
     for part in parts:
         psi.update(part.drift_psi)
         breaches.update(part.drift_breaches)
         quality.update(part.quality)
+        ratios.update(part.fpr_ratios)
+        fairness.update(part.fairness_breaches)
     return Snapshot(
         decisions=_summed(p.decisions for p in parts),
         degraded=sum(p.degraded for p in parts),
@@ -147,6 +163,8 @@ def combine(snapshots: Iterable[Snapshot]) -> Snapshot:
         drift_breaches=breaches,
         models=tuple(sorted({m for p in parts for m in p.models})),
         quality=quality,
+        fpr_ratios=ratios,
+        fairness_breaches=fairness,
     )
 
 

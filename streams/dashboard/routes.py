@@ -80,13 +80,16 @@ class Dashboard:
         monitor: drift bounds (PSI moderate and breach).
         clock: "now" for chart points.
         serving: the (version, SHA-256) this process serves, if any.
+        disparity_bound: a segment's false-positive-rate ratio outside [bound, 1 / bound] is drawn as a breach.
     """
 
     def __init__(self, feed: AlertFeed, sources: Sequence[MetricSource], registry: Registry,
                  monitor: MonitorSettings, clock: Clock,
-                 serving: Callable[[], tuple[str, str] | None] = lambda: None) -> None:  # fmt: skip
+                 serving: Callable[[], tuple[str, str] | None] = lambda: None, *,
+                 disparity_bound: float = 0.8) -> None:  # fmt: skip
         self.feed, self.sources, self.registry = feed, list(sources), registry
         self.monitor, self.clock, self.serving = monitor, clock, serving
+        self.disparity_bound = disparity_bound
         self.series = Series()
 
     def alerts(self, after: str | None, limit: int) -> dict[str, Any]:
@@ -122,7 +125,7 @@ class Dashboard:
             "now": now.isoformat(),
             "model": model,
             "sources": sources,
-            **_metrics_view(total, self.series, self.monitor),
+            **_metrics_view(total, self.series, self.monitor, self.disparity_bound),
             "notes": _notes(sources, total),
         }
 
@@ -170,8 +173,8 @@ def _scrape(source: MetricSource) -> tuple[str, Snapshot | None, str | None]:
         return source.name, None, f"{source.name}: not Prometheus text ({str(error)[:200]})"
 
 
-def _metrics_view(total: Snapshot, series: Series, monitor: MonitorSettings) -> dict[str, Any]:
-    """decisions, dead letters, charts and drift as the page draws them."""
+def _metrics_view(total: Snapshot, series: Series, monitor: MonitorSettings, bound: float) -> dict[str, Any]:
+    """decisions, dead letters, charts, drift and fairness as the page draws them."""
     outcomes = [*OUTCOMES, *sorted(set(total.decisions) - set(OUTCOMES))]
     drift: list[dict[str, Any]] = []
     for version in sorted({version for version, _ in total.drift_psi}):
@@ -195,6 +198,19 @@ def _metrics_view(total: Snapshot, series: Series, monitor: MonitorSettings) -> 
         "sink_dead_letters": [{"sink": s, "count": int(n)} for s, n in sorted(total.sink_dead_letters.items())],
         "drift": drift,
         "psi_bounds": {"moderate": monitor.psi_moderate, "breach": monitor.psi_breach},
+        "fairness": {
+            "breaches": int(sum(total.fairness_breaches.values())) if total.fairness_breaches else None,
+            "band": [bound, 1 / bound],
+            "segments": [
+                {
+                    "column": column,
+                    "segment": segment,
+                    "fpr_ratio": ratio,
+                    "level": "stable" if bound <= ratio <= 1 / bound else "breach",
+                }
+                for (column, segment), ratio in sorted(total.fpr_ratios.items())
+            ],
+        },
         "money": [
             {"version": version, **{metric: value for (v, metric), value in total.quality.items() if v == version}}
             for version in sorted({version for version, _ in total.quality})

@@ -196,6 +196,7 @@ def test_the_dashboard_shows_live_alerts_and_the_pipeline(
         assert "promote" in page.inner_text("#history")
         page.wait_for_selector("#drift .bar", timeout=60_000)  # PSI per served feature, from the monitor's gauges
         assert "amount" in page.inner_text("#drift") and "not answering" not in page.inner_text("#notes")
+        assert "not watched" in page.inner_text("#fairness")  # no segment table for the monitor here
         assert factories.VISA_TEST_PAN not in page.content()
 
         drift_shown = time.monotonic()

@@ -14,7 +14,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from fraudpipe.logstore import DayLog
-from models.fairness import UNKNOWN, disparity_refusals, fairness, judged_decisions, segments_of
+from models.fairness import UNKNOWN, disparity_breaches, fairness, judged_decisions, segments_of
 from models.fairness_report import render_fairness
 from tests.model.conftest import SERVED_FROM, run_cli
 
@@ -144,16 +144,16 @@ def test_the_gate_judges_a_ratio_only_on_segments_with_enough_events_to_judge(ju
     0 false positives (never judged: a rate of nothing); the reference and small segments are never refused."""
     segments = segments_of(hand_made()[2], "card_token", ["region"])
     card = fairness(judged, segments, bound=0.8, min_decisions=5).to_dict()
-    refused = disparity_refusals(card, ["fpr", "recall"], min_frauds=2, min_false_positives=1)
+    refused = disparity_breaches(card, ["fpr", "recall"], min_frauds=2, min_false_positives=1)
     assert refused == ["fairness: region=south recall ratio (equal opportunity) 0.500 to north outside [0.80, 1.25] "
                        "on the holdout (2 against 2 frauds)"]  # fmt: skip
-    assert disparity_refusals(card, ["fpr", "recall"], min_frauds=3, min_false_positives=1) == []
-    assert disparity_refusals(card, ["fpr"], min_frauds=1, min_false_positives=0) == [
+    assert disparity_breaches(card, ["fpr", "recall"], min_frauds=3, min_false_positives=1) == []
+    assert disparity_breaches(card, ["fpr"], min_frauds=1, min_false_positives=0) == [
         "fairness: region=south false-positive-rate ratio 0.000 to north outside [0.80, 1.25] on the holdout "
         "(0 against 2 false positives)"
     ]
     small = fairness(judged, segments, bound=0.8, min_decisions=6).to_dict()  # south is too small to flag
-    assert disparity_refusals(small, ["fpr", "recall"], min_frauds=1, min_false_positives=0) == []
+    assert disparity_breaches(small, ["fpr", "recall"], min_frauds=1, min_false_positives=0) == []
 
 
 @pytest.mark.parametrize(

@@ -64,6 +64,8 @@ DASHBOARD_MUST_SHOW = (
     "fraudpipe_decisions_total",
     "fraudpipe_dead_letters_total",
     "fraudpipe_drift_psi",
+    "fraudpipe_segment_fpr_ratio",
+    "fraudpipe_fairness_breaches",
     "fraudpipe_model_info",
 )
 # name:MAJOR.MINOR.PATCH[-variant], optionally @sha256:digest, or name@sha256:digest

@@ -38,7 +38,8 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 
 def worker_text(*, approve: int = 0, decline: int = 0, latencies: tuple[float, ...] = (), dead: int = 0,
-                psi: dict[str, float] | None = None, quality: dict[str, float] | None = None) -> str:  # fmt: skip
+                psi: dict[str, float] | None = None, quality: dict[str, float] | None = None,
+                fpr_ratios: dict[str, float] | None = None, fairness_breaches: float | None = None) -> str:  # fmt: skip
     """Exposition text as a worker (or the monitor) serves it: the same metric definitions as streams.metrics, in
     a registry of their own."""
     registry = CollectorRegistry()
@@ -50,6 +51,13 @@ def worker_text(*, approve: int = 0, decline: int = 0, latencies: tuple[float, .
     live = Gauge("fraudpipe_live_quality", "q", ["model_version", "metric"], registry=registry)
     for metric, value in (quality or {}).items():
         live.labels("v0001", metric).set(value)
+    ratios = Gauge("fraudpipe_segment_fpr_ratio", "r", ["column", "segment"], registry=registry)
+    for segment, value in (fpr_ratios or {}).items():
+        ratios.labels("home_country", segment).set(value)
+    if fairness_breaches is not None:
+        Gauge("fraudpipe_fairness_breaches", "b", ["column"], registry=registry).labels("home_country").set(
+            fairness_breaches
+        )
     if approve:
         decisions.labels("approve").inc(approve)
     if decline:
@@ -71,6 +79,10 @@ def test_parse_reads_the_series_the_dashboard_shows() -> None:
     assert snapshot.latency_count == 2 and snapshot.latency[math.inf] == 2 and snapshot.latency[0.005] == 1
     assert snapshot.models == (("v0001", SHA),)
     assert snapshot.drift_psi == {("v0001", "amount"): 0.3}  # NaN left out: JSON has no NaN
+    assert snapshot.fpr_ratios == {} and snapshot.fairness_breaches == {}  # the monitor not watching fairness
+    watched = parse(worker_text(fpr_ratios={"FR": 1.4, "ES": 1.0}, fairness_breaches=1))
+    assert watched.fpr_ratios == {("home_country", "FR"): 1.4, ("home_country", "ES"): 1.0}
+    assert watched.fairness_breaches == {"home_country": 1.0}
 
 
 def test_parse_refuses_what_is_not_exposition_text() -> None:
@@ -366,7 +378,8 @@ def test_summary_with_a_worker_draws_rates_dead_letters_and_drift(
         clock.advance(2.0)
         worker.text = worker_text(approve=40, decline=10, latencies=(0.03,) * 40, dead=2,
                                   psi={"amount": 0.4, "hour": 0.15, "score": 0.01},
-                                  quality={"saving_vs_rules_only": 0.8, "expected_cost": 2_300.0})  # fmt: skip
+                                  quality={"saving_vs_rules_only": 0.8, "expected_cost": 2_300.0},
+                                  fpr_ratios={"FR": 1.4, "ES": 1.0}, fairness_breaches=1)  # fmt: skip
         summary = client.get("/v1/dashboard/summary").json()
     assert summary["decisions"]["by_outcome"] == {"approve": 40, "review": 0, "decline": 10}
     assert summary["throughput"] == [{"at": T0.timestamp() + 2.0, "per_s": 20.0}]
@@ -381,3 +394,11 @@ def test_summary_with_a_worker_draws_rates_dead_letters_and_drift(
     assert summary["model"]["workers"] == [{"version": "v0001", "sha256": SHA}]
     assert not any("no drift gauges" in note for note in summary["notes"])
     assert summary["money"] == [{"version": "v0001", "saving_vs_rules_only": 0.8, "expected_cost": 2_300.0}]
+    assert summary["fairness"] == {
+        "breaches": 1,
+        "band": [0.8, 1.25],
+        "segments": [
+            {"column": "home_country", "segment": "ES", "fpr_ratio": 1.0, "level": "stable"},
+            {"column": "home_country", "segment": "FR", "fpr_ratio": 1.4, "level": "breach"},
+        ],
+    }
