@@ -20,7 +20,7 @@ The logs hold transactions by event day: ``days`` narrows the search when the ev
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from fraudpipe.contracts import Alert
 from fraudpipe.logstore import Logs
 from fraudpipe.seal import verify_frame
 
-__all__ = ["CONFLICT_COLUMNS", "EVENT_COLUMNS", "trail"]
+__all__ = ["CONFLICT_COLUMNS", "EVENT_COLUMNS", "trail", "trails"]
 
 _DECISION = ("decided_at", "model_version", "model_sha256", "score", "decision", "review_threshold",
              "decline_threshold", "degraded", "latency_ms")  # fmt: skip
@@ -75,10 +75,47 @@ def trail(txn_id: str, logs: Logs, *, registered: Callable[[str], str | None] | 
     """The audit trail of ``txn_id`` as plain JSON-able values (module docstring), ``None`` if it was never
     decided. ``registered(version)``: the model file SHA-256 the registry holds for a version (``None``: unknown);
     ``key`` checks the seals of the files read."""
-    decisions = logs.decisions.find("txn_id", [txn_id], days)
-    conflicts = logs.conflicts.find("txn_id", [txn_id])
-    if decisions.height == 0:
-        return None
+    return trails([txn_id], logs, registered=registered, key=key, days=days).get(txn_id)
+
+
+def trails(txn_ids: Sequence[str], logs: Logs, *, registered: Callable[[str], str | None] | None,
+           key: bytes | None, days: tuple[date, date] | None = None) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """:func:`trail` of each of ``txn_ids`` that was decided (by id), each log read once for all of them."""
+    wanted = list(dict.fromkeys(txn_ids))
+    decisions = _by_txn(logs.decisions.find("txn_id", wanted, days))
+    alerting = [
+        t for t, rows in decisions.items() if rows.sort("decided_at").row(0, named=True)["decision"] != "approve"
+    ]
+    deliveries = _by_txn(logs.deliveries.find("txn_id", alerting, days)) if alerting else {}
+    labels = _by_txn(logs.labels.find("txn_id", list(decisions)))
+    conflicts = _by_txn(logs.conflicts.find("txn_id", list(decisions)))
+    seals: dict[str, str] = {}
+    out = {}
+    for txn_id in wanted:
+        if txn_id not in decisions:
+            continue
+        found = _trail(txn_id, decisions[txn_id], deliveries.get(txn_id), labels.get(txn_id), conflicts.get(txn_id),
+                       registered)  # fmt: skip
+        files = found.pop("files")
+        seals |= _seals(files - set(seals), key)
+        found["seals"] = {str(Path(name).relative_to(Path(name).parents[2])): seals[name] for name in sorted(files)
+                          if name in seals}  # fmt: skip
+        out[txn_id] = found
+    return out
+
+
+def _by_txn(rows: pl.DataFrame) -> dict[str, pl.DataFrame]:
+    return (
+        {str(txn_id): part for (txn_id,), part in rows.partition_by("txn_id", as_dict=True).items()}
+        if rows.height
+        else {}
+    )
+
+
+def _trail(txn_id: str, decisions: pl.DataFrame, deliveries: pl.DataFrame | None, labels: pl.DataFrame | None,
+           conflicts: pl.DataFrame | None, registered: Callable[[str], str | None] | None,
+           ) -> dict[str, Any]:  # fmt: skip
+    """One transaction's trail from its rows of each log (``files``: the log files they came from)."""
     first = decisions.sort("decided_at").row(0, named=True)
     features = {c[2:]: first[c] for c in decisions.columns if c.startswith("f_")}
     decision = {name: first.get(name) for name in _DECISION}
@@ -88,26 +125,23 @@ def trail(txn_id: str, logs: Logs, *, registered: Callable[[str], str | None] | 
     files = set(decisions["file"].to_list())
     alert: dict[str, Any] | None = None
     if first["decision"] != "approve":
-        deliveries = logs.deliveries.find("txn_id", [txn_id], days)
         sinks: list[dict[str, Any]] = []
-        if deliveries.height:
+        if deliveries is not None:
             files |= set(deliveries["file"].to_list())
             sinks = deliveries.sort("at").unique(["sink", "outcome"], keep="first", maintain_order=True).select(
                 "sink", "outcome", "at").to_dicts()  # fmt: skip
         alert = {"alert_id": Alert.id_for(txn_id), "sinks": sinks}
-    labels = logs.labels.find("txn_id", [txn_id])
     label_rows: list[dict[str, Any]] = []
-    if labels.height:
+    if labels is not None:
         files |= set(labels["file"].to_list())
         wanted = [c for c in ("label_version", "is_fraud", "source", "known_at", "note") if c in labels.columns]
         label_rows = labels.sort("label_version").unique("label_version", keep="first", maintain_order=True).select(
             wanted).to_dicts()  # fmt: skip
     conflict_rows: list[dict[str, Any]] = []
-    if conflicts.height:
+    if conflicts is not None:
         files |= set(conflicts["file"].to_list())
         conflict_rows = conflicts.sort("refused_at").unique([c for c in conflicts.columns if c != "file"],
             keep="first", maintain_order=True).select(*CONFLICT_COLUMNS[1:], "refused_at").to_dicts()  # fmt: skip
-    seals = {str(Path(name).relative_to(Path(name).parents[2])): state for name, state in _seals(files, key).items()}
     return {
         "txn_id": txn_id,
         "event": {name: first.get(name) for name in _EVENT if name in first},
@@ -115,5 +149,5 @@ def trail(txn_id: str, logs: Logs, *, registered: Callable[[str], str | None] | 
         "alert": alert,
         "labels": label_rows,
         "conflicts": conflict_rows,
-        "seals": seals,
+        "files": files,
     }

@@ -1,4 +1,5 @@
-"""Erasure (GDPR art. 17 / CCPA deletion) of one data subject: their cards, everywhere fraudpipe keeps them.
+"""Erasure (GDPR art. 17 / CCPA deletion) of one data subject — their cards, everywhere fraudpipe keeps them — and
+its twin, the right of access (GDPR art. 15 / CCPA's right to know): :func:`access`, at the end of this docstring.
 
 ``erase`` takes the card tokens of a subject (``--card``, a PAN tokenized here, or a customer's cards found in the
 decision log and the segments table) and, in this order:
@@ -21,32 +22,44 @@ Left as they are, by design: terminal and merchant counters (sums over every car
 topics, whose records age out by ``topics.retention_ms`` (a topic is a log, not a database: records cannot be
 deleted one by one); trained models (no rows in them). The erasure list itself must survive Redis restarts: run
 Redis with persistence, as the feature store needs anyway.
+
+**Access** (:func:`access`) gathers what fraudpipe holds about the same subject — every decision with the
+features as served, its reason codes, alert and deliveries and labels (the audit trail of each transaction,
+:func:`fraudpipe.audit.trails`), the payments refused for reusing an id, the challenger's shadow decisions, and
+each card's online state, block and erasure — tokenized as stored (a card token, BIN and last four: fraudpipe
+never stores a card number), into one JSON document and a readable HTML page. A trail's refused payments are kept
+only when the subject made them: another card's payment that reused one of their ids is someone else's data. An
+**access receipt** (``data_dir/privacy/access-receipts/<id>.json``) records the request without personal data
+(digests of the cards, counts, and the SHA-256 of each file handed over); the export itself goes where the operator
+says, never into ``data_dir``, so a later erasure is not undone by a copy fraudpipe keeps.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import html
 import json
 import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import polars as pl
 import redis
 
+from fraudpipe.audit import trails
 from fraudpipe.clock import Clock, micros_of
 from fraudpipe.logstore import Logs
 
 _DAY_US = 86_400_000_000
 """A day in µs: the feature store keeps applied-markers in one hash per event day (``features.plan``)."""
 
-__all__ = ["ErasureList", "Receipt", "customer_cards", "erase", "retain", "subject_digest"]
+__all__ = ["AccessReceipt", "ErasureList", "Receipt", "access", "customer_cards", "erase", "retain", "subject_digest"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -81,7 +94,7 @@ class ErasureList:
         except redis.RedisError as error:
             log.warning("erasure list not refreshed (%s): keeping the %d entries known", error, len(self.erased))
             return
-        self.erased = {k.decode() if isinstance(k, bytes) else k: int(v) for k, v in found.items()}
+        self.erased = _erasures(found)
         self._read_at = now
 
     def split(self, items: Sequence[T], card: Callable[[T], str], when: Callable[[T], datetime]) -> tuple[list[T], int]:
@@ -93,6 +106,11 @@ class ErasureList:
             if (at := self.erased.get(subject_digest(self.key, card(item)))) is None or micros_of(when(item)) > at
         ]  # fmt: skip
         return kept, len(items) - len(kept)
+
+
+def _erasures(found: Mapping[Any, Any]) -> dict[str, int]:
+    """The erasure list as read from Redis (bytes or text): subject digest -> erased at (µs)."""
+    return {k.decode() if isinstance(k, bytes) else k: int(v) for k, v in found.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,3 +263,149 @@ def _since(cutoff: datetime) -> Callable[[bytes], bool]:
             return True
 
     return keep
+
+
+@dataclass(frozen=True, slots=True)
+class AccessReceipt:
+    """What an access request handed over, without personal data (``subjects``: digests of the cards; ``files``:
+    each file written and its SHA-256)."""
+
+    export_id: str
+    exported_at: datetime
+    requested_as: str
+    subjects: list[str]
+    transactions: int
+    sections: dict[str, int]
+    files: dict[str, str]
+    by: str
+
+    def write(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{self.export_id}.json"
+        path.write_text(json.dumps(asdict(self) | {"exported_at": self.exported_at.isoformat()}, indent=2) + "\n")
+        return path
+
+
+def access(cards: Iterable[str], *, requested_as: str, logs: Logs, online: Callable[[str], dict[str, Any]],
+           erased: Mapping[Any, Any], registered: Callable[[str], str | None] | None, key: bytes, out: Path,
+           receipts: Path, clock: Clock, by: str) -> AccessReceipt:  # fmt: skip
+    """Export what fraudpipe holds about ``cards`` (module docstring) into ``out`` (``subject-access.json`` and
+    ``.html``) and write the access receipt under ``receipts``. ``online(card)``: the card's online state and block
+    as plain values; ``erased``: the erasure list as Redis holds it (subject digest -> erased at, µs);
+    ``registered``: the registry's model file SHA-256 by version, for each decision's model check; ``key``:
+    ``privacy.audit_key`` (seals, digests)."""
+    tokens = sorted(set(cards))
+    now = clock.now()
+    export_id = f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    decided = logs.decisions.find("card_token", tokens)
+    ids = (
+        decided.sort("event_time", "decided_at")["txn_id"].unique(maintain_order=True).to_list()
+        if decided.height
+        else []
+    )
+    chains = trails(ids, logs, registered=registered, key=key)
+    transactions = []
+    for txn_id in ids:
+        chain = chains[txn_id]
+        chain["conflicts"] = [row for row in chain["conflicts"] if row.get("card_token") in tokens]
+        transactions.append(chain)
+    refused = logs.conflicts.find("card_token", tokens)
+    shadow = logs.shadow.find("card_token", tokens)
+    digests = {token: subject_digest(key, token) for token in tokens}
+    erased_at = _erasures(erased)
+    document = {
+        "export_id": export_id,
+        "exported_at": now.isoformat(),
+        "requested_as": requested_as,
+        "about": "Everything fraudpipe holds about these cards, tokenized as stored: fraudpipe never stores a card "
+        "number, only a keyed token, the BIN and the last four digits.",
+        "cards": [
+            {"card_token": token, **online(token), "erased_at": _iso_micros(erased_at.get(digests[token]))}
+            for token in tokens
+        ],
+        "transactions": transactions,
+        "refused_payments": _rows(refused),
+        "shadow_decisions": _rows(shadow),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    written = {
+        "subject-access.json": json.dumps(document, indent=2, default=str) + "\n",
+        "subject-access.html": _access_page(document),
+    }
+    for name, text in written.items():
+        (out / name).write_text(text, encoding="utf-8")
+    receipt = AccessReceipt(
+        export_id=export_id, exported_at=now, requested_as=requested_as, subjects=sorted(digests.values()),
+        transactions=len(transactions),
+        sections={"cards": len(tokens), "transactions": len(transactions),
+                  "labels": sum(len(t["labels"]) for t in transactions),
+                  "alerts": sum(t["alert"] is not None for t in transactions),
+                  "refused_payments": refused.height, "shadow_decisions": shadow.height},
+        files={name: hashlib.sha256(text.encode()).hexdigest() for name, text in written.items()}, by=by,
+    )  # fmt: skip
+    receipt.write(receipts)
+    return receipt
+
+
+def _iso_micros(value: int | None) -> str | None:
+    return None if value is None else datetime.fromtimestamp(value / 1e6, tz=UTC).isoformat()
+
+
+def _rows(frame: pl.DataFrame) -> list[dict[str, Any]]:
+    """A log's rows as plain values, without the file they came from."""
+    return frame.drop("file", strict=False).to_dicts() if frame.height else []
+
+
+def _access_page(document: Mapping[str, Any]) -> str:
+    """The export as one self-contained HTML page: the cards, then each transaction's decision, reasons, alert and
+    labels; the JSON beside it holds every field."""
+    esc = html.escape
+
+    def cell(value: Any) -> str:
+        return "<td>" + esc("" if value is None else str(value)) + "</td>"
+
+    cards = "".join(
+        "<tr>" + cell(c["card_token"]) + cell(", ".join(c.get("blocked_by") or []) or "no")
+        + cell(c.get("latest_payment")) + cell(c.get("erased_at") or "no") + "</tr>"
+        for c in document["cards"]
+    )  # fmt: skip
+    rows = []
+    for t in document["transactions"]:
+        d, event = t["decision"], t["event"]
+        reasons = "; ".join(
+            f"rule {r['rule']}" if r.get("kind") == "rule" else f"{r.get('feature')} {r.get('direction', '')}"
+            for r in d["reason_codes"]
+        )  # fmt: skip
+        sinks = ", ".join(f"{s['sink']} {s['outcome']}" for s in (t["alert"] or {}).get("sinks", []))
+        labels = ", ".join(
+            f"{'fraud' if row.get('is_fraud') else 'genuine'} ({row.get('source')})" for row in t["labels"]
+        )
+        rows.append("<tr>" + "".join(cell(v) for v in (
+            t["txn_id"], event.get("event_time"), f"{event.get('amount')} {event.get('currency')}",
+            event.get("merchant_name") or event.get("merchant_id"), d["decision"], d["score"], reasons,
+            (t["alert"] or {}).get("alert_id"), sinks, labels,
+        )) + "</tr>")  # fmt: skip
+    refused = "".join(
+        "<tr>" + "".join(cell(r.get(k)) for k in ("txn_id", "event_time", "amount", "refused_at")) + "</tr>"
+        for r in document["refused_payments"]
+    )
+    head = ("<th>transaction</th><th>event time</th><th>amount</th><th>merchant</th><th>decision</th><th>score</th>"
+            "<th>reasons</th><th>alert</th><th>deliveries</th><th>labels</th>")  # fmt: skip
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>fraudpipe: subject access {esc(document["export_id"])}</title>
+<style>body{{font:14px system-ui,sans-serif;margin:2em}}table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}}</style></head><body>
+<h1>What fraudpipe holds about you</h1>
+<p>Export {esc(document["export_id"])}, made {esc(document["exported_at"])}, asked for by
+{esc(document["requested_as"])}. {esc(document["about"])} Every field, including the features each decision was
+made on, is in the JSON file delivered with this page.</p>
+<h2>Cards</h2>
+<table><tr><th>card token</th><th>blocked by a confirmed fraud on</th><th>latest payment seen</th><th>erased</th></tr>
+{cards}</table>
+<h2>Payments and decisions ({len(document["transactions"])})</h2>
+<table><tr>{head}</tr>{"".join(rows)}</table>
+<h2>Payments refused because their id had been used for another payment ({len(document["refused_payments"])})</h2>
+<table><tr><th>transaction</th><th>event time</th><th>amount</th><th>refused at</th></tr>{refused}</table>
+<p>Challenger decisions in shadow (never applied): {len(document["shadow_decisions"])}.</p>
+</body></html>
+"""

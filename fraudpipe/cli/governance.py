@@ -1,5 +1,6 @@
 """Commands for accountability: ``audit show|verify`` (one transaction's chain, the logs' seals), ``privacy
-erase|retain`` (a data subject's erasure, retention) and the per-segment ``fairness`` report."""
+erase|export|retain`` (a data subject's erasure and right of access, retention) and the per-segment ``fairness``
+report."""
 
 from __future__ import annotations
 
@@ -127,30 +128,11 @@ def privacy_erase(
     from features.store import redis_client
     from fraudpipe.clock import SystemClock
     from fraudpipe.logstore import Logs
-    from fraudpipe.pan import InvalidPanError, is_pan, tokenize_pan
-    from fraudpipe.privacy import customer_cards, erase
+    from fraudpipe.privacy import erase
 
-    if sum(x is not None for x in (card, pan, customer)) != 1:
-        raise CliError("give exactly one of --card, --pan, --customer")
     settings = _settings()
     logs = Logs.under(settings.paths.data_dir, _audit_key(settings))
-    if card is not None:
-        if is_pan(card):
-            raise CliError("--card takes a card token; give a card number with --pan")
-        tokens, asked = [card], "card"
-    elif pan is not None:
-        try:
-            key = settings.privacy.tokenization_key.get_secret_value().encode()
-            tokens, asked = [tokenize_pan(pan, key).token], "pan"
-        except InvalidPanError as error:
-            raise CliError(str(error)) from None
-    else:
-        assert customer is not None
-        path = settings.governance.segments_path
-        tokens = customer_cards(customer, logs, _segment_file(path) if path is not None else None)
-        asked = "customer"
-        if not tokens:
-            raise CliError("no card of this customer in the decision log or the segments table")
+    tokens, asked = _subject(settings, logs, card, pan, customer)
     client = redis_client(settings.redis)
     try:
         receipt = erase(
@@ -169,6 +151,88 @@ def privacy_erase(
         f"{receipt.alert_file_lines} alert-file lines; receipt {receipt.erasure_id}",
         highlight=False,
     )
+
+
+def _subject(settings: Settings, logs: Any, card: str | None, pan: str | None,
+             customer: str | None) -> tuple[list[str], str]:  # fmt: skip
+    """The card tokens a privacy request is about, and what it was asked by (``card``, ``pan``, ``customer``)."""
+    from fraudpipe.pan import InvalidPanError, is_pan, tokenize_pan
+    from fraudpipe.privacy import customer_cards
+
+    if sum(x is not None for x in (card, pan, customer)) != 1:
+        raise CliError("give exactly one of --card, --pan, --customer")
+    if card is not None:
+        if is_pan(card):
+            raise CliError("--card takes a card token; give a card number with --pan")
+        return [card], "card"
+    if pan is not None:
+        try:
+            key = settings.privacy.tokenization_key.get_secret_value().encode()
+            return [tokenize_pan(pan, key).token], "pan"
+        except InvalidPanError as error:
+            raise CliError(str(error)) from None
+    assert customer is not None
+    path = settings.governance.segments_path
+    tokens = customer_cards(customer, logs, _segment_file(path) if path is not None else None)
+    if not tokens:
+        raise CliError("no card of this customer in the decision log or the segments table")
+    return tokens, "customer"
+
+
+@privacy_app.command("export")
+def privacy_export(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the export to (not inside data_dir).")],
+    card: Annotated[str | None, typer.Option("--card", help="Card token (tok_...).")] = None,
+    pan: Annotated[str | None, typer.Option("--pan", help="Card number: tokenized here, never stored.")] = None,
+    customer: Annotated[str | None, typer.Option("--customer", help="Customer id: every card of theirs.")] = None,
+) -> None:
+    """Export everything fraudpipe holds about a data subject (right of access): decisions with the features as
+    served, reason codes, alerts and deliveries, labels, refused payments, the cards' online state and blocks —
+    tokenized as stored — as JSON and HTML, with a receipt without personal data."""
+    import getpass
+    from datetime import UTC
+
+    import redis as redis_lib
+
+    from features.store import RedisFeatureStore, StoreUnavailableError, redis_client
+    from fraudpipe.clock import SystemClock
+    from fraudpipe.logstore import Logs
+    from fraudpipe.privacy import access
+    from models.registry import Registry, RegistryError
+
+    settings = _settings()
+    data_dir = settings.paths.data_dir.resolve()
+    if out_dir.resolve() == data_dir or data_dir in out_dir.resolve().parents:
+        raise CliError(f"--out {out_dir} is inside data_dir: an export is handed over, never kept by fraudpipe")
+    logs = Logs.under(settings.paths.data_dir, _audit_key(settings))
+    tokens, asked = _subject(settings, logs, card, pan, customer)
+    client = redis_client(settings.redis)
+    store = RedisFeatureStore(client, settings.redis.key_prefix)
+    registry = Registry(settings.paths.models_dir)
+
+    def registered(version: str) -> str | None:
+        try:
+            return registry.manifest(version).model_sha256
+        except RegistryError:
+            return None
+
+    def online(token: str) -> dict[str, Any]:
+        state = store.card_state(token)
+        latest = state.get("pt") if state else None
+        seen = None if latest is None else datetime.fromtimestamp(latest / 1e6, tz=UTC).isoformat()
+        return {"online_state": state, "blocked_by": list(store.blocked(token)), "latest_payment": seen}
+
+    try:
+        erased = client.hgetall(f"{settings.redis.key_prefix}erased")
+        receipt = access(tokens, requested_as=asked, logs=logs, online=online, erased=erased, registered=registered,
+                         key=_audit_key(settings), out=out_dir,
+                         receipts=settings.paths.data_dir / "privacy" / "access-receipts", clock=SystemClock(),
+                         by=getpass.getuser())  # fmt: skip
+    except (StoreUnavailableError, redis_lib.RedisError) as error:
+        raise CliError(f"Redis: {error} (is Redis running at {settings.redis.address}?); nothing exported") from None
+    sections = ", ".join(f"{name} {count}" for name, count in receipt.sections.items())
+    out.print(f"exported {sections} to {out_dir} (subject-access.json, subject-access.html); receipt "
+              f"{receipt.export_id}", highlight=False, soft_wrap=True)  # fmt: skip
 
 
 @privacy_app.command("retain")

@@ -9,11 +9,13 @@ retention against real Redis without a worker.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -56,6 +58,17 @@ def _everything_in_files(data_dir: Path, alerts: Path) -> str:
         elif path.is_file():
             texts.append(path.read_text(errors="replace"))
     return "\n".join(texts)
+
+
+def _values(document: Any, key: str) -> set[Any]:
+    """Every value of ``key`` anywhere in a JSON document."""
+    if isinstance(document, dict):
+        return ({document[key]} if key in document else set()) | {
+            v for item in document.values() for v in _values(item, key)
+        }
+    if isinstance(document, list):
+        return {v for item in document for v in _values(item, key)}
+    return set()
 
 
 def _wait_for(what: str, check: object, timeout_s: float = 90) -> None:
@@ -116,6 +129,30 @@ def test_audit_then_erase_a_card_and_replay_without_resurrecting_it(
     assert run_cli(settings, "audit", "verify", cwd=tmp_path).returncode == 0
     assert card.encode() in _everything_in_redis(store_client, settings)
 
+    # The right of access first: everything audit show finds for the card's transactions, and nothing of another.
+    exported = run_cli(settings, "privacy", "export", "--card", card, "--out", str(tmp_path / "export"), cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    document = json.loads((tmp_path / "export" / "subject-access.json").read_text())
+    page = (tmp_path / "export" / "subject-access.html").read_text()
+    subject_txns = set(decisions.filter(pl.col("card_token") == card)["txn_id"].to_list())
+    assert {t["txn_id"] for t in document["transactions"]} == subject_txns
+    assert next(t for t in document["transactions"] if t["txn_id"] == txn) == chain  # audit show's whole trail
+    assert _values(document, "card_token") == {card}  # no other subject's card, anywhere in the export
+    assert _values(document, "txn_id") <= subject_txns
+    (state,) = document["cards"]
+    assert state["online_state"] is not None and state["erased_at"] is None and txn in page and card in page
+    (access_receipt,) = (settings.paths.data_dir / "privacy" / "access-receipts").glob("*.json")
+    proof = json.loads(access_receipt.read_text())
+    assert proof["subjects"] == [subject_digest(settings.privacy.audit_key.get_secret_value().encode(), card)]
+    assert (
+        proof["files"]["subject-access.json"]
+        == hashlib.sha256((tmp_path / "export" / "subject-access.json").read_bytes()).hexdigest()
+    )
+    assert card not in access_receipt.read_text() and proof["sections"]["transactions"] == len(subject_txns)
+    inside = run_cli(settings, "privacy", "export", "--card", card, "--out", str(settings.paths.data_dir / "x"),
+                     cwd=tmp_path)  # fmt: skip
+    assert inside.returncode == 1 and "inside data_dir" in inside.stderr and "Traceback" not in inside.stderr
+
     erased = run_cli(settings, "privacy", "erase", "--card", card, cwd=tmp_path)
     assert erased.returncode == 0, erased.stderr
     (receipt_path,) = (settings.paths.data_dir / "privacy" / "receipts").glob("*.json")
@@ -131,6 +168,10 @@ def test_audit_then_erase_a_card_and_replay_without_resurrecting_it(
         assert card not in files and txn not in files and (customer not in files or not only_card)
 
     nothing_left()
+    after = run_cli(settings, "privacy", "export", "--card", card, "--out", str(tmp_path / "after"), cwd=tmp_path)
+    assert after.returncode == 0, after.stderr
+    emptied = json.loads((tmp_path / "after" / "subject-access.json").read_text())
+    assert emptied["transactions"] == [] and emptied["cards"][0]["erased_at"] is not None
     # A later replay of the same file: the others are answered again, the erased card's events are dropped.
     again = run_cli(settings, "replay", str(sim), "--rate", "5000", cwd=tmp_path, timeout=120)
     assert again.returncode == 0, again.stderr
@@ -158,6 +199,7 @@ def test_erase_by_customer_and_by_pan_and_retention(settings: Settings, tmp_path
     audit_key = settings.privacy.audit_key.get_secret_value().encode()
     pan = "4111 1111 1111 1111"
     pan_token = tokenize_pan(pan, settings.privacy.tokenization_key.get_secret_value().encode()).token
+    digits = pan.replace(" ", "")  # the whole PAN: receipt ids hold timestamps, so short digit runs can occur
     logs = Logs.under(settings.paths.data_dir, audit_key)
     now = datetime.now(UTC)
     rows = pl.DataFrame(
@@ -168,8 +210,12 @@ def test_erase_by_customer_and_by_pan_and_retention(settings: Settings, tmp_path
             "event_time": [now - timedelta(days=1)] * 4 + [now - timedelta(days=500)],
         }
     )
-    logs.decisions.append(rows)
-    logs.labels.append(rows.drop("customer_id"))
+    decided = {"decided_at": pl.col("event_time"), "decision": pl.lit("approve"), "score": pl.lit(0.1),
+               "model_version": pl.lit("v0001"), "model_sha256": pl.lit("0" * 64),
+               "reason_codes": pl.lit("[]")}  # fmt: skip
+    logs.decisions.append(rows.with_columns(**decided))
+    logs.labels.append(rows.drop("customer_id").with_columns(label_version=pl.lit(1), is_fraud=pl.lit(False),
+                                                             known_at=pl.col("event_time")))  # fmt: skip
     for token in ("tok_a1", "tok_a2", "tok_b"):
         store_client.set(f"{settings.redis.key_prefix}card:{token}", b"state")
 
@@ -187,13 +233,20 @@ def test_erase_by_customer_and_by_pan_and_retention(settings: Settings, tmp_path
     said = refused.stderr + refused.stdout
     assert refused.returncode == 1 and "Luhn" in refused.stderr
     assert bad_pan not in said and bad_pan.replace(" ", "") not in said
+    for asked in (["--pan", pan], ["--customer", "C-P"]):  # the right of access, by card number or customer
+        folder = tmp_path / "access" / asked[0].strip("-")
+        exported = run_cli(settings, "privacy", "export", *asked, "--out", str(folder), cwd=tmp_path)
+        assert exported.returncode == 0, exported.stderr
+        text = (folder / "subject-access.json").read_text() + (folder / "subject-access.html").read_text()
+        document = json.loads((folder / "subject-access.json").read_text())
+        assert [t["txn_id"] for t in document["transactions"]] == ["p1"] and pan_token in text
+        assert digits not in text and pan not in text  # tokenized as stored: never the card number
     by_pan = run_cli(settings, "privacy", "erase", "--pan", pan, cwd=tmp_path)
     assert by_pan.returncode == 0, by_pan.stderr
     assert "p1" not in logs.decisions.read()["txn_id"].to_list()
     listed = store_client.hgetall(f"{settings.redis.key_prefix}erased")
     assert subject_digest(audit_key, pan_token).encode() in listed
     receipts = "".join(p.read_text() for p in (settings.paths.data_dir / "privacy" / "receipts").glob("*.json"))
-    digits = pan.replace(" ", "")  # the whole PAN: receipt ids hold timestamps, so short digit runs can occur
     assert pan_token not in receipts and digits not in receipts and pan not in receipts
     assert "C-A" not in receipts and "tok_a1" not in receipts
     both = run_cli(settings, "privacy", "erase", "--card", "tok_b", "--customer", "C-B", cwd=tmp_path)
