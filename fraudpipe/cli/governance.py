@@ -5,6 +5,7 @@ report."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -23,6 +24,21 @@ def _audit_key(settings: Settings) -> bytes:
     return settings.privacy.audit_key.get_secret_value().encode()
 
 
+def _registered(settings: Settings) -> Callable[[str], str | None]:
+    """The registry's model file SHA-256 of a version (``None``: a version it does not know), for model checks."""
+    from models.registry import Registry, RegistryError
+
+    registry = Registry(settings.paths.models_dir)
+
+    def registered(version: str) -> str | None:
+        try:
+            return registry.manifest(version).model_sha256
+        except RegistryError:
+            return None
+
+    return registered
+
+
 @audit_app.command("show")
 def audit_show(
     txn_id: Annotated[str, typer.Argument(help="Transaction id.")],
@@ -36,23 +52,14 @@ def audit_show(
 
     from fraudpipe.audit import trail
     from fraudpipe.logstore import Logs
-    from models.registry import Registry, RegistryError
 
     settings = _settings()
     days = None
     if day is not None:
         first = _day(day, "--day")
         days = (first, first + timedelta(days=1))
-    registry = Registry(settings.paths.models_dir)
-
-    def registered(version: str) -> str | None:
-        try:
-            return registry.manifest(version).model_sha256
-        except RegistryError:
-            return None
-
-    found = trail(txn_id, Logs.under(settings.paths.data_dir), registered=registered, key=_audit_key(settings),
-                  days=days)  # fmt: skip
+    found = trail(txn_id, Logs.under(settings.paths.data_dir), registered=_registered(settings),
+                  key=_audit_key(settings), days=days)  # fmt: skip
     if found is None:
         raise CliError(f"no decision for transaction {txn_id} in {settings.paths.data_dir / 'decisions'}")
     if json_out:
@@ -198,7 +205,6 @@ def privacy_export(
     from fraudpipe.clock import SystemClock
     from fraudpipe.logstore import Logs
     from fraudpipe.privacy import access
-    from models.registry import Registry, RegistryError
 
     settings = _settings()
     data_dir = settings.paths.data_dir.resolve()
@@ -208,13 +214,6 @@ def privacy_export(
     tokens, asked = _subject(settings, logs, card, pan, customer)
     client = redis_client(settings.redis)
     store = RedisFeatureStore(client, settings.redis.key_prefix)
-    registry = Registry(settings.paths.models_dir)
-
-    def registered(version: str) -> str | None:
-        try:
-            return registry.manifest(version).model_sha256
-        except RegistryError:
-            return None
 
     def online(token: str) -> dict[str, Any]:
         state = store.card_state(token)
@@ -224,7 +223,8 @@ def privacy_export(
 
     try:
         erased = client.hgetall(f"{settings.redis.key_prefix}erased")
-        receipt = access(tokens, requested_as=asked, logs=logs, online=online, erased=erased, registered=registered,
+        receipt = access(tokens, requested_as=asked, logs=logs, online=online, erased=erased,
+                         registered=_registered(settings),
                          key=_audit_key(settings), out=out_dir,
                          receipts=settings.paths.data_dir / "privacy" / "access-receipts", clock=SystemClock(),
                          by=getpass.getuser())  # fmt: skip
