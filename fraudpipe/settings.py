@@ -391,6 +391,9 @@ class GovernanceSettings(_Section):
     """The gate judges a recall ratio only when both segments hold at least this many frauds."""
     min_segment_false_positives: Annotated[int, Field(ge=1)] = 30
     """The gate judges a false-positive-rate ratio only when both segments hold at least this many false positives."""
+    breach_confidence: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.95
+    """The gate and the monitor count a ratio as outside the bound only when its interval at this confidence lies
+    wholly outside (models.fairness.ratio_interval): a rate made of a few dozen events is noise."""
 
 
 class PathSettings(_Section):

@@ -25,9 +25,11 @@ never flagged. A ratio is ``None`` when the reference's rate is 0 or either rate
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -48,6 +50,7 @@ __all__ = [
     "disparity_breaches",
     "fairness",
     "judged_decisions",
+    "ratio_interval",
     "scored_fairness",
     "segments_of",
 ]
@@ -377,19 +380,37 @@ def card_segments(rows: pl.DataFrame, thresholds: Mapping[str, Any], segments: S
 
 _GATE_COUNTS = {"fpr": ("false_positives", "false positives"), "recall": ("frauds", "frauds")}
 """What a gated ratio's two rates are counted in: a false-positive rate in false positives, a recall in frauds."""
+_EVENTS = {"fpr": "false_positives", "recall": "true_positives"}
+"""The events each rate is a share of (its numerator): the width of the ratio's interval comes from them."""
+
+
+def ratio_interval(metric: str, segment: Mapping[str, Any], reference: Mapping[str, Any],
+                   confidence: float) -> tuple[float, float] | None:  # fmt: skip
+    """The ``confidence`` interval of ``segment``'s ``metric`` ratio to ``reference`` (``fpr`` or ``recall``; each a
+    binomial share, the log of their ratio taken as normal: variance (1 - rate) / events for each, the delta
+    method); ``None`` when either rate has no event to measure it by."""
+    ratio = (segment.get("ratios") or {}).get(metric)
+    a, b = segment[_EVENTS[metric]], reference[_EVENTS[metric]]
+    if ratio is None or not a or not b:
+        return None
+    spread = math.sqrt((1 - segment[metric]) / a + (1 - reference[metric]) / b)
+    z = NormalDist().inv_cdf((1 + confidence) / 2)
+    return ratio * math.exp(-z * spread), ratio * math.exp(z * spread)
 
 
 def disparity_breaches(card: Mapping[str, Any], ratios: Sequence[str], *, min_frauds: int, min_false_positives: int,
-                       where: str = "on the holdout") -> list[str]:  # fmt: skip
+                       confidence: float = 0.95, where: str = "on the holdout") -> list[str]:  # fmt: skip
     """Each of ``ratios`` (``fpr``, ``recall``) of ``card`` (:meth:`Fairness.to_dict`, e.g. :func:`card_segments`
-    on a challenger's holdout) outside its band, for a segment where both it and the reference are large enough to
-    judge — at least ``min_false_positives`` false positives for an FPR ratio, ``min_frauds`` frauds for a recall
-    ratio (a rate made of a handful of events is noise), and a flaggable segment (``min_decisions``, not
-    ``(unknown)``): one line each, saying ``where``. The retraining gate refuses a challenger for them; the monitor
-    counts them. Empty: none."""
+    on a challenger's holdout) that is *clearly* outside its band — its ``confidence`` interval
+    (:func:`ratio_interval`) lies wholly outside — for a segment where both it and the reference are large enough
+    to judge: at least ``min_false_positives`` false positives for an FPR ratio, ``min_frauds`` frauds for a recall
+    ratio, and a flaggable segment (``min_decisions``, not ``(unknown)``). A ratio made of a few dozen events moves
+    by a quarter from one window to the next for a model that treats everyone alike: judged on its value alone, a
+    fair model would be refused, and the monitor would raise and drop breaches at random. One line each, saying
+    ``where``; the retraining gate refuses a challenger for them, the monitor counts them. Empty: none."""
     low, high = card["band"]
     least = {"fpr": min_false_positives, "recall": min_frauds}
-    refusals = []
+    breaches = []
     for column in card["columns"]:
         ref = next(s for s in column["segments"] if s["reference"])
         for segment in column["segments"]:
@@ -397,12 +418,15 @@ def disparity_breaches(card: Mapping[str, Any], ratios: Sequence[str], *, min_fr
                 continue
             for metric in ratios:
                 counted, noun = _GATE_COUNTS[metric]
-                ratio = (segment["ratios"] or {}).get(metric)
-                if ratio is None or min(segment[counted], ref[counted]) < least[metric] or low <= ratio <= high:
+                if min(segment[counted], ref[counted]) < least[metric]:
                     continue
-                refusals.append(
-                    f"fairness: {column['column']}={segment['value']} {RATIOS[metric]} {ratio:.3f} to "
-                    f"{ref['value']} outside [{low:.2f}, {high:.2f}] {where} ({segment[counted]} against "
+                interval = ratio_interval(metric, segment, ref, confidence)
+                if interval is None or (interval[1] >= low and interval[0] <= high):
+                    continue
+                breaches.append(
+                    f"fairness: {column['column']}={segment['value']} {RATIOS[metric]} "
+                    f"{segment['ratios'][metric]:.3f} ({confidence:.0%} interval {interval[0]:.2f}-{interval[1]:.2f}) "
+                    f"to {ref['value']} outside [{low:.2f}, {high:.2f}] {where} ({segment[counted]} against "
                     f"{ref[counted]} {noun})"
                 )
-    return refusals
+    return breaches

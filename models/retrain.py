@@ -253,6 +253,7 @@ def retrain(decisions: pl.DataFrame, labels: pl.DataFrame, registry: Registry, *
                 bounds.gate_ratios,
                 min_frauds=bounds.min_segment_frauds,
                 min_false_positives=bounds.min_segment_false_positives,
+                confidence=bounds.breach_confidence,
             )
     manifest = registry.register(fitted.booster, fields, segment_metrics=segment_metrics)
     outcome.challenger = manifest.version

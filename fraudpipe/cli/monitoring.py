@@ -190,6 +190,7 @@ def _watch_fairness(settings: Settings, decisions: Any, labels: Any, as_of: date
     for column in card["columns"]:
         found = disparity_breaches(card | {"columns": [column]}, ["fpr"], min_frauds=g.min_segment_frauds,
                                    min_false_positives=g.min_segment_false_positives,
+                                   confidence=g.breach_confidence,
                                    where=f"over {judged.height:,} matured decisions")  # fmt: skip
         metrics.FAIRNESS_BREACHES.labels(column["column"]).set(len(found))
         breaches += found

@@ -14,7 +14,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from fraudpipe.logstore import DayLog
-from models.fairness import UNKNOWN, disparity_breaches, fairness, judged_decisions, segments_of
+from models.fairness import UNKNOWN, disparity_breaches, fairness, judged_decisions, ratio_interval, segments_of
 from models.fairness_report import render_fairness
 from tests.model.conftest import SERVED_FROM, run_cli
 
@@ -139,21 +139,38 @@ def test_a_named_reference_segment(judged: pl.DataFrame) -> None:
         fairness(judged, segments, bound=0.8, min_decisions=5, reference={"region": "west"})
 
 
-def test_the_gate_judges_a_ratio_only_on_segments_with_enough_events_to_judge(judged: pl.DataFrame) -> None:
-    """south against north: recall 0.5 on 2 frauds each (refused once 2 frauds are enough), FPR ratio 0 on south's
-    0 false positives (never judged: a rate of nothing); the reference and small segments are never refused."""
-    segments = segments_of(hand_made()[2], "card_token", ["region"])
-    card = fairness(judged, segments, bound=0.8, min_decisions=5).to_dict()
-    refused = disparity_breaches(card, ["fpr", "recall"], min_frauds=2, min_false_positives=1)
-    assert refused == ["fairness: region=south recall ratio (equal opportunity) 0.500 to north outside [0.80, 1.25] "
-                       "on the holdout (2 against 2 frauds)"]  # fmt: skip
-    assert disparity_breaches(card, ["fpr", "recall"], min_frauds=3, min_false_positives=1) == []
-    assert disparity_breaches(card, ["fpr"], min_frauds=1, min_false_positives=0) == [
-        "fairness: region=south false-positive-rate ratio 0.000 to north outside [0.80, 1.25] on the holdout "
-        "(0 against 2 false positives)"
+def _segment_rows(region: str, genuine: int, false_positives: int, frauds: int, caught: int) -> pl.DataFrame:
+    alert = (
+        [True] * false_positives + [False] * (genuine - false_positives) + [True] * caught + [False] * (frauds - caught)
+    )
+    return pl.DataFrame({"card_token": [f"tok_{region}{i}" for i in range(genuine + frauds)], "alert": alert,
+                         "fraud": [False] * genuine + [True] * frauds, "region": region})  # fmt: skip
+
+
+def test_the_gate_counts_a_ratio_only_when_it_is_clearly_outside_the_band() -> None:
+    """north (the reference, the largest): FPR 48/1200 = 0.04, recall 80/100. south: FPR 0.12 (ratio 3.0, clearly
+    out), recall 0.78 (in). east: FPR 0.056 (ratio 1.4: outside [0.8, 1.25], but its 95 % interval reaches into
+    it — a fair model shows as much on 56 false positives), recall 0.4 (ratio 0.5, clearly out)."""
+    rows = pl.concat([_segment_rows("north", 1200, 48, 100, 80), _segment_rows("south", 1000, 120, 100, 78),
+                      _segment_rows("east", 1000, 56, 100, 40)])  # fmt: skip
+    segments = segments_of(rows.select("card_token", "region"), "card_token", ["region"])
+    card = fairness(rows.drop("region"), segments, bound=0.8, min_decisions=200).to_dict()
+    assert card["columns"][0]["reference"] == "north"
+    found = disparity_breaches(card, ["fpr", "recall"], min_frauds=30, min_false_positives=30)
+    assert [line.split(" (")[0] for line in found] == [
+        "fairness: region=east recall ratio",
+        "fairness: region=south false-positive-rate ratio 3.000",
     ]
-    small = fairness(judged, segments, bound=0.8, min_decisions=6).to_dict()  # south is too small to flag
-    assert disparity_breaches(small, ["fpr", "recall"], min_frauds=1, min_false_positives=0) == []
+    assert "to north outside [0.80, 1.25] on the holdout (120 against 48 false positives)" in found[1]
+    east = next(s for s in card["columns"][0]["segments"] if s["value"] == "east")
+    north = next(s for s in card["columns"][0]["segments"] if s["value"] == "north")
+    low, high = ratio_interval("fpr", east, north, 0.95)  # type: ignore[misc]
+    assert low < 1.25 < 1.4 < high  # outside the band, not clearly
+    assert disparity_breaches(card, ["fpr"], min_frauds=30, min_false_positives=121) == []  # too few to judge
+    loose = disparity_breaches(card, ["fpr"], min_frauds=30, min_false_positives=30, confidence=0.01)
+    assert len(loose) == 2  # an interval as narrow as the point: east's 1.4 counts too
+    small = fairness(rows.drop("region"), segments, bound=0.8, min_decisions=1200).to_dict()  # only north flaggable
+    assert disparity_breaches(small, ["fpr", "recall"], min_frauds=1, min_false_positives=1) == []
 
 
 @pytest.mark.parametrize(

@@ -129,9 +129,9 @@ def test_retrain_cards_its_challenger_per_segment_on_the_holdout(served_sim: Pat
 def test_the_gate_refuses_a_challenger_whose_disparity_leaves_the_bound(
     served_sim: Path, trained_sim: Path, small_sim: Path, tmp_path: Path
 ) -> None:
-    """With the gate on false-positive-rate and recall ratios and a band as narrow as [0.99, 1.01], the challenger's
-    segments on the holdout refuse it: exit code 4, each reason in the verdict; the same run without the gate has no
-    fairness reason."""
+    """With the gate on false-positive-rate and recall ratios, a band as narrow as [0.99, 1.01] and an interval as
+    narrow as its point (confidence 1 %), the challenger's segments on the holdout refuse it: exit code 4, each
+    reason in the verdict; the same run without the gate has no fairness reason."""
     runs = {}
     for name, gate in (("gated", '["fpr", "recall"]'), ("open", "[]")):
         models = tmp_path / name / "models"
@@ -141,7 +141,8 @@ def test_the_gate_refuses_a_challenger_whose_disparity_leaves_the_bound(
             FRAUD_PATHS__DATA_DIR=str(served_sim), FRAUD_GOVERNANCE__SEGMENTS_PATH=str(small_sim / "customers.parquet"),
             FRAUD_GOVERNANCE__GATE_RATIOS=gate, FRAUD_GOVERNANCE__DISPARITY_BOUND="0.99",
             FRAUD_GOVERNANCE__MIN_SEGMENT_DECISIONS="50", FRAUD_GOVERNANCE__MIN_SEGMENT_FRAUDS="1",
-            FRAUD_GOVERNANCE__MIN_SEGMENT_FALSE_POSITIVES="1", FRAUD_MONITOR__MATURITY_DAYS="3",
+            FRAUD_GOVERNANCE__MIN_SEGMENT_FALSE_POSITIVES="1", FRAUD_GOVERNANCE__BREACH_CONFIDENCE="0.01",
+            FRAUD_MONITOR__MATURITY_DAYS="3",
             FRAUD_RETRAIN__TRAIN_DAYS="7", FRAUD_RETRAIN__VALID_DAYS="3", FRAUD_RETRAIN__HOLDOUT_DAYS="4",
             FRAUD_RETRAIN__MIN_ROWS="2000", FRAUD_TRAINING__ROUNDS=str(FAST.rounds),
             FRAUD_TRAINING__MIN_DATA_IN_LEAF=str(FAST.min_data_in_leaf), FRAUD_KAFKA__BOOTSTRAP_SERVERS="127.0.0.1:1",

@@ -144,23 +144,16 @@ def test_monitor_json_adds_up_the_money_of_a_hand_made_log(tmp_path: Path) -> No
 
 
 def test_monitor_watches_each_segments_false_positive_rate_ratio_of_matured_decisions(tmp_path: Path) -> None:
-    """north (tok_1..3): a, c frauds, b a false alert: FPR 1/1. south (tok_4..6): d a missed fraud, e a false decline,
-    f approved: FPR 1/2, ratio 0.5 to north (the reference: as large, first by name) — outside [0.8, 1.25]."""
-    decisions = [
-        _decision("a", D1, 0.9, "decline", card="tok_1"),
-        _decision("b", D1, 0.6, "review", card="tok_2"),
-        _decision("c", D1, 0.7, "review", card="tok_3"),
-        _decision("d", D1, 0.1, "approve", card="tok_4"),
-        _decision("e", D1, 0.95, "decline", card="tok_5"),
-        _decision("f", D1, 0.3, "approve", card="tok_6"),
-    ]
+    """Genuine payments only (no label: genuine once matured). north: 40 of 400 alerted, FPR 0.1; south: 200 of
+    400, FPR 0.5 — a ratio of 5 to north (the reference: as large, first by name), clearly outside [0.8, 1.25];
+    west: 52 of 400, a ratio of 1.3 — outside, but within what ~50 false positives vary by: not a breach."""
+    alerted = {"north": 40, "south": 200, "west": 52}
+    decisions = [_decision(f"{region}{i}", D1, 0.6 if i < n else 0.1, "review" if i < n else "approve",
+                           card=f"tok_{region}{i}") for region, n in alerted.items() for i in range(400)]  # fmt: skip
     DayLog(tmp_path / "data" / "decisions", "event_time").append(pl.DataFrame(decisions))
-    labels = [{**_label(txn, True, D1 + timedelta(hours=2)), "event_time": D1} for txn in "acd"]
-    DayLog(tmp_path / "data" / "labels", "event_time").append(pl.DataFrame(labels))
     (tmp_path / "models").mkdir()
     table = tmp_path / "segments.csv"
-    regions = "".join(f"tok_{i},{'north' if i <= 3 else 'south'}\n" for i in range(1, 7))
-    table.write_text("card_token,region\n" + regions)
+    table.write_text("card_token,region\n" + "".join(f"tok_{r}{i},{r}\n" for r in alerted for i in range(400)))
     from prometheus_client import REGISTRY
 
     from fraudpipe.cli.monitoring import _monitor_once
@@ -170,14 +163,13 @@ def test_monitor_watches_each_segments_false_positive_rate_ratio_of_matured_deci
                             monitor={"maturity_days": 3}, governance=governance)  # fmt: skip
         _monitor_once(settings, (D1 + timedelta(days=10)).isoformat(), 30, None)
         ratio = {s: REGISTRY.get_sample_value("fraudpipe_segment_fpr_ratio", {"column": "region", "segment": s})
-                 for s in ("north", "south")}  # fmt: skip
+                 for s in alerted}  # fmt: skip
         return {**ratio, "breaches": REGISTRY.get_sample_value("fraudpipe_fairness_breaches", {"column": "region"})}
 
-    judged = {"segments_path": table, "segment_columns": ["region"], "min_segment_decisions": 3}
-    assert watch(**judged, min_segment_false_positives=1) == {"north": 1.0, "south": 0.5, "breaches": 1.0}
-    too_few = watch(**judged, min_segment_false_positives=2)  # one false positive each: not enough to judge
-    assert too_few == {"north": 1.0, "south": 0.5, "breaches": 0.0}
-    assert watch() == {"north": None, "south": None, "breaches": None}  # no segment table: no reassuring 0
+    judged = {"segments_path": table, "segment_columns": ["region"]}
+    assert watch(**judged) == {"north": 1.0, "south": 5.0, "west": 1.3, "breaches": 1.0}
+    assert watch(**judged, min_segment_false_positives=41)["breaches"] == 0.0  # north's 40: too few to judge by
+    assert watch()["breaches"] is None and watch()["south"] is None  # no segment table: no reassuring 0
 
 
 def test_maturity_is_measured_from_the_end_of_the_day() -> None:
