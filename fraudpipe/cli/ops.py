@@ -161,6 +161,9 @@ def serve() -> None:
     """Run the REST scoring API (POST /v1/score, /healthz, /readyz, /metrics, the dashboard) on settings.api."""
     import gc
 
+    from streams import without_pandas
+
+    without_pandas()  # before LightGBM is imported: the API scores like a worker
     import uvicorn
 
     from models.registry import RegistryError
