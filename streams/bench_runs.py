@@ -228,7 +228,8 @@ PACED_LINGER_MS = 5.0
 Latency runs from the broker's append time, so the replayer's batching adds none; but at 1 ms (a request per
 payment or two) the broker spent ~30 % of a core on the replayer's requests alone and ~50 % with the worker fetching
 behind it — on this 2-core box, CPU taken from the worker it measures. Paced runs of this module, December 2026:
-p99 at 5,000/s 342 to 827 ms with 1 ms against 56 to 191 ms with 5 ms; at 3,000/s 129 and 130 against 47 ms."""
+p99 at 5,000/s 342 to 827 ms with 1 ms against 63 to 266 ms with 5 ms (nine runs); at 3,000/s 129 and 130 against
+47 ms."""
 
 
 def _percentiles(values: list[float]) -> dict[str, float]:
