@@ -79,16 +79,26 @@ def trail(txn_id: str, logs: Logs, *, registered: Callable[[str], str | None] | 
 
 
 def trails(txn_ids: Sequence[str], logs: Logs, *, registered: Callable[[str], str | None] | None,
-           key: bytes | None, days: tuple[date, date] | None = None) -> dict[str, dict[str, Any]]:  # fmt: skip
-    """:func:`trail` of each of ``txn_ids`` that was decided (by id), each log read once for all of them."""
+           key: bytes | None, days: tuple[date, date] | None = None,
+           cards: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """:func:`trail` of each of ``txn_ids`` that was decided (by id), each log read once for all of them. With
+    ``cards``, only rows of those cards count: an id reused by another card (after the decision memory forgot it,
+    or while Redis was away) is that card's payment, not theirs — including the payments refused for reusing it."""
     wanted = list(dict.fromkeys(txn_ids))
-    decisions = _by_txn(logs.decisions.find("txn_id", wanted, days))
+
+    def rows_of(log: Any, ids: list[str], span: tuple[date, date] | None = None) -> dict[str, pl.DataFrame]:
+        rows = log.find("txn_id", ids, span)
+        if cards is not None and rows.height:
+            rows = rows.filter(pl.col("card_token").is_in(list(cards))) if "card_token" in rows.columns else rows[:0]
+        return _by_txn(rows)
+
+    decisions = rows_of(logs.decisions, wanted, days)
     alerting = [
         t for t, rows in decisions.items() if rows.sort("decided_at").row(0, named=True)["decision"] != "approve"
     ]
-    deliveries = _by_txn(logs.deliveries.find("txn_id", alerting, days)) if alerting else {}
-    labels = _by_txn(logs.labels.find("txn_id", list(decisions)))
-    conflicts = _by_txn(logs.conflicts.find("txn_id", list(decisions)))
+    deliveries = rows_of(logs.deliveries, alerting, days) if alerting else {}
+    labels = rows_of(logs.labels, list(decisions))
+    conflicts = rows_of(logs.conflicts, list(decisions))
     seals: dict[str, str] = {}
     out = {}
     for txn_id in wanted:

@@ -28,7 +28,8 @@ features as served, its reason codes, alert and deliveries and labels (the audit
 :func:`fraudpipe.audit.trails`), the payments refused for reusing an id, the challenger's shadow decisions, and
 each card's online state, block and erasure — tokenized as stored (a card token, BIN and last four: fraudpipe
 never stores a card number), into one JSON document and a readable HTML page. A trail's refused payments are kept
-only when the subject made them: another card's payment that reused one of their ids is someone else's data. An
+only when the subject made them, and so are a transaction's decision, labels and deliveries: another card's payment
+under one of their ids is someone else's data. An
 **access receipt** (``data_dir/privacy/access-receipts/<id>.json``) records the request without personal data
 (digests of the cards, counts, and the SHA-256 of each file handed over); the export itself goes where the operator
 says, never into ``data_dir``, so a later erasure is not undone by a copy fraudpipe keeps.
@@ -290,8 +291,8 @@ def access(cards: Iterable[str], *, requested_as: str, logs: Logs, online: Calla
            erased: Mapping[Any, Any], registered: Callable[[str], str | None] | None, key: bytes, out: Path,
            receipts: Path, clock: Clock, by: str) -> AccessReceipt:  # fmt: skip
     """Export what fraudpipe holds about ``cards`` (module docstring) into ``out`` (``subject-access.json`` and
-    ``.html``) and write the access receipt under ``receipts``. ``online(card)``: the card's online state and block
-    as plain values; ``erased``: the erasure list as Redis holds it (subject digest -> erased at, µs);
+    ``.html``) and write the access receipt under ``receipts``. ``online(card)``: the card's ``online_state`` (plain
+    values) and ``blocked_by``; ``erased``: the erasure list as Redis holds it (subject digest -> erased at, µs);
     ``registered``: the registry's model file SHA-256 by version, for each decision's model check; ``key``:
     ``privacy.audit_key`` (seals, digests)."""
     tokens = sorted(set(cards))
@@ -303,12 +304,8 @@ def access(cards: Iterable[str], *, requested_as: str, logs: Logs, online: Calla
         if decided.height
         else []
     )
-    chains = trails(ids, logs, registered=registered, key=key)
-    transactions = []
-    for txn_id in ids:
-        chain = chains[txn_id]
-        chain["conflicts"] = [row for row in chain["conflicts"] if row.get("card_token") in tokens]
-        transactions.append(chain)
+    chains = trails(ids, logs, registered=registered, key=key, cards=tokens)
+    transactions = [chains[txn_id] for txn_id in ids if txn_id in chains]
     refused = logs.conflicts.find("card_token", tokens)
     shadow = logs.shadow.find("card_token", tokens)
     digests = {token: subject_digest(key, token) for token in tokens}
@@ -319,21 +316,20 @@ def access(cards: Iterable[str], *, requested_as: str, logs: Logs, online: Calla
         "requested_as": requested_as,
         "about": "Everything fraudpipe holds about these cards, tokenized as stored: fraudpipe never stores a card "
         "number, only a keyed token, the BIN and the last four digits.",
-        "cards": [
-            {"card_token": token, **online(token), "erased_at": _iso_micros(erased_at.get(digests[token]))}
-            for token in tokens
-        ],
+        "cards": [_card(token, online(token), erased_at.get(digests[token])) for token in tokens],
         "transactions": transactions,
         "refused_payments": _rows(refused),
         "shadow_decisions": _rows(shadow),
     }
-    out.mkdir(parents=True, exist_ok=True)
     written = {
         "subject-access.json": json.dumps(document, indent=2, default=str) + "\n",
         "subject-access.html": _access_page(document),
     }
-    for name, text in written.items():
-        (out / name).write_text(text, encoding="utf-8")
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in written.items():  # each file whole or not at all; the receipt only once both are there
+        temporary = out / f".{name}.{uuid.uuid4().hex}.tmp"
+        temporary.write_text(text, encoding="utf-8")
+        temporary.replace(out / name)
     receipt = AccessReceipt(
         export_id=export_id, exported_at=now, requested_as=requested_as, subjects=sorted(digests.values()),
         transactions=len(transactions),
@@ -347,7 +343,13 @@ def access(cards: Iterable[str], *, requested_as: str, logs: Logs, online: Calla
     return receipt
 
 
-def _iso_micros(value: int | None) -> str | None:
+def _card(token: str, held: dict[str, Any], erased_at: int | None) -> dict[str, Any]:
+    """A card's part of the export: its online state and block as held, when it was last seen and erased."""
+    latest = (held.get("online_state") or {}).get("pt")
+    return {"card_token": token, **held, "latest_payment": _iso_micros(latest), "erased_at": _iso_micros(erased_at)}
+
+
+def _iso_micros(value: float | None) -> str | None:
     return None if value is None else datetime.fromtimestamp(value / 1e6, tz=UTC).isoformat()
 
 

@@ -384,18 +384,30 @@ _EVENTS = {"fpr": "false_positives", "recall": "true_positives"}
 """The events each rate is a share of (its numerator): the width of the ratio's interval comes from them."""
 
 
+_TOTALS = {"fpr": lambda s: s["decisions"] - s["frauds"], "recall": lambda s: s["frauds"]}
+"""What each rate is a share of: genuine payments for a false-positive rate, frauds for a recall."""
+
+
 def ratio_interval(metric: str, segment: Mapping[str, Any], reference: Mapping[str, Any],
                    confidence: float) -> tuple[float, float] | None:  # fmt: skip
     """The ``confidence`` interval of ``segment``'s ``metric`` ratio to ``reference`` (``fpr`` or ``recall``; each a
     binomial share, the log of their ratio taken as normal: variance (1 - rate) / events for each, the delta
-    method); ``None`` when either rate has no event to measure it by."""
+    method). A rate of no event at all is taken as half an event (Haldane's correction), so a segment where none of
+    many frauds was caught still has an interval — near 0, not none. ``None`` without a denominator on either side
+    (no genuine payment, or no fraud)."""
     ratio = (segment.get("ratios") or {}).get(metric)
-    a, b = segment[_EVENTS[metric]], reference[_EVENTS[metric]]
-    if ratio is None or not a or not b:
+    if ratio is None:
         return None
-    spread = math.sqrt((1 - segment[metric]) / a + (1 - reference[metric]) / b)
+    rates = []
+    for side in (segment, reference):
+        events, total = side[_EVENTS[metric]], _TOTALS[metric](side)
+        if total <= 0:
+            return None
+        rates.append((max(events, 0.5) / total, max(events, 0.5)))
+    (a, n), (b, m) = rates
+    spread = math.sqrt((1 - a) / n + (1 - b) / m)
     z = NormalDist().inv_cdf((1 + confidence) / 2)
-    return ratio * math.exp(-z * spread), ratio * math.exp(z * spread)
+    return a / b * math.exp(-z * spread), a / b * math.exp(z * spread)
 
 
 def disparity_breaches(card: Mapping[str, Any], ratios: Sequence[str], *, min_frauds: int, min_false_positives: int,
@@ -404,7 +416,7 @@ def disparity_breaches(card: Mapping[str, Any], ratios: Sequence[str], *, min_fr
     on a challenger's holdout) that is *clearly* outside its band — its ``confidence`` interval
     (:func:`ratio_interval`) lies wholly outside — for a segment where both it and the reference are large enough
     to judge: at least ``min_false_positives`` false positives for an FPR ratio, ``min_frauds`` frauds for a recall
-    ratio, and a flaggable segment (``min_decisions``, not ``(unknown)``). A ratio made of a few dozen events moves
+    ratio, and both flaggable (``min_decisions``, not ``(unknown)``). A ratio made of a few dozen events moves
     by a quarter from one window to the next for a model that treats everyone alike: judged on its value alone, a
     fair model would be refused, and the monitor would raise and drop breaches at random. One line each, saying
     ``where``; the retraining gate refuses a challenger for them, the monitor counts them. Empty: none."""
@@ -414,7 +426,7 @@ def disparity_breaches(card: Mapping[str, Any], ratios: Sequence[str], *, min_fr
     for column in card["columns"]:
         ref = next(s for s in column["segments"] if s["reference"])
         for segment in column["segments"]:
-            if segment["reference"] or not segment["flaggable"]:
+            if segment["reference"] or not segment["flaggable"] or not ref["flaggable"]:
                 continue
             for metric in ratios:
                 counted, noun = _GATE_COUNTS[metric]

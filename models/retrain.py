@@ -242,8 +242,11 @@ def retrain(decisions: pl.DataFrame, labels: pl.DataFrame, registry: Registry, *
         "notes": "retrained from the decision log",
     }
     segment_metrics = None
+    bounds = governance or GovernanceSettings()
+    if segments is None and bounds.gate_ratios:  # a gate asked for and not judged is a refusal, not a pass
+        outcome.refusals.append("fairness: not judged — no segment table to judge the holdout by "
+                                "(FRAUD_GOVERNANCE__SEGMENTS_PATH, keyed by card_token)")  # fmt: skip
     if segments is not None:
-        bounds = governance or GovernanceSettings()
         segment_metrics = card_segments(holdout.with_columns(score=pl.Series(scores)), thresholds, segments,
                                         window="holdout", bound=bounds.disparity_bound,
                                         min_decisions=bounds.min_segment_decisions)  # fmt: skip

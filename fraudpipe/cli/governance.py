@@ -197,7 +197,6 @@ def privacy_export(
     served, reason codes, alerts and deliveries, labels, refused payments, the cards' online state and blocks —
     tokenized as stored — as JSON and HTML, with a receipt without personal data."""
     import getpass
-    from datetime import UTC
 
     import redis as redis_lib
 
@@ -216,10 +215,7 @@ def privacy_export(
     store = RedisFeatureStore(client, settings.redis.key_prefix)
 
     def online(token: str) -> dict[str, Any]:
-        state = store.card_state(token)
-        latest = state.get("pt") if state else None
-        seen = None if latest is None else datetime.fromtimestamp(latest / 1e6, tz=UTC).isoformat()
-        return {"online_state": state, "blocked_by": list(store.blocked(token)), "latest_payment": seen}
+        return {"online_state": store.card_state(token), "blocked_by": list(store.blocked(token))}
 
     try:
         erased = client.hgetall(f"{settings.redis.key_prefix}erased")
@@ -230,6 +226,8 @@ def privacy_export(
                          by=getpass.getuser())  # fmt: skip
     except (StoreUnavailableError, redis_lib.RedisError) as error:
         raise CliError(f"Redis: {error} (is Redis running at {settings.redis.address}?); nothing exported") from None
+    except OSError as error:
+        raise CliError(f"cannot write the export to {out_dir}: {error}") from None
     sections = ", ".join(f"{name} {count}" for name, count in receipt.sections.items())
     out.print(f"exported {sections} to {out_dir} (subject-access.json, subject-access.html); receipt "
               f"{receipt.export_id}", highlight=False, soft_wrap=True)  # fmt: skip

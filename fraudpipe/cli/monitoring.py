@@ -166,25 +166,25 @@ def _retrain_once(settings: Settings, as_of_text: str | None, only_on_breach: bo
 
 def _watch_fairness(settings: Settings, decisions: Any, labels: Any, as_of: datetime, out: Console) -> None:
     """With ``governance.segments_path``: each segment's false-positive-rate ratio to its reference over the matured
-    decisions read, printed and exported as gauges, with the number of ratios outside the bound among segments large
-    enough to judge (:func:`models.fairness.disparity_breaches`)."""
+    decisions read, printed and exported as gauges, with the number of ratios clearly outside the bound among
+    segments large enough to judge (:func:`models.fairness.disparity_breaches`). Not watched: no sample at all."""
     from models.fairness import disparity_breaches, fairness, judged_decisions, segments_of
     from streams import metrics
 
     g = settings.governance
-    metrics.SEGMENT_FPR_RATIO.clear()  # only this pass's segments: what the dashboard and Grafana draw
-    metrics.FAIRNESS_BREACHES.clear()  # not watched (yet): no figure rather than a reassuring 0
-    if g.segments_path is None:
-        return
+    card = None
     judged = judged_decisions(decisions, labels, as_of=as_of, maturity=timedelta(days=settings.monitor.maturity_days))
-    if judged.is_empty():
+    if g.segments_path is not None and judged.is_empty():
         out.print("fairness: no matured decision yet", highlight=False)
-        return
-    try:
-        segments = segments_of(_segment_file(g.segments_path), g.segment_key, g.segment_columns)
-        card = fairness(judged, segments, bound=g.disparity_bound, min_decisions=g.min_segment_decisions).to_dict()
-    except (CliError, ValueError) as error:
-        out.print(f"[yellow]fairness not watched[/]: {g.segments_path}: {error}", highlight=False)
+    elif g.segments_path is not None:
+        try:
+            segments = segments_of(_segment_file(g.segments_path), g.segment_key, g.segment_columns)
+            card = fairness(judged, segments, bound=g.disparity_bound, min_decisions=g.min_segment_decisions).to_dict()
+        except (CliError, ValueError) as error:
+            out.print(f"[yellow]fairness not watched[/]: {g.segments_path}: {error}", highlight=False)
+    metrics.SEGMENT_FPR_RATIO.clear()  # only this pass's segments, set once measured: what the dashboard draws
+    metrics.FAIRNESS_BREACHES.clear()
+    if card is None:
         return
     breaches, ratios = [], []
     for column in card["columns"]:
@@ -199,7 +199,7 @@ def _watch_fairness(settings: Settings, decisions: Any, labels: Any, as_of: date
                 metrics.SEGMENT_FPR_RATIO.labels(column["column"], segment["value"]).set(ratio)
                 ratios.append(f"{column['column']}={segment['value']} {ratio:.2f}")
     out.print(f"fairness of {judged.height:,} matured decisions, false-positive-rate ratio to the reference "
-              f"segment: {', '.join(ratios) or 'none measurable'}; {len(breaches)} outside the bound",
+              f"segment: {', '.join(ratios) or 'none measurable'}; {len(breaches)} clearly outside the bound",
               highlight=False)  # fmt: skip
     for breach in breaches:
         out.print(f"[yellow]warning[/]: {breach}", highlight=False)

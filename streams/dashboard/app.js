@@ -303,9 +303,10 @@
     const blocks = columns.map((column) => el("div", "", el("h3", "", column),
       el("div", "bars", ...fairness.segments.filter((s) => s.column === column)
         .map((s) => bar(s.segment, s.fpr_ratio, max, s.level, num(s.fpr_ratio, 2))))));
-    const breaches = fairness.breaches === null ? "not watched" : `${fairness.breaches} outside the bound`;
-    blocks.unshift(el("p", "muted", `${breaches} · band ${num(low, 2)} – ${num(high, 2)} (segments large enough to judge)`));
-    if (!fairness.segments.length) {
+    const breaches = fairness.breaches === null ? "not watched"
+      : `${fairness.breaches} clearly outside the bound (segments large enough to judge)`;
+    blocks.unshift(el("p", "muted", `${breaches} · band ${num(low, 2)} – ${num(high, 2)}; amber: outside the band, not yet clearly`));
+    if (!fairness.segments.length && fairness.breaches === null) {
       blocks.push(el("p", "muted", "No fairness gauges: `fraudpipe monitor --every 60` with FRAUD_GOVERNANCE__SEGMENTS_PATH exports them."));
     }
     $("fairness").replaceChildren(...blocks);

@@ -206,7 +206,7 @@ def _metrics_view(total: Snapshot, series: Series, monitor: MonitorSettings, bou
                     "column": column,
                     "segment": segment,
                     "fpr_ratio": ratio,
-                    "level": "stable" if bound <= ratio <= 1 / bound else "breach",
+                    "level": "stable" if bound <= ratio <= 1 / bound else "moderate",
                 }
                 for (column, segment), ratio in sorted(total.fpr_ratios.items())
             ],

@@ -241,6 +241,10 @@ def test_erase_by_customer_and_by_pan_and_retention(settings: Settings, tmp_path
         document = json.loads((folder / "subject-access.json").read_text())
         assert [t["txn_id"] for t in document["transactions"]] == ["p1"] and pan_token in text
         assert digits not in text and pan not in text  # tokenized as stored: never the card number
+    (tmp_path / "a-file").write_text("")
+    unwritable = run_cli(settings, "privacy", "export", "--pan", pan, "--out", str(tmp_path / "a-file"), cwd=tmp_path)
+    assert unwritable.returncode == 1 and "cannot write the export" in unwritable.stderr
+    assert "Traceback" not in unwritable.stderr
     by_pan = run_cli(settings, "privacy", "erase", "--pan", pan, cwd=tmp_path)
     assert by_pan.returncode == 0, by_pan.stderr
     assert "p1" not in logs.decisions.read()["txn_id"].to_list()

@@ -4,6 +4,7 @@ trained on a simulated history took for its later days, segmented by the simulat
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, date, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
@@ -150,9 +151,10 @@ def _segment_rows(region: str, genuine: int, false_positives: int, frauds: int, 
 def test_the_gate_counts_a_ratio_only_when_it_is_clearly_outside_the_band() -> None:
     """north (the reference, the largest): FPR 48/1200 = 0.04, recall 80/100. south: FPR 0.12 (ratio 3.0, clearly
     out), recall 0.78 (in). east: FPR 0.056 (ratio 1.4: outside [0.8, 1.25], but its 95 % interval reaches into
-    it — a fair model shows as much on 56 false positives), recall 0.4 (ratio 0.5, clearly out)."""
+    it — a fair model shows as much on 56 false positives), recall 0.4 (ratio 0.5, clearly out). west: FPR 0.04,
+    no fraud caught."""
     rows = pl.concat([_segment_rows("north", 1200, 48, 100, 80), _segment_rows("south", 1000, 120, 100, 78),
-                      _segment_rows("east", 1000, 56, 100, 40)])  # fmt: skip
+                      _segment_rows("east", 1000, 56, 100, 40), _segment_rows("west", 1000, 40, 100, 0)])  # fmt: skip
     segments = segments_of(rows.select("card_token", "region"), "card_token", ["region"])
     card = fairness(rows.drop("region"), segments, bound=0.8, min_decisions=200).to_dict()
     assert card["columns"][0]["reference"] == "north"
@@ -160,15 +162,19 @@ def test_the_gate_counts_a_ratio_only_when_it_is_clearly_outside_the_band() -> N
     assert [line.split(" (")[0] for line in found] == [
         "fairness: region=east recall ratio",
         "fairness: region=south false-positive-rate ratio 3.000",
+        "fairness: region=west recall ratio",  # none of 100 frauds caught: half an event, still clearly out
     ]
     assert "to north outside [0.80, 1.25] on the holdout (120 against 48 false positives)" in found[1]
     east = next(s for s in card["columns"][0]["segments"] if s["value"] == "east")
     north = next(s for s in card["columns"][0]["segments"] if s["value"] == "north")
     low, high = ratio_interval("fpr", east, north, 0.95)  # type: ignore[misc]
     assert low < 1.25 < 1.4 < high  # outside the band, not clearly
+    south = next(s for s in card["columns"][0]["segments"] if s["value"] == "south")
+    spread = 1.959964 * math.sqrt((1 - 0.12) / 120 + (1 - 0.04) / 48)  # by hand: (1 - rate) / events, each side
+    assert ratio_interval("fpr", south, north, 0.95) == pytest.approx((3 * math.exp(-spread), 3 * math.exp(spread)))
     assert disparity_breaches(card, ["fpr"], min_frauds=30, min_false_positives=121) == []  # too few to judge
     loose = disparity_breaches(card, ["fpr"], min_frauds=30, min_false_positives=30, confidence=0.01)
-    assert len(loose) == 2  # an interval as narrow as the point: east's 1.4 counts too
+    assert len(loose) == 2  # an interval as narrow as the point: east's 1.4 counts too (west's 1.0 does not)
     small = fairness(rows.drop("region"), segments, bound=0.8, min_decisions=1200).to_dict()  # only north flaggable
     assert disparity_breaches(small, ["fpr", "recall"], min_frauds=1, min_false_positives=1) == []
 

@@ -131,14 +131,17 @@ def test_the_gate_refuses_a_challenger_whose_disparity_leaves_the_bound(
 ) -> None:
     """With the gate on false-positive-rate and recall ratios, a band as narrow as [0.99, 1.01] and an interval as
     narrow as its point (confidence 1 %), the challenger's segments on the holdout refuse it: exit code 4, each
-    reason in the verdict; the same run without the gate has no fairness reason."""
+    reason in the verdict; the same run without the gate has no fairness reason, and one with the gate but no
+    segment table is refused for it."""
     runs = {}
-    for name, gate in (("gated", '["fpr", "recall"]'), ("open", "[]")):
+    table = str(small_sim / "customers.parquet")
+    for name, gate, segments in (("gated", '["fpr", "recall"]', table), ("open", "[]", table),
+                                 ("unsegmented", '["fpr"]', "")):  # fmt: skip
         models = tmp_path / name / "models"
         shutil.copytree(trained_sim, models)
         result = run_cli(
             "retrain", "--json", str(tmp_path / f"{name}.json"), cwd=tmp_path, FRAUD_PATHS__MODELS_DIR=str(models),
-            FRAUD_PATHS__DATA_DIR=str(served_sim), FRAUD_GOVERNANCE__SEGMENTS_PATH=str(small_sim / "customers.parquet"),
+            FRAUD_PATHS__DATA_DIR=str(served_sim), FRAUD_GOVERNANCE__SEGMENTS_PATH=segments,
             FRAUD_GOVERNANCE__GATE_RATIOS=gate, FRAUD_GOVERNANCE__DISPARITY_BOUND="0.99",
             FRAUD_GOVERNANCE__MIN_SEGMENT_DECISIONS="50", FRAUD_GOVERNANCE__MIN_SEGMENT_FRAUDS="1",
             FRAUD_GOVERNANCE__MIN_SEGMENT_FALSE_POSITIVES="1", FRAUD_GOVERNANCE__BREACH_CONFIDENCE="0.01",
@@ -154,6 +157,8 @@ def test_the_gate_refuses_a_challenger_whose_disparity_leaves_the_bound(
     assert "outside [0.99, 1.01] on the holdout" in fairness[0] and fairness[0] in result.stdout
     assert Registry(tmp_path / "gated" / "models").aliases()["champion"] == "v0001"
     assert not [r for r in runs["open"][1]["refusals"] if r.startswith("fairness: ")]
+    result, unsegmented = runs["unsegmented"]  # a gate asked for and not judged refuses: it never passes silently
+    assert result.returncode == 4 and any(r.startswith("fairness: not judged") for r in unsegmented["refusals"])
 
 
 def test_a_card_says_when_no_segment_data_was_supplied(tmp_path: Path) -> None:

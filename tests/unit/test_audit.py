@@ -72,10 +72,11 @@ def _cards_rows(pairs: list[tuple[str, str]], merchant: str = "M-0007") -> pl.Da
 
 
 def test_the_access_export_holds_each_trail_and_nothing_of_another_subject(tmp_path: Path) -> None:
-    """Two cards; a payment of tok_other reused tok_me's id (a conflict on tok_me's trail, someone else's data);
-    a merchant name with markup (escaped on the page)."""
+    """Two cards; tok_other's payments under tok_me's id m1 — one decided (the memory had forgotten the id), one
+    refused as a conflict — are someone else's data; a merchant name with markup (escaped on the page)."""
     me, other = "tok_" + "a" * 32, "tok_" + "b" * 32
     logs = Logs.under(tmp_path / "data")
+    logs.decisions.append(_cards_rows([("m1", other)], merchant="Other"))  # m1 under another card, decided first
     logs.decisions.append(pl.concat([_cards_rows([("m1", me), ("m2", me)], merchant="<b>Shop</b>"),
                                      _cards_rows([("o1", other)])]))  # fmt: skip
     refused = factories.transaction(txn_id="m1", card_token=other, amount=999.0)
@@ -87,6 +88,10 @@ def test_the_access_export_holds_each_trail_and_nothing_of_another_subject(tmp_p
     document = json.loads((tmp_path / "out" / "subject-access.json").read_text())
     page = (tmp_path / "out" / "subject-access.html").read_text()
     assert [t["txn_id"] for t in document["transactions"]] == ["m1", "m2"]
+    first = document["transactions"][0]
+    assert (
+        first["event"]["card_token"] == me and first["decision"]["redeliveries"] == 0
+    )  # the other card's m1: not theirs
     alone = trail("m2", logs, registered=None, key=b"k" * 32)
     assert document["transactions"][1] == json.loads(json.dumps(alone, default=str))
     assert trails(["m1", "m2", "o1", "never"], logs, registered=None, key=None).keys() == {"m1", "m2", "o1"}

@@ -399,6 +399,6 @@ def test_summary_with_a_worker_draws_rates_dead_letters_and_drift(
         "band": [0.8, 1.25],
         "segments": [
             {"column": "home_country", "segment": "ES", "fpr_ratio": 1.0, "level": "stable"},
-            {"column": "home_country", "segment": "FR", "fpr_ratio": 1.4, "level": "breach"},
+            {"column": "home_country", "segment": "FR", "fpr_ratio": 1.4, "level": "moderate"},
         ],
     }

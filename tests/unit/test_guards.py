@@ -49,16 +49,18 @@ def test_pure_modules_import_no_network_client(module: str) -> None:
 
 def test_the_worker_scores_without_pandas() -> None:
     """fairlearn brings pandas, and LightGBM imports it when it is there: the worker refuses it before LightGBM is
-    imported (:func:`streams.without_pandas`), and LightGBM still trains and scores on numpy arrays."""
+    imported (:func:`streams.without_pandas`), and LightGBM still trains and scores on numpy arrays, scikit-learn
+    measures."""
     code = (
         "import sys; from streams import without_pandas; without_pandas();"
         "import numpy as np, lightgbm, streams.scoring, models.scorer;"
         "x = np.random.default_rng(0).random((200, 3)); y = (x[:, 0] > 0.5).astype(int);"
         "booster = lightgbm.train({'verbose': -1, 'num_leaves': 4}, lightgbm.Dataset(x, y), 5);"
-        "print(float(booster.predict(x[:1])[0]) > 0, sys.modules.get('pandas'))"
+        "from sklearn.metrics import roc_auc_score; auc = roc_auc_score(y, booster.predict(x));"
+        "print(float(booster.predict(x[:1])[0]) > 0, auc > 0.9, sys.modules.get('pandas'))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
-    assert out.split() == ["True", "None"]
+    assert out.split() == ["True", "True", "None"]
     loaded = subprocess.run([sys.executable, "-c", "import sys, lightgbm; print('pandas' in sys.modules)"],
                             capture_output=True, text=True, check=True, cwd=ROOT).stdout  # fmt: skip
     assert loaded.strip() == "True"  # what the guard is for: pandas is installed, and LightGBM takes it
