@@ -93,10 +93,7 @@ def trails(txn_ids: Sequence[str], logs: Logs, *, registered: Callable[[str], st
         return _by_txn(rows)
 
     decisions = rows_of(logs.decisions, wanted, days)
-    alerting = [
-        t for t, rows in decisions.items() if rows.sort("decided_at").row(0, named=True)["decision"] != "approve"
-    ]
-    deliveries = rows_of(logs.deliveries, alerting, days) if alerting else {}
+    deliveries = rows_of(logs.deliveries, list(decisions), days)  # only alerts have any; _trail reads an alert's
     labels = rows_of(logs.labels, list(decisions))
     conflicts = rows_of(logs.conflicts, list(decisions))
     seals: dict[str, str] = {}

@@ -137,11 +137,7 @@ class Receipt:
     )
 
     def write(self, folder: Path) -> Path:
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{self.erasure_id}.json"
-        body = asdict(self) | {"erased_at": self.erased_at.isoformat()}
-        path.write_text(json.dumps(body, indent=2) + "\n")
-        return path
+        return _write_receipt(folder, self.erasure_id, asdict(self) | {"erased_at": self.erased_at.isoformat()})
 
 
 def _stream_entries(client: redis.Redis, stream: str, cards: set[str]) -> list[bytes]:
@@ -281,10 +277,15 @@ class AccessReceipt:
     by: str
 
     def write(self, folder: Path) -> Path:
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{self.export_id}.json"
-        path.write_text(json.dumps(asdict(self) | {"exported_at": self.exported_at.isoformat()}, indent=2) + "\n")
-        return path
+        return _write_receipt(folder, self.export_id, asdict(self) | {"exported_at": self.exported_at.isoformat()})
+
+
+def _write_receipt(folder: Path, name: str, body: Mapping[str, Any]) -> Path:
+    """``body`` as ``folder/<name>.json`` (the folder made if needed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(body, indent=2) + "\n")
+    return path
 
 
 def access(cards: Iterable[str], *, requested_as: str, logs: Logs, online: Callable[[str], dict[str, Any]],

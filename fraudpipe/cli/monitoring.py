@@ -168,12 +168,17 @@ def _watch_fairness(settings: Settings, decisions: Any, labels: Any, as_of: date
     """With ``governance.segments_path``: each segment's false-positive-rate ratio to its reference over the matured
     decisions read, printed and exported as gauges, with the number of ratios clearly outside the bound among
     segments large enough to judge (:func:`models.fairness.disparity_breaches`). Not watched: no sample at all."""
+    import polars as pl
+
     from models.fairness import disparity_breaches, fairness, judged_decisions, segments_of
     from streams import metrics
 
     g = settings.governance
-    card = None
-    judged = judged_decisions(decisions, labels, as_of=as_of, maturity=timedelta(days=settings.monitor.maturity_days))
+    card, judged = None, pl.DataFrame()
+    if g.segments_path is not None:  # judged only when watched: the join is the pass's dearest part
+        judged = judged_decisions(
+            decisions, labels, as_of=as_of, maturity=timedelta(days=settings.monitor.maturity_days)
+        )
     if g.segments_path is not None and judged.is_empty():
         out.print("fairness: no matured decision yet", highlight=False)
     elif g.segments_path is not None:
