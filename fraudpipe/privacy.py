@@ -116,7 +116,8 @@ def _erasures(found: Mapping[Any, Any]) -> dict[str, int]:
 
 @dataclass(frozen=True, slots=True)
 class Receipt:
-    """What an erasure did, without personal data (``subjects``: digests of the cards erased)."""
+    """What an erasure did, without personal data (``subjects``: digests of the cards erased; ``redis_keys``: the
+    keys deleted and the remembered decisions forgotten)."""
 
     erasure_id: str
     erased_at: datetime
@@ -180,8 +181,10 @@ def _about(cards: set[str]) -> Callable[[bytes], bool]:
 
 def erase(cards: Iterable[str], *, requested_as: str, client: redis.Redis, prefix: str, key: bytes, logs: Logs,
           alert_stream: str, alert_file: Path | None, receipts: Path, clock: Clock, settle_s: float,
-          by: str) -> Receipt:  # fmt: skip
-    """Erase every trace of ``cards`` (module docstring); returns the receipt, written under ``receipts``."""
+          by: str, forget_decisions: Callable[[list[str]], int]) -> Receipt:  # fmt: skip
+    """Erase every trace of ``cards`` (module docstring); returns the receipt, written under ``receipts``.
+    ``forget_decisions(txn_ids)`` deletes the remembered decisions of transactions (the decision memory's
+    ``forget``, which knows its layout) and says how many there were."""
     tokens = sorted(set(cards))
     now = clock.now()
     digests = [subject_digest(key, token) for token in tokens]
@@ -200,9 +203,10 @@ def erase(cards: Iterable[str], *, requested_as: str, client: redis.Redis, prefi
         pattern = f"{prefix}applied:{_glob_escaped(token)}:*"
         names += [name.decode() for name in client.scan_iter(match=pattern, count=10_000)]
     for txn in sorted(txns):
-        names += [f"{prefix}{kind}:{txn}" for kind in ("label", "decision")]  # streams.pipeline.DecisionMemory
+        names.append(f"{prefix}label:{txn}")
         names += [f"{prefix}sunk:{sink}:alert:{txn}" for sink in ("redis_stream", "webhook")]  # streams.sinks
     deleted = sum(int(client.delete(*names[i : i + 1_000])) for i in range(0, len(names), 1_000))
+    deleted += forget_decisions(sorted(txns))
     entries = _stream_entries(client, alert_stream, set(tokens))
     if entries:
         client.xdel(alert_stream, *entries)

@@ -275,6 +275,11 @@ class ScoringSettings(_Section):
     decision_memory_s: Annotated[int, Field(ge=60)] = 7 * 86_400
     """How long the decision of a transaction is remembered, with the digest of its content: a redelivery (same
     content) republishes the same decision, a reused id with other content is refused as ``txn_id_conflict``."""
+    decision_memory_slots: Annotated[int, Field(ge=1, le=16_777_216)] = 4_096
+    """Hashes the decision memory spreads each generation's ids over (a generation: half of
+    ``decision_memory_s``): about the decisions of a generation / 200 keeps each hash in Redis' compact encoding
+    (~55 bytes a decision, ~90 in larger hashes). Set it before a deployment: decisions remembered under another
+    count are not found (``streams.pipeline.DecisionMemory``)."""
     breaker_failures: Annotated[int, Field(ge=1)] = 3
     """Consecutive failed Redis calls after which the circuit breaker opens: batches are then decided degraded at
     once (``fallback``) instead of each waiting out the socket timeout."""

@@ -136,6 +136,7 @@ def privacy_erase(
     from fraudpipe.clock import SystemClock
     from fraudpipe.logstore import Logs
     from fraudpipe.privacy import erase
+    from streams.pipeline import DecisionMemory
 
     settings = _settings()
     logs = Logs.under(settings.paths.data_dir, _audit_key(settings))
@@ -148,6 +149,8 @@ def privacy_erase(
             alert_file=settings.sinks.jsonl_path if "jsonl" in settings.sinks.enabled else None,
             receipts=settings.paths.data_dir / "privacy" / "receipts", clock=SystemClock(),
             settle_s=settings.privacy.erasure_poll_s + settings.logs.flush_interval_s + 1.0, by=getpass.getuser(),
+            forget_decisions=DecisionMemory(client, settings.redis.key_prefix, settings.scoring.decision_memory_s,
+                                            settings.scoring.decision_memory_slots).forget,
         )  # fmt: skip
     except redis_lib.RedisError as error:
         raise CliError(f"Redis: {error} (is Redis running at {settings.redis.address}?); no file was changed") from None
