@@ -154,7 +154,9 @@ local gen = math.floor(tonumber(redis.call('TIME')[1]) / span)
 """The decision memory's scripts begin here: ``ARGV[1]`` the key stem (``<prefix>decision:``), ``ARGV[2]`` the
 generation's length in seconds; ``gen``, the current generation by Redis' clock (one clock for every worker)."""
 
-_RECALL = _GENERATION + """
+_RECALL = (
+    _GENERATION
+    + """
 local found = {}
 for i = 3, #ARGV, 2 do
   local value = false
@@ -166,9 +168,12 @@ for i = 3, #ARGV, 2 do
 end
 return found
 """
+)
 """The values of ids (``ARGV`` pairs from 3: slot, id) in the three live generations, newest first; nil where none."""
 
-_REMEMBER = _GENERATION + """
+_REMEMBER = (
+    _GENERATION
+    + """
 local expire_at, kept, touched = (gen + 3) * span, {}, {}
 for i = 3, #ARGV, 3 do
   local slot, id = ARGV[i], ARGV[i + 1]
@@ -187,10 +192,13 @@ for i = 3, #ARGV, 3 do
 end
 return kept
 """
+)
 """Each id's value (``ARGV`` triples from 3: slot, id, value) set in the current generation unless one of the live
 generations has it; returns the values already there (nil where there was none)."""
 
-_FORGET = _GENERATION + """
+_FORGET = (
+    _GENERATION
+    + """
 local removed = 0
 for i = 3, #ARGV, 2 do
   for g = gen, gen - 2, -1 do
@@ -199,6 +207,7 @@ for i = 3, #ARGV, 2 do
 end
 return removed
 """
+)
 """Delete ids (``ARGV`` pairs from 3: slot, id) from the live generations; returns how many entries went."""
 
 
