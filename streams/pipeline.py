@@ -235,7 +235,7 @@ class DecisionMemory:
 
     def _slotted(self, txn_ids: Sequence[str]) -> list[Any]:
         """``[slot, id, slot, id, …]``: each id after its slot."""
-        slots, args = self.slots, []
+        slots, args = self.slots, list[Any]()
         for txn_id in txn_ids:
             args += (zlib.crc32(txn_id.encode()) % slots, txn_id)
         return args
@@ -260,7 +260,7 @@ class DecisionMemory:
         :meth:`recall`."""
         if not txn_ids:
             return {}
-        slots, args = self.slots, []
+        slots, args = self.slots, list[Any]()
         for txn_id, value in zip(txn_ids, values, strict=True):
             args += (zlib.crc32(txn_id.encode()) % slots, txn_id, value)
         earlier = self._call(self._remember, args)
