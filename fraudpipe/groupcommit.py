@@ -10,8 +10,8 @@ every earlier number's, are in such files. The offset-commit watermark (:mod:`st
 offsets only once its number is durable: a crash loses buffered rows but never skips their records, which are
 redelivered and logged again (readers de-duplicate).
 
-Files per log and worker: at most one per event day and flush, i.e. ``60 / interval_s`` a minute (12 at 5 s) while
-fewer than ``max_rows`` rows arrive per interval; above that rate the row cap sets the pace.
+Files per log and worker: at most one per event day and flush, i.e. ``60 / interval_s`` a minute (4 at 15 s, the
+default) while fewer than ``max_rows`` rows arrive per interval; above that rate the row cap sets the pace.
 
 A flush that fails (a full disk, say) marks nothing durable and keeps its rows buffered (those of the days whose file
 it did write excepted: they are on disk), and the next flush tries again; the background thread logs the error and

@@ -273,12 +273,13 @@ class ScoringSettings(_Section):
     fallback_review_amount: Annotated[float, Field(gt=0.0)] = 100.0
     """In degraded fail_open mode, amounts from this one are reviewed."""
     decision_memory_s: Annotated[int, Field(ge=60)] = 7 * 86_400
-    """How long the decision of a transaction is remembered, with the digest of its content: a redelivery (same
-    content) republishes the same decision, a reused id with other content is refused as ``txn_id_conflict``."""
+    """How long the decision of a transaction is remembered at least (at most twice that), with the digest of its
+    content: a redelivery (same content) republishes the same decision, a reused id with other content is refused
+    as ``txn_id_conflict``."""
     decision_memory_slots: Annotated[int, Field(ge=1, le=16_777_216)] = 4_096
-    """Hashes the decision memory spreads each generation's ids over (a generation: half of
-    ``decision_memory_s``): about the decisions of a generation / 200 keeps each hash in Redis' compact encoding
-    (~55 bytes a decision, ~90 in larger hashes). Set it before a deployment: decisions remembered under another
+    """Hashes the decision memory spreads each generation's ids over (a generation lasts ``decision_memory_s``):
+    about the decisions of a generation / 200 keeps each hash in Redis' compact encoding (~55 bytes a decision, ~90
+    in larger hashes). Set it before a deployment: decisions remembered under another
     count are not found (``streams.pipeline.DecisionMemory``)."""
     breaker_failures: Annotated[int, Field(ge=1)] = 3
     """Consecutive failed Redis calls after which the circuit breaker opens: batches are then decided degraded at
@@ -557,8 +558,10 @@ class LogSettings(_Section):
     """The worker's Parquet logs (decisions, labels, deliveries, shadow, conflicts under ``paths.data_dir``):
     rows are buffered and written as one sealed file per log, event day and flush (group commit)."""
 
-    flush_interval_s: Annotated[float, Field(gt=0.0, le=300.0)] = 5.0
-    """Longest time a row waits in the buffer before its file is written (and its offsets may be committed)."""
+    flush_interval_s: Annotated[float, Field(gt=0.0, le=300.0)] = 15.0
+    """Longest time a row waits in the buffer before its file is written (and its offsets may be committed): files
+    per log and worker are one per event day and flush, and a crash redelivers up to this much of the input
+    (decided again the same, from the decision memory). Kafka Streams commits every 30 s by default."""
     flush_rows: Annotated[int, Field(ge=1, le=10_000_000)] = 100_000
     """Buffered rows that trigger a write before the interval is up."""
 

@@ -87,8 +87,9 @@ class Run:
     the module docstring), worker CPU seconds per 1,000 events decided after the window opened (paced: the replay's
     start; full speed: the first look at the scores topic that finds the warm-up decided; None if everything was
     decided before that look), peak RSS in MB, ``seconds`` of wall time from the workers' start (full speed) or the
-    first event produced after the warm-up (paced) to the workers' stop, and the decision-log files the workers
-    wrote in that time (``<data dir>/decisions/**/part-*.parquet``), in all and per worker and minute. ``events``
+    first event produced after the warm-up (paced) to the last decision (before the workers stop), and the
+    decision-log files the workers wrote in that time (``<data dir>/decisions/**/part-*.parquet``), in all and per
+    worker and minute: a rate, so the flush each worker makes once in its life, on stop, is left out. ``events``
     and every figure leave the warm-up's ``warmup_events`` out (their decisions are checked all the same)."""
 
     name: str
@@ -298,8 +299,8 @@ def measure(settings: Settings, spec: RunSpec, logs: Path, key: bytes, *, stall_
         decided = decisions_of(settings.kafka, topics, expected, processes=processes, stall_s=stall_s,
                                watch=window.open)  # fmt: skip
         usage = [_proc(p.pid) for p in processes]
+        seconds, files = time.monotonic() - began, _files(data_dir)
         _stop(processes)
-        seconds = time.monotonic() - began
         inputs = inputs_of(settings.kafka, topics)
         check_complete(inputs, decided, expected)
         delete_topics(settings.kafka, topics_under(settings.kafka, topics.prefix))  # kept when a run fails
@@ -315,7 +316,7 @@ def measure(settings: Settings, spec: RunSpec, logs: Path, key: bytes, *, stall_
     if cpu_events > 0 and window.cpu_s is not None:
         run.cpu_s_per_1k = (sum(u[0] for u in usage) - window.cpu_s) / (cpu_events / 1000)
     run.rss_mb, run.seconds = max(u[1] for u in usage), seconds
-    run.decision_files = _files(data_dir) - files_before
+    run.decision_files = files - files_before
     run.decision_files_per_min = run.decision_files / spec.workers / (seconds / 60)
     return run
 

@@ -64,6 +64,7 @@ def settings(kafka_bootstrap: str, redis_url: str, unique: str, tmp_path: Path) 
         paths={"data_dir": tmp_path / "data", "models_dir": tmp_path / "models"},  # type: ignore[arg-type]
         metrics={"port": 0},  # type: ignore[arg-type]
         sinks={"redis_stream_key": f"fp:test:{unique}:alerts", "jsonl_path": tmp_path / "alerts.jsonl"},  # type: ignore[arg-type]
+        logs={"flush_interval_s": 5.0},  # type: ignore[arg-type]  # the tests wait for files: sooner than by default
     )
     yield made
     try:
@@ -110,6 +111,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "FRAUD_SINKS__REDIS_STREAM_KEY": settings.sinks.redis_stream_key,
             "FRAUD_SINKS__JSONL_PATH": str(settings.sinks.jsonl_path),
             "FRAUD_PRIVACY__ERASURE_POLL_S": str(settings.privacy.erasure_poll_s),
+            "FRAUD_LOGS__FLUSH_INTERVAL_S": str(settings.logs.flush_interval_s),
         }
     )
     return env
