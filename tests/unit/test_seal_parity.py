@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import fraudpipe.seal
 from fraudpipe.seal import SEAL_COLUMNS, seal, unsealed, verify_frame
 
 KEY = b"unit-test-audit-key-0123456789abcdef"
@@ -137,6 +138,24 @@ def test_a_decision_shaped_frame_gives_the_references_seals() -> None:
     ).with_columns(pl.col("f_card_feature_00_mean_7d").fill_nan(None), pl.col("text_column_03").replace("", None))
     assert frame.width == 70
     assert seal(frame, KEY)["seal"].to_list() == reference_seals(frame, KEY)
+
+
+def test_a_frame_sealed_in_chunks_gives_the_references_seals(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The canonical form is built a chunk of rows at a time (to bound a flush's memory): the chain goes on across
+    chunks, and each chunk's own longest text (lengths looked up or written by polars) changes nothing."""
+    monkeypatch.setattr(fraudpipe.seal, "_CHUNK", 7)
+    frame = pl.DataFrame(
+        {
+            "txn_id": [f"TX{i}" for i in range(40)],
+            "note": ["x" * (5000 if i == 20 else i) if i % 9 else None for i in range(40)],
+            "score": [i / 7 if i % 5 else None for i in range(40)],
+        }
+    )
+    sealed = seal(frame, KEY)
+    assert sealed["seal"].to_list() == reference_seals(frame, KEY)
+    assert verify_frame(sealed, KEY) is None
+    broken = verify_frame(sealed.with_columns(score=pl.col("score") * 2), KEY)
+    assert broken is not None and broken.row == 1  # row 0's score is null: doubled, still null
 
 
 def test_long_texts_give_the_references_seals() -> None:
