@@ -256,10 +256,11 @@ kafka_start() {
 # else a random one. Both files are rewritten on each start: a changed prefix or password applies at the next start.
 
 # Every command a worker sends: the feature store (MULTI / EXEC around EVALSHA and MGET, SCRIPT LOAD when the script
-# is not cached; APPEND, STRLEN, EXPIRE, HMGET, HSET, GET, SET and PTTL inside it), decision memory (MGET, SET), the
-# erasure list (HGETALL), the Redis-stream sink (SET NX markers, XADD, DEL), health checks (PING).
+# is not cached; APPEND, STRLEN, EXPIRE, HMGET, HSET, GET, SET and PTTL inside it), the decision memory's scripts
+# (TIME, HGET, HSETNX and EXPIREAT inside them), the erasure list (HGETALL), the Redis-stream sink (SET NX markers,
+# XADD, DEL), health checks (PING).
 # tests/reliability/test_redis_acl.py (the feature store's script) and test_security.py (a real worker) read it here.
-REDIS_WORKER_COMMANDS="ping get set mget del hgetall xadd evalsha script|load multi exec append strlen expire pttl hmget hset"
+REDIS_WORKER_COMMANDS="ping get set mget del hgetall xadd evalsha script|load multi exec append strlen expire pttl hmget hset hget hsetnx expireat time"
 
 redis_value() {  # redis_value USER: that user's password, from its .env file (nothing if there is none)
   if [[ -f "$REDIS_USERS/$1.env" ]]; then sed -n 's/^FRAUD_REDIS__PASSWORD=//p' "$REDIS_USERS/$1.env"; fi
