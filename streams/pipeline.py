@@ -229,11 +229,17 @@ class DecisionMemory:
         self._remember = client.register_script(_REMEMBER)
         self._forget = client.register_script(_FORGET)
 
-    def _slotted(self, txn_ids: Sequence[str]) -> list[Any]:
-        """``[slot, id, slot, id, …]``: each id after its slot."""
+    @classmethod
+    def of(cls, client: redis.Redis, settings: Settings) -> DecisionMemory:
+        """The memory ``settings`` describe (the worker's, the API's and erasure's: one layout)."""
+        scoring = settings.scoring
+        return cls(client, settings.redis.key_prefix, scoring.decision_memory_s, scoring.decision_memory_slots)
+
+    def _slotted(self, txn_ids: Sequence[str], *values: Sequence[bytes]) -> list[Any]:
+        """``[slot, id, value…, slot, id, value…]``: each id after its slot, then its ``values``."""
         slots, args = self.slots, list[Any]()
-        for txn_id in txn_ids:
-            args += (zlib.crc32(txn_id.encode()) % slots, txn_id)
+        for txn_id, *rest in zip(txn_ids, *values, strict=True):
+            args += (zlib.crc32(txn_id.encode()) % slots, txn_id, *rest)
         return args
 
     def _call(self, script: Any, args: list[Any]) -> Any:
@@ -256,10 +262,7 @@ class DecisionMemory:
         :meth:`recall`."""
         if not txn_ids:
             return {}
-        slots, args = self.slots, list[Any]()
-        for txn_id, value in zip(txn_ids, values, strict=True):
-            args += (zlib.crc32(txn_id.encode()) % slots, txn_id, value)
-        earlier = self._call(self._remember, args)
+        earlier = self._call(self._remember, self._slotted(txn_ids, values))
         return {t: Recalled.loads(v) for t, v in zip(txn_ids, earlier, strict=True) if v is not None}
 
     def forget(self, txn_ids: Sequence[str]) -> int:
@@ -268,7 +271,7 @@ class DecisionMemory:
 
 
 class InMemoryDecisionMemory:
-    """The twin of :class:`DecisionMemory` (no expiry, no slots)."""
+    """The twin of :class:`DecisionMemory` (no expiry)."""
 
     def __init__(self) -> None:
         self.values: dict[str, bytes] = {}
@@ -281,9 +284,6 @@ class InMemoryDecisionMemory:
         for txn_id, value in zip(txn_ids, values, strict=True):
             self.values.setdefault(txn_id, value)
         return earlier
-
-    def forget(self, txn_ids: Sequence[str]) -> int:
-        return sum(self.values.pop(t, None) is not None for t in set(txn_ids))
 
 
 class Models:
@@ -716,6 +716,6 @@ def from_settings(settings: Settings, clock: Clock) -> tuple[Pipeline, redis.Red
     models = Models(Registry(settings.paths.models_dir), scoring.model_alias, threads=scoring.model_threads,
                     poll_s=scoring.model_poll_s, clock=clock, runtime=scoring.model_runtime)  # fmt: skip
     store = RedisFeatureStore(client, settings.redis.key_prefix)
-    memory = DecisionMemory(client, settings.redis.key_prefix, scoring.decision_memory_s, scoring.decision_memory_slots)
+    memory = DecisionMemory.of(client, settings)
     breaker = Breaker(scoring.breaker_failures, scoring.breaker_cooldown_s, clock)
     return Pipeline(store, memory, models, scoring, clock, breaker=breaker), client

@@ -149,8 +149,7 @@ def privacy_erase(
             alert_file=settings.sinks.jsonl_path if "jsonl" in settings.sinks.enabled else None,
             receipts=settings.paths.data_dir / "privacy" / "receipts", clock=SystemClock(),
             settle_s=settings.privacy.erasure_poll_s + settings.logs.flush_interval_s + 1.0, by=getpass.getuser(),
-            forget_decisions=DecisionMemory(client, settings.redis.key_prefix, settings.scoring.decision_memory_s,
-                                            settings.scoring.decision_memory_slots).forget,
+            forget_decisions=DecisionMemory.of(client, settings).forget,
         )  # fmt: skip
     except redis_lib.RedisError as error:
         raise CliError(f"Redis: {error} (is Redis running at {settings.redis.address}?); no file was changed") from None
