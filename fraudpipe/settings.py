@@ -400,6 +400,15 @@ class GovernanceSettings(_Section):
     breach_confidence: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.95
     """The gate and the monitor count a ratio as outside the bound only when its interval at this confidence lies
     wholly outside (models.fairness.ratio_interval): a rate made of a few dozen events is noise."""
+    fairness_constraint: Literal["none", "false_positive_rate_parity", "equalized_odds"] = "none"
+    """Train and retrain under this constraint on ``fairness_column`` (models.constraint): its ratios held within
+    [``disparity_bound``, 1 / bound] on the training window. The column is used to train only, never as an input."""
+    fairness_column: str = "home_country"
+    """The segment column the constraint evens out (a column of the segment table)."""
+    fairness_strengths: tuple[Annotated[float, Field(gt=0.0)], ...] = (0.05, 0.1, 0.2, 0.4)
+    """Penalty strengths tried in turn, weakest first (models.constraint)."""
+    fairness_max_ap_loss: Annotated[float, Field(ge=0.0, le=1.0)] = 0.02
+    """A constrained model may lose at most this much validation AP against the one trained without."""
 
 
 class PathSettings(_Section):

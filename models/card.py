@@ -55,7 +55,11 @@ def render_card(manifest: Manifest, segment_metrics: Mapping[str, Any] | None = 
     details = [
         ("version", m.version),
         ("created", f"{m.created_at:%Y-%m-%d %H:%M} UTC by {m.created_by}"),
-        ("model", f"LightGBM {m.lightgbm_version} text model, {m.rounds} rounds, binary log-loss"),
+        (
+            "model",
+            f"LightGBM {m.lightgbm_version} text model, {m.rounds} rounds, binary log-loss"
+            + (" with a fairness penalty" if m.fairness_constraint.get("strength") else ""),
+        ),
         ("model SHA-256", f"`{m.model_sha256}`"),
         ("training data fingerprint", f"`{m.data_fingerprint}`"),
         ("notes", m.notes or "—"),
@@ -89,6 +93,7 @@ def render_card(manifest: Manifest, segment_metrics: Mapping[str, Any] | None = 
         *_money(m.metrics.get("policy")),
         *_scenarios(m.metrics.get("scenario_recall_at_1pct_fpr")),
         "",
+        *_constraint(m.fairness_constraint),
         *(_segments(segment_metrics) if segment_metrics else _no_segments()),
         "## Known limitations",
         "",
@@ -150,6 +155,37 @@ def _scenarios(recall: object) -> list[str]:
         return []
     return ["", "Recall per fraud scenario at a 1 % false-positive rate:", "",
             _table(["scenario", "recall"], sorted(recall.items()))]  # fmt: skip
+
+
+def _constraint(record: Mapping[str, Any]) -> list[str]:
+    """The fairness constraint it was trained under (:func:`models.constraint.constrain`): the model trained without
+    it and each strength tried, on the validation window."""
+    if not record:
+        return []
+    low, high = record["band"]
+    chosen = record["strength"]
+    verdict = (
+        f"kept the penalty of strength {chosen:g}"
+        if chosen
+        else "kept the model trained without the penalty (no stronger one did better within the AP allowed)"
+    )
+    if not record["tried"]:
+        verdict = "the model trained without the penalty was already within the band: kept"
+    rows = [("none (baseline)", record["baseline"]), *((f"{t['strength']:g}", t) for t in record["tried"])]
+    return [
+        "## Fairness constraint",
+        "",
+        f"Trained under `{record['kind']}` on `{record['column']}`: each segment's ratio to `"
+        f"{record['baseline']['reference']}` held within [{low:.2f}, {high:.2f}] on the {record['window']} window, "
+        f"losing at most {record['max_ap_loss']:g} AP; {verdict}. The column trained the model only: it is not an "
+        "input, and no decision sees it.",
+        "",
+        _table(["penalty strength", "AP", "worst ratio", "ratios"],
+               [(name, r["ap"], r["worst_ratio"], "; ".join(f"{metric} " + ", ".join(
+                   f"{segment} {value:.2f}" for segment, value in by.items()) for metric, by in r["ratios"].items()))
+                for name, r in rows]),
+        "",
+    ]  # fmt: skip
 
 
 def _no_segments() -> list[str]:

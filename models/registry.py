@@ -78,6 +78,9 @@ class Manifest(BaseModel):
     reference: dict[str, Any]
     tuning: dict[str, Any] = Field(default_factory=dict)
     """The ``fraudpipe tune`` study its parameters came from (:func:`models.tune.summary`); empty: the settings'."""
+    fairness_constraint: dict[str, Any] = Field(default_factory=dict)
+    """The fairness constraint it was trained under and the choice made (:func:`models.constraint.constrain`);
+    empty: none."""
     notes: str = ""
 
 

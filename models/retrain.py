@@ -38,6 +38,7 @@ import polars as pl
 
 from features.definitions import FEATURE_NAMES
 from fraudpipe.settings import CostSettings, GovernanceSettings, RetrainSettings, ScoringSettings, TrainingSettings
+from models.constraint import Constraint, constrain
 from models.cost import cheapest_thresholds, judged, policy_figures
 from models.dataset import fingerprint
 from models.drift import psi
@@ -185,10 +186,11 @@ def retrain(decisions: pl.DataFrame, labels: pl.DataFrame, registry: Registry, *
             maturity: timedelta, settings: RetrainSettings, training: TrainingSettings, k: int = 100,
             by: str | None = None, segments: Segments | None = None, governance: GovernanceSettings | None = None,
             costs: CostSettings | None = None, scoring: ScoringSettings | None = None,
-            tuning: dict[str, Any] | None = None) -> Outcome:  # fmt: skip
+            tuning: dict[str, Any] | None = None, constraint: Constraint | None = None) -> Outcome:  # fmt: skip
     """Train a challenger on the served history matured by ``as_of``, register it (alias ``challenger``), and
     promote it to ``champion`` if it passes the gate. ``tuning``: the study ``training`` came from, for the
-    manifest (:func:`models.tune.summary`).
+    manifest (:func:`models.tune.summary`). ``constraint``: train under it (:func:`models.constraint.constrain`,
+    judged on the validation window; the segments say who is who).
 
     Raises:
         DataValidationError: the training rows failed validation (nothing trained or registered).
@@ -207,9 +209,15 @@ def retrain(decisions: pl.DataFrame, labels: pl.DataFrame, registry: Registry, *
         raise DataValidationError(failures)
     if valid.height == 0 or holdout.height == 0:
         raise ValueError(f"no decisions in the {'validation' if valid.height == 0 else 'holdout'} window")
-    fitted = fit(train, training, valid)
-    outcome.seconds = fitted.seconds
     costs, scoring = costs or CostSettings(), scoring or ScoringSettings()
+    fitted, constrained = fit(train, training, valid), dict[str, Any]()
+    if constraint is not None:
+        if segments is None:
+            raise ValueError(f"the fairness constraint needs a segment table with {constraint.column!r} "
+                             "(FRAUD_GOVERNANCE__SEGMENTS_PATH, keyed by card_token)")  # fmt: skip
+        fitted, constrained = constrain(train, valid, fitted, training, constraint, segments,
+                                        governance or GovernanceSettings(), costs=costs, scoring=scoring)  # fmt: skip
+    outcome.seconds = fitted.seconds
     valid_scores = np.asarray(fitted.booster.predict(matrix(valid), num_threads=training.threads), dtype=np.float64)
     thresholds = cheapest_thresholds(judged(valid, valid_scores, scoring), costs, scoring.rules)
     inputs = matrix(holdout)
@@ -239,6 +247,7 @@ def retrain(decisions: pl.DataFrame, labels: pl.DataFrame, registry: Registry, *
         "data_fingerprint": fingerprint(train),
         "reference": reference(inputs, scores),
         "tuning": tuning or {},
+        "fairness_constraint": constrained,
         "notes": "retrained from the decision log",
     }
     segment_metrics = None

@@ -43,6 +43,7 @@ __all__ = [
     "LOOKBACK",
     "META",
     "Fitted",
+    "Refit",
     "Trained",
     "feature_rows",
     "fit",
@@ -67,6 +68,9 @@ new terminal or device, never makes a payment look safer. Checked by the behavio
 
 Progress = Callable[[int, int], None]
 """Called with (rounds done, rounds at most) while training."""
+Refit = Callable[[pl.DataFrame, pl.DataFrame, "Fitted"], tuple["Fitted", dict[str, Any]]]
+"""Given the training rows, the validation rows and the booster fitted on them, the booster to keep and what to record
+of the choice: :func:`models.constraint.constrain` under a fairness constraint."""
 
 
 def feature_rows(history: History, days: tuple[date, date], labels: pl.DataFrame) -> pl.DataFrame:
@@ -185,12 +189,14 @@ class Trained:
 
 def train_version(history: History, windows: Windows, settings: TrainingSettings, *, k: int = 100,
                   costs: CostSettings | None = None, scoring: ScoringSettings | None = None,
-                  tuning: dict[str, Any] | None = None, progress: Progress | None = None) -> Trained:  # fmt: skip
+                  tuning: dict[str, Any] | None = None, progress: Progress | None = None,
+                  refit: Refit | None = None) -> Trained:  # fmt: skip
     """Fit on the training window (and ``history_days`` before it) with the labels the system received, early-stop
     on the validation window after the delay gap (``windows.test``), measure there — every payment, as the live
     system would score it — and choose the thresholds there: the cheapest under ``costs`` with ``scoring``'s rules
     in force (:func:`models.cost.cheapest_thresholds`), whose money figures join the metrics as ``policy``.
-    ``tuning``: the study ``settings`` came from, for the manifest (:func:`models.tune.summary`).
+    ``tuning``: the study ``settings`` came from, for the manifest (:func:`models.tune.summary`). ``refit``: what
+    replaces the booster fitted (a fairness constraint's choice), its record kept as ``fairness_constraint``.
 
     Raises:
         ValueError: an empty window, or a training window without frauds.
@@ -201,6 +207,9 @@ def train_version(history: History, windows: Windows, settings: TrainingSettings
     if train.height == 0 or valid.height == 0:
         raise ValueError(f"no transactions in the {'training' if train.height == 0 else 'validation'} window")
     fitted = fit(train, settings, valid, progress)
+    constraint: dict[str, Any] = {}
+    if refit is not None:
+        fitted, constraint = refit(train, valid, fitted)
     inputs = matrix(valid)
     scores = np.asarray(fitted.booster.predict(inputs, num_threads=settings.threads), dtype=np.float64)
     metrics, _ = measure(valid, scores, k)
@@ -222,5 +231,6 @@ def train_version(history: History, windows: Windows, settings: TrainingSettings
         "data_fingerprint": history.fingerprint(),
         "reference": reference(inputs, scores),
         "tuning": tuning or {},
+        "fairness_constraint": constraint,
     }
     return Trained(fitted, fields, valid.with_columns(score=pl.Series(scores)))

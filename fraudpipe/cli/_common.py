@@ -70,6 +70,37 @@ def _day(text: str, option: str) -> date:
 TunedOption = Annotated[
     Path | None, typer.Option(help="A fraudpipe tune report: train with its chosen parameters [training.tuned].")
 ]
+FairnessOption = Annotated[
+    str | None,
+    typer.Option("--fairness-constraint", help="Train under it: false_positive_rate_parity, equalized_odds or none "
+                 "[governance.fairness_constraint]."),
+]  # fmt: skip
+FairnessColumnOption = Annotated[
+    str | None, typer.Option(help="The segment column the constraint evens out [governance.fairness_column].")
+]
+FairnessBoundOption = Annotated[
+    float | None,
+    typer.Option(min=0.01, max=1.0, help="Ratios held within [bound, 1/bound] [governance.disparity_bound]."),
+]
+
+
+def _constraint(settings: Settings, kind: str | None, column: str | None, bound: float | None,
+                segments: Any) -> Any:  # fmt: skip
+    """The fairness constraint to train under (:class:`models.constraint.Constraint`), or ``None``; it needs
+    ``segments`` (:func:`_training_segments`) holding its column."""
+    from models.constraint import Constraint
+
+    try:
+        constraint = Constraint.of(settings.governance, kind, column, bound)
+    except ValueError as error:
+        raise CliError(str(error)) from None
+    if constraint is None:
+        return None
+    if segments is None or constraint.column not in segments.columns:
+        raise CliError(f"the fairness constraint needs a segment table with a {constraint.column!r} column: train on "
+                       "a simulator folder (its customers.parquet) or set FRAUD_GOVERNANCE__SEGMENTS_PATH, with the "
+                       "column among FRAUD_GOVERNANCE__SEGMENT_COLUMNS")  # fmt: skip
+    return constraint
 
 
 def _training(settings: Settings, seed: int | None, rounds: int | None, learning_rate: float | None,

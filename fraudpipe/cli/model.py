@@ -17,10 +17,14 @@ from rich.table import Table
 from fraudpipe.cli._apps import app, model_app
 from fraudpipe.cli._common import (
     CliError,
+    FairnessBoundOption,
+    FairnessColumnOption,
+    FairnessOption,
     RateOption,
     RoundsOption,
     SeedOption,
     TunedOption,
+    _constraint,
     _day,
     _duration,
     _registry,
@@ -87,9 +91,16 @@ def train(
     tuned: TunedOption = None,
     promote: Annotated[bool, typer.Option(help="Make the new version the champion.")] = False,
     why: Annotated[str, typer.Option(help="Recorded with the promotion.")] = "trained with fraudpipe train",
+    fairness_constraint: FairnessOption = None,
+    fairness_column: FairnessColumnOption = None,
+    fairness_bound: FairnessBoundOption = None,
 ) -> None:
     """Train a LightGBM model, register it (model, manifest, report) and optionally promote it. Its thresholds are
-    the cheapest on the validation window under the cost model (FRAUD_COST__*: fees, review cost and capacity)."""
+    the cheapest on the validation window under the cost model (FRAUD_COST__*: fees, review cost and capacity).
+    With --fairness-constraint it is trained under that constraint on a segment column (models.constraint)."""
+    from functools import partial
+
+    from models.constraint import constrain
     from models.registry import Registry
     from models.report import render_report, report_data
     from models.train import latest_windows, train_version
@@ -101,18 +112,23 @@ def train(
         windows = replace(windows, train_start=_day(train_start, "--train-start"))
     training, tuning = _training(settings, seed, rounds, learning_rate, tuned)
     windows = replace(windows, history_days=_history_days(history_days, tuning))
+    segments = _training_segments(settings, source)
+    constraint = _constraint(settings, fairness_constraint, fairness_column, fairness_bound, segments)
+    refit = None if constraint is None else partial(
+        constrain, settings=training, constraint=constraint, segments=segments, governance=settings.governance,
+        costs=settings.cost, scoring=settings.scoring)  # fmt: skip
     progress, update = _fitting(training.rounds)
     with progress:
         try:
             trained = train_version(history, windows, training, costs=settings.cost, scoring=settings.scoring,
-                                    tuning=tuning, progress=update)  # fmt: skip
+                                    tuning=tuning, progress=update, refit=refit)  # fmt: skip
         except ValueError as error:
             raise CliError(str(error)) from None
     registry = Registry(settings.paths.models_dir)
     metrics = trained.fields["metrics"]
     report = render_report(report_data("fraudpipe model (validation window)", trained.fitted.booster,
                                         trained.valid, metrics, trained.fields["windows"]))  # fmt: skip
-    segment_metrics = _card_segments(settings, source, trained.valid, trained.fields["thresholds"])
+    segment_metrics = _card_segments(settings, segments, trained.valid, trained.fields["thresholds"])
     manifest = registry.register(trained.fitted.booster, trained.fields, report, segment_metrics=segment_metrics)
     if promote:
         registry.promote(manifest.version, why=why)
@@ -124,6 +140,7 @@ def train(
         f"{thresholds['review']:.3f} / decline {thresholds['decline']:.3f}, "
         f"expected cost {thresholds['expected_cost_per_day']:,.0f} a day ({_saving(metrics['policy'])})"
         + (" — now champion" if promote else "")
+        + _constrained(trained.fields["fairness_constraint"])
         + f"\nreport: {registry.versions_dir / manifest.version / 'report.html'}",
         highlight=False,
     )
@@ -397,11 +414,22 @@ def model_card(
     out.print(f"model card of {ref} → {out_path}", highlight=False)
 
 
-def _card_segments(settings: Settings, source: Path, rows: Any, thresholds: dict[str, Any]) -> Any:
+def _constrained(record: dict[str, Any]) -> str:
+    """A line on the fairness constraint a version was trained under (empty: none)."""
+    if not record:
+        return ""
+    before, after = record["baseline"], record["chosen"]
+    return (
+        f"\n{record['kind']} on {record['column']} (training window): worst ratio {before['worst_ratio']:.2f} → "
+        f"{after['worst_ratio']:.2f}, AP {before['ap']:.3f} → {after['ap']:.3f} (penalty strength "
+        f"{record['strength']:g}, {len(record['tried'])} tried)"
+    )
+
+
+def _card_segments(settings: Settings, segments: Any, rows: Any, thresholds: dict[str, Any]) -> Any:
     """Per-segment metrics and fairness of a trained version on its scored validation ``rows``, for its card."""
     from models.fairness import card_segments
 
-    segments = _training_segments(settings, source)
     if segments is None:
         return None
     g = settings.governance

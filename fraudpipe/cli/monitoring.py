@@ -5,6 +5,7 @@ both can repeat on a schedule (``--every``)."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,10 +16,14 @@ from rich.table import Table
 from fraudpipe.cli._apps import app
 from fraudpipe.cli._common import (
     CliError,
+    FairnessBoundOption,
+    FairnessColumnOption,
+    FairnessOption,
     RateOption,
     RoundsOption,
     SeedOption,
     TunedOption,
+    _constraint,
     _fmt,
     _latest,
     _registry,
@@ -78,8 +83,12 @@ def retrain(
     rounds: RoundsOption = None,
     learning_rate: RateOption = None,
     tuned: TunedOption = None,
+    fairness_constraint: FairnessOption = None,
+    fairness_column: FairnessColumnOption = None,
+    fairness_bound: FairnessBoundOption = None,
 ) -> None:
     """Train a challenger from the decision log and matured labels; promote it only if it beats the champion.
+    With --fairness-constraint (or governance.fairness_constraint) it is trained under that constraint.
 
     Exit codes: 0 promoted (or nothing to do), 3 the training data failed validation, 4 the gate kept the champion.
     """
@@ -87,12 +96,15 @@ def retrain(
 
     settings = _settings()
     training = _training(settings, seed, rounds, learning_rate, tuned)
+    segments = _training_segments(settings, None)
+    constraint = _constraint(settings, fairness_constraint, fairness_column, fairness_bound, segments)
+    once = partial(_retrain_once, settings, as_of, only_on_breach, json_out, training, segments, constraint)
     while True:
         if every is None:
-            if code := _retrain_once(settings, as_of, only_on_breach, json_out, training):
+            if code := once():
                 raise typer.Exit(code)
             return
-        _repeating(lambda: _retrain_once(settings, as_of, only_on_breach, json_out, training))
+        _repeating(once)
         time.sleep(every)
 
 
@@ -106,7 +118,7 @@ def _repeating(run: Any) -> None:
 
 
 def _retrain_once(settings: Settings, as_of_text: str | None, only_on_breach: bool, json_out: Path | None,
-                  training: tuple[Any, dict[str, Any] | None]) -> int:  # fmt: skip
+                  training: tuple[Any, dict[str, Any] | None], segments: Any, constraint: Any) -> int:  # fmt: skip
     import json
     from datetime import UTC
 
@@ -129,8 +141,8 @@ def _retrain_once(settings: Settings, as_of_text: str | None, only_on_breach: bo
     try:
         outcome = run(decisions, labels, registry, as_of=as_of, maturity=timedelta(days=settings.monitor.maturity_days),
                       settings=settings.retrain, training=training[0], tuning=training[1], k=settings.monitor.k,
-                      segments=_training_segments(settings, None), governance=settings.governance,
-                      costs=settings.cost, scoring=settings.scoring)  # fmt: skip
+                      segments=segments, governance=settings.governance, costs=settings.cost,
+                      scoring=settings.scoring, constraint=constraint)  # fmt: skip
     except DataValidationError as error:
         out.print("[red]training data failed validation, nothing trained:[/red]")
         for failure in error.failures:

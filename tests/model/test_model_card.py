@@ -182,3 +182,28 @@ def test_card_cells_never_break_the_table(hostile: str, trained_sim: Path) -> No
     card = render_card(manifest.model_copy(update={"notes": hostile}))
     (row,) = [line for line in card.splitlines() if line.startswith("| notes |")]
     assert row.count("|") - row.count("\\|") == 3
+
+
+def test_train_under_a_fairness_constraint_records_it_on_the_manifest_and_card(small_sim: Path,
+                                                                               tmp_path: Path) -> None:  # fmt: skip
+    models = tmp_path / "models"
+    common = ("train", str(small_sim), "--train-start", str(TRAIN_START), "--rounds", str(FAST.rounds),
+              "--learning-rate", str(FAST.learning_rate))  # fmt: skip
+    env = {"FRAUD_PATHS__MODELS_DIR": str(models), "FRAUD_TRAINING__MIN_DATA_IN_LEAF": str(FAST.min_data_in_leaf)}
+    result = run_cli(*common, "--fairness-constraint", "false_positive_rate_parity", "--fairness-bound", "0.9",
+                     cwd=tmp_path, **env)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    manifest = Registry(models).manifest("v0001")
+    record = manifest.fairness_constraint
+    assert (record["kind"], record["column"], record["band"]) == ("false_positive_rate_parity", "home_country",
+                                                                   [0.9, 1.1111])  # fmt: skip
+    assert manifest.features == list(FEATURE_NAMES)  # the protected column trains, it is never an input
+    assert "false_positive_rate_parity on home_country" in result.stdout
+    card = Registry(models).card("v0001")
+    assert "## Fairness constraint" in card and "| none (baseline) |" in card
+    # asked for on a column the segment table does not have: one line, nothing registered
+    refused = run_cli(*common, "--fairness-constraint", "equalized_odds", "--fairness-column", "shoe_size",
+                      cwd=tmp_path, **env)  # fmt: skip
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "needs a segment table with a 'shoe_size' column" in refused.stderr
+    assert Registry(models).versions() == ["v0001"]
