@@ -207,3 +207,28 @@ def test_train_under_a_fairness_constraint_records_it_on_the_manifest_and_card(s
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
     assert "needs a segment table with a 'shoe_size' column" in refused.stderr
     assert Registry(models).versions() == ["v0001"]
+
+
+def test_retrain_trains_its_challenger_under_the_constraint_the_settings_set(
+    served_sim: Path, trained_sim: Path, small_sim: Path, tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(trained_sim, models)
+    env = dict(FRAUD_PATHS__MODELS_DIR=str(models), FRAUD_PATHS__DATA_DIR=str(served_sim),
+               FRAUD_MONITOR__MATURITY_DAYS="3", FRAUD_RETRAIN__TRAIN_DAYS="7", FRAUD_RETRAIN__VALID_DAYS="3",
+               FRAUD_RETRAIN__HOLDOUT_DAYS="4", FRAUD_RETRAIN__MIN_ROWS="2000", FRAUD_TRAINING__ROUNDS=str(FAST.rounds),
+               FRAUD_TRAINING__MIN_DATA_IN_LEAF=str(FAST.min_data_in_leaf), FRAUD_KAFKA__BOOTSTRAP_SERVERS="127.0.0.1:1",
+               FRAUD_GOVERNANCE__FAIRNESS_CONSTRAINT="equalized_odds")  # fmt: skip
+    unsegmented = run_cli("retrain", cwd=tmp_path, **env)  # no segment table to train under it: one line, nothing
+    assert unsegmented.returncode == 1 and "Traceback" not in unsegmented.stderr
+    assert "needs a segment table with a 'home_country' column" in unsegmented.stderr
+    assert Registry(models).versions() == ["v0001"]
+    result = run_cli("retrain", cwd=tmp_path, FRAUD_GOVERNANCE__SEGMENTS_PATH=str(small_sim / "customers.parquet"),
+                     **env)  # fmt: skip
+    assert result.returncode in (0, 4), result.stdout + result.stderr
+    manifest = Registry(models).manifest("v0002")
+    record = manifest.fairness_constraint
+    assert record["kind"] == "equalized_odds" and record["column"] == "home_country"
+    assert set(record["baseline"]["ratios"]) == {"fpr", "recall"}
+    assert manifest.features == list(FEATURE_NAMES)
+    assert "## Fairness constraint" in Registry(models).card("v0002")
