@@ -214,11 +214,19 @@ def test_retrain_trains_its_challenger_under_the_constraint_the_settings_set(
 ) -> None:
     models = tmp_path / "models"
     shutil.copytree(trained_sim, models)
-    env = dict(FRAUD_PATHS__MODELS_DIR=str(models), FRAUD_PATHS__DATA_DIR=str(served_sim),
-               FRAUD_MONITOR__MATURITY_DAYS="3", FRAUD_RETRAIN__TRAIN_DAYS="7", FRAUD_RETRAIN__VALID_DAYS="3",
-               FRAUD_RETRAIN__HOLDOUT_DAYS="4", FRAUD_RETRAIN__MIN_ROWS="2000", FRAUD_TRAINING__ROUNDS=str(FAST.rounds),
-               FRAUD_TRAINING__MIN_DATA_IN_LEAF=str(FAST.min_data_in_leaf),
-               FRAUD_KAFKA__BOOTSTRAP_SERVERS="127.0.0.1:1", FRAUD_GOVERNANCE__FAIRNESS_CONSTRAINT="equalized_odds")  # fmt: skip
+    env = dict(
+        FRAUD_PATHS__MODELS_DIR=str(models),
+        FRAUD_PATHS__DATA_DIR=str(served_sim),
+        FRAUD_MONITOR__MATURITY_DAYS="3",
+        FRAUD_RETRAIN__TRAIN_DAYS="7",
+        FRAUD_RETRAIN__VALID_DAYS="3",
+        FRAUD_RETRAIN__HOLDOUT_DAYS="4",
+        FRAUD_RETRAIN__MIN_ROWS="2000",
+        FRAUD_TRAINING__ROUNDS=str(FAST.rounds),
+        FRAUD_TRAINING__MIN_DATA_IN_LEAF=str(FAST.min_data_in_leaf),
+        FRAUD_KAFKA__BOOTSTRAP_SERVERS="127.0.0.1:1",
+        FRAUD_GOVERNANCE__FAIRNESS_CONSTRAINT="equalized_odds",
+    )
     unsegmented = run_cli("retrain", cwd=tmp_path, **env)  # no segment table to train under it: one line, nothing
     assert unsegmented.returncode == 1 and "Traceback" not in unsegmented.stderr
     assert "needs a segment table with a 'home_country' column" in unsegmented.stderr
