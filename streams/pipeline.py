@@ -15,9 +15,10 @@ pydantic object per decision, the log's rows built once per flush of the decisio
   ``txn_id_conflict``), never answered with the other payment's decision, and it touches no state — the memory
   is read before the store applies anything. Within a batch the first of two same-id transactions wins.
 - **The next batch's store call overlaps this one's outputs.** Given the batch that follows (``then``),
-  :meth:`Pipeline.score` reads the memory for it and sends its store call once this batch's decisions are
-  remembered, and builds this batch's reason codes and outputs while Redis applies the next one: the same order of
-  memory and store calls as one batch after the other, less waiting.
+  :meth:`Pipeline.score` reads the memory for it in the call that remembers this batch's decisions (one round
+  trip: :meth:`DecisionMemory.remember_then_recall`), sends its store call, and builds this batch's reason codes
+  and outputs while Redis applies the next one: the same order of memory and store calls as one batch after the
+  other, less waiting.
 - **Reason codes where they explain.** An alert carries the policy rules that fired on it (``known_fraud_30d``,
   ``large_amount``: :mod:`models.scorer`); TreeSHAP runs only for the alerts whose score crossed the review
   threshold, and their contributions follow the rules. A review forced by a rule alone carries the rule, no SHAP.
@@ -156,24 +157,12 @@ local this, last = ARGV[1] .. gen .. ':', ARGV[1] .. (gen - 1) .. ':'
 generation's length in seconds; ``this`` and ``last``, the stems of the current generation's hashes by Redis' clock
 (one clock for every worker) and of the one before."""
 
-_RECALL = (
+_REMEMBER_RECALL = (
     _GENERATION
     + """
-local found = {}
-for i = 3, #ARGV, 2 do
-  local slot, id = ARGV[i], ARGV[i + 1]
-  found[#found + 1] = redis.call('HGET', this .. slot, id) or redis.call('HGET', last .. slot, id)
-end
-return found
-"""
-)
-"""The values of ids (``ARGV`` pairs from 3: slot, id) in the two live generations; nil where none."""
-
-_REMEMBER = (
-    _GENERATION
-    + """
-local expire_at, kept, touched = (gen + 2) * span, {}, {}
-for i = 3, #ARGV, 3 do
+local n = tonumber(ARGV[3])
+local expire_at, found, touched = (gen + 2) * span, {}, {}
+for i = 4, 3 + 3 * n, 3 do
   local slot, id = ARGV[i], ARGV[i + 1]
   local key, earlier = this .. slot, redis.call('HGET', last .. slot, id)
   if not earlier then
@@ -184,13 +173,18 @@ for i = 3, #ARGV, 3 do
       redis.call('EXPIREAT', key, expire_at)
     end
   end
-  kept[#kept + 1] = earlier
+  found[#found + 1] = earlier
 end
-return kept
+for i = 4 + 3 * n, #ARGV, 2 do
+  local slot, id = ARGV[i], ARGV[i + 1]
+  found[#found + 1] = redis.call('HGET', this .. slot, id) or redis.call('HGET', last .. slot, id)
+end
+return found
 """
 )
-"""Each id's value (``ARGV`` triples from 3: slot, id, value) set in the current generation unless one of the live
-generations has it; returns the values already there (nil where there was none)."""
+"""Remember, then recall: ``ARGV[3]`` triples from 4 (slot, id, value), each value set in the current generation
+unless one of the live generations has the id; then pairs (slot, id) looked up in the two live generations. Returns
+the values already there for the triples (nil where there was none), then the values found for the pairs."""
 
 _FORGET = (
     _GENERATION
@@ -216,8 +210,8 @@ class DecisionMemory:
     its CRC-32 modulo ``slots``. Kept small (fewer entries than Redis' ``hash-max-listpack-entries``, 512 by
     default: ``slots`` about a generation's decisions / 200), a hash is one compact listpack: 54 bytes a decision,
     where a key per id with its own expiry took 181 (``used_memory``, 200,000 ids); fewer slots still work, at 90
-    bytes a decision in larger hashes. The price is Redis' CPU: ~7.5 µs a decision for the two scripts (Lua and
-    five commands an id) against 3.7 for ``MGET`` and ``SET NX GET EX``. Changing ``slots`` on a running system
+    bytes a decision in larger hashes. The price is Redis' CPU: ~7.5 µs a decision to remember and recall it (Lua
+    and five commands an id) against 3.7 for ``MGET`` and ``SET NX GET EX``. Changing ``slots`` on a running system
     loses the memory of the decisions made before (their ids are looked for in other hashes): change it between
     deployments, not during one.
     """
@@ -225,8 +219,7 @@ class DecisionMemory:
     def __init__(self, client: redis.Redis, prefix: str, ttl_s: int, slots: int) -> None:
         self.client, self.ttl_s, self.slots = client, ttl_s, slots
         self._head = [f"{prefix}decision:", ttl_s]
-        self._recall = client.register_script(_RECALL)
-        self._remember = client.register_script(_REMEMBER)
+        self._script = client.register_script(_REMEMBER_RECALL)
         self._forget = client.register_script(_FORGET)
 
     @classmethod
@@ -250,20 +243,24 @@ class DecisionMemory:
 
     def recall(self, txn_ids: Sequence[str]) -> dict[str, Recalled]:
         """The remembered decisions of those of ``txn_ids`` that have one."""
-        if not txn_ids:
-            return {}
-        unique = list(dict.fromkeys(txn_ids))
-        values = self._call(self._recall, self._slotted(unique))
-        return {t: Recalled.loads(v) for t, v in zip(unique, values, strict=True) if v is not None}
+        return self.remember_then_recall((), (), txn_ids)[1]
 
     def remember(self, txn_ids: Sequence[str], values: Sequence[bytes]) -> dict[str, Recalled]:
-        """Remember each decision (``values``: :meth:`Recalled.pack`) unless its id already has one (one script
-        call: one round trip); returns the decisions found already there — another worker decided the same id since
-        :meth:`recall`."""
-        if not txn_ids:
-            return {}
-        earlier = self._call(self._remember, self._slotted(txn_ids, values))
-        return {t: Recalled.loads(v) for t, v in zip(txn_ids, earlier, strict=True) if v is not None}
+        """Remember each decision (``values``: :meth:`Recalled.pack`) unless its id already has one; returns the
+        decisions found already there — another worker decided the same id since :meth:`recall`."""
+        return self.remember_then_recall(txn_ids, values, ())[0]
+
+    def remember_then_recall(self, txn_ids: Sequence[str], values: Sequence[bytes],
+                             then: Sequence[str]) -> tuple[dict[str, Recalled], dict[str, Recalled]]:  # fmt: skip
+        """:meth:`remember` these decisions, then :meth:`recall` the ids ``then`` (the next batch's), in one script
+        call: one round trip where the two took two."""
+        if not txn_ids and not then:
+            return {}, {}
+        unique = list(dict.fromkeys(then))
+        found = self._call(self._script, [len(txn_ids), *self._slotted(txn_ids, values), *self._slotted(unique)])
+        earlier, recalled = found[: len(txn_ids)], found[len(txn_ids) :]
+        return ({t: Recalled.loads(v) for t, v in zip(txn_ids, earlier, strict=True) if v is not None},
+                {t: Recalled.loads(v) for t, v in zip(unique, recalled, strict=True) if v is not None})  # fmt: skip
 
     def forget(self, txn_ids: Sequence[str]) -> int:
         """Delete the decisions of ``txn_ids`` (erasure); returns how many were remembered."""
@@ -284,6 +281,10 @@ class InMemoryDecisionMemory:
         for txn_id, value in zip(txn_ids, values, strict=True):
             self.values.setdefault(txn_id, value)
         return earlier
+
+    def remember_then_recall(self, txn_ids: Sequence[str], values: Sequence[bytes],
+                             then: Sequence[str]) -> tuple[dict[str, Recalled], dict[str, Recalled]]:  # fmt: skip
+        return self.remember(txn_ids, values), self.recall(then)
 
 
 class Models:
@@ -496,9 +497,11 @@ class Pipeline:
             return Policy(float(stored["review"]), float(stored["decline"]), s.rules)
         return Policy(s.review_threshold, s.decline_threshold, s.rules)
 
-    def _begin(self, txns: Sequence[Transaction], digests: list[str]) -> tuple[_Rows, Any]:
-        """The batch's rows sorted out against the decision memory, and the store call for the rows kept sent
-        (:meth:`_end` reads it), guarded by the breaker.
+    def _begin(self, txns: Sequence[Transaction], digests: list[str],
+               known: dict[str, Recalled] | None = None) -> tuple[_Rows, Any]:  # fmt: skip
+        """The batch's rows sorted out against the decision memory (``known``: what it holds for them, read already;
+        ``None``: read it now), and the store call for the rows kept sent (:meth:`_end` reads it), guarded by the
+        breaker.
 
         Raises:
             StoreUnavailableError: Redis did not answer in time, or the breaker is open.
@@ -507,7 +510,9 @@ class Pipeline:
         if breaker is not None and not breaker.allows():
             raise StoreUnavailableError("circuit breaker open: Redis failed on the last calls")
         try:
-            rows = _Rows.sort_out(txns, digests, self.memory.recall([t.txn_id for t in txns]))
+            if known is None:
+                known = self.memory.recall([t.txn_id for t in txns])
+            rows = _Rows.sort_out(txns, digests, known)
             return rows, self.store.begin([txns[i] for i in rows.kept])
         except StoreUnavailableError:
             if breaker is not None:
@@ -548,13 +553,13 @@ class Pipeline:
             digests, rows, flight = ahead.digests, ahead.rows, ahead.flight
         return digests, rows, self._end(flight)
 
-    def _begin_next(self, txns: Sequence[Transaction]) -> None:
-        """Read the memory for the next batch and send its store call (module docstring). If that fails, this
-        batch goes on: the next one tries again when it is scored, and meets the failure there (degraded, or scored
-        one by one), not this one."""
+    def _begin_next(self, txns: Sequence[Transaction], known: dict[str, Recalled] | None) -> None:
+        """Send the next batch's store call, its memory read already (``known``) or read now (module docstring). If
+        that fails, this batch goes on: the next one tries again when it is scored, and meets the failure there
+        (degraded, or scored one by one), not this one."""
         digests = [digest(txn) for txn in txns]
         try:
-            rows, flight = self._begin(txns, digests)
+            rows, flight = self._begin(txns, digests, known)
         except Exception:  # the next batch's failure, handled when it is scored
             return
         self._ahead = _Ahead(txns, digests, rows, flight)
@@ -598,13 +603,14 @@ class Pipeline:
         ids = [kept[k].txn_id for k in fresh]
         values = [Recalled.pack(int(level[k]), float(scores[k]), scorer.version, digests[rows.kept[k]],
                                 bool(blocked[k])) for k in fresh]  # fmt: skip
-        try:
-            raced = self.memory.remember(ids, values)
+        known: dict[str, Recalled] | None = None
+        try:  # the next batch's memory read after this batch's decisions are remembered, as if it came after
+            raced, known = self.memory.remember_then_recall(ids, values, [t.txn_id for t in then or ()])
         except StoreUnavailableError as error:
             log.warning("decisions of a batch not remembered: %s", error)
             raced = {}
-        if then:  # its memory read after this batch's decisions are remembered, as if it came after
-            self._begin_next(then)
+        if then:
+            self._begin_next(then, known)
         dropped: set[int] = set()
         position = {i: k for k, i in enumerate(rows.kept)}
         for txn_id, earlier in raced.items():  # another worker decided the same id since the memory was read

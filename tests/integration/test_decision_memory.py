@@ -30,6 +30,17 @@ def test_the_first_decision_of_an_id_stays(store_client: redis.Redis, settings: 
     assert recalled["TX3"].digest == DIGEST and recalled["TX3"].score == 0.5
 
 
+def test_one_call_remembers_a_batch_then_recalls_the_next(store_client: redis.Redis, settings: Settings) -> None:
+    memory = DecisionMemory(store_client, settings.redis.key_prefix, ttl_s=3_600, slots=8)
+    memory.remember(["TX0"], [_value(2)])
+    raced, known = memory.remember_then_recall(["TX1", "TX0"], [_value(1), _value(0)], ["TX2", "TX1", "TX0", "TX1"])
+    assert raced == {"TX0": Recalled.loads(_value(2))}  # already there: kept, and said
+    assert known == {"TX1": Recalled.loads(_value(1)), "TX0": Recalled.loads(_value(2))}  # read after the writes
+    assert memory.remember_then_recall([], [], []) == ({}, {})
+    assert memory.remember_then_recall(["TX3"], [_value(0)], []) == ({}, {})
+    assert memory.recall(["TX3"])["TX3"].outcome == "approve"
+
+
 def test_ids_share_small_hashes_that_expire(store_client: redis.Redis, settings: Settings) -> None:
     prefix, ttl = settings.redis.key_prefix, 3_600
     memory = DecisionMemory(store_client, prefix, ttl_s=ttl, slots=4)
