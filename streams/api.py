@@ -83,7 +83,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, metrics_urls: 
     for pipeline, _ in built:
         pipeline.models.start()  # no model, no API: the caller gets the registry's reason
     first, client = built[0]
-    producer = Producer({**settings.kafka.client_config(), "linger.ms": 5, "acks": "all"})
+    producer = Producer(settings.kafka.producer_config({"linger.ms": 5}))
     scores = settings.topics.full(settings.topics.scores)
     alerts = settings.topics.full(settings.topics.alerts)
     repairs = settings.topics.full(settings.topics.repairs)

@@ -61,15 +61,9 @@ class KafkaPublisher:
     def __init__(self, kafka: KafkaSettings, *, delivery_timeout_s: float = 30.0, retry_pause_s: float = 1.0,
                  linger_ms: float = 1.0) -> None:  # fmt: skip
         self.producer = Producer(
-            {
-                **kafka.client_config(),
-                "enable.idempotence": True,
-                "acks": "all",
-                "compression.type": "lz4",
-                "linger.ms": linger_ms,
-                "message.timeout.ms": int(delivery_timeout_s * 1000),
-                "log_level": 3,
-            }
+            kafka.producer_config(
+                {"linger.ms": linger_ms, "message.timeout.ms": int(delivery_timeout_s * 1000), "log_level": 3}
+            )
         )
         self.retry_pause_s = retry_pause_s
         self._failed: list[tuple[Message, _Group]] = []

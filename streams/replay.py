@@ -83,14 +83,10 @@ class ReplayStats:
 
 def producer_config(kafka: KafkaSettings, delivery_timeout_s: float = 120.0, linger_ms: float = 25.0
                     ) -> dict[str, object]:  # fmt: skip
-    """Producer settings for replay: idempotent (no duplicates on retry), all in-sync replicas, lz4, big batches
+    """Producer settings for replay (:meth:`fraudpipe.settings.KafkaSettings.producer_config`), with big batches
     (waiting up to ``linger_ms`` ms to fill one); a message not acknowledged within ``delivery_timeout_s`` seconds is
     reported failed."""
-    return {
-        **kafka.client_config(),
-        "enable.idempotence": True,
-        "acks": "all",
-        "compression.type": "lz4",
+    return kafka.producer_config({
         "linger.ms": linger_ms,
         "batch.size": 1_000_000,
         "batch.num.messages": 10_000,
@@ -101,7 +97,7 @@ def producer_config(kafka: KafkaSettings, delivery_timeout_s: float = 120.0, lin
         # produced - failed once flush() returns 0 (every message then has been acknowledged or has failed).
         "delivery.report.only.error": True,
         "log_level": 3,
-    }
+    })  # fmt: skip
 
 
 class _Pacer:

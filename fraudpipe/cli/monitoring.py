@@ -273,7 +273,7 @@ def _publish_model_event(settings: Settings, event: dict[str, Any]) -> None:
             failures.append(str(error))
 
     try:
-        config = {**settings.kafka.client_config(), "message.timeout.ms": 5_000}
+        config = settings.kafka.producer_config({"message.timeout.ms": 5_000})
         producer = Producer(config, logger=logging.getLogger("fraudpipe.kafka"))
         producer.produce(settings.topics.full(settings.topics.registry_events), value=json.dumps(event).encode(),
                          on_delivery=delivered)  # fmt: skip

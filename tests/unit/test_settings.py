@@ -100,6 +100,24 @@ def test_kafka_client_config_and_faust_url() -> None:
     assert sasl.kafka.client_config()["sasl.password"] == "p"
 
 
+def test_every_producer_is_built_idempotent_and_acknowledged_by_all_replicas() -> None:
+    """One producer configuration (KafkaSettings.producer_config) for the worker, the API, the replayer and the model
+    events: each component tunes batching and timeouts, none the guarantees."""
+    from confluent_kafka import Producer
+
+    from streams.replay import producer_config
+
+    kafka = Settings(kafka={"sasl_mechanism": "SCRAM-SHA-512", "sasl_username": "u", "sasl_password": "p",
+                            "security_protocol": "SASL_PLAINTEXT"}).kafka  # type: ignore[arg-type]  # fmt: skip
+    for config in (kafka.producer_config(), kafka.producer_config({"linger.ms": 5}), producer_config(kafka)):
+        assert config["enable.idempotence"] is True and config["acks"] == "all"
+        assert config["compression.type"] == "lz4" and config["sasl.username"] == "u"
+        Producer({**config, "bootstrap.servers": "127.0.0.1:1"}).flush(0)  # librdkafka takes it as it is
+    assert producer_config(kafka, linger_ms=3)["linger.ms"] == 3
+    with pytest.raises(ValueError, match=r"acks and enable\.idempotence are not tunable"):
+        kafka.producer_config({"acks": 1, "enable.idempotence": False})
+
+
 @pytest.mark.parametrize(
     ("topic", "dlq"),
     [
