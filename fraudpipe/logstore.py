@@ -100,7 +100,13 @@ class DayLog:
         """``frame``'s rows by the UTC day of ``day_column``: days in order of first appearance, rows in their order."""
         if frame.height == 0:
             return {}
-        days = frame.with_columns(_day=pl.col(self.day_column).dt.date())
+        day = frame.get_column(self.day_column).dt.date()
+        first = day.ne_missing(day.shift(1))  # the first row of each run of one day
+        runs = day.filter(first)
+        if runs.n_unique() == runs.len():  # each day one run (rows in time order): slices, no copy of the rows
+            starts = [*first.arg_true().to_list(), frame.height]
+            return {d: frame.slice(a, b - a) for d, a, b in zip(runs.to_list(), starts, starts[1:], strict=False)}
+        days = frame.with_columns(_day=day)
         parts = days.partition_by("_day", as_dict=True, maintain_order=True)
         return {day: part.drop("_day") for (day,), part in parts.items()}
 

@@ -27,6 +27,24 @@ def _rows(items: list[tuple[str, int, int]]) -> pl.DataFrame:
     )
 
 
+@pytest.mark.parametrize(
+    "days",
+    [[1, 1, 2, 2, 2, 3], [1, 2, 1, 3, 2], [2, 2, 1], [5], [1, 2, 3, 1]],
+    ids=["runs", "interleaved", "late-day-first", "one-day", "day-again-at-the-end"],
+)
+def test_rows_by_day_keep_their_order_whether_runs_or_interleaved(tmp_path: Path, days: list[int]) -> None:
+    """Days in order of first appearance, each with its rows in order: slices of the frame when each day is one run
+    (rows in time order, the usual flush), a partition otherwise."""
+    frame = pl.concat([_rows([(f"t{i}", 1, day)]) for i, day in enumerate(days)], rechunk=False)
+    parts = DayLog(tmp_path / "x", "event_time").by_day(frame)
+    expected: dict[date, list[str]] = {}
+    for i, day in enumerate(days):
+        expected.setdefault(date(2024, 3, day), []).append(f"t{i}")
+    assert list(parts) == list(expected)
+    assert {d: p.get_column("txn_id").to_list() for d, p in parts.items()} == expected
+    assert all(p.columns == frame.columns for p in parts.values())
+
+
 def test_rows_land_in_their_day_and_read_back_deduplicated(tmp_path: Path) -> None:
     log = DayLog(tmp_path / "labels", "event_time")
     assert log.read().height == 0 and log.days() == []
