@@ -174,6 +174,23 @@ def test_the_thread_compacts_what_waits_into_a_frame_before_the_flush(tmp_path: 
     assert log.read(unique_by=None)["txn_id"].to_list() == ["a1", "a2", "a3", "b1"]
 
 
+def test_compaction_keeps_a_frame_a_day_and_interleaved_days_flush_in_order(tmp_path: Path) -> None:
+    """Workers' partitions interleave two event days around midnight: compaction splits what it builds by day (so a
+    flush joins each day's frames without copying the buffer) and each day's rows keep their order."""
+    log = DayLog(tmp_path, "event_time", key=KEY)
+    writer = GroupWriter(log, interval_s=60, max_rows=1_000_000, combine=_combine)
+    for n, day in enumerate([1, 2, 1, 2, 2]):
+        writer.append(_Ids([f"d{day}-{n}"], day=day))
+    writer.compact()
+    assert [frame["event_time"].dt.day().unique().to_list() for frame in writer._frames] == [[1], [2]]
+    writer.append(_Ids(["d1-5"], day=1))
+    writer.compact()
+    assert writer.buffered == 6 and writer.flush() == 6 and len(_files(tmp_path)) == 2
+    by_day = log.read(unique_by=None).group_by(pl.col("event_time").dt.day(), maintain_order=True).agg("txn_id")
+    assert by_day["txn_id"].to_list() == [["d1-0", "d1-2", "d1-5"], ["d2-1", "d2-3", "d2-4"]]
+    assert log.verify() == (6, [])
+
+
 def test_rows_appended_while_the_thread_compacts_and_flushes_land_once(tmp_path: Path) -> None:
     log = DayLog(tmp_path, "event_time", key=KEY)
     writer = GroupWriter(log, interval_s=0.02, max_rows=1_000_000, combine=_combine)  # compacts every 2 ms
