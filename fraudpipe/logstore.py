@@ -102,6 +102,7 @@ class DayLog:
             return {}
         day = frame.get_column(self.day_column).dt.date()
         first = day.ne_missing(day.shift(1))  # the first row of each run of one day
+        first[0] = True  # a leading null day starts a run too
         runs = day.filter(first)
         if runs.n_unique() == runs.len():  # each day one run (rows in time order): slices, no copy of the rows
             starts = [*first.arg_true().to_list(), frame.height]

@@ -159,7 +159,8 @@ def _scenarios(recall: object) -> list[str]:
 
 def _constraint(record: Mapping[str, Any]) -> list[str]:
     """The fairness constraint it was trained under (:func:`models.constraint.constrain`): the model trained without
-    it and each strength tried, on the validation window."""
+    it and each strength tried — AP on the validation window, ratios on the training window (where the constraint
+    is held) and on validation."""
     if not record:
         return []
     low, high = record["band"]
@@ -176,12 +177,13 @@ def _constraint(record: Mapping[str, Any]) -> list[str]:
         "## Fairness constraint",
         "",
         f"Trained under `{record['kind']}` on `{record['column']}`: each segment's ratio to `"
-        f"{record['baseline']['reference']}` held within [{low:.2f}, {high:.2f}] on the {record['window']} window, "
+        f"{record['baseline']['reference']}` held within [{low:.2f}, {high:.2f}] on the {record['window']} window "
+        "(where a segment is large enough to judge), "
         f"losing at most {record['max_ap_loss']:g} AP; {verdict}. The column trained the model only: it is not an "
         "input, and no decision sees it.",
         "",
-        _table(["penalty strength", "AP", "worst ratio", "ratios"],
-               [(name, r["ap"], r["worst_ratio"], "; ".join(f"{metric} " + ", ".join(
+        _table(["penalty strength", "validation AP", "worst ratio: training", "validation", "ratios (training)"],
+               [(name, r["ap"], r["worst_ratio"], r["validation"]["worst_ratio"], "; ".join(f"{metric} " + ", ".join(
                    f"{segment} {value:.2f}" for segment, value in by.items()) for metric, by in r["ratios"].items()))
                 for name, r in rows]),
         "",

@@ -4,13 +4,14 @@ The protected attribute (a segment column such as ``home_country``, joined to th
 here only, to weigh the training loss — never as a model input, never at decision time: the model is the same
 LightGBM booster on :data:`features.definitions.FEATURE_NAMES`, served like any other.
 
-**The method: a penalty on the segments' soft alert rates.** The objective is LightGBM's log-loss plus
-``strength * rows * sum_g w_g (ln r_g - ln r)^2``, where ``r_g`` is segment ``g``'s *soft* false-positive rate (the
-mean over its genuine payments of ``sigmoid((f - t) / softness)``, ``f`` the raw score, ``t`` the logit of the review
-threshold the model trained without it was given), ``r`` the same over every genuine payment and ``w_g`` the
-segment's share of them. Equalised odds adds the same term over frauds (soft recall). The gradient is exact; the
-Hessian is the log-loss's alone. Segments with too few genuine payments (``min_segment_decisions``) or frauds
-(``min_segment_frauds``) are left out: their rates are noise. A softness of 0.3 (logits) acts near the threshold; 1.0
+**The method: a penalty on the segments' soft alert rates.** The objective is LightGBM's log-loss (frauds weighted
+by ``scale_pos_weight``) plus ``strength * rows * sum_g w_g (ln r_g - ln r)^2``, where ``r_g`` is segment ``g``'s
+*soft* false-positive rate (the mean over its genuine payments of ``sigmoid((f - t) / softness)``, ``f`` the raw
+score, ``t`` the logit of the review threshold the model trained without it was given), ``r`` the same over the
+genuine payments of the segments counted and ``w_g`` a segment's share of them. Equalised odds adds the same term
+over frauds (soft recall). The gradient is exact; the Hessian is the log-loss's alone. Segments with too few genuine
+payments (``min_segment_decisions``) or frauds (``min_segment_frauds``), and cards the segment table does not know,
+are left out
 spread the pull over the bulk of genuine scores and barely moved the hard ratio, 0.1 made the boosting unstable
 (hand-made biased data, 60,000 payments).
 
@@ -26,7 +27,7 @@ the baseline first, then each of ``strengths`` in turn, each model at its own co
 whose worst ratio there lies within [``bound``, 1 / ``bound``] with a validation AP at most ``max_ap_loss`` below the
 baseline's is kept, else the one with the smallest worst ratio within that AP (the baseline if none). A ratio counts
 only for a segment large enough to judge (the promotion gate's minimums). Every try is recorded in the manifest
-(``fairness_constraint``, with its validation ratios too) and shown on the model card. Whether the constraint holds
+(``fairness_constraint``, with its ratios on both windows) and shown on the model card. Whether the constraint holds
 on data the model never saw is the promotion gate's and the monitor's to judge (:mod:`models.fairness`).
 """
 
@@ -121,10 +122,12 @@ class _Part:
     def gradient(self, f: NDArray[np.float64], threshold: float, softness: float) -> tuple[float, NDArray[np.float64]]:
         """The penalty ``sum_g w_g (ln r_g - ln r)^2`` of these rows and its gradient in their raw scores."""
         s = _sigmoid((f[self.rows] - threshold) / softness)
+        n = self.counts.sum()
+        if n == 0:  # no segment large enough: nothing to even out
+            return 0.0, np.zeros_like(s)
         counted = self.weights[self.codes] > 0
         counts = np.maximum(self.counts, 1.0)
         r_g = np.maximum(np.bincount(self.codes, weights=s * counted, minlength=len(counts)) / counts, 1e-12)
-        n = self.counts.sum()
         r = max(float((s * counted).sum() / n), 1e-12)
         d = np.where(self.weights > 0, np.log(r_g) - math.log(r), 0.0)
         common = 2.0 * float((self.weights * d).sum()) / (r * n)
@@ -133,24 +136,40 @@ class _Part:
         return float((self.weights * d * d).sum()), grad
 
 
-def penalty_objective(truth: NDArray[Any], codes: NDArray[np.intp], *, kind: Kind, threshold: float,
-                      strength: float, softness: float = 0.3, min_genuine: int = 200,
-                      min_frauds: int = 30) -> Callable[[NDArray[np.float64], Any], tuple[Any, ...]]:  # fmt: skip
-    """LightGBM's binary log-loss plus the module's penalty, as a custom objective ``(raw scores, data) -> (grad,
-    hess)``; ``threshold`` in logits. Segments with fewer than ``min_genuine`` genuine payments (``min_frauds`` frauds
-    for the recall part) are not penalised."""
+def penalty_objective(
+    truth: NDArray[Any],
+    codes: NDArray[np.intp],
+    *,
+    kind: Kind,
+    threshold: float,
+    strength: float,
+    softness: float = 0.3,
+    min_genuine: int = 200,
+    min_frauds: int = 30,
+    positive_weight: float = 1.0,
+    left_out: int | None = None,
+) -> Callable[..., tuple[Any, ...]]:
+    """LightGBM's binary log-loss (frauds weighted ``positive_weight``: its ``scale_pos_weight``, which LightGBM
+    ignores under a custom objective) plus the module's penalty, as a custom objective ``(raw scores, data) ->
+    (grad, hess)``; ``threshold`` in logits. Segments with fewer than ``min_genuine`` genuine payments
+    (``min_frauds`` frauds for the recall part), and segment ``left_out`` (cards the table does not know), are not
+    penalised."""
     y = np.asarray(truth, dtype=np.float64)
+    weight = np.where(y == 1, positive_weight, 1.0)
     groups = int(codes.max(initial=0)) + 1
     sides = [(y == 0, min_genuine)] + ([(y == 1, min_frauds)] if kind == "equalized_odds" else [])
     parts = []
     for rows, least in sides:
         counts = np.bincount(codes[rows], minlength=groups).astype(np.float64)
-        parts.append(_Part(rows, codes[rows], np.where(counts >= least, counts, 0.0)))
+        counted = counts >= least
+        if left_out is not None:
+            counted[left_out] = False
+        parts.append(_Part(rows, codes[rows], np.where(counted, counts, 0.0)))
     scale = strength * len(y)
 
     def objective(preds: NDArray[np.float64], _: Any) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         p = _sigmoid(preds)
-        grad, hess = p - y, np.maximum(p * (1.0 - p), 1e-6)
+        grad, hess = weight * (p - y), weight * np.maximum(p * (1.0 - p), 1e-6)
         for part in parts:
             _, g = part.gradient(preds, threshold, softness)
             grad[part.rows] += scale * g
@@ -187,7 +206,8 @@ def fit_penalised(x: NDArray[np.float64], truth: NDArray[Any], codes: NDArray[np
         sets = [lgb.Dataset(valid[0], valid[1], reference=data, init_score=np.full(len(valid[1]), init))]
         callbacks.append(lgb.early_stopping(settings.early_stopping_rounds, verbose=False))
     started = time.perf_counter()
-    params = {**lgb_params(settings), "objective": objective}
+    params = {key: value for key, value in lgb_params(settings).items() if key != "scale_pos_weight"}
+    params["objective"] = objective  # scale_pos_weight is the objective's (penalty_objective's positive_weight)
     booster = lgb.train(params, data, settings.rounds, valid_sets=sets, valid_names=["valid"] * len(sets),
                         callbacks=callbacks)  # fmt: skip
     rounds = booster.best_iteration if sets and booster.best_iteration > 0 else booster.current_iteration()
@@ -266,7 +286,9 @@ def constrain(train: pl.DataFrame, valid: pl.DataFrame, baseline: Fitted, settin
         objective = penalty_objective(truth, codes, kind=constraint.kind, threshold=math.log(review / (1 - review)),
                                       strength=strength, softness=constraint.softness,
                                       min_genuine=governance.min_segment_decisions,
-                                      min_frauds=governance.min_segment_frauds)  # fmt: skip
+                                      min_frauds=governance.min_segment_frauds,
+                                      positive_weight=settings.scale_pos_weight,
+                                      left_out=names.index(UNKNOWN) if UNKNOWN in names else None)  # fmt: skip
         fitted = fit_penalised(x, truth, codes, settings, objective, checked, progress)
         after = judge(fitted)
         record["tried"].append({"strength": strength, "rounds": fitted.rounds, **after})

@@ -96,9 +96,9 @@ def retrain(
 
     settings = _settings()
     training = _training(settings, seed, rounds, learning_rate, tuned)
-    segments = _training_segments(settings, None)
-    constraint = _constraint(settings, fairness_constraint, fairness_column, fairness_bound, segments)
-    once = partial(_retrain_once, settings, as_of, only_on_breach, json_out, training, segments, constraint)
+    asked = (fairness_constraint, fairness_column, fairness_bound)
+    _constraint(settings, *asked, _training_segments(settings, None))  # a bad option fails now, not at each pass
+    once = partial(_retrain_once, settings, as_of, only_on_breach, json_out, training, asked)
     while True:
         if every is None:
             if code := once():
@@ -118,7 +118,10 @@ def _repeating(run: Any) -> None:
 
 
 def _retrain_once(settings: Settings, as_of_text: str | None, only_on_breach: bool, json_out: Path | None,
-                  training: tuple[Any, dict[str, Any] | None], segments: Any, constraint: Any) -> int:  # fmt: skip
+                  training: tuple[Any, dict[str, Any] | None],
+                  asked: tuple[str | None, str | None, float | None]) -> int:  # fmt: skip
+    """One retraining pass; the segment table read again each pass (a scheduled retrain sees the cards added since),
+    ``asked`` the fairness constraint's options (:func:`_constraint`)."""
     import json
     from datetime import UTC
 
@@ -131,6 +134,8 @@ def _retrain_once(settings: Settings, as_of_text: str | None, only_on_breach: bo
     reach = r.train_days + r.valid_days + r.holdout_days + settings.monitor.maturity_days + 1
     decisions, labels, as_of = _served_logs(settings, reach, as_of_text)
     registry = _registry()
+    segments = _training_segments(settings, None)
+    constraint = _constraint(settings, *asked, segments)
     champion = registry.aliases().get("champion")
     if only_on_breach and champion is not None:
         reasons = _retrain_reasons(settings, registry, champion, decisions, labels, as_of)

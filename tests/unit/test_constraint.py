@@ -122,3 +122,24 @@ def test_the_manifest_and_card_keep_the_constraint(trained, tmp_path) -> None:
     card = render_card(manifest)
     assert "with a fairness penalty" in card and "## Fairness constraint" in card
     assert f"| {record['strength']:g} |" in card and "| none (baseline) |" in card
+
+
+def test_the_objective_weights_frauds_as_scale_pos_weight_and_leaves_out_unknown_cards() -> None:
+    y = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+    codes = np.array([0, 0, 1, 1, 2, 2], dtype=np.intp)
+    preds = np.array([0.5, -1.0, 0.2, -0.3, 1.0, 0.7])
+    p = 1 / (1 + np.exp(-preds))
+    plain = penalty_objective(y, codes, kind="false_positive_rate_parity", threshold=0.0, strength=0.0,
+                              positive_weight=5.0)  # fmt: skip
+    grad, hess = plain(preds.copy(), None)
+    weight = np.where(y == 1, 5.0, 1.0)
+    assert np.allclose(grad, weight * (p - y)) and np.allclose(hess, weight * p * (1 - p))
+    # segment 2 (cards the table does not know) left out: its genuine payment gets no penalty gradient
+    penalised = penalty_objective(y, codes, kind="false_positive_rate_parity", threshold=0.0, strength=1.0,
+                                  min_genuine=1, left_out=2)  # fmt: skip
+    grad, _ = penalised(preds.copy(), None)
+    assert grad[5] == pytest.approx(p[5]) and grad[1] != pytest.approx(p[1])
+    nothing = penalty_objective(y, codes, kind="equalized_odds", threshold=0.0, strength=1.0, min_frauds=10)
+    with np.errstate(all="raise"):  # no segment with enough frauds: the recall part adds nothing, warns nothing
+        grad, _ = nothing(preds.copy(), None)
+    assert np.isfinite(grad).all()

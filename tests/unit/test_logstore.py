@@ -45,6 +45,14 @@ def test_rows_by_day_keep_their_order_whether_runs_or_interleaved(tmp_path: Path
     assert all(p.columns == frame.columns for p in parts.values())
 
 
+def test_rows_without_a_day_are_kept_as_a_day_of_their_own(tmp_path: Path) -> None:
+    days = [None, None, datetime(2024, 3, 1, tzinfo=UTC), datetime(2024, 3, 2, tzinfo=UTC)]
+    frame = pl.DataFrame({"txn_id": ["a", "b", "c", "d"], "event_time": days})
+    parts = DayLog(tmp_path / "x", "event_time").by_day(frame)
+    assert {d: p.get_column("txn_id").to_list() for d, p in parts.items()} == {
+        None: ["a", "b"], date(2024, 3, 1): ["c"], date(2024, 3, 2): ["d"]}  # fmt: skip
+
+
 def test_rows_land_in_their_day_and_read_back_deduplicated(tmp_path: Path) -> None:
     log = DayLog(tmp_path / "labels", "event_time")
     assert log.read().height == 0 and log.days() == []
