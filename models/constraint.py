@@ -48,7 +48,7 @@ from features.definitions import FEATURE_NAMES
 from fraudpipe.settings import CostSettings, GovernanceSettings, ScoringSettings, TrainingSettings
 from models.cost import cheapest_thresholds, judged
 from models.evaluation import average_precision
-from models.fairness import UNKNOWN, Segments, card_segments, segments_of
+from models.fairness import GATE_COUNTS, UNKNOWN, Segments, card_segments, segments_of
 from models.train import Fitted, Progress, lgb_params, matrix
 
 __all__ = ["KINDS", "Constraint", "as_binary", "constrain", "fit_penalised", "penalty_objective", "segment_codes"]
@@ -221,13 +221,12 @@ def _measured(rows: pl.DataFrame, scores: NDArray[np.float64], thresholds: dict[
     false-positive-rate ratio, ``min_segment_frauds`` frauds for a recall ratio)."""
     card = card_segments(rows.with_columns(score=pl.Series(scores)), thresholds, segments, window="",
                          bound=constraint.bound, min_decisions=governance.min_segment_decisions)  # fmt: skip
-    least = {"fpr": ("false_positives", governance.min_segment_false_positives),
-             "recall": ("frauds", governance.min_segment_frauds)}  # fmt: skip
+    least = {"fpr": governance.min_segment_false_positives, "recall": governance.min_segment_frauds}
     column = card["columns"][0]
     reference = next(s for s in column["segments"] if s["reference"])
     ratios: dict[str, dict[str, float]] = {}
     for metric in _RATIOS[constraint.kind]:
-        counted, minimum = least[metric]
+        counted, minimum = GATE_COUNTS[metric][0], least[metric]
         ratios[metric] = {
             s["value"]: round(s["ratios"][metric], 4) for s in column["segments"]
             if s["flaggable"] and s["ratios"].get(metric) is not None and min(s[counted], reference[counted]) >= minimum

@@ -39,6 +39,7 @@ from models.evaluation import average_precision, roc_auc
 from models.monitor import latest_decisions, latest_labels, matured_before
 
 __all__ = [
+    "GATE_COUNTS",
     "RATIOS",
     "UNKNOWN",
     "ColumnFairness",
@@ -378,7 +379,7 @@ def card_segments(rows: pl.DataFrame, thresholds: Mapping[str, Any], segments: S
     return {"window": window, "source": segments.source, "key": segments.key, **judged.to_dict()}
 
 
-_GATE_COUNTS = {"fpr": ("false_positives", "false positives"), "recall": ("frauds", "frauds")}
+GATE_COUNTS = {"fpr": ("false_positives", "false positives"), "recall": ("frauds", "frauds")}
 """What a gated ratio's two rates are counted in: a false-positive rate in false positives, a recall in frauds."""
 _EVENTS = {"fpr": "false_positives", "recall": "true_positives"}
 """The events each rate is a share of (its numerator): the width of the ratio's interval comes from them."""
@@ -429,7 +430,7 @@ def disparity_breaches(card: Mapping[str, Any], ratios: Sequence[str], *, min_fr
             if segment["reference"] or not segment["flaggable"] or not ref["flaggable"]:
                 continue
             for metric in ratios:
-                counted, noun = _GATE_COUNTS[metric]
+                counted, noun = GATE_COUNTS[metric]
                 if min(segment[counted], ref[counted]) < least[metric]:
                     continue
                 interval = ratio_interval(metric, segment, ref, confidence)
