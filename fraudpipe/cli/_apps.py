@@ -3,6 +3,8 @@
 ``app`` is the ``fraudpipe`` command; ``topics_app``, ``model_app``, ``config_app``, ``features_app``,
 ``audit_app``, ``privacy_app`` and ``logs_app`` are its groups, added here in the order ``fraudpipe --help`` lists
 them. The command modules import these objects and this module imports no command module, so there is no import cycle.
+Help texts are read as Markdown: docstrings are reflowed into paragraphs, and square brackets (``[settings: …]``,
+``[default: …]``) stay text.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode="markdown",  # "rich" would read "[default: 7]" in a help text as a style tag and drop it
 )
 topics_app = typer.Typer(help="Kafka topics.", no_args_is_help=True)
 features_app = typer.Typer(help="Online features (Redis).", no_args_is_help=True)

@@ -57,7 +57,12 @@ def _duration(text: str) -> timedelta:
 
 SeedOption = Annotated[int | None, typer.Option(help="Training seed [settings: training.seed].")]
 RoundsOption = Annotated[int | None, typer.Option(min=1, help="Boosting rounds at most [settings: training.rounds].")]
-RateOption = Annotated[float | None, typer.Option(min=1e-6, max=1.0, help="[settings: training.learning_rate].")]
+RateOption = Annotated[
+    float | None, typer.Option(min=1e-6, max=1.0, help="Learning rate [settings: training.learning_rate].")
+]
+TrainDaysOption = Annotated[int, typer.Option(min=1, help="Days of each training window.")]
+DelayDaysOption = Annotated[int, typer.Option(min=0, help="Gap after training whose labels are not known yet.")]
+TestDaysOption = Annotated[int, typer.Option(min=1, help="Days of each test week.")]
 
 
 def _day(text: str, option: str) -> date:

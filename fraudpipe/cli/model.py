@@ -17,12 +17,15 @@ from rich.table import Table
 from fraudpipe.cli._apps import app, model_app
 from fraudpipe.cli._common import (
     CliError,
+    DelayDaysOption,
     FairnessBoundOption,
     FairnessColumnOption,
     FairnessOption,
     RateOption,
     RoundsOption,
     SeedOption,
+    TestDaysOption,
+    TrainDaysOption,
     TunedOption,
     _constraint,
     _day,
@@ -174,9 +177,9 @@ def evaluate(
         str | None, typer.Option(help="First training days, comma-separated (instead of --train-start/--weeks).")
     ] = None,
     mapping: MapOption = None,
-    train_days: Annotated[int, typer.Option(min=1)] = 7,
-    delay_days: Annotated[int, typer.Option(min=0)] = 7,
-    test_days: Annotated[int, typer.Option(min=1)] = 7,
+    train_days: TrainDaysOption = 7,
+    delay_days: DelayDaysOption = 7,
+    test_days: TestDaysOption = 7,
     history_days: HistoryOption = None,
     k: Annotated[int, typer.Option(min=1, help="Cards investigated per day (CP@k).")] = 100,
     html: Annotated[Path | None, typer.Option(help="HTML report to write.")] = None,
@@ -271,9 +274,9 @@ def tune(
     folds: Annotated[int, typer.Option(min=1, max=26, help="Selection folds: test weeks back from --until.")] = 4,
     trials: Annotated[int, typer.Option(min=1, max=1_000, help="Parameter sets tried (the first: the settings).")] = 30,
     metric: Annotated[str, typer.Option(help="Maximised over the folds' mean: ap, auc or cp_at_k.")] = "ap",
-    train_days: Annotated[int, typer.Option(min=1)] = 7,
-    delay_days: Annotated[int, typer.Option(min=0)] = 7,
-    test_days: Annotated[int, typer.Option(min=1)] = 7,
+    train_days: TrainDaysOption = 7,
+    delay_days: DelayDaysOption = 7,
+    test_days: TestDaysOption = 7,
     max_history_days: Annotated[
         int, typer.Option(min=0, help="The most history days before each training window the study may add.")
     ] = 21,

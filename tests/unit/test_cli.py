@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import click
+import typer
+from typer.testing import CliRunner
+
+from fraudpipe.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,3 +84,33 @@ def test_the_readme_configuration_tables_are_the_generated_ones(tmp_path: Path) 
     readme = (ROOT / "README.md").read_text()
     shown = readme.split("<!-- settings-table -->\n", 1)[1].split("<!-- /settings-table -->", 1)[0]
     assert shown == _run("config", "table", cwd=tmp_path).stdout
+
+
+def _commands() -> list[tuple[list[str], Any]]:
+    """Every ``fraudpipe`` command and group, with its path."""
+    found, todo = [], [([], typer.main.get_command(app))]
+    while todo:
+        path, command = todo.pop()
+        found.append((path, command))
+        if hasattr(command, "list_commands"):
+            ctx = click.Context(command)
+            todo += [([*path, name], command.get_command(ctx, name)) for name in command.list_commands(ctx)]
+    return found
+
+
+def test_every_help_shows_its_texts_whole() -> None:
+    """Each option's help renders with its bracketed parts (``[settings: training.seed]``), which rich markup would
+    take for style tags and drop; every option says what it is; and no help line is left with a lone full stop."""
+    runner = CliRunner()
+    commands = _commands()
+    assert len(commands) > 30
+    for path, command in commands:
+        result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "120"})
+        assert result.exit_code == 0, (path, result.output)
+        text = " ".join(result.output.replace("│", " ").split())
+        assert " . " not in text and not text.endswith(" ."), (path, result.output)
+        for param in command.params:
+            if getattr(param, "param_type_name", "") == "option":
+                assert getattr(param, "help", None), (path, param.name, "an option without help")
+            for bracketed in re.findall(r"\[[^\]]*\]", getattr(param, "help", None) or ""):
+                assert " ".join(bracketed.split()) in text, (path, param.name, bracketed)
