@@ -9,7 +9,10 @@ install: ## Create .venv and install fraudpipe with its dev tools
 	test -x $(VENV)/python || python3 -m venv .venv
 	$(VENV)/python -m pip install -q -e ".[dev]"
 
-demo: install ## The whole pipeline on this machine with a live summary (ARGS="--duration 60 --sasl": stop by itself, Kafka with SASL)
+system: ## Install redis-server, Java and Maven with the system's package manager if missing (scripts/system-packages.sh)
+	bash scripts/system-packages.sh
+
+demo: system install ## The whole pipeline on this machine with a live summary (ARGS="--duration 60 --sasl": stop by itself, Kafka with SASL)
 	$(VENV)/fraudpipe demo $(ARGS)
 
 test: ## Run every test against real Kafka and Redis (sets everything up; ARGS="-k faust" to select)
@@ -39,4 +42,4 @@ services-status: ## Show whether local Kafka and Redis run
 topics: ## Create fraudpipe's topics on the configured broker
 	$(VENV)/fraudpipe topics create
 
-.PHONY: help install demo test unit lint format services-start services-stop services-status topics
+.PHONY: help system install demo test unit lint format services-start services-stop services-status topics

@@ -97,8 +97,8 @@ stop_pid() {  # stop_pid NAME SECONDS: TERM, wait, then KILL — only the PID fr
 
 kafka_jars() {
   [[ -f "$KAFKA_LIB/.complete" ]] && return 0
-  command -v java >/dev/null || die "java not found: install a JDK >= 17 (Debian: apt-get install openjdk-17-jre-headless)"
-  command -v mvn >/dev/null || die "mvn not found: install Maven (Debian: apt-get install maven)"
+  command -v java >/dev/null || die "java not found: run scripts/system-packages.sh (installs a JDK >= 17, Maven and redis-server)"
+  command -v mvn >/dev/null || die "mvn not found: run scripts/system-packages.sh (installs Maven, a JDK and redis-server)"
   say "kafka: resolving Apache Kafka $KAFKA_VERSION jars from Maven Central (first start only)"
   local staging
   mkdir -p "$(dirname "$KAFKA_LIB")"
@@ -332,7 +332,7 @@ redis_start() {
   local pid
   if pid="$(pid_of redis)"; then say "redis: already running (pid $pid, 127.0.0.1:$REDIS_PORT, logins in $REDIS_USERS)"; return 0; fi
   command -v redis-server >/dev/null \
-    || die "redis-server not found: install it (Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install redis)"
+    || die "redis-server not found: run scripts/system-packages.sh (installs redis-server, a JDK and Maven)"
   port_busy "$REDIS_PORT" && die "redis: port $REDIS_PORT is in use by another process; set FRAUD_REDIS__URL"
   mkdir -p "$REDIS_DIR"
   redis_users

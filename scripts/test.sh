@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite from a fresh clone, in one command (`make test`; extra arguments go to pytest):
+#   0. redis-server, Java and Maven (scripts/system-packages.sh installs what is missing, or says how);
 #   1. a virtualenv in .venv with fraudpipe and its dev tools (re-installed when pyproject.toml or features/_replay.c change);
 #   2. real Kafka and Redis from scripts/services.sh, on test ports (FRAUDPIPE_TEST_KAFKA_PORT, default 19092;
 #      FRAUDPIPE_TEST_REDIS_PORT, default 16379) and in their own state folder (FRAUDPIPE_SERVICES_DIR, default
@@ -13,6 +14,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PYTHON="${PYTHON:-python3}"
+
+# redis-server, Java and Maven, installed with the system's package manager when missing (CI: Chromium too)
+bash scripts/system-packages.sh $([[ "${CI:-}" == true ]] && echo --browser)
 
 if [[ ! -x .venv/bin/python ]]; then
   echo "test: creating .venv with $("$PYTHON" --version)"
