@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,7 @@ __all__ = [
     "encode_transactions",
     "open_source",
     "parse_mapping",
+    "parse_time",
 ]
 
 REQUIRED_TARGETS = ("txn_id", "event_time", "card_id", "amount")
@@ -143,15 +144,44 @@ class TransactionSource:
     chunk_rows: int = 100_000
     label_delay: timedelta = timedelta(days=7)
     total_rows: int | None = None
+    since: datetime | None = None
+    """Only payments at or after this time (UTC), with their labels; ``None``: from the first."""
+    until: datetime | None = None
+    """Only payments before this time (UTC), with their labels; ``None``: to the last."""
+
+    @property
+    def window(self) -> str | None:
+        """``since/until`` as ISO times (``..`` for an open end), or ``None`` for the whole source."""
+        if self.since is None and self.until is None:
+            return None
+        return "/".join(".." if t is None else t.isoformat() for t in (self.since, self.until))
+
+    def _in_window(self, day: date) -> bool:
+        """Whether a simulator day partition may hold payments of the window."""
+        return (self.since is None or day >= self.since.date()) and (self.until is None or day <= self.until.date())
+
+    def _window_mask(self, times: pl.Series) -> np.ndarray:
+        """Rows of ``times`` inside the window; a row without a time counts as inside (its reject is reported)."""
+        inside = pl.Series([True] * len(times))
+        if self.since is not None:
+            inside &= (times >= self.since).fill_null(True)
+        if self.until is not None:
+            inside &= (times < self.until).fill_null(True)
+        return inside.to_numpy()
 
     # --- reading ----------------------------------------------------------------------------------------------
+
+    def parts(self) -> list[Path]:
+        """A simulator folder's transaction files holding days of the window, in day order."""
+        parts = sorted((self.path / "transactions").glob("day=*/part-*.parquet"))
+        return [part for part in parts if self._in_window(date.fromisoformat(part.parent.name.removeprefix("day=")))]
 
     def _raw_frames(self) -> Iterator[tuple[pl.DataFrame, int]]:
         """(frame, number of the first row's line) per chunk, columns as in the file."""
         if self.kind == "simulation":
             pending: list[pl.DataFrame] = []
             row = 1
-            for part in sorted((self.path / "transactions").glob("day=*/part-*.parquet")):
+            for part in self.parts():
                 pending.append(pl.read_parquet(part))
                 if sum(frame.height for frame in pending) >= self.chunk_rows:
                     yield pl.concat(pending), row
@@ -294,15 +324,17 @@ class TransactionSource:
 
     def _validate(self, raw: pl.DataFrame, frame: pl.DataFrame, problems: list[tuple[int, Reason, str]],
                   first_line: int) -> Chunk:  # fmt: skip
+        inside = self._window_mask(frame.get_column("event_time"))
         bad: dict[int, tuple[Reason, str]] = {}
         for index, reason, detail in problems:
-            bad.setdefault(index, (reason, detail))
+            if inside[index]:
+                bad.setdefault(index, (reason, detail))
         encoded = encode_transactions(frame)
         flagged = np.zeros(frame.height, dtype=bool)
         flagged[list(bad)] = True
         # Rows the vectorized pre-check vouches for skip per-row validation; the others ask the contract itself.
-        keep = certainly_valid(frame.select(_CONTRACT_FIELDS)).to_numpy() & ~flagged
-        for slow in np.flatnonzero(~keep & ~flagged).tolist():
+        keep = certainly_valid(frame.select(_CONTRACT_FIELDS)).to_numpy() & ~flagged & inside
+        for slow in np.flatnonzero(~keep & ~flagged & inside).tolist():
             index = int(slow)
             value = encoded[index]
             try:  # keys come from frame columns and cannot repeat: the contract's validation is all that is needed
@@ -340,14 +372,15 @@ class TransactionSource:
         return _encode_labels(self.label_frame())
 
     def label_frame(self) -> pl.DataFrame:
-        """The label files of a simulator folder as one frame (Label fields, sorted by ``known_at``); empty for
-        other sources (see :func:`derived_labels`)."""
+        """The label files of a simulator folder as one frame (Label fields, sorted by ``known_at``): those of the
+        payments in the window; empty for other sources (see :func:`derived_labels`)."""
         if self.kind != "simulation":
             return _EMPTY_LABELS
         parts = sorted((self.path / "labels").glob("day=*/part-*.parquet"))
         if not parts:
             return _EMPTY_LABELS
         frame = pl.concat([pl.read_parquet(p) for p in parts]).select(_EMPTY_LABELS.columns)
+        frame = frame.filter(pl.Series(self._window_mask(frame.get_column("event_time"))))
         return frame.sort("known_at", "txn_id", "label_version", maintain_order=True)
 
 
@@ -457,19 +490,28 @@ def open_source(
     currency: str = "EUR",
     label_delay: timedelta = timedelta(days=7),
     chunk_rows: int = 100_000,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> TransactionSource:
-    """A source for ``path``: a simulator output folder, or a ``.csv`` / ``.parquet`` / ``.jsonl`` file.
+    """A source for ``path``: a simulator output folder, or a ``.csv`` / ``.parquet`` / ``.jsonl`` file; with
+    ``since`` / ``until`` (aware times), only the payments of that window and their labels (a simulator folder's day
+    partitions outside it are not read; rows outside it are not rejects, whatever else is wrong with them).
 
     Raises:
-        SourceError: the path does not exist or its format is unknown.
+        SourceError: the path does not exist, its format is unknown, or ``since`` is not before ``until``.
     """
+    if since is not None and until is not None and since >= until:
+        raise SourceError(f"--since ({since.isoformat()}) must be before --until ({until.isoformat()})")
+    window = {"since": since, "until": until}
     if path.is_dir():
         if not (path / "transactions").is_dir():
             raise SourceError(f"{path}: a folder must be a simulator output (with transactions/ inside)")
         manifest = path / "manifest.json"
         total = json.loads(manifest.read_text()).get("transactions") if manifest.exists() else None
         truth = {"label": "is_fraud"}  # the folder's ground truth; its labels come from its own label files
-        return TransactionSource(path, "simulation", truth, key, timezone, currency, chunk_rows, label_delay, total)
+        total = None if since or until else total  # a window's rows are not counted before reading
+        return TransactionSource(path, "simulation", truth, key, timezone, currency, chunk_rows, label_delay, total,
+                                 **window)  # fmt: skip
     if not path.is_file():
         raise SourceError(f"{path}: no such file or folder")
     suffix = "".join(path.suffixes[-1:]).lower()
@@ -484,4 +526,19 @@ def open_source(
         if kind == "parquet"
         else None
     )
-    return TransactionSource(path, kind, mapping, key, timezone, currency, chunk_rows, label_delay, total)
+    total = None if since or until else total
+    return TransactionSource(path, kind, mapping, key, timezone, currency, chunk_rows, label_delay, total, **window)
+
+
+def parse_time(text: str, option: str) -> datetime:
+    """An ISO date or date-time given as ``option`` (``--since``, ``--until``), UTC when it names no zone.
+
+    Raises:
+        SourceError: not an ISO date or date-time.
+    """
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise SourceError(f"{option} expects an ISO date or date-time (2018-08-01, 2018-08-01T12:00); "
+                          f"got {text!r}") from None  # fmt: skip
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

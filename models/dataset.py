@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
 
-from fraudpipe.files import derived_labels, open_source
+from fraudpipe.files import SourceError, derived_labels, open_source
 
 __all__ = ["History", "load_history"]
 
@@ -80,22 +80,25 @@ def load_history(
     label_delay: timedelta = timedelta(days=7),
     timezone: str = "UTC",
     currency: str = "EUR",
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> History:
-    """Read ``path`` whole (see the module docstring).
+    """Read ``path`` whole (see the module docstring), or only its payments from ``since`` and before ``until``.
 
     Raises:
-        SourceError: unreadable source, or a mapping naming a missing column.
+        SourceError: unreadable source, a mapping naming a missing column, or an empty window.
     """
-    source = open_source(
-        path, mapping, key=key, label_delay=label_delay, timezone=timezone, currency=currency, chunk_rows=500_000
-    )
+    source = open_source(path, mapping, key=key, label_delay=label_delay, timezone=timezone, currency=currency,
+                         chunk_rows=500_000, since=since, until=until)  # fmt: skip
     frames, rejected = [], 0
     for chunk in source.chunks():
         frames.append(chunk.frame.drop("_value", "_line").rename({"_fraud": "is_fraud"}))
         rejected += len(chunk.rejects)
+    if not frames or not sum(frame.height for frame in frames):
+        raise SourceError(f"{path}: no valid payment" + (f" in {source.window}" if source.window else ""))
     transactions = pl.concat(frames).sort("event_time", maintain_order=True)
     if source.kind == "simulation":
-        scenarios = pl.scan_parquet(path / "transactions" / "**" / "*.parquet").select("txn_id", "fraud_scenario")
+        scenarios = pl.scan_parquet(source.parts()).select("txn_id", "fraud_scenario")
         transactions = transactions.join(scenarios.collect(), on="txn_id", how="left", maintain_order="left")
         labels = source.label_frame()
     else:

@@ -126,23 +126,29 @@ class _Pacer:
             time.sleep(delay)
 
 
-def _write_checkpoint(path: Path, source: Path, position: int) -> None:
+def _write_checkpoint(path: Path, source: TransactionSource, position: int) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps({"source": str(source), "position": position}) + "\n")
+    saved = {"source": str(source.path), "window": source.window, "position": position}
+    temporary.write_text(json.dumps(saved) + "\n")
     os.replace(temporary, path)
 
 
-def read_checkpoint(path: Path, source: Path) -> int:
-    """The position saved in ``path`` for ``source`` (0 when there is no checkpoint).
+def read_checkpoint(path: Path, source: Path, window: str | None = None) -> int:
+    """The position saved in ``path`` for ``source`` replayed over ``window`` (:attr:`TransactionSource.window`;
+    0 when there is no checkpoint): positions count the messages of that window.
 
     Raises:
-        ValueError: the checkpoint belongs to another source.
+        ValueError: the checkpoint belongs to another source or another window.
     """
     if not path.exists():
         return 0
     saved = json.loads(path.read_text())
     if saved.get("source") != str(source):
         raise ValueError(f"checkpoint {path} is for {saved.get('source')}, not {source}")
+    if saved.get("window") != window:
+        were = saved.get("window") or "the whole file"
+        raise ValueError(f"checkpoint {path} is for {were}, not {window or 'the whole file'}: give the same "
+                         "--since / --until to resume")  # fmt: skip
     return int(saved["position"])
 
 
@@ -268,7 +274,7 @@ def replay(
                     on_progress(stats)
             # A position is saved only once everything before it is acknowledged.
             if checkpoint is not None and position % every == 0 and producer.flush(60) == 0 and not stats.failed:
-                _write_checkpoint(checkpoint, source.path, position)
+                _write_checkpoint(checkpoint, source, position)
         publish_counts()
 
     rejects_handle = options.rejects.open("w") if options.rejects is not None else None
@@ -290,7 +296,7 @@ def replay(
         stats.failed += unacknowledged
         stats.delivered = stats.produced - stats.failed
         if checkpoint is not None and stats.failed == 0:
-            _write_checkpoint(checkpoint, source.path, stats.position)
+            _write_checkpoint(checkpoint, source, stats.position)
     finally:
         stats.elapsed_s = time.monotonic() - began
         if rejects_handle is not None:

@@ -60,9 +60,31 @@ RoundsOption = Annotated[int | None, typer.Option(min=1, help="Boosting rounds a
 RateOption = Annotated[
     float | None, typer.Option(min=1e-6, max=1.0, help="Learning rate [settings: training.learning_rate].")
 ]
+SinceOption = Annotated[
+    str | None, typer.Option(help="Only payments at or after this ISO date or time (UTC unless it names a zone).")
+]
+UntilOption = Annotated[
+    str | None, typer.Option(help="Only payments before this ISO date or time (UTC unless it names a zone).")
+]
 TrainDaysOption = Annotated[int, typer.Option(min=1, help="Days of each training window.")]
 DelayDaysOption = Annotated[int, typer.Option(min=0, help="Gap after training whose labels are not known yet.")]
 TestDaysOption = Annotated[int, typer.Option(min=1, help="Days of each test week.")]
+
+
+Window = tuple[datetime | None, datetime | None]
+"""``--since`` / ``--until`` parsed: aware times, ``None`` for an open end."""
+
+
+def _window(since: str | None, until: str | None) -> Window:
+    """``--since`` / ``--until`` as :func:`fraudpipe.files.open_source` takes them; a malformed one is a one-line
+    error."""
+    from fraudpipe.files import SourceError, parse_time
+
+    try:
+        return (None if since is None else parse_time(since, "--since"),
+                None if until is None else parse_time(until, "--until"))  # fmt: skip
+    except SourceError as error:
+        raise CliError(str(error)) from None
 
 
 def _day(text: str, option: str) -> date:

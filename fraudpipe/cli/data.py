@@ -11,7 +11,17 @@ from rich.console import Console
 from rich.table import Table
 
 from fraudpipe.cli._apps import app, features_app
-from fraudpipe.cli._common import CliError, _duration, _first_line, _settings, err, out
+from fraudpipe.cli._common import (
+    CliError,
+    SinceOption,
+    UntilOption,
+    _duration,
+    _first_line,
+    _settings,
+    _window,
+    err,
+    out,
+)
 from fraudpipe.settings import Settings
 
 _SCENARIO_NAMES = (
@@ -136,6 +146,8 @@ def replay(
     timezone: Annotated[str, typer.Option(help="Time zone of naive event times in the file.")] = "UTC",
     currency: Annotated[str, typer.Option(help="Currency when the file has no currency column.")] = "EUR",
     label_delay: Annotated[str, typer.Option(help="Delay of labels derived from a label column (7d, 12h...).")] = "7d",
+    since: SinceOption = None,
+    until: UntilOption = None,
     rejects: Annotated[Path, typer.Option(help="Where rows that fail validation are written (JSON lines).")] = Path(
         "replay-rejects.jsonl"
     ),
@@ -149,7 +161,8 @@ def replay(
         float, typer.Option(min=1, help="Seconds before an unacknowledged message fails.")
     ] = 120,
 ) -> None:
-    """Replay transactions (and their delayed labels) onto Kafka, keyed by card token."""
+    """Replay transactions (and their delayed labels) onto Kafka, keyed by card token. --since / --until replay a
+    slice of the file (a week of a year): its payments and their labels."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from fraudpipe.files import SourceError, open_source, parse_mapping
@@ -159,6 +172,7 @@ def replay(
     if rate is not None and speedup is not None:
         raise CliError("--rate and --speedup exclude each other")
     settings = _settings()
+    since_at, until_at = _window(since, until)
     try:
         opened = open_source(
             source,
@@ -167,8 +181,10 @@ def replay(
             timezone=timezone,
             currency=currency,
             label_delay=_duration(label_delay),
+            since=since_at,
+            until=until_at,
         )
-        start = read_checkpoint(checkpoint, source) if resume else from_position
+        start = read_checkpoint(checkpoint, source, opened.window) if resume else from_position
     except (SourceError, ValueError) as error:
         raise CliError(str(error)) from None
     options = ReplayOptions(
@@ -193,6 +209,7 @@ def replay(
         f"({stats.rate:,.0f} msg/s), {stats.delivered:,} delivered, {stats.rejected:,} rows rejected"
         + (f" (see {rejects})" if stats.rejected else "")
         + (f", {stats.skipped:,} skipped before position {start:,}" if stats.skipped else "")
+        + (f" (the slice {opened.window})" if opened.window else "")
     )
     if stats.failed:
         raise CliError(f"{stats.failed:,} messages were not delivered (first error: {stats.first_error})")
@@ -202,14 +219,19 @@ def replay(
 def features_backfill(
     source: Annotated[Path, typer.Argument(help="Simulator output folder, or a .csv / .parquet / .jsonl file.")],
     mapping: Annotated[str | None, typer.Option("--map", help="target=column pairs, as for replay.")] = None,
-    until: Annotated[str | None, typer.Option(help="Only history before this ISO time (UTC if naive).")] = None,
+    since: SinceOption = None,
+    until: Annotated[
+        str | None,
+        typer.Option(
+            help="Only history before this ISO date or time: payments, and labels known by then (UTC "
+            "unless it names a zone)."
+        ),
+    ] = None,
     timezone: Annotated[str, typer.Option(help="Time zone of naive event times in the file.")] = "UTC",
     label_delay: Annotated[str, typer.Option(help="Delay of labels derived from a label column.")] = "7d",
     batch_size: Annotated[int, typer.Option(min=1, max=10_000, help="Transactions per store call.")] = 500,
 ) -> None:
     """Warm the online feature store from history (re-runnable: applied transactions are skipped)."""
-    from datetime import UTC, datetime
-
     from rich.progress import Progress, TextColumn, TimeElapsedColumn
 
     from features.backfill import backfill as run
@@ -217,13 +239,11 @@ def features_backfill(
     from fraudpipe.files import SourceError, open_source, parse_mapping
 
     settings = _settings()
+    since_at, limit = _window(since, until)
     try:
-        limit = None if until is None else datetime.fromisoformat(until)
-        if limit is not None and limit.tzinfo is None:
-            limit = limit.replace(tzinfo=UTC)
         opened = open_source(
             source, parse_mapping(mapping), key=settings.privacy.tokenization_key.get_secret_value().encode(),
-            timezone=timezone, label_delay=_duration(label_delay),
+            timezone=timezone, label_delay=_duration(label_delay), since=since_at, until=limit,
         )  # fmt: skip
     except (SourceError, ValueError) as error:
         raise CliError(str(error)) from None

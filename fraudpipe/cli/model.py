@@ -24,9 +24,12 @@ from fraudpipe.cli._common import (
     RateOption,
     RoundsOption,
     SeedOption,
+    SinceOption,
     TestDaysOption,
     TrainDaysOption,
     TunedOption,
+    UntilOption,
+    Window,
     _constraint,
     _day,
     _duration,
@@ -34,6 +37,7 @@ from fraudpipe.cli._common import (
     _settings,
     _training,
     _training_segments,
+    _window,
     err,
     out,
 )
@@ -48,7 +52,9 @@ HistoryOption = Annotated[
 ]
 
 
-def _history(source: Path, mapping: str | None, settings: Settings, label_delay: timedelta) -> History:
+def _history(source: Path, mapping: str | None, settings: Settings, label_delay: timedelta,
+             window: Window = (None, None)) -> History:  # fmt: skip
+    """``source`` read whole, or its ``window`` (:func:`fraudpipe.cli._common._window`)."""
     from fraudpipe.files import SourceError, parse_mapping
     from models.dataset import load_history
 
@@ -59,6 +65,8 @@ def _history(source: Path, mapping: str | None, settings: Settings, label_delay:
                 parse_mapping(mapping),
                 key=settings.privacy.tokenization_key.get_secret_value().encode(),
                 label_delay=label_delay,
+                since=window[0],
+                until=window[1],
             )
         except SourceError as error:
             raise CliError(str(error)) from None
@@ -88,6 +96,8 @@ def train(
     delay_days: Annotated[int, typer.Option(min=0, help="Gap whose labels are not known yet.")] = 7,
     valid_days: Annotated[int, typer.Option(min=1, help="Validation days after the gap (early stopping).")] = 7,
     label_delay: Annotated[str, typer.Option(help="Delay of labels derived from a file's label column.")] = "7d",
+    since: SinceOption = None,
+    until: UntilOption = None,
     seed: SeedOption = None,
     rounds: RoundsOption = None,
     learning_rate: RateOption = None,
@@ -100,7 +110,8 @@ def train(
 ) -> None:
     """Train a LightGBM model, register it (model, manifest, report) and optionally promote it. Its thresholds are
     the cheapest on the validation window under the cost model (FRAUD_COST__*: fees, review cost and capacity).
-    With --fairness-constraint it is trained under that constraint on a segment column (models.constraint)."""
+    With --fairness-constraint it is trained under that constraint on a segment column (models.constraint).
+    --since / --until read only that slice of the source (the windows are then the latest that fit in it)."""
     from functools import partial
 
     from models.constraint import constrain
@@ -109,7 +120,7 @@ def train(
     from models.train import latest_windows, train_version
 
     settings = _settings()
-    history = _history(source, mapping, settings, _duration(label_delay))
+    history = _history(source, mapping, settings, _duration(label_delay), _window(since, until))
     windows = latest_windows(history, train_days, delay_days, valid_days)
     if train_start is not None:
         windows = replace(windows, train_start=_day(train_start, "--train-start"))

@@ -13,7 +13,7 @@ from confluent_kafka import Consumer, Message, TopicPartition
 
 from fraudpipe.codec import decode
 from fraudpipe.contracts import Label, Transaction
-from fraudpipe.files import open_source, parse_mapping
+from fraudpipe.files import open_source, parse_mapping, parse_time
 from fraudpipe.settings import Settings
 from fraudpipe.simulator.config import default
 from fraudpipe.simulator.generate import simulate
@@ -169,6 +169,38 @@ def test_replay_resumes_from_its_checkpoint(topics: Settings, simulation: Path, 
     assert on_topics == 2 * (n_tx + n_labels) - 1_000
     with pytest.raises(ValueError, match="checkpoint"):
         read_checkpoint(checkpoint, tmp_path)
+
+
+def test_a_slice_of_a_simulation_is_replayed_with_its_labels(
+    topics: Settings, simulation: Path, tmp_path: Path
+) -> None:
+    """``replay --since --until``: the slice's payments and the labels of those payments, nothing else; a checkpoint
+    is for its slice, and resuming with another one is refused in one line."""
+    since, until = "2018-04-04", "2018-04-06T12:00"
+    sliced = open_source(
+        simulation, {}, key=KEY, since=parse_time(since, "--since"), until=parse_time(until, "--until")
+    )
+    expected = [decode(v, Transaction) for chunk in sliced.chunks() for v in chunk.values]
+    labels = sliced.label_frame()
+    n_tx, n_all = len(expected), _expected(simulation)[0]
+    assert 0 < n_tx < n_all and labels.height > 0
+    checkpoint = tmp_path / "ck.json"
+    result = run_cli(topics, "replay", str(simulation), "--since", since, "--until", until,
+                     "--checkpoint", str(checkpoint), cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"{n_tx:,} transactions and {labels.height:,} labels sent" in result.stdout
+    assert f"(the slice {sliced.window})" in result.stdout
+    delivered = _consume(topics, topics.topics.full(topics.topics.transactions), n_tx)
+    assert sorted(decode(m.value(), Transaction).txn_id for m in delivered) == sorted(t.txn_id for t in expected)
+    label_messages = _consume(topics, topics.topics.full(topics.topics.labels), labels.height)
+    assert {decode(m.value(), Label).txn_id for m in label_messages} <= {t.txn_id for t in expected}
+    assert read_checkpoint(checkpoint, simulation, sliced.window) == n_tx + labels.height
+    refused = run_cli(topics, "replay", str(simulation), "--resume", "--checkpoint", str(checkpoint), cwd=tmp_path)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines() == [
+        f"error: checkpoint {checkpoint} is for {sliced.window}, not the whole file: give the same --since / "
+        "--until to resume"
+    ]
 
 
 def test_undelivered_messages_make_the_command_fail(settings: Settings, simulation: Path, tmp_path: Path) -> None:

@@ -114,3 +114,11 @@ def test_every_help_shows_its_texts_whole() -> None:
                 assert getattr(param, "help", None), (path, param.name, "an option without help")
             for bracketed in re.findall(r"\[[^\]]*\]", getattr(param, "help", None) or ""):
                 assert " ".join(bracketed.split()) in text, (path, param.name, bracketed)
+
+
+def test_a_bad_since_is_one_line(tmp_path: Path) -> None:
+    result = _run("train", str(tmp_path), "--since", "last tuesday", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: --since expects an ISO date or date-time (2018-08-01, 2018-08-01T12:00); got 'last tuesday'"
+    ]

@@ -165,3 +165,77 @@ def test_parquet_and_jsonl_sources(tmp_path: Path) -> None:
     for name in ("tx.parquet", "tx.jsonl"):
         (chunk,) = list(open_source(tmp_path / name, {}, key=KEY).chunks())
         assert [decode(v, Transaction).txn_id for v in chunk.values] == ["a", "b"], name
+
+
+def _three_days(tmp_path: Path) -> Path:
+    return _csv(
+        tmp_path,
+        "id,t,card,term,amt,label\n"
+        "d1,2024-01-01T10:00:00Z,c1,t1,10,1\n"  # line 2: before the window
+        "d1-bad,2024-01-01T11:00:00Z,c1,t1,ten,0\n"  # line 3: bad, but outside: not the slice's business
+        "d2a,2024-01-02T00:00:00Z,c1,t1,11,1\n"  # line 4: the window's first instant
+        "d2-bad,2024-01-02T09:00:00Z,c2,t1,-1,0\n"  # line 5: bad, inside
+        "no-time,whenever,c2,t1,3,0\n"  # line 6: no time: reported wherever it would fall
+        "d2b,2024-01-02T23:59:59Z,c2,t2,12,0\n"  # line 7
+        "d3,2024-01-03T00:00:00Z,c2,t2,13,1\n",  # line 8: the window's end, left out
+    )
+
+
+def test_a_window_keeps_its_payments_their_labels_and_its_own_rejects(tmp_path: Path) -> None:
+    mapping = parse_mapping("txn_id=id,event_time=t,card_id=card,terminal_id=term,amount=amt,label=label")
+    since, until = datetime(2024, 1, 2, tzinfo=UTC), datetime(2024, 1, 3, tzinfo=UTC)
+    source = open_source(_three_days(tmp_path), mapping, key=KEY, since=since, until=until)
+    assert source.total_rows is None and source.window == "2024-01-02T00:00:00+00:00/2024-01-03T00:00:00+00:00"
+    (chunk,) = list(source.chunks())
+    assert [decode(v, Transaction).txn_id for v in chunk.values] == ["d2a", "d2b"]
+    assert [(r.line, r.reason) for r in chunk.rejects] == [(5, Reason.AMOUNT_NEGATIVE), (6, Reason.INVALID_VALUE)]
+    assert chunk.labels is not None
+    assert [decode(v, Label).txn_id for v in chunk.labels.values] == ["d2a"]
+    (after,) = list(open_source(source.path, mapping, key=KEY, since=since).chunks())
+    assert [decode(v, Transaction).txn_id for v in after.values] == ["d2a", "d2b", "d3"]
+    with pytest.raises(SourceError, match="must be before"):
+        open_source(source.path, mapping, key=KEY, since=until, until=since)
+
+
+def test_parse_time_reads_dates_and_zones() -> None:
+    from fraudpipe.files import parse_time
+
+    assert parse_time("2018-08-01", "--since") == datetime(2018, 8, 1, tzinfo=UTC)
+    assert parse_time("2018-08-01T02:00+02:00", "--until") == datetime(2018, 8, 1, tzinfo=UTC)
+    with pytest.raises(SourceError, match="--since expects an ISO date"):
+        parse_time("last tuesday", "--since")
+
+
+def test_a_window_of_a_simulation_reads_only_its_days(tmp_path: Path) -> None:
+    import polars as pl
+
+    from fraudpipe.simulator.config import default
+    from fraudpipe.simulator.generate import simulate
+    from fraudpipe.simulator.output import write_simulation
+    from models.dataset import load_history
+
+    config = default(days=6, customers=200, terminals=400, seed=3)
+    write_simulation(tmp_path, config, *simulate(config, KEY))
+    days = sorted(p.name for p in (tmp_path / "transactions").iterdir())
+    for part in (tmp_path / "transactions" / days[0]).glob("*.parquet"):
+        part.write_bytes(b"not parquet")  # a day outside the window is never opened
+    first = datetime.fromisoformat(days[2].removeprefix("day=")).replace(tzinfo=UTC)
+    since, until = first + timedelta(hours=12), first + timedelta(days=1, hours=12)
+    source = open_source(tmp_path, {}, key=KEY, since=since, until=until)
+    payments = [decode(value, Transaction) for chunk in source.chunks() for value in chunk.values]
+    expected = (
+        pl.scan_parquet(tmp_path / "transactions" / f"{days[2]}" / "*.parquet")
+        .collect()
+        .vstack(pl.read_parquet(tmp_path / "transactions" / f"{days[3]}" / "*.parquet"))
+    )
+    times = expected.get_column("event_time")
+    assert len(payments) == int(((times >= since) & (times < until)).sum()) > 0
+    assert all(since <= p.event_time < until for p in payments)
+    labels = source.label_frame()
+    assert labels.height > 0
+    assert set(labels.get_column("txn_id").to_list()) <= {p.txn_id for p in payments}
+    history = load_history(tmp_path, {}, key=KEY, since=since, until=until)  # what train reads with the window
+    assert sorted(history.transactions.get_column("txn_id").to_list()) == sorted(p.txn_id for p in payments)
+    assert history.labels.height == labels.height
+    with pytest.raises(SourceError, match="no valid payment in"):
+        load_history(tmp_path, {}, key=KEY, since=until + timedelta(days=30))
