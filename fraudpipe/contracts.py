@@ -63,6 +63,7 @@ __all__ = [
     "Event",
     "Label",
     "LabelSource",
+    "ModelEvent",
     "ModelRef",
     "Reason",
     "ReasonCode",
@@ -375,3 +376,22 @@ class DeadLetter(Event):
     payload_bytes: Annotated[int, Field(ge=0)]
     payload_truncated: bool
     failed_at: UtcTime
+
+
+# --- the model registry -------------------------------------------------------------------------------------
+
+
+class ModelEvent(Event):
+    """A change of a registry alias (``promote``, ``rollback``: ``version`` is what the alias points at now,
+    ``previous`` what it pointed at), or a retrained challenger refused by the gates (``refuse``: no alias changed,
+    ``version`` the refused one, ``refusals`` why). Published on ``model-events.v1`` by every command that changes an
+    alias; workers and the API swap their model on it (:mod:`streams.model_events`)."""
+
+    action: Literal["promote", "rollback", "refuse"]
+    alias: Literal["champion", "challenger"]
+    version: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None
+    previous: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None
+    by: Annotated[str, StringConstraints(max_length=200)]
+    why: Annotated[str, StringConstraints(max_length=2_000)]
+    at: UtcTime
+    refusals: Annotated[list[Annotated[str, StringConstraints(max_length=2_000)]], Field(max_length=64)] = []

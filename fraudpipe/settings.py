@@ -128,6 +128,12 @@ class KafkaSettings(_Section):
         """:attr:`scoring_group` for the app id ``app_id``."""
         return f"{app_id}.scoring"
 
+    @staticmethod
+    def model_events_group_of(app_id: str) -> str:
+        """The group id the model-event listeners of the app id ``app_id`` name: never joined, nothing committed
+        (:mod:`streams.model_events`), but librdkafka looks its coordinator up, so the principal reads it."""
+        return f"{app_id}.model-events"
+
     def faust_broker_url(self) -> str:
         """The broker list in Faust's ``kafka://host:port;host:port`` form."""
         hosts = [server.strip() for server in self.bootstrap_servers.split(",") if server.strip()]
@@ -277,8 +283,8 @@ class ScoringSettings(_Section):
     """``lleaves``: score with the model compiled to native code (``pip install 'fraudpipe[compiled]'``): same
     scores, several times faster per batch; LightGBM stays the reference and computes the reason codes."""
     model_poll_s: Annotated[float, Field(gt=0.0)] = 5.0
-    """How often a worker checks the registry alias it follows (a promotion is served within this interval; the
-    promotion itself is recorded on model-events.v1)."""
+    """How often a worker or the API checks the registry alias it follows when no model event says so: a change
+    announced on model-events.v1 is served within a second; one that was not, within this interval."""
     shadow: bool = False
     """Also score every batch with the registry's challenger, in shadow: its scores and would-be decisions go to
     ``data_dir/shadow`` for ``fraudpipe monitor`` to compare, never to a decision; it runs after the batch is

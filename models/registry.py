@@ -28,7 +28,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -109,12 +109,19 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(temporary, path)
 
 
-class Registry:
-    """Versions and aliases under ``root`` (see the module docstring)."""
+AliasChange = Callable[[dict[str, Any]], None]
+"""Told each alias change once it is written: the entry :meth:`Registry.history` keeps (``at``, ``alias``,
+``version``, ``previous``, ``action``, ``by``, ``why``)."""
 
-    def __init__(self, root: Path) -> None:
+
+class Registry:
+    """Versions and aliases under ``root`` (see the module docstring). ``on_change`` is told each alias change made
+    through this object (the CLI announces them on ``model-events.v1``: :mod:`streams.model_events`)."""
+
+    def __init__(self, root: Path, *, on_change: AliasChange | None = None) -> None:
         self.root = root
         self.versions_dir = root / "versions"
+        self.on_change = on_change
 
     # --- writing ----------------------------------------------------------------------------------------------
 
@@ -172,7 +179,8 @@ class Registry:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def _change(self, alias: str, version: str | None, *, by: str | None, why: str, action: str) -> None:
+    def _change(self, alias: str, version: str | None, *, by: str | None, why: str,
+                action: str) -> dict[str, Any]:  # fmt: skip
         aliases = self.aliases()
         previous = aliases.get(alias)
         aliases[alias] = version
@@ -190,6 +198,7 @@ class Registry:
             log.write(json.dumps(entry) + "\n")
             log.flush()
             os.fsync(log.fileno())
+        return entry
 
     def promote(self, version: str, *, alias: str = "champion", by: str | None = None, why: str) -> None:
         """Point ``alias`` at ``version`` (verified first: a broken version is never promoted).
@@ -201,7 +210,9 @@ class Registry:
             raise RegistryError(f"unknown alias {alias!r} (known: {', '.join(ALIASES)})")
         self.load(version)
         with self._locked():
-            self._change(alias, version, by=by, why=why, action="promote")
+            entry = self._change(alias, version, by=by, why=why, action="promote")
+        if self.on_change is not None:
+            self.on_change(entry)
 
     def rollback(self, *, alias: str = "champion", by: str | None = None, why: str) -> str:
         """Point ``alias`` back at the version it had before its current one; returns that version.
@@ -213,8 +224,10 @@ class Registry:
             stack = self._stack(alias)
             if len(stack) < 2:
                 raise RegistryError(f"{alias} has no earlier version to roll back to")
-            self._change(alias, stack[-2], by=by, why=why, action="rollback")
-            return stack[-2]
+            entry = self._change(alias, stack[-2], by=by, why=why, action="rollback")
+        if self.on_change is not None:
+            self.on_change(entry)
+        return stack[-2]
 
     def _stack(self, alias: str) -> list[str]:
         """Versions ``alias`` has pointed at, oldest first, rollbacks undone (replayed from the log)."""

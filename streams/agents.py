@@ -37,6 +37,7 @@ from streams import metrics
 from streams.app import alerts_topic, app, labels_topic, repairs_topic, scoring_batches, settings
 from streams.consumer import Records, TransactionConsumer
 from streams.intake import RawRecord, intake
+from streams.model_events import ModelEventListener
 from streams.outputs import decision_rows
 from streams.pipeline import Pipeline, from_settings
 from streams.publisher import KafkaPublisher, Publisher
@@ -128,6 +129,9 @@ async def score_transactions(stream: Any) -> None:
     consumer = make_consumer()
     if consumer is not None:
         await app.add_runtime_dependency(consumer)
+    events = ModelEventListener(settings.kafka, settings.topics.full(settings.topics.registry_events),
+                                scoring.model_changed)  # fmt: skip
+    await asyncio.to_thread(events.start)  # a promotion is swapped in at once; polling the registry stays
     try:
         async for records in stream:
             await scoring.submit(records)  # returns while the batch is scored: the next one is validated meanwhile
@@ -139,6 +143,7 @@ async def score_transactions(stream: Any) -> None:
     finally:
         if consumer is not None:
             consumer.abandon()  # batches still queued will not be handled: do not wait for them at shutdown
+        events.close()
         scoring.close()
 
 

@@ -51,6 +51,7 @@ from streams.auth import Keys, Refused, answer, guard
 from streams.body_limit import BodyLimit
 from streams.dashboard.routes import Dashboard, mount
 from streams.dashboard.sources import HttpSource, MetricSource, ProcessSource, RedisAlertFeed, default_metrics_urls
+from streams.model_events import ModelEventListener
 from streams.pipeline import Batch, from_settings
 from streams.scoring_pool import PoolClosedError, PoolFullError, ScoringFailedError, ScoringPool
 
@@ -117,9 +118,14 @@ def create_app(settings: Settings, *, clock: Clock | None = None, metrics_urls: 
                     settings.environment)  # fmt: skip
     ready = _Readiness(client)
 
+    events = ModelEventListener(settings.kafka, settings.topics.full(settings.topics.registry_events),
+                                pool.model_changed)  # fmt: skip
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(events.start)  # a promotion is swapped in at once; polling the registry stays
         yield
+        events.close()
         await asyncio.to_thread(pool.close)
         producer.flush(10)
         for _, connection in built:

@@ -296,6 +296,7 @@ class Models:
         self.runtime = runtime
         self.scorer: Scorer | None = None
         self._checked = -math.inf
+        self._woken = False
         self._refused: str | None = None
         self._sha256s: dict[str, str | None] = {}
 
@@ -313,12 +314,13 @@ class Models:
         return Scorer(model, self.threads, runtime=self.runtime, cache_dir=self.registry.root / ".compiled")
 
     def refresh(self, *, force: bool = False) -> bool:
-        """Swap in the alias's version if it changed (checked every ``poll_s``, or now with ``force``). Returns
+        """Swap in the alias's version if it changed (checked every ``poll_s``, or now with ``force`` or after
+        :meth:`wake`; the flag is cleared before the alias is read, so a wake during a check is never lost). Returns
         whether the model changed. A version that does not verify is refused once, and the current one stays."""
         now = self.clock.monotonic()
-        if not force and now - self._checked < self.poll_s:
+        if not force and not self._woken and now - self._checked < self.poll_s:
             return False
-        self._checked = now
+        self._checked, self._woken = now, False
         try:
             target = self.registry.aliases()[self.alias]
         except (OSError, ValueError) as error:
@@ -340,6 +342,11 @@ class Models:
         self._refused = None
         log.info("model %s -> %s", current, target)
         return True
+
+    def wake(self) -> None:
+        """Make the next :meth:`refresh` read the alias whatever ``poll_s`` says (a model event arrived: any
+        thread may call this)."""
+        self._woken = True
 
     def sha256_of(self, version: str | None) -> str | None:
         """The model file SHA-256 of ``version`` (the one serving, or the registry's manifest; cached); ``None``

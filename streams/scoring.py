@@ -7,8 +7,9 @@ For each :class:`streams.consumer.Records` batch, :meth:`Scoring.submit`:
 1. validates the records on the event loop (:func:`streams.intake.intake`: the contract, and a Kafka key equal to
    the card token; refused ones go to ``transactions.dlq.v1`` with reason and coordinates, their key PAN-masked) and
    drops the payments of erased cards;
-2. on the scoring thread, one batch at a time in order: swaps in a newly promoted model (checked every
-   ``scoring.model_poll_s``; a batch is scored by one version) and scores the valid ones
+2. on the scoring thread, one batch at a time in order: swaps in a newly promoted model (at once on a
+   ``model-events.v1`` event, :meth:`Scoring.model_changed`; else checked every ``scoring.model_poll_s``; a batch is
+   scored by one version) and scores the valid ones
    (:meth:`streams.pipeline.Pipeline.score`); if the batch raises, each transaction is scored alone, and one that
    still raises is dead-lettered (``processing_error``) while the others are decided;
 3. once the batch before it is produced: appends the decisions to the decision log and the reused ids
@@ -30,6 +31,7 @@ the batch, which is decided again from the decision memory (same decision) and l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -43,7 +45,7 @@ import polars as pl
 from fraudpipe.audit import CONFLICT_COLUMNS
 from fraudpipe.clock import Clock
 from fraudpipe.codec import dead_letter, dead_letter_key, encode
-from fraudpipe.contracts import DeadLetter, Reason, Transaction
+from fraudpipe.contracts import DeadLetter, ModelEvent, Reason, Transaction
 from fraudpipe.groupcommit import GroupWriter
 from fraudpipe.privacy import ErasureList
 from fraudpipe.settings import ScoringSettings, TopicSettings
@@ -236,11 +238,7 @@ class Scoring:
         if upcoming and upcoming[0] is valid:
             upcoming.popleft()
         following = upcoming[0].txns if upcoming else None  # validated since: its store call overlaps this batch
-        if pipeline.models.refresh():
-            current = pipeline.models.scorer
-            assert current is not None
-            metrics.MODEL_SWAPS.inc()
-            metrics.MODEL_INFO.info({"version": current.version, "sha256": current.model.sha256})
+        self._refresh_model()
         received = [records.received] * len(valid.txns)
         try:
             if self.scoring.mode == "naive":  # fraudpipe bench's floor: one store call and one model call per event
@@ -252,6 +250,26 @@ class Scoring:
             log.exception("batch failed; scoring its %d transactions one by one", len(valid.txns))
             decided, failed = self._one_by_one(valid.raws, valid.txns, records.received)
             return decided, None, failed
+
+    def _refresh_model(self) -> None:
+        """On the scoring thread: swap in the alias's version if it changed (:meth:`Models.refresh`), counted."""
+        models = self.pipeline.models
+        if models.refresh():
+            current = models.scorer
+            assert current is not None
+            metrics.MODEL_SWAPS.inc()
+            metrics.MODEL_INFO.info({"version": current.version, "sha256": current.model.sha256})
+
+    def model_changed(self, event: ModelEvent) -> None:
+        """A registry alias changed (:mod:`streams.model_events`; any thread): the champion's is read again on the
+        scoring thread, between two batches, now; the challenger's when the shadow scores next."""
+        if self.shadow is not None and event.alias == self.shadow.models.alias:
+            self.shadow.models.wake()
+        if event.alias != self.pipeline.models.alias:
+            return
+        self.pipeline.models.wake()
+        with contextlib.suppress(RuntimeError):  # closing: nothing more to score
+            self._thread.submit(self._refresh_model)
 
     def _outputs(self, ticket: Ticket, decided: Batch, valid: Validated,
                  failed: list[tuple[RawRecord, str]]) -> list[Message]:  # fmt: skip

@@ -41,7 +41,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from fraudpipe.clock import Clock
-from fraudpipe.contracts import Decision, Transaction
+from fraudpipe.contracts import Decision, ModelEvent, Transaction
+from streams import metrics
 from streams.pipeline import Batch, Pipeline
 
 __all__ = ["QUIET_S", "YIELD_S", "PoolClosedError", "PoolFullError", "Scored", "ScoringFailedError", "ScoringPool"]
@@ -96,6 +97,7 @@ class ScoringPool:
         self._pending = 0
         self._closed = False
         self._threads: list[threading.Thread] = []
+        self._refresh: set[int] = set()  # threads whose model is to be read again before their next batch
 
     @property
     def pending(self) -> int:
@@ -129,6 +131,20 @@ class ScoringPool:
             self._ready.notify()
         return await waiting.future
 
+    def model_changed(self, event: ModelEvent) -> None:
+        """A registry alias changed (:mod:`streams.model_events`; any thread): each scoring thread serving that
+        alias reads it again now, between two batches."""
+        chosen = [n for n, p in enumerate(self.pipelines) if p.models.alias == event.alias]
+        for number in chosen:
+            self.pipelines[number].models.wake()
+        with self._ready:
+            if self._closed or not chosen:
+                return
+            if not self._threads:
+                self._start()
+            self._refresh.update(chosen)
+            self._ready.notify_all()
+
     def close(self, timeout_s: float = 10.0) -> None:
         """Stop taking requests, let the threads finish their batches, and fail what still waits."""
         with self._ready:
@@ -142,19 +158,26 @@ class ScoringPool:
             thread.join(timeout_s)
 
     def _start(self) -> None:
-        for number, pipeline in enumerate(self.pipelines):
-            thread = threading.Thread(target=self._run, args=(pipeline,), name=f"api-scoring-{number}", daemon=True)
+        for number in range(len(self.pipelines)):
+            thread = threading.Thread(target=self._run, args=(number,), name=f"api-scoring-{number}", daemon=True)
             thread.start()
             self._threads.append(thread)
 
-    def _run(self, pipeline: Pipeline) -> None:
+    def _run(self, number: int) -> None:
+        pipeline = self.pipelines[number]
         while True:
             with self._ready:
-                while not self._queue and not self._closed:
+                while not self._queue and not self._closed and number not in self._refresh:
                     self._ready.wait()
-                if not self._queue:
+                refresh = number in self._refresh
+                self._refresh.discard(number)
+                if not refresh and not self._queue:
                     return
-                taken = self._take()
+                taken = self._take() if self._queue else []
+            if refresh:
+                _refresh_model(pipeline)
+            if not taken:
+                continue
             outcomes = self._decide(pipeline, taken)
             with self._ready:
                 self._pending -= len(taken)
@@ -181,7 +204,7 @@ class ScoringPool:
         """One pipeline call and its publication; one outcome per transaction, in order. The answers are the
         published decisions read back with the contract (``Decision``)."""
         try:
-            pipeline.models.refresh()
+            _refresh_model(pipeline)
             batch = pipeline.score([w.txn for w in taken], [w.received for w in taken])
             self.publish(batch)
             decided = dict(zip(batch.txn_ids, batch.decisions(), strict=True))
@@ -198,6 +221,12 @@ class ScoringPool:
                 continue
             outcomes.append(Scored(decision))
         return outcomes
+
+
+def _refresh_model(pipeline: Pipeline) -> None:
+    """Swap in the alias's version if it changed (:meth:`streams.pipeline.Models.refresh`), counted."""
+    if pipeline.models.refresh():
+        metrics.MODEL_SWAPS.inc()
 
 
 def _quiet(loop: asyncio.AbstractEventLoop, timeout_s: float) -> None:

@@ -171,15 +171,18 @@ def worker_acls(
 ) -> list[AclSpec]:
     """The least a ``fraudpipe worker`` running ``agents`` needs (``group``: ``kafka.app_id``), in a stable order.
 
-    Reading implies describing. ``score`` reads transactions and feature repairs, writes scores, alerts, feature
+    Reading implies describing. ``score`` reads transactions, feature repairs and model events (no group: see
+    :mod:`streams.model_events`), writes scores, alerts, feature
     repairs and transactions' dead letters; ``alerts`` reads alerts and writes their dead letters; ``labels`` reads
     labels and writes their dead letters; every agent reads (joins, commits in) the group, and ``score`` the scoring
-    consumer's group too (``KafkaSettings.scoring_group_of(group)``). Nothing on the cluster:
+    consumer's group too (``KafkaSettings.scoring_group_of(group)``) and the model-event listener's
+    (``KafkaSettings.model_events_group_of(group)``). Nothing on the cluster:
     a worker creates no topic (``fraudpipe topics create`` does, as an administrator).
     """
     agents = tuple(agents)
     dlq = TopicSettings.dlq_of
-    reads = {"score": [topics.transactions, topics.repairs], "alerts": [topics.alerts], "labels": [topics.labels]}
+    reads = {"score": [topics.transactions, topics.repairs, topics.registry_events], "alerts": [topics.alerts],
+             "labels": [topics.labels]}  # fmt: skip
     writes = {
         "score": [topics.scores, topics.alerts, topics.repairs, dlq(topics.transactions)],
         "alerts": [dlq(topics.alerts)],
@@ -191,8 +194,9 @@ def worker_acls(
         specs += [AclSpec("topic", topics.full(name), "write") for name in writes[agent]]
     if specs:
         specs.append(AclSpec("group", group, "read"))
-    if "score" in agents:  # the scoring consumer's own group (streams.consumer)
+    if "score" in agents:  # the scoring consumer's own group (streams.consumer), the model events' (never joined)
         specs.append(AclSpec("group", KafkaSettings.scoring_group_of(group), "read"))
+        specs.append(AclSpec("group", KafkaSettings.model_events_group_of(group), "read"))
     return list(dict.fromkeys(specs))
 
 

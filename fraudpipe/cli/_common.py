@@ -195,9 +195,14 @@ def _fmt(value: float | None) -> str:
 
 
 def _registry() -> Any:
+    """The registry of the settings; every alias change made through it is announced on ``model-events.v1``
+    (:mod:`streams.model_events`; a broker that does not take it is a warning)."""
     from models.registry import Registry
+    from streams.model_events import announcer
 
-    return Registry(_settings().paths.models_dir)
+    settings = _settings()
+    return Registry(settings.paths.models_dir, on_change=announcer(settings, lambda text: err.print(
+        f"warning: {text}", highlight=False, markup=False, soft_wrap=True)))  # fmt: skip
 
 
 def _segment_file(path: Path) -> Any:

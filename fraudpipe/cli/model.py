@@ -115,7 +115,6 @@ def train(
     from functools import partial
 
     from models.constraint import constrain
-    from models.registry import Registry
     from models.report import render_report, report_data
     from models.train import latest_windows, train_version
 
@@ -138,7 +137,7 @@ def train(
                                     tuning=tuning, progress=update, refit=refit)  # fmt: skip
         except ValueError as error:
             raise CliError(str(error)) from None
-    registry = Registry(settings.paths.models_dir)
+    registry = _registry()
     metrics = trained.fields["metrics"]
     report = render_report(report_data("fraudpipe model (validation window)", trained.fitted.booster,
                                         trained.valid, metrics, trained.fields["windows"]))  # fmt: skip

@@ -169,9 +169,8 @@ def _retrain_once(settings: Settings, as_of_text: str | None, only_on_breach: bo
     for name, numbers in outcome.metrics.items():
         out.print(f"{name:<10} on the holdout: " + "  ".join(f"{k} {v:.4f}" for k, v in numbers.items()
                                                             if isinstance(v, float)), highlight=False)  # fmt: skip
-    _publish_model_event(settings, {"event": "promoted" if outcome.promoted else "refused", "alias": "champion",
-                                    "version": outcome.challenger, "previous": outcome.champion,
-                                    "refusals": outcome.refusals, "metrics": outcome.metrics})  # fmt: skip
+    if not outcome.promoted:  # a promotion was announced by the registry (streams.model_events)
+        _announce_refusal(settings, outcome)
     if outcome.promoted:
         out.print(f"promoted {outcome.challenger} to champion (was {outcome.champion}); workers swap it in",
                   highlight=False)  # fmt: skip
@@ -242,8 +241,6 @@ def _auto_rollback(settings: Settings, registry: Any, quality: Any, out: Console
         return
     back = registry.rollback(by="fraudpipe monitor", why=f"automatic rollback: {reason}")
     out.print(f"[red]rolled the champion back from {current} to {back}:[/red] {reason}", highlight=False)
-    _publish_model_event(settings, {"event": "rolled_back", "alias": "champion", "version": back,
-                                    "previous": current, "refusals": [reason], "metrics": {}})  # fmt: skip
 
 
 def _retrain_reasons(settings: Settings, registry: Any, champion: str, decisions: Any, labels: Any,
@@ -262,30 +259,21 @@ def _retrain_reasons(settings: Settings, registry: Any, champion: str, decisions
     return reasons + ([f"decay: {decay}"] if decay else [])
 
 
-def _publish_model_event(settings: Settings, event: dict[str, Any]) -> None:
-    """Tell model-events.v1 what a retraining run decided (workers also follow the registry on their own)."""
-    import json
-    import logging
+def _announce_refusal(settings: Settings, outcome: Any) -> None:
+    """Tell ``model-events.v1`` that the gates refused the retrained challenger (the champion stays)."""
     from datetime import UTC
 
-    from confluent_kafka import KafkaException, Producer
+    from fraudpipe.contracts import ModelEvent
+    from streams.model_events import publish
 
-    event = {**event, "at": datetime.now(UTC).isoformat()}
-    failures: list[str] = []
-
-    def delivered(error: Any, _: Any) -> None:
-        if error is not None:
-            failures.append(str(error))
-
-    try:
-        config = settings.kafka.producer_config({"message.timeout.ms": 5_000})
-        producer = Producer(config, logger=logging.getLogger("fraudpipe.kafka"))
-        producer.produce(settings.topics.full(settings.topics.registry_events), value=json.dumps(event).encode(),
-                         on_delivery=delivered)  # fmt: skip
-        if producer.flush(10) != 0 or failures:
-            raise KafkaException(failures[0] if failures else "not delivered within 10 s")
-    except KafkaException as error:
-        err.print(f"warning: model event not published to {settings.topics.registry_events}: {error}")
+    topic = settings.topics.full(settings.topics.registry_events)
+    event = ModelEvent(action="refuse", alias="champion", version=outcome.challenger, previous=outcome.champion,
+                       by="fraudpipe retrain", why="refused by the promotion gates", at=datetime.now(UTC),
+                       refusals=[text[:2_000] for text in outcome.refusals[:64]])  # fmt: skip
+    problem = publish(settings.kafka, topic, event)
+    if problem is not None:
+        err.print(f"warning: model event not published to {topic}: {problem}", highlight=False, markup=False,
+                  soft_wrap=True)  # fmt: skip
 
 
 def _drift(settings: Settings, decisions: Any, references: dict[str, Any]) -> Any:

@@ -94,6 +94,23 @@ def test_promote_and_rollback_are_recorded_and_walk_back(registry: Registry) -> 
     assert all(e["why"] and e["at"] for e in log)
 
 
+def test_every_alias_change_is_told_to_the_hook_as_logged(tmp_path: Path) -> None:
+    told: list[dict[str, Any]] = []
+    registry = Registry(tmp_path / "models", on_change=told.append)
+    for seed in range(2):
+        registry.register(_booster(seed=seed), FIELDS)
+    assert told == []  # registering is not an alias change
+    registry.promote("v0001", why="bootstrap")
+    registry.promote("v0002", alias="challenger", why="shadow it")
+    registry.promote("v0002", why="better AP")
+    registry.rollback(why="alert storm")
+    assert told == registry.history()
+    assert [(e["action"], e["alias"], e["version"]) for e in told] == [
+        ("promote", "champion", "v0001"), ("promote", "challenger", "v0002"), ("promote", "champion", "v0002"),
+        ("rollback", "champion", "v0001"),
+    ]  # fmt: skip
+
+
 def test_concurrent_registrations_get_distinct_whole_versions(registry: Registry) -> None:
     boosters = [_booster(seed=s) for s in range(6)]
     threads = [threading.Thread(target=registry.register, args=(b, FIELDS)) for b in boosters]

@@ -15,6 +15,7 @@ from fraudpipe.contracts import (
     Decision,
     Event,
     Label,
+    ModelEvent,
     Reason,
     RuleReason,
     Transaction,
@@ -49,6 +50,25 @@ VALID_EVENTS: list[Event] = [
         source_partition=3,
         source_offset=17,
         failed_at=factories.T0,
+    ),
+    ModelEvent(
+        action="promote",
+        alias="champion",
+        version="v0002",
+        previous="v0001",
+        by="alice",
+        why="better AP",
+        at=factories.T0,
+    ),
+    ModelEvent(
+        action="refuse",
+        alias="champion",
+        version="v0003",
+        previous="v0002",
+        by="fraudpipe retrain",
+        why="refused by the promotion gates",
+        at=factories.T0,
+        refusals=["ap fell 0.03"],
     ),
 ]
 
