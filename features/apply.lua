@@ -1,6 +1,6 @@
 -- fraudpipe online features: every entity is a base plus the records appended since; this script only appends,
 -- marks and compares bytes. Semantics are those of features/memory.py (held equal to it by parity tests); key names
--- and record formats are those of features/plan.py, base formats those of features/blobs.py (never parsed here: the
+-- are those of fraudpipe/keys.py, record formats those of features/plan.py, base formats those of features/blobs.py (never parsed here: the
 -- client reads and folds). Keys are built here from the prefix and ids in the arguments: standalone Redis, see
 -- features/store.py.
 --

@@ -27,6 +27,7 @@ from typing import Any
 from features.formulas import RECENT_ITEMS
 from features.plan import CREATED, DAY_ITEMS, GEO, ITEM_SIZE, KINDS, PAYMENT, label_plan, layout, plan
 from features.snapshot import Snapshot, StoreReply, decode_reply
+from fraudpipe import keys
 from fraudpipe.contracts import Label, Transaction
 
 __all__ = [
@@ -250,13 +251,13 @@ class InMemoryFeatureStore:
         rows: list[list[int]] = []
         previous: list[list[float]] = []
         blocked = {txn.card_token: tuple(self.values[key].split()) for txn in txns
-                   if (key := f"{self.prefix}blocked:{txn.card_token}") in self.values}  # fmt: skip
+                   if (key := keys.blocked(self.prefix, txn.card_token)) in self.values}  # fmt: skip
         for txn in txns:
             one = plan(txn)
             rec, _ = Record.unpack(one.record)
             block = one.day // lay["marker_days"]
-            applied = mark(self.values.setdefault(f"{self.prefix}applied:{one.card}:{block}", {}), one.txn_id)
-            card_key = f"{self.prefix}card:{one.card}"
+            applied = mark(self.values.setdefault(keys.applied(self.prefix, one.card, block), {}), one.txn_id)
+            card_key = keys.card(self.prefix, one.card)
             card: dict[str, Any] = self.values.get(card_key, {})
             before, seen = previous_of(card, rec)
             previous.append(before)
@@ -267,7 +268,7 @@ class InMemoryFeatureStore:
             for kind, ident in (("terminal", one.terminal), ("merchant", one.merchant)):
                 place: dict[str, Any] | None = None
                 if ident:
-                    key = f"{self.prefix}{kind}:{ident}"
+                    key = self.prefix + keys.entity(kind, ident)
                     place = self.values.get(key, {})
                     if applied:
                         apply_place(place, one.day, lay)
@@ -298,11 +299,11 @@ class InMemoryFeatureStore:
 
     def blocked(self, card_token: str) -> tuple[str, ...]:
         """The transactions whose confirmed fraud blocks the card (empty: not blocked)."""
-        return tuple(self.values.get(f"{self.prefix}blocked:{card_token}", "").split())
+        return tuple(self.values.get(keys.blocked(self.prefix, card_token), "").split())
 
     def _block(self, token: str, txn_id: str, fraud: bool) -> None:
         """Add (``fraud``) or remove ``txn_id`` in the card's block list; no list when empty (``apply.lua``)."""
-        key = f"{self.prefix}blocked:{token}"
+        key = keys.blocked(self.prefix, token)
         kept = [i for i in self.values.get(key, "").split() if i != txn_id or fraud]
         if fraud and txn_id not in kept:
             kept.append(txn_id)
@@ -317,7 +318,7 @@ class InMemoryFeatureStore:
         applied = 0
         for label in labels:
             txn_id, version, fraud, day, *entities = label_plan(label, self.layout["size"][_DAY])
-            state_key = f"{self.prefix}label:{txn_id}"
+            state_key = keys.label(self.prefix, txn_id)
             last_version, last_fraud = (int(x) for x in self.values.get(state_key, "0,0").split(","))
             if version <= last_version:
                 continue

@@ -7,25 +7,11 @@ the extension is built (``features/_replay.c``; the figure: the in-process "feat
 where planning a batch of 500 costs ~1.5 µs per transaction in C, ~19 µs in Python); :func:`plan` is the definition,
 one transaction at a time, and a test holds the two byte for byte equal.
 
-Keys (``P`` = ``settings.redis.key_prefix``, ``fp:v4:``; value formats in :mod:`features.blobs`)::
-
-    P card:<token>                     the card's base: its state when last folded (written whole, never appended to)
-    P cardlog:<token>                  the card's records appended since (RECORDs, and LABEL records), after a head
-                                       holding its fold generation (:data:`features.blobs.LOG_HEAD`)
-    P applied:<token>:<block>          hash: the apply-once markers of the card's transactions of event days
-                                       block x MARKER_DAYS .. (block + 1) x MARKER_DAYS - 1: field <txn id> = "", and
-                                       field "~" = "" (it tells the script it created the hash); expires marker_ttl_s
-                                       plus MARKER_DAYS after it was created
-    P terminal:<id>, P merchant:<id>   base, then records appended since (PLACE_DAY payments, PLACE_LABEL labels)
-    P label:<txn_id>                   "version,fraud" of the last label applied (fraud 1 / genuine 0)
-    P blocked:<token>                  the card is blocked: the ids of its transactions whose last label is a fraud,
-                                       space-separated (gone with the last one revised to genuine; expires with
-                                       the labels)
-
-Everything of a card lives under its token (erasure deletes its ``card:``, ``cardlog:``, ``blocked:`` and
-``applied:<token>:*`` keys, and the ``label:`` keys of its transactions); terminals and merchants hold counts only.
-A redelivery is recognised by its transaction id among its card's markers of its event day's block, for as long as
-they last (a transaction delivered again with another event time, or after its markers expired, is a new one).
+Keys: :mod:`fraudpipe.keys` (value formats in :mod:`features.blobs`). A card's apply-once markers are a hash per
+block of MARKER_DAYS event days (``applied:<token>:<block>``): field <txn id> = "", and field "~" = "" (it tells the
+script it created the hash); it expires marker_ttl_s plus MARKER_DAYS after it was created. A redelivery is
+recognised by its transaction id among its card's markers of its event day's block, for as long as they last (a
+transaction delivered again with another event time, or after its markers expired, is a new one).
 Recent items are kept as 48-bit ids (:func:`item_id`), never as names.
 
 Record formats (little-endian)::
@@ -56,6 +42,7 @@ from typing import Any, NamedTuple
 
 from features.formulas import CARD_WINDOWS, FRAUD_WINDOWS, PLACE_WINDOWS, SQUARE_CAP_CENTS, cents
 from features.windows import KEPT, LABEL_DELAY_DAYS, PLACE_KEPT_DAYS, RESOLUTIONS, WINDOWS
+from fraudpipe import keys
 from fraudpipe.clock import micros_of
 from fraudpipe.contracts import Label, Transaction
 
@@ -213,12 +200,14 @@ def plan_batch(txns: Sequence[Transaction], *, compiled: bool = True) -> Planned
     numbers: dict[str, int] = {}  # "card:<token>" or a place's name -> its number among the cards or the places
     for i, txn in enumerate(txns):
         one = plan(txn)
-        names = [f"terminal:{one.terminal}" if one.terminal else "", f"merchant:{one.merchant}" if one.merchant else ""]
-        for group, name, key in ((cards, one.card, "card:" + one.card), *((places, n, n) for n in names if n)):
+        names = [keys.entity("terminal", one.terminal) if one.terminal else "",
+                 keys.entity("merchant", one.merchant) if one.merchant else ""]  # fmt: skip
+        card = keys.entity("card", one.card)
+        for group, name, key in ((cards, one.card, card), *((places, n, n) for n in names if n)):
             if name not in group:
                 numbers[key], group[name] = len(group), []
             group[name].append((i, one))
-        index += INDEX.pack(numbers["card:" + one.card], *(numbers[name] if name else -1 for name in names),
+        index += INDEX.pack(numbers[card], *(numbers[name] if name else -1 for name in names),
                             len(records), len(one.record))  # fmt: skip
         records += one.record
     request = bytearray(_COUNTS.pack(len(txns), len(cards), len(places)))
@@ -249,7 +238,7 @@ _ITEMS: dict[str, int] = {}
 def marker_key(prefix: str, txn: Transaction) -> str:
     """The hash holding ``txn``'s apply-once marker (field: its transaction id): its card's, of its event day's
     block of MARKER_DAYS."""
-    return f"{prefix}applied:{txn.card_token}:{micros_of(txn.event_time) // DAY_US // MARKER_DAYS}"
+    return keys.applied(prefix, txn.card_token, micros_of(txn.event_time) // DAY_US // MARKER_DAYS)
 
 
 def label_plan(label: Label, day_us: int) -> tuple[str, int, int, int, str, str, str]:
@@ -259,7 +248,7 @@ def label_plan(label: Label, day_us: int) -> tuple[str, int, int, int, str, str,
         label.label_version,
         int(label.is_fraud),
         micros_of(label.event_time) // day_us,
-        f"card:{label.card_token}",
-        f"terminal:{label.terminal_id}" if label.terminal_id is not None else "",
-        f"merchant:{label.merchant_id}" if label.merchant_id is not None else "",
+        keys.entity("card", label.card_token),
+        keys.entity("terminal", label.terminal_id) if label.terminal_id is not None else "",
+        keys.entity("merchant", label.merchant_id) if label.merchant_id is not None else "",
     )

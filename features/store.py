@@ -54,6 +54,7 @@ from features.formulas import RECENT_ITEMS
 from features.plan import COMPILED, Planned, label_plan, layout, native, plan_batch
 from features.reader import read
 from features.snapshot import Snapshot, StoreReply, decode_reply
+from fraudpipe import keys
 from fraudpipe.clock import Clock, SystemClock
 from fraudpipe.contracts import Label, Transaction
 from fraudpipe.settings import RedisSettings
@@ -313,7 +314,7 @@ class RedisFeatureStore:
                 self._rebase = []  # sent once: if its transaction fails, the entities are folded again later
             sent.commands.append(("EVALSHA", *head, "txns", *self._args, planned.request, *self._renewals(planned)))
             sent.commands.append(mget_command(prefix, planned))
-            sent.commands.append(("MGET", *(f"{prefix}blocked:{card}" for card in planned.cards)))
+            sent.commands.append(("MGET", *(keys.blocked(prefix, card) for card in planned.cards)))
             _send_transaction(connection, sent.commands)
         return sent
 
@@ -399,7 +400,7 @@ class RedisFeatureStore:
     def card_state(self, card_token: str) -> dict[str, Any] | None:
         """The card's state as plain values (:func:`features.blobs.decode_card`); ``None`` if it has none."""
         try:
-            base, log = self.client.mget([f"{self.prefix}card:{card_token}", f"{self.prefix}cardlog:{card_token}"])
+            base, log = self.client.mget([keys.card(self.prefix, card_token), keys.cardlog(self.prefix, card_token)])
         except (RedisConnectionError, RedisTimeoutError) as error:
             raise StoreUnavailableError(f"Redis unavailable: {error}") from None
         if base is None and log is None:
@@ -409,7 +410,7 @@ class RedisFeatureStore:
     def blocked(self, card_token: str) -> tuple[str, ...]:
         """The transactions whose confirmed fraud blocks the card (empty: not blocked)."""
         try:
-            ids = _bytes(self.client.get(f"{self.prefix}blocked:{card_token}"))
+            ids = _bytes(self.client.get(keys.blocked(self.prefix, card_token)))
         except (RedisConnectionError, RedisTimeoutError) as error:
             raise StoreUnavailableError(f"Redis unavailable: {error}") from None
         return tuple(ids.decode().split()) if ids else ()
@@ -428,8 +429,8 @@ class RedisFeatureStore:
                 markers: dict[bytes, bytes] = client.hgetall(key)  # type: ignore[assignment]
                 state[name] = {k.decode(): v.decode() for k, v in markers.items()}
             elif kind in ("card", "cardlog"):
-                base, log = client.mget([f"{prefix}card:{ident}", f"{prefix}cardlog:{ident}"])
-                state[f"{prefix}card:{ident}"] = decode_card(_bytes(base), _bytes(log), self.layout)
+                base, log = client.mget([keys.card(prefix, ident), keys.cardlog(prefix, ident)])
+                state[keys.card(prefix, ident)] = decode_card(_bytes(base), _bytes(log), self.layout)
             elif kind in ("terminal", "merchant") and (value := _bytes(client.get(key))) is not None:
                 state[name] = decode_place(value, self.layout)
             elif kind in ("label", "blocked") and (value := _bytes(client.get(key))) is not None:
@@ -480,8 +481,8 @@ def mget_command(prefix: str, planned: Planned) -> bytes:
     it is built: a batch of 500 names ~1,500 keys)."""
     if native is not None:
         return native.mget(prefix, planned.cards, planned.places)
-    return hiredis.pack_command(("MGET", *(f"{prefix}card:{card}" for card in planned.cards),
-                                 *(f"{prefix}cardlog:{card}" for card in planned.cards),
+    return hiredis.pack_command(("MGET", *(keys.card(prefix, card) for card in planned.cards),
+                                 *(keys.cardlog(prefix, card) for card in planned.cards),
                                  *(prefix + place for place in planned.places)))  # fmt: skip
 
 

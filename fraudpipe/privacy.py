@@ -53,8 +53,10 @@ from typing import Any, TypeVar
 import polars as pl
 import redis
 
+from fraudpipe import keys
 from fraudpipe.audit import trails
 from fraudpipe.clock import Clock, micros_of
+from fraudpipe.contracts import Alert
 from fraudpipe.logstore import Logs
 
 _DAY_US = 86_400_000_000
@@ -83,7 +85,7 @@ class ErasureList:
     @classmethod
     def in_redis(cls, client: redis.Redis, prefix: str, key: bytes, *, poll_s: float, clock: Clock) -> ErasureList:
         """The list kept in Redis under ``<prefix>erased`` (what :func:`erase` writes)."""
-        return cls(lambda: client.hgetall(f"{prefix}erased"), key, poll_s=poll_s, clock=clock)
+        return cls(lambda: client.hgetall(keys.erased(prefix)), key, poll_s=poll_s, clock=clock)
 
     def refresh(self) -> None:
         """Re-read the list if ``poll_s`` has passed since the last read."""
@@ -189,7 +191,7 @@ def erase(cards: Iterable[str], *, requested_as: str, client: redis.Redis, prefi
     now = clock.now()
     digests = [subject_digest(key, token) for token in tokens]
     if digests:
-        client.hset(f"{prefix}erased", mapping=dict.fromkeys(digests, micros_of(now)))
+        client.hset(keys.erased(prefix), mapping=dict.fromkeys(digests, micros_of(now)))
         time.sleep(settle_s)  # every worker re-reads the list within one poll: nothing is written back after this
     txns: set[str] = set()
     for name, day_log in logs.all().items():
@@ -198,13 +200,13 @@ def erase(cards: Iterable[str], *, requested_as: str, client: redis.Redis, prefi
         rows = day_log.find("card_token", tokens)
         if rows.height:
             txns.update(rows["txn_id"].to_list())
-    names = [f"{prefix}{kind}:{token}" for token in tokens for kind in ("card", "cardlog", "blocked")]  # features.plan
+    names = [name(prefix, token) for token in tokens for name in (keys.card, keys.cardlog, keys.blocked)]
     for token in tokens:  # the card's apply-once markers, one hash per block of days
-        pattern = f"{prefix}applied:{_glob_escaped(token)}:*"
+        pattern = keys.applied_of_card(prefix, token)
         names += [name.decode() for name in client.scan_iter(match=pattern, count=10_000)]
     for txn in sorted(txns):
-        names.append(f"{prefix}label:{txn}")
-        names += [f"{prefix}sunk:{sink}:alert:{txn}" for sink in ("redis_stream", "webhook")]  # streams.sinks
+        names.append(keys.label(prefix, txn))
+        names += [keys.sunk(prefix, sink) + Alert.id_for(txn) for sink in keys.MARKED_SINKS]
     deleted = sum(int(client.delete(*names[i : i + 1_000])) for i in range(0, len(names), 1_000))
     deleted += forget_decisions(sorted(txns))
     entries = _stream_entries(client, alert_stream, set(tokens))
@@ -219,11 +221,6 @@ def erase(cards: Iterable[str], *, requested_as: str, client: redis.Redis, prefi
     )  # fmt: skip
     receipt.write(receipts)
     return receipt
-
-
-def _glob_escaped(text: str) -> str:
-    """``text`` matched literally in a Redis SCAN pattern."""
-    return "".join("\\" + c if c in "*?[]\\^" else c for c in text)
 
 
 def customer_cards(customer_id: str, logs: Logs, segments: pl.DataFrame | None) -> list[str]:

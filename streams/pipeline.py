@@ -54,6 +54,7 @@ from numpy.typing import NDArray
 from features.batch import feature_matrix
 from features.snapshot import StoreReply
 from features.store import RedisFeatureStore, StoreUnavailableError, redis_client
+from fraudpipe import keys
 from fraudpipe.clock import Clock
 from fraudpipe.codec import decode, digest
 from fraudpipe.contracts import Alert, Decision, DecisionOutcome, Transaction
@@ -218,7 +219,7 @@ class DecisionMemory:
 
     def __init__(self, client: redis.Redis, prefix: str, ttl_s: int, slots: int) -> None:
         self.client, self.ttl_s, self.slots = client, ttl_s, slots
-        self._head = [f"{prefix}decision:", ttl_s]
+        self._head = [keys.decisions(prefix), ttl_s]
         self._script = client.register_script(_REMEMBER_RECALL)
         self._forget = client.register_script(_FORGET)
 

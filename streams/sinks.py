@@ -21,6 +21,7 @@ from typing import Protocol
 import aiohttp
 import redis.asyncio as aioredis
 
+from fraudpipe import keys
 from fraudpipe.codec import encode
 from fraudpipe.contracts import Alert, Contribution, RuleReason
 from fraudpipe.settings import SinkSettings
@@ -88,7 +89,7 @@ class _Marked:
     id>``, each kept ``ttl_s``."""
 
     def __init__(self, client: aioredis.Redis, key_prefix: str, name: str, ttl_s: int) -> None:
-        self.client, self.prefix, self.ttl_s = client, f"{key_prefix}sunk:{name}:", ttl_s
+        self.client, self.prefix, self.ttl_s = client, keys.sunk(key_prefix, name), ttl_s
 
     async def claim(self, alerts: Sequence[Alert]) -> list[Alert]:
         pipe = self.client.pipeline(transaction=False)
@@ -257,7 +258,7 @@ def build_sinks(
     client = aioredis.Redis.from_url(
         redis_url, username=username, password=password, socket_timeout=settings.budget_s, socket_connect_timeout=1.0
     )
-    marks = _Marked(client, key_prefix, "webhook", settings.dedupe_ttl_s)
+    marks = _Marked(client, key_prefix, WebhookSink.name, settings.dedupe_ttl_s)
     made: dict[str, Sink] = {}
     for name in settings.enabled:
         if name == "log":

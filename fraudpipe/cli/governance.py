@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from fraudpipe import keys
 from fraudpipe.cli._apps import app, audit_app, privacy_app
 from fraudpipe.cli._common import CliError, _as_of, _day, _fmt, _segment_file, _served_logs, _settings, err, out
 from fraudpipe.settings import Settings
@@ -220,7 +221,7 @@ def privacy_export(
         return {"online_state": store.card_state(token), "blocked_by": list(store.blocked(token))}
 
     try:
-        erased = client.hgetall(f"{settings.redis.key_prefix}erased")
+        erased = client.hgetall(keys.erased(settings.redis.key_prefix))
         receipt = access(tokens, requested_as=asked, logs=logs, online=online, erased=erased,
                          registered=_registered(settings),
                          key=_audit_key(settings), out=out_dir,

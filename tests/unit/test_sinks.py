@@ -8,8 +8,9 @@ import logging
 
 import pytest
 
+from fraudpipe import keys
 from fraudpipe.contracts import RuleReason
-from streams.sinks import LogSink
+from streams.sinks import LogSink, RedisStreamSink, WebhookSink
 from tests import factories
 
 
@@ -24,3 +25,8 @@ def test_the_log_line_names_rules_and_features(caplog: pytest.LogCaptureFixture)
         "alert review t-rule score=0.01 rule:known_fraud_30d=1.0",
         "alert decline txn-000001 score=0.93 card_amount_ratio_30d=7.5, card_seconds_since_last=None",
     ]
+
+
+def test_the_sinks_with_markers_are_the_ones_erasure_knows() -> None:
+    """Erasure deletes a transaction's once-only markers of the sinks fraudpipe.keys lists: they are these."""
+    assert {RedisStreamSink.name, WebhookSink.name} == set(keys.MARKED_SINKS)
