@@ -24,6 +24,7 @@ COPY pyproject.toml README.md LICENSE ./
 RUN pip install . && pip uninstall --yes fraudpipe
 
 # Then the packages themselves (the list in pyproject's [tool.setuptools.packages.find]; a guard test keeps them equal).
+COPY cli ./cli
 COPY fraudpipe ./fraudpipe
 COPY features ./features
 COPY models ./models

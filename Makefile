@@ -21,10 +21,11 @@ test: ## Run every test against real Kafka and Redis (sets everything up; ARGS="
 unit: ## Run the unit tests only (no services needed)
 	$(VENV)/python -m pytest tests/unit $(ARGS)
 
-lint: ## ruff (lint + format check) and mypy strict
+lint: ## ruff (lint + format check), mypy strict, and the import layers (import-linter, pyproject.toml)
 	$(VENV)/ruff check .
 	$(VENV)/ruff format --check .
 	$(VENV)/mypy
+	$(VENV)/lint-imports --no-cache
 
 format: ## Format and fix what ruff can
 	$(VENV)/ruff format .

@@ -1,5 +1,5 @@
 """``python -m fraudpipe``: the same CLI as the ``fraudpipe`` console script."""
 
-from fraudpipe.cli import main
+from cli import main
 
 main()

@@ -132,7 +132,7 @@ def test_monitor_json_adds_up_the_money_of_a_hand_made_log(tmp_path: Path) -> No
     # the gauges the dashboard and Grafana draw: the same figures, the latest matured day per model
     from prometheus_client import REGISTRY
 
-    from fraudpipe.cli.monitoring import _monitor_once
+    from cli.monitoring import _monitor_once
 
     settings = Settings(_env_file=None, paths={"models_dir": tmp_path / "models", "data_dir": tmp_path / "data"},
                         cost=cost, monitor={"maturity_days": 3})  # fmt: skip
@@ -156,7 +156,7 @@ def test_monitor_watches_each_segments_false_positive_rate_ratio_of_matured_deci
     table.write_text("card_token,region\n" + "".join(f"tok_{r}{i},{r}\n" for r in alerted for i in range(400)))
     from prometheus_client import REGISTRY
 
-    from fraudpipe.cli.monitoring import _monitor_once
+    from cli.monitoring import _monitor_once
 
     def watch(**governance: Any) -> dict[str, float | None]:
         settings = Settings(_env_file=None, paths={"models_dir": tmp_path / "models", "data_dir": tmp_path / "data"},

@@ -15,8 +15,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from cli import main
 from features.store import RedisFeatureStore
-from fraudpipe.cli import main
 from fraudpipe.contracts import Transaction
 
 _begin = RedisFeatureStore.begin

@@ -14,7 +14,7 @@ import click
 import typer
 from typer.testing import CliRunner
 
-from fraudpipe.cli import app
+from cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -38,7 +38,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from pydantic import BaseModel, ValidationError
 from pydantic_settings import SettingsError
 
-from fraudpipe.cli import app as cli_app
+from cli import app as cli_app
 from fraudpipe.settings import Settings
 from streams.topics import AclSpec, worker_acls
 

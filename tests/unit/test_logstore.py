@@ -196,7 +196,7 @@ def cli_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 def test_the_command_compacts_the_days_before_a_date(cli_data: Path) -> None:
     from typer.testing import CliRunner
 
-    from fraudpipe.cli import app
+    from cli import app
     from fraudpipe.settings import DEV_AUDIT_KEY
 
     logs = Logs.under(cli_data, DEV_AUDIT_KEY.encode())
@@ -217,7 +217,7 @@ def test_the_command_compacts_the_days_before_a_date(cli_data: Path) -> None:
 def test_the_command_reports_an_altered_file_and_exits_3(cli_data: Path) -> None:
     from typer.testing import CliRunner
 
-    from fraudpipe.cli import app
+    from cli import app
     from fraudpipe.settings import DEV_AUDIT_KEY
 
     logs = Logs.under(cli_data, DEV_AUDIT_KEY.encode())

@@ -15,9 +15,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cli._apps import app, audit_app, privacy_app
+from cli._common import CliError, _as_of, _day, _fmt, _segment_file, _served_logs, _settings, err, out
 from fraudpipe import keys
-from fraudpipe.cli._apps import app, audit_app, privacy_app
-from fraudpipe.cli._common import CliError, _as_of, _day, _fmt, _segment_file, _served_logs, _settings, err, out
 from fraudpipe.settings import Settings
 
 

@@ -10,8 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fraudpipe.cli._apps import app, features_app
-from fraudpipe.cli._common import (
+from cli._apps import app, features_app
+from cli._common import (
     CliError,
     SinceOption,
     UntilOption,

@@ -1,9 +1,10 @@
 """The ``fraudpipe`` command line: one entry point, one subcommand group per concern.
 
-Each command reads the settings once, calls into the library and prints a short result. Layers above
-``fraudpipe`` (``streams``, ``models``, ``features``) are imported inside the commands that need them, so the CLI
-stays the bottom layer's edge and ``fraudpipe --help`` starts fast. Expected failures (bad settings, unreachable
-broker) print one line to stderr and exit non-zero; they never end in a traceback.
+The entry layer: it may import every package below it (``streams`` → ``models`` → ``features`` → ``fraudpipe``,
+held by import-linter's contract in pyproject.toml, ``make lint``), and nothing imports it but ``python -m
+fraudpipe``. Each command reads the settings once, calls into the library and prints a short result; the layers
+below are imported inside the commands that need them, so ``fraudpipe --help`` starts fast. Expected failures
+(bad settings, unreachable broker) print one line to stderr and exit non-zero; they never end in a traceback.
 
 The commands live in modules by concern and register themselves on ``app`` (``_apps``) when imported; this module
 imports them in the order ``fraudpipe --help`` lists the commands:
@@ -22,11 +23,11 @@ What they share (the consoles, ``CliError``, settings, parsing helpers) is in ``
 from __future__ import annotations
 
 # isort: off
-from fraudpipe.cli._apps import app
-from fraudpipe.cli._common import CliError, _fail
+from cli._apps import app
+from cli._common import CliError, _fail
 
 # The command modules register their commands on import: this order is the order of ``fraudpipe --help``.
-from fraudpipe.cli import data, ops, model, monitoring, local, governance, logs  # noqa: F401
+from cli import data, ops, model, monitoring, local, governance, logs  # noqa: F401
 # isort: on
 
 __all__ = ["app", "main"]

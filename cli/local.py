@@ -9,8 +9,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from fraudpipe.cli._apps import app
-from fraudpipe.cli._common import CliError, _settings, err, out
+from cli._apps import app
+from cli._common import CliError, _settings, err, out
 from fraudpipe.settings import Settings
 
 

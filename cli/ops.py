@@ -10,8 +10,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from fraudpipe.cli._apps import app, config_app, topics_app
-from fraudpipe.cli._common import CliError, _settings, err, out
+from cli._apps import app, config_app, topics_app
+from cli._common import CliError, _settings, err, out
 from fraudpipe.settings import Settings, env_example
 
 

@@ -14,8 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fraudpipe.cli._apps import app, model_app
-from fraudpipe.cli._common import (
+from cli._apps import app, model_app
+from cli._common import (
     CliError,
     DelayDaysOption,
     FairnessBoundOption,
@@ -54,7 +54,7 @@ HistoryOption = Annotated[
 
 def _history(source: Path, mapping: str | None, settings: Settings, label_delay: timedelta,
              window: Window = (None, None)) -> History:  # fmt: skip
-    """``source`` read whole, or its ``window`` (:func:`fraudpipe.cli._common._window`)."""
+    """``source`` read whole, or its ``window`` (:func:`cli._common._window`)."""
     from fraudpipe.files import SourceError, parse_mapping
     from models.dataset import load_history
 

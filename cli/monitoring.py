@@ -13,8 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fraudpipe.cli._apps import app
-from fraudpipe.cli._common import (
+from cli._apps import app
+from cli._common import (
     CliError,
     FairnessBoundOption,
     FairnessColumnOption,
