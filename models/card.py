@@ -13,12 +13,10 @@ fairness summary, known limitations.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from models.fairness import RATIOS, UNKNOWN
-
-if TYPE_CHECKING:
-    from models.registry import Manifest
+from models.manifest import Manifest
 
 __all__ = ["render_card"]
 

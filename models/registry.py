@@ -30,16 +30,16 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import lightgbm as lgb
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from features.definitions import FEATURE_NAMES
 from models.card import render_card
+from models.manifest import LoadedModel, Manifest
 
 __all__ = ["ALIASES", "CARD_FILE", "IntegrityError", "LoadedModel", "Manifest", "Registry", "RegistryError"]
 
@@ -55,49 +55,6 @@ class RegistryError(Exception):
 
 class IntegrityError(RegistryError):
     """A version whose files are not what its manifest says (tampered, truncated, wrong format or features)."""
-
-
-class Manifest(BaseModel):
-    """What a version is: enough to verify it, serve it and judge it."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    version: str
-    created_at: datetime
-    created_by: str
-    model_file: Literal["model.txt"] = "model.txt"
-    model_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-    lightgbm_version: str
-    features: list[str]
-    params: dict[str, Any]
-    rounds: int
-    windows: dict[str, Any]
-    metrics: dict[str, Any]
-    thresholds: dict[str, Any]
-    data_fingerprint: str
-    reference: dict[str, Any]
-    tuning: dict[str, Any] = Field(default_factory=dict)
-    """The ``fraudpipe tune`` study its parameters came from (:func:`models.tune.summary`); empty: the settings'."""
-    fairness_constraint: dict[str, Any] = Field(default_factory=dict)
-    """The fairness constraint it was trained under and the choice made (:func:`models.constraint.constrain`);
-    empty: none."""
-    notes: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class LoadedModel:
-    """A verified version, ready to score."""
-
-    manifest: Manifest
-    booster: lgb.Booster
-
-    @property
-    def version(self) -> str:
-        return self.manifest.version
-
-    @property
-    def sha256(self) -> str:
-        return self.manifest.model_sha256
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

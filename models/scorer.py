@@ -29,7 +29,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightgbm as lgb
 import numpy as np
@@ -38,9 +38,7 @@ from numpy.typing import ArrayLike, NDArray
 from features.definitions import FEATURE_NAMES, feature_index
 from fraudpipe.contracts import Contribution, DecisionOutcome
 from fraudpipe.settings import Rule
-
-if TYPE_CHECKING:  # the registry's model card reaches the policy through models.cost: only the type is needed
-    from models.registry import LoadedModel
+from models.manifest import LoadedModel
 
 __all__ = ["OUTCOMES", "RULES", "Fired", "Policy", "Scorer", "Verdicts", "explain", "forced_levels", "levels"]
 
