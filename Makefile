@@ -27,6 +27,12 @@ lint: ## ruff (lint + format check), mypy strict, and the import layers (import-
 	$(VENV)/mypy
 	$(VENV)/lint-imports --no-cache
 
+docs: ## Serve the documentation (docs/, mkdocs.yml) on 127.0.0.1:8000 while you edit it
+	NO_MKDOCS_2_WARNING=1 $(VENV)/mkdocs serve
+
+docs-build: ## Build the documentation into var/site, failing on any warning (broken links, missing pages)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/mkdocs build --strict --quiet
+
 format: ## Format and fix what ruff can
 	$(VENV)/ruff format .
 	$(VENV)/ruff check --fix .
@@ -43,4 +49,4 @@ services-status: ## Show whether local Kafka and Redis run
 topics: ## Create fraudpipe's topics on the configured broker
 	$(VENV)/fraudpipe topics create
 
-.PHONY: help system install demo test unit lint format services-start services-stop services-status topics
+.PHONY: help system install demo test unit lint docs docs-build format services-start services-stop services-status topics

@@ -85,7 +85,7 @@ def config_show() -> None:
 
 @config_app.command("table")
 def config_table() -> None:
-    """Every setting as markdown tables (the README's configuration section is this output)."""
+    """Every setting as markdown tables (docs/configuration.md is this output)."""
     from fraudpipe.settings import settings_table
 
     sys.stdout.write(settings_table())

@@ -247,7 +247,7 @@ class ScoringSettings(_Section):
     """Most transactions per micro-batch (one Redis call and one model call each)."""
     batch_within_ms: Annotated[int, Field(ge=1, le=10_000)] = 10
     """How long a batch waits to fill before it is scored anyway (the longest a payment waits for others to share
-    its batch: latency against CPU per payment, measured in the README's benchmark section)."""
+    its batch: latency against CPU per payment, measured in docs/benchmarks.md)."""
     commit_interval_s: Annotated[float, Field(gt=0.0, le=60.0)] = 1.0
     """How often the scoring consumer commits its offsets: the in-order watermark of the batches whose outputs the
     broker acknowledged and whose decision-log rows are durable (and on every revoke and at shutdown)."""
@@ -683,7 +683,7 @@ def env_example() -> str:
 
 def settings_table() -> str:
     """Every variable as markdown, one table per section (variable, default, meaning) under the section's own
-    description: the README's configuration table (``fraudpipe config table``; a guard test keeps them equal)."""
+    description: docs/configuration.md (``fraudpipe config table``; a guard test keeps them equal)."""
     blocks = [_table("general", "Process-wide.", Settings, "FRAUD_")]
     for name, field in Settings.model_fields.items():
         annotation = field.annotation

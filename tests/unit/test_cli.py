@@ -80,9 +80,9 @@ def test_env_example_command_matches_the_file(tmp_path: Path) -> None:
     assert result.stdout == (ROOT / ".env.example").read_text()
 
 
-def test_the_readme_configuration_tables_are_the_generated_ones(tmp_path: Path) -> None:
-    readme = (ROOT / "README.md").read_text()
-    shown = readme.split("<!-- settings-table -->\n", 1)[1].split("<!-- /settings-table -->", 1)[0]
+def test_the_documented_configuration_tables_are_the_generated_ones(tmp_path: Path) -> None:
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    shown = page.split("<!-- settings-table -->\n", 1)[1].split("<!-- /settings-table -->", 1)[0]
     assert shown == _run("config", "table", cwd=tmp_path).stdout
 
 
