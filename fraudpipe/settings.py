@@ -106,6 +106,21 @@ class KafkaSettings(_Section):
             raise ValueError(f"a producer's {' and '.join(sorted(guarantees.keys() & tuning.keys()))} are not tunable")
         return {**self.client_config(), **guarantees, "compression.type": "lz4", **tuning}
 
+    def consumer_config(self, group: str, tuning: Mapping[str, object] | None = None) -> dict[str, object]:
+        """The configuration every consumer of the project is built from (the scoring consumer, the model-event
+        listeners, the benchmark's reader): in ``group``, never committing on its own (offsets are committed
+        explicitly, behind durable outputs, or not at all), with these connection and security settings; ``tuning``
+        sets assignment, fetching and logging, never the guarantee.
+
+        Raises:
+            ValueError: ``tuning`` sets ``enable.auto.commit`` or ``group.id``.
+        """
+        fixed = {"group.id": group, "enable.auto.commit": False}
+        tuning = dict(tuning or {})
+        if fixed.keys() & tuning.keys():
+            raise ValueError(f"a consumer's {' and '.join(sorted(fixed.keys() & tuning.keys()))} are not tunable")
+        return {**self.client_config(), **fixed, **tuning}
+
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSettings:
         if self.security_protocol.startswith("SASL_") and not (

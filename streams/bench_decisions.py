@@ -36,8 +36,7 @@ class _Reader:
     """One topic read from its beginning, incrementally, into :data:`Seen` (a decision's ``latency_ms`` kept)."""
 
     def __init__(self, kafka: KafkaSettings, topic: str) -> None:
-        self.consumer = Consumer({**kafka.client_config(), "group.id": f"bench-{uuid.uuid4().hex}",
-                                  "enable.auto.commit": False, "log_level": 3})  # fmt: skip
+        self.consumer = Consumer(kafka.consumer_config(f"bench-{uuid.uuid4().hex}", {"log_level": 3}))
         listed = self.consumer.list_topics(topic, timeout=30).topics[topic].partitions
         self.partitions = [TopicPartition(topic, p, -2) for p in sorted(listed)]  # -2: OFFSET_BEGINNING
         self.topic, self.seen = topic, Seen()

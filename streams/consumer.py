@@ -82,17 +82,14 @@ def waits_to_fill(rate_eps: float, within_s: float) -> bool:
 
 def consumer_config(kafka: KafkaSettings, group: str) -> dict[str, Any]:
     """librdkafka settings of the scoring consumer (module docstring)."""
-    return {
-        **kafka.client_config(),
-        "group.id": group,
+    return kafka.consumer_config(group, {
         "partition.assignment.strategy": "cooperative-sticky",
-        "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "fetch.wait.max.ms": 20,
         "queued.max.messages.kbytes": 16_384,  # prefetch ~3 s at 10k/s of 0.5 KB payments (librdkafka: 64 MB)
         "log_level": 3,
-    }
+    })  # fmt: skip
 
 
 class TransactionConsumer(Service):

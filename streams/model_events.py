@@ -88,8 +88,8 @@ class ModelEventListener:
         """Assign every partition of the topic from its end (read now: every event published after this returns is
         seen) and start listening; ``False`` (logged) when the topic
         cannot be read now — the registry's polling still finds every change."""
-        config = {**self.kafka.client_config(), "group.id": KafkaSettings.model_events_group_of(self.kafka.app_id),
-                  "enable.auto.commit": False, "enable.auto.offset.store": False}  # fmt: skip
+        config = self.kafka.consumer_config(KafkaSettings.model_events_group_of(self.kafka.app_id),
+                                            {"enable.auto.offset.store": False})  # fmt: skip
         consumer = Consumer(config, logger=logging.getLogger("fraudpipe.kafka"))
         try:
             found = consumer.list_topics(self.topic, timeout=timeout_s).topics.get(self.topic)

@@ -118,6 +118,23 @@ def test_every_producer_is_built_idempotent_and_acknowledged_by_all_replicas() -
         kafka.producer_config({"acks": 1, "enable.idempotence": False})
 
 
+def test_every_consumer_is_built_without_auto_commit() -> None:
+    """One consumer configuration (KafkaSettings.consumer_config) for the scoring consumer, the model-event listeners
+    and the benchmark's reader: each tunes fetching and logging, none the group or committing."""
+    from confluent_kafka import Consumer
+
+    from streams.consumer import consumer_config
+
+    kafka = Settings(kafka={"sasl_mechanism": "SCRAM-SHA-512", "sasl_username": "u", "sasl_password": "p",
+                            "security_protocol": "SASL_PLAINTEXT"}).kafka  # type: ignore[arg-type]  # fmt: skip
+    for config in (kafka.consumer_config("g"), consumer_config(kafka, "g")):
+        assert config["enable.auto.commit"] is False and config["group.id"] == "g"
+        assert config["sasl.username"] == "u"
+        Consumer({**config, "bootstrap.servers": "127.0.0.1:1"}).close()  # librdkafka takes it as it is
+    with pytest.raises(ValueError, match=r"enable\.auto\.commit and group\.id are not tunable"):
+        kafka.consumer_config("g", {"group.id": "h", "enable.auto.commit": True})
+
+
 @pytest.mark.parametrize(
     ("topic", "dlq"),
     [
