@@ -227,36 +227,31 @@ def _watch_fairness(settings: Settings, decisions: Any, labels: Any, as_of: date
 
 
 def _auto_rollback(settings: Settings, registry: Any, quality: Any, out: Console) -> None:
-    """Roll the champion back when its matured AP fell below the previous champion's (``monitor`` settings)."""
-    from models.monitor import rollback_reason
+    """Roll the champion back when its matured AP fell below the previous champion's (``monitor`` settings;
+    :func:`models.monitor.rollback_due` decides)."""
+    from models.monitor import rollback_due
 
-    history = [entry for entry in registry.history() if entry["alias"] == "champion"]
-    if not history or history[-1]["action"] != "promote" or history[-1]["previous"] is None:
-        return  # only a promotion is undone automatically: never a rollback, never twice
-    current, previous = history[-1]["version"], history[-1]["previous"]
     cfg = settings.monitor
     assert cfg.rollback_margin_ap is not None
-    reason = rollback_reason(quality, current, previous, margin=cfg.rollback_margin_ap, min_days=cfg.rollback_min_days)
-    if reason is None:
+    due = rollback_due(registry.history(), quality, margin=cfg.rollback_margin_ap, min_days=cfg.rollback_min_days)
+    if due is None:
         return
+    current, _, reason = due
     back = registry.rollback(by="fraudpipe monitor", why=f"automatic rollback: {reason}")
     out.print(f"[red]rolled the champion back from {current} to {back}:[/red] {reason}", highlight=False)
 
 
 def _retrain_reasons(settings: Settings, registry: Any, champion: str, decisions: Any, labels: Any,
                      as_of: datetime) -> list[str]:  # fmt: skip
-    """What calls for retraining the champion: a drift breach over the monitor's window, or matured-metric decay."""
-    from models.monitor import decay_reason, live_quality
+    """What calls for retraining the champion (:func:`models.monitor.retrain_reasons` decides)."""
+    from models.monitor import live_quality, retrain_reasons
 
     cfg = settings.monitor
     manifest = registry.manifest(champion)
     windows = _drift(settings, decisions, {champion: manifest.reference})
-    breaches = [d.name for w in windows for d in w.breaches]
-    reasons = [f"drift breach for champion {champion} ({', '.join(breaches[:5])})"] if breaches else []
     quality = live_quality(decisions, labels, as_of=as_of, maturity=timedelta(days=cfg.maturity_days), k=cfg.k)
-    decay = decay_reason(quality, champion, manifest.metrics.get("ap"), days=settings.retrain.holdout_days,
-                         max_drop=cfg.decay_ap_drop)  # fmt: skip
-    return reasons + ([f"decay: {decay}"] if decay else [])
+    return retrain_reasons(champion, windows, quality, manifest.metrics.get("ap"), days=settings.retrain.holdout_days,
+                           max_drop=cfg.decay_ap_drop)  # fmt: skip
 
 
 def _announce_refusal(settings: Settings, outcome: Any) -> None:

@@ -43,6 +43,8 @@ __all__ = [
     "live_drift",
     "live_quality",
     "matured_before",
+    "retrain_reasons",
+    "rollback_due",
     "rollback_reason",
 ]
 
@@ -242,3 +244,27 @@ def decay_reason(quality: pl.DataFrame, version: str, expected_ap: float | None,
     if live >= expected_ap - max_drop:
         return None
     return f"matured AP of {version} is {live:.4f} over its last {days} days, {expected_ap:.4f} on validation"
+
+
+def rollback_due(history: list[dict[str, Any]], quality: pl.DataFrame, *, margin: float,
+                 min_days: int) -> tuple[str, str, str] | None:  # fmt: skip
+    """The monitor's automatic rollback: ``(current, previous, why)`` when the champion's last alias change was a
+    promotion from a previous version (``history``: the registry's, :meth:`models.registry.Registry.history`) and its
+    matured AP fell below that version's (:func:`rollback_reason`); else ``None`` — a rollback is never undone, and
+    nothing is rolled back twice."""
+    changes = [entry for entry in history if entry["alias"] == "champion"]
+    if not changes or changes[-1]["action"] != "promote" or changes[-1]["previous"] is None:
+        return None
+    current, previous = changes[-1]["version"], changes[-1]["previous"]
+    reason = rollback_reason(quality, current, previous, margin=margin, min_days=min_days)
+    return None if reason is None else (current, previous, reason)
+
+
+def retrain_reasons(champion: str, windows: list[Window], quality: pl.DataFrame, expected_ap: float | None, *,
+                    days: int, max_drop: float) -> list[str]:  # fmt: skip
+    """What calls for retraining ``champion`` (``retrain --only-on-breach``): a drift breach of its decisions in
+    ``windows`` (:func:`live_drift`), or its matured AP decayed below ``expected_ap`` (:func:`decay_reason`)."""
+    breaches = [d.name for w in windows if w.model_version == champion for d in w.breaches]
+    reasons = [f"drift breach for champion {champion} ({', '.join(breaches[:5])})"] if breaches else []
+    decay = decay_reason(quality, champion, expected_ap, days=days, max_drop=max_drop)
+    return reasons + ([f"decay: {decay}"] if decay else [])

@@ -25,7 +25,15 @@ from fraudpipe.logstore import DayLog
 from fraudpipe.settings import CostSettings, ScoringSettings, Settings
 from fraudpipe.simulator.config import default
 from fraudpipe.simulator.generate import TRANSACTION_COLUMNS, simulate
-from models.monitor import decay_reason, decided_money, live_drift, live_quality
+from models.monitor import (
+    Window,
+    decay_reason,
+    decided_money,
+    live_drift,
+    live_quality,
+    retrain_reasons,
+    rollback_due,
+)
 from models.registry import Registry
 from streams.demo_report import money_facts
 from streams.pipeline import InMemoryDecisionMemory, Models, Pipeline
@@ -304,6 +312,37 @@ def test_decay_is_the_recent_matured_ap_below_validation() -> None:
     assert reason is not None and "0.4250 over its last 2 days" in reason
     assert decay_reason(quality, "v0002", 0.72, days=4, max_drop=0.0) is None  # not enough matured days
     assert decay_reason(quality, "v0002", None, days=1, max_drop=0.0) is None
+
+
+def test_only_a_promotion_is_rolled_back_and_only_when_its_matured_ap_fell() -> None:
+    quality = pl.DataFrame(
+        {"day": [date(2024, 5, d) for d in (1, 2, 3, 4)], "model_version": ["v0001", "v0001", "v0002", "v0002"],
+         "matured": [True] * 4, "ap": [0.70, 0.72, 0.40, 0.45]}
+    )  # fmt: skip
+    promoted = [{"alias": "champion", "action": "promote", "version": "v0001", "previous": None},
+                {"alias": "challenger", "action": "promote", "version": "v0002", "previous": None},
+                {"alias": "champion", "action": "promote", "version": "v0002", "previous": "v0001"}]  # fmt: skip
+    due = rollback_due(promoted, quality, margin=0.05, min_days=2)
+    assert due is not None and due[:2] == ("v0002", "v0001") and "below v0001's 0.7100" in due[2]
+    assert rollback_due(promoted, quality, margin=0.4, min_days=2) is None  # within the margin
+    assert rollback_due(promoted, quality, margin=0.05, min_days=3) is None  # too few matured days to judge
+    rolled = [*promoted, {"alias": "champion", "action": "rollback", "version": "v0001", "previous": "v0002"}]
+    assert rollback_due(rolled, quality, margin=0.05, min_days=2) is None  # never undone, never twice
+    assert rollback_due(promoted[:1], quality, margin=0.05, min_days=2) is None  # nothing before the first
+
+
+def test_retraining_is_called_for_by_a_breach_or_decay_of_the_champion_alone() -> None:
+    from models.drift import Drift
+
+    quality = pl.DataFrame({"day": [date(2024, 5, 1)], "model_version": ["v0002"], "matured": [True], "ap": [0.3]})
+    breach = Drift("amount", 0.4, 0.3, "breach")
+    windows = [Window("v0001", 900, [breach]), Window("v0002", 900, [])]
+    assert retrain_reasons("v0002", windows, quality, 0.35, days=1, max_drop=0.1) == []
+    assert retrain_reasons("v0001", windows, quality, None, days=1, max_drop=0.1) == [
+        "drift breach for champion v0001 (amount)"
+    ]
+    (decay,) = retrain_reasons("v0002", windows, quality, 0.6, days=1, max_drop=0.1)
+    assert decay.startswith("decay: matured AP of v0002 is 0.3000")
 
 
 def _replayed_day(root: Path, history: Any, day: date, booster: Any, version: str) -> None:
