@@ -175,7 +175,10 @@ class ScoringPool:
                     return
                 taken = self._take() if self._queue else []
             if refresh:
-                _refresh_model(pipeline)
+                try:
+                    _refresh_model(pipeline)
+                except Exception:  # the thread must live on: the next batch's refresh tries again
+                    log.exception("reading the model alias failed")
             if not taken:
                 continue
             outcomes = self._decide(pipeline, taken)
